@@ -1,0 +1,59 @@
+"""Builds the model and datasets a config describes (shared by training and evaluation)."""
+from mxnet.gluon import nn
+
+from deeplab.data import get_dataset
+from deeplab.model import get_model
+
+__all__ = ["build_model", "build_dataset", "log"]
+
+
+def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
+                norm_layer=nn.BatchNorm, seed=None):
+    """The config's model on `ctx`; BN frozen (running statistics, no gamma/beta updates) when
+    `train.freeze_bn` is set.
+
+    Args:
+        output_stride: overrides model.output_stride (evaluation at another stride).
+        params: a whole-model `.params` file (default: model.params).
+        backbone_params: a backbone `.params` file (default: model.backbone_params).
+    """
+    m = cfg["model"]
+    frozen = cfg["train"]["freeze_bn"]
+    net = get_model(
+        m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
+        num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
+        head_channels=m["head_channels"], dropout=m["dropout"], norm_layer=norm_layer,
+        norm_kwargs={"use_global_stats": True} if frozen else None,
+        backbone_params=backbone_params if backbone_params is not None else m["backbone_params"],
+        params=params if params is not None else m["params"], ctx=ctx, seed=seed)
+    if frozen:
+        for p in net.collect_params(".*_gamma|.*_beta").values():
+            p.grad_req = "null"
+    return net
+
+
+def build_dataset(cfg, split):
+    """The config's dataset for `split` ('train' uses data.train_split, 'val' data.val_split)."""
+    d = cfg["data"]
+    name = d["name"]
+    if name == "synthetic":
+        ds = get_dataset("synthetic", split=split,
+                         size=d["train_size"] if split == "train" else d["val_size"],
+                         num_classes=cfg["model"]["num_classes"],
+                         image_size=tuple(d["image_size"]), seed=0)
+    else:
+        ds = get_dataset(name, root=d["root"],
+                         split=d["train_split"] if split == "train" else d["val_split"])
+    if ds.num_classes != cfg["model"]["num_classes"]:
+        raise ValueError("model.num_classes is %d but dataset %r has %d classes"
+                         % (cfg["model"]["num_classes"], name, ds.num_classes))
+    return ds
+
+
+def log(msg, path=None):
+    """Prints `msg` (and appends it to `path`); call on the main worker only."""
+    print(msg, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(msg + "\n")
+

@@ -1,0 +1,154 @@
+"""Decode heads: ASPP (DeepLabV3 §3.3) and Vortex Pooling (Xie et al. 2018).
+
+Both are a set of parallel branches over the backbone's features, concatenated and projected
+by a 1x1 conv + BN + ReLU, then classified by a 1x1 conv. The base class owns the projection and
+the classifier (as mmsegmentation's BaseDecodeHead does); a head adds only its branches.
+"""
+from mxnet.gluon import nn
+
+__all__ = ["DecodeHead", "ASPPHead", "VortexHead", "HEADS", "ConvBNReLU", "ImagePooling"]
+
+
+class ConvBNReLU(nn.HybridSequential):
+    """Conv (no bias) -> norm -> ReLU, with in_channels given so nothing is deferred."""
+
+    def __init__(self, in_channels, channels, kernel_size=1, dilation=1, norm_layer=nn.BatchNorm,
+                 norm_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        pad = dilation * (kernel_size - 1) // 2
+        with self.name_scope():
+            self.add(nn.Conv2D(channels, kernel_size, padding=pad, dilation=dilation,
+                               use_bias=False, in_channels=in_channels))
+            self.add(norm_layer(in_channels=channels, **(norm_kwargs or {})))
+            self.add(nn.Activation("relu"))
+
+
+class ImagePooling(nn.HybridBlock):
+    """Image-level features (DeepLabV3 §3.3): global average pooling, 1x1 conv + BN + ReLU,
+    broadcast back to the feature map's size (bilinear upsampling of a 1x1 map is a broadcast)."""
+
+    def __init__(self, in_channels, channels, norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.pool = nn.GlobalAvgPool2D()
+            self.conv = ConvBNReLU(in_channels, channels, 1, norm_layer=norm_layer,
+                                   norm_kwargs=norm_kwargs)
+
+    def hybrid_forward(self, F, x):
+        y = self.conv(self.pool(x))
+        return F.broadcast_like(y, x, lhs_axes=(2, 3), rhs_axes=(2, 3))
+
+
+class DecodeHead(nn.HybridBlock):
+    """Parallel branches -> concat -> 1x1 projection (+BN+ReLU) -> dropout -> 1x1 classifier.
+
+    Args:
+        in_channels: channels of the backbone features.
+        channels: channels of every branch and of the projection (256 in the paper).
+        num_classes: classifier outputs.
+        dropout: dropout rate before the classifier (the paper uses none; note that dropout masks
+            depend on how a batch is split, so it breaks exact N-worker == 1-worker equality).
+        norm_layer, norm_kwargs: normalisation layer class and its arguments.
+    """
+
+    def __init__(self, in_channels, channels, num_classes, dropout=0.0, norm_layer=nn.BatchNorm,
+                 norm_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.in_channels, self.channels, self.num_classes = in_channels, channels, num_classes
+        self._norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
+        with self.name_scope():
+            self.branches = nn.HybridSequential(prefix="branches_")
+            with self.branches.name_scope():
+                for branch in self.build_branches():
+                    self.branches.add(branch)
+            n = len(self.branches)
+            self.project = ConvBNReLU(n * channels, channels, 1, **self._norm)
+            self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+            self.classifier = nn.Conv2D(num_classes, 1, in_channels=channels)
+
+    def build_branches(self):
+        """Returns the list of branch blocks, each mapping in_channels -> channels."""
+        raise NotImplementedError
+
+    def hybrid_forward(self, F, x):
+        x = F.concat(*[branch(x) for branch in self.branches], dim=1)
+        x = self.project(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.classifier(x)
+
+
+class ASPPHead(DecodeHead):
+    """Atrous Spatial Pyramid Pooling (DeepLabV3 §3.3): a 1x1 conv, three 3x3 atrous convs and
+    image pooling. Rates are (6, 12, 18) at output stride 16 and doubled at output stride 8."""
+
+    def __init__(self, in_channels, channels, num_classes, rates=(6, 12, 18), **kwargs):
+        self.rates = tuple(rates)
+        super().__init__(in_channels, channels, num_classes, **kwargs)
+
+    def build_branches(self):
+        c_in, c = self.in_channels, self.channels
+        return ([ConvBNReLU(c_in, c, 1, **self._norm)]
+                + [ConvBNReLU(c_in, c, 3, dilation=r, **self._norm) for r in self.rates]
+                + [ImagePooling(c_in, c, **self._norm)])
+
+
+class VortexBranch(nn.HybridSequential):
+    """Average pooling of size k (stride 1, same size out) followed by a 3x3 conv at rate r."""
+
+    def __init__(self, in_channels, channels, pool_size, rate, **norm):
+        super().__init__()
+        with self.name_scope():
+            self.add(nn.AvgPool2D(pool_size, strides=1, padding=pool_size // 2,
+                                  count_include_pad=False))
+            self.add(ConvBNReLU(in_channels, channels, 3, dilation=rate, **norm))
+
+
+class VortexHead(DecodeHead):
+    """Vortex Pooling (Xie et al., 2018, §3): image pooling, a 1x1 conv, and three branches of
+    average pooling (sizes 3, 9, 27) each followed by a 3x3 atrous conv (rates 3, 9, 27), the
+    module's parameters at output stride 16. At output stride 8 both scale by 2 (pool sizes
+    rounded up to odd, so the pooled map stays centred), covering the same image extent.
+
+    Args:
+        pool_sizes: odd average-pooling sizes of the three branches.
+        rates: atrous rates of their 3x3 convs.
+    """
+
+    def __init__(self, in_channels, channels, num_classes, pool_sizes=(3, 9, 27),
+                 rates=(3, 9, 27), **kwargs):
+        if len(pool_sizes) != len(rates):
+            raise ValueError("vortex pool_sizes %r and rates %r must have the same length"
+                             % (pool_sizes, rates))
+        self.pool_sizes, self.rates = tuple(pool_sizes), tuple(rates)
+        super().__init__(in_channels, channels, num_classes, **kwargs)
+
+    def build_branches(self):
+        c_in, c = self.in_channels, self.channels
+        return ([ImagePooling(c_in, c, **self._norm), ConvBNReLU(c_in, c, 1, **self._norm)]
+                + [VortexBranch(c_in, c, k, r, **self._norm)
+                   for k, r in zip(self.pool_sizes, self.rates)])
+
+
+def _odd(n):
+    return n if n % 2 else n + 1
+
+
+def _aspp(in_channels, channels, num_classes, output_stride, **kwargs):
+    scale = 16 // output_stride if output_stride <= 16 else 1
+    rates = kwargs.pop("rates", (6, 12, 18))
+    return ASPPHead(in_channels, channels, num_classes, rates=[r * scale for r in rates], **kwargs)
+
+
+def _vortex(in_channels, channels, num_classes, output_stride, **kwargs):
+    scale = 16 // output_stride if output_stride <= 16 else 1
+    pools = kwargs.pop("pool_sizes", (3, 9, 27))
+    rates = kwargs.pop("rates", (3, 9, 27))
+    return VortexHead(in_channels, channels, num_classes,
+                      pool_sizes=[_odd(k * scale) for k in pools],
+                      rates=[r * scale for r in rates], **kwargs)
+
+
+# name -> builder(in_channels, channels, num_classes, output_stride, **kwargs); the rates given
+# to a builder are those at output stride 16 and are scaled to the requested stride.
+HEADS = {"aspp": _aspp, "vortex": _vortex}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment with the pinned stack, Horovod built
+# from source with its MXNet extension, and this package installed. Idempotent: a stamp in the
+# venv records what was installed, so a second call returns at once.
+#
+# Environment:
+#   DEEPLAB_VENV      where the venv lives (default: <repo>/.venv)
+#   DEEPLAB_VARIANT   cpu (mxnet) or gpu (mxnet-cu112); default cpu
+#   DEEPLAB_CACHE     where built Horovod wheels are kept between clones
+#                     (default: ${XDG_CACHE_HOME:-~/.cache}/deeplab)
+#   PYTHON            interpreter used to create the venv (default: python3)
+#   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo on CPU. On GPU
+#                     clusters set e.g. HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv=${DEEPLAB_VENV:-$root/.venv}
+variant=${DEEPLAB_VARIANT:-cpu}
+cache=${DEEPLAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deeplab}
+python=${PYTHON:-python3}
+horovod_version=0.28.1
+
+case "$variant" in
+  cpu|gpu) ;;
+  *) echo "setup_env.sh: DEEPLAB_VARIANT must be 'cpu' or 'gpu', got '$variant'" >&2; exit 2 ;;
+esac
+
+# Horovod build flags: MXNet + Gloo, no MPI/TF/PyTorch unless the caller says otherwise.
+export HOROVOD_WITH_MXNET=${HOROVOD_WITH_MXNET:-1}
+export HOROVOD_WITH_GLOO=${HOROVOD_WITH_GLOO:-1}
+export HOROVOD_WITHOUT_TENSORFLOW=${HOROVOD_WITHOUT_TENSORFLOW:-1}
+export HOROVOD_WITHOUT_PYTORCH=${HOROVOD_WITHOUT_PYTORCH:-1}
+if [ -z "${HOROVOD_WITH_MPI:-}" ]; then export HOROVOD_WITHOUT_MPI=${HOROVOD_WITHOUT_MPI:-1}; fi
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
+stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version"; } | sha256sum | cut -c1-16)
+stamp=$venv/.deeplab-setup-$stamp_key
+
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+echo "[setup] creating environment in $venv ($variant)" >&2
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+"${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt"
+
+# Horovod has no wheel on PyPI: build it once per (Python, MXNet, flags) and keep the wheel, so a
+# fresh clone on the same machine installs it in seconds. It needs mxnet importable at build time,
+# hence --no-build-isolation.
+pyver=$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
+mxver=$("$venv/bin/python" -c 'import mxnet; print(mxnet.__version__)')
+whl_dir=$cache/wheels/horovod-$horovod_version-py$pyver-mx$mxver-$variant-$(echo "$flags" | sha256sum | cut -c1-12)
+if ! "$venv/bin/python" - <<EOF 2>/dev/null
+import importlib.metadata as m, sys
+sys.exit(0 if m.version("horovod") == "$horovod_version" else 1)
+EOF
+then
+  if ! ls "$whl_dir"/horovod-*.whl >/dev/null 2>&1; then
+    echo "[setup] building Horovod $horovod_version with MXNet (takes ~7 minutes on 2 cores)" >&2
+    mkdir -p "$whl_dir"
+    tmp=$(mktemp -d "$whl_dir.tmp.XXXXXX")
+    MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel --no-build-isolation --no-deps \
+      "horovod==$horovod_version" -w "$tmp"
+    mv "$tmp"/horovod-*.whl "$whl_dir"/ && rmdir "$tmp"
+  fi
+  "${pip[@]}" install --no-deps "$whl_dir"/horovod-*.whl
+fi
+"$venv/bin/python" -c 'import horovod.mxnet' || {
+  echo "[setup] horovod.mxnet does not import: the Horovod build lacks the MXNet extension" >&2; exit 1; }
+
+"${pip[@]}" install --no-deps -e "$root"
+rm -f "$venv"/.deeplab-setup-*
+touch "$stamp"
+echo "[setup] ready: $venv" >&2

@@ -1,0 +1,71 @@
+"""Decode heads: branch wiring (rates, pool sizes, channels) and output shapes."""
+import mxnet as mx
+import pytest
+from mxnet.gluon import nn
+
+from deeplab.model import HEADS, ASPPHead, VortexHead
+
+
+def _blocks(block, kind):
+    out = []
+    def walk(b):
+        if isinstance(b, kind):
+            out.append(b)
+        for c in b._children.values():
+            walk(c)
+    walk(block)
+    return out
+
+
+def _branch_rates(head):
+    return [c._kwargs["dilate"][0] for c in _blocks(head.branches, nn.Conv2D)
+            if c._kwargs["kernel"] == (3, 3)]
+
+
+@pytest.mark.parametrize("output_stride, rates", [(16, [6, 12, 18]), (8, [12, 24, 36])])
+def test_aspp_rates_double_at_output_stride_8(output_stride, rates):
+    head = HEADS["aspp"](32, 8, 5, output_stride)
+    assert isinstance(head, ASPPHead)
+    assert _branch_rates(head) == rates
+    # 1x1, three atrous 3x3, image pooling: five branches of `channels` each into the projection
+    assert len(head.branches) == 5
+    assert head.project[0]._in_channels == 5 * 8
+
+
+@pytest.mark.parametrize("output_stride, pools, rates", [
+    (16, [3, 9, 27], [3, 9, 27]),
+    (8, [7, 19, 55], [6, 18, 54]),  # same image extent at twice the resolution, odd pools
+])
+def test_vortex_pool_sizes_and_rates(output_stride, pools, rates):
+    head = HEADS["vortex"](32, 8, 5, output_stride)
+    assert isinstance(head, VortexHead)
+    assert [p._kwargs["kernel"][0] for p in _blocks(head.branches, nn.AvgPool2D)] == pools
+    assert _branch_rates(head) == rates
+    assert len(head.branches) == 5
+    assert head.project[0]._in_channels == 5 * 8
+
+
+@pytest.mark.parametrize("name", ["aspp", "vortex"])
+@pytest.mark.parametrize("size", [(1, 1), (5, 3), (9, 12)])
+def test_head_keeps_spatial_size(name, size):
+    head = HEADS[name](32, 8, 5, 16)
+    head.initialize()
+    x = mx.nd.random.normal(shape=(2, 32) + size)
+    with mx.autograd.predict_mode():
+        y = head(x)
+    assert y.shape == (2, 5) + size
+
+
+def test_image_pooling_branch_is_constant_over_space():
+    head = HEADS["aspp"](16, 4, 3, 16)
+    head.initialize()
+    x = mx.nd.random.normal(shape=(1, 16, 6, 7))
+    with mx.autograd.predict_mode():
+        pooled = head.branches[-1](x).asnumpy()
+    assert pooled.shape == (1, 4, 6, 7)
+    assert (pooled == pooled[:, :, :1, :1]).all()
+
+
+def test_vortex_rejects_mismatched_lists():
+    with pytest.raises(ValueError, match="same length"):
+        VortexHead(8, 4, 3, pool_sizes=(3, 9), rates=(3, 9, 27))
