@@ -22,7 +22,8 @@ def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
-        head_channels=m["head_channels"], dropout=m["dropout"], norm_layer=norm_layer,
+        head_channels=m["head_channels"], dropout=m["dropout"],
+        vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer,
         norm_kwargs={"use_global_stats": True} if frozen else None,
         backbone_params=backbone_params if backbone_params is not None else m["backbone_params"],
         params=params if params is not None else m["params"], ctx=ctx, seed=seed)

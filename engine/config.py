@@ -27,6 +27,7 @@ SCHEMA = {
         "multi_grid": ("ints", [1, 2, 4]),
         "head_channels": ("int", 256),
         "dropout": ("float", 0.0),
+        "vortex_cascade": ("bool", False),
         "backbone_params": ("path", None),
         "params": ("path", None),
     },

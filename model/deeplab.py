@@ -41,7 +41,8 @@ class DeepLabV3(nn.HybridBlock):
 
 
 def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1, 2, 4),
-              head_channels=256, dropout=0.0, norm_layer=nn.BatchNorm, norm_kwargs=None,
+              head_channels=256, dropout=0.0, vortex_cascade=False, norm_layer=nn.BatchNorm,
+              norm_kwargs=None,
               backbone_params=None, params=None, ctx=None, seed=None):
     """Builds and fully initializes a DeepLabV3 model.
 
@@ -56,6 +57,7 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         multi_grid: unit rates of the last stage's blocks (§3.2).
         head_channels: channels of the head's branches (256 in the paper).
         dropout: dropout before the classifier (0: none, as in the paper).
+        vortex_cascade: the Vortex head's cascaded pooling (see VortexHead).
         norm_layer, norm_kwargs: normalisation layer and its arguments, e.g. a synchronized BN.
         backbone_params: a classification `.params` file for the backbone (e.g. Gluon model zoo
             `resnet50_v2-81a4e66a.params`, GluonCV `resnet50_v1b-0ecdba34.params`).
@@ -69,10 +71,13 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         raise ValueError("unknown head %r; valid heads: %s" % (head, ", ".join(sorted(HEADS))))
     if output_stride not in (8, 16, 32):
         raise ValueError("output_stride must be 8, 16 or 32; got %r" % (output_stride,))
+    if vortex_cascade and head != "vortex":
+        raise ValueError("vortex_cascade applies to head 'vortex', not %r" % (head,))
     norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
     backbone = get_backbone(name[len("deeplabv3_"):], output_stride, multi_grid, **norm)
+    extra = {"cascade": True} if vortex_cascade else {}
     decode = HEADS[head](backbone.out_channels, head_channels, num_classes, output_stride,
-                         dropout=dropout, **norm)
+                         dropout=dropout, **extra, **norm)
     net = DeepLabV3(backbone, decode)
 
     ctx = ctx or mx.cpu()

@@ -3,7 +3,10 @@ import mxnet as mx
 import pytest
 from mxnet.gluon import nn
 
+import numpy as np
+
 from deeplab.model import HEADS, ASPPHead, VortexHead
+from deeplab.model.heads import box_average
 
 
 def _blocks(block, kind):
@@ -39,7 +42,7 @@ def test_aspp_rates_double_at_output_stride_8(output_stride, rates):
 def test_vortex_pool_sizes_and_rates(output_stride, pools, rates):
     head = HEADS["vortex"](32, 8, 5, output_stride)
     assert isinstance(head, VortexHead)
-    assert [p._kwargs["kernel"][0] for p in _blocks(head.branches, nn.AvgPool2D)] == pools
+    assert list(head.pool_sizes) == pools
     assert _branch_rates(head) == rates
     assert len(head.branches) == 5
     assert head.project[0]._in_channels == 5 * 8
@@ -69,3 +72,35 @@ def test_image_pooling_branch_is_constant_over_space():
 def test_vortex_rejects_mismatched_lists():
     with pytest.raises(ValueError, match="same length"):
         VortexHead(8, 4, 3, pool_sizes=(3, 9), rates=(3, 9, 27))
+
+
+@pytest.mark.parametrize("size", [3, 9, 27])
+def test_box_average_equals_square_average_pooling(size):
+    x = mx.nd.random.normal(shape=(1, 4, 30, 19))
+    ref = mx.nd.Pooling(x, kernel=(size, size), stride=(1, 1), pad=(size // 2, size // 2),
+                        pool_type="avg", count_include_pad=False)
+    np.testing.assert_allclose(box_average(mx.nd, x, size).asnumpy(), ref.asnumpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_vortex_cascade_equals_direct_pooling_inside_the_image_at_os16():
+    direct = HEADS["vortex"](4, 2, 3, 16)
+    cascade = HEADS["vortex"](4, 2, 3, 16, cascade=True)
+    x = mx.nd.random.normal(shape=(1, 4, 70, 64))
+    d = [p.asnumpy() for p in direct.branch_inputs(mx.nd, x)]
+    c = [p.asnumpy() for p in cascade.branch_inputs(mx.nd, x)]
+    for k, a, b in zip((3, 9, 27), d[2:], c[2:]):
+        m = k // 2  # away from the borders the dilated 3x3 averages tile the k x k window
+        np.testing.assert_allclose(b[..., m:-m, m:-m], a[..., m:-m, m:-m], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(c[4], d[4], atol=1e-3)  # but near borders zero padding differs
+
+
+def test_vortex_cascade_model_runs_and_is_refused_for_aspp():
+    from deeplab.model import get_model
+    net = get_model("deeplabv3_tiny_v2", head="vortex", vortex_cascade=True, output_stride=8,
+                    num_classes=3, head_channels=4)
+    net.hybridize()
+    with mx.autograd.predict_mode():
+        assert net(mx.nd.zeros((1, 3, 41, 30))).shape == (1, 3, 41, 30)
+    with pytest.raises(ValueError, match="vortex"):
+        get_model("deeplabv3_tiny_v2", head="aspp", vortex_cascade=True)

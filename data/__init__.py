@@ -1,0 +1,21 @@
+"""Datasets, augmentation, deterministic batching and loaders for semantic segmentation.
+
+    dataset = get_dataset('voc', split='trainaug', root=cfg.data.root)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, seed)
+    for t, data, label in train_batches(dataset, TrainTransform(513, seed), sampler,
+                                        start_iter, num_iters, rank, world_size, num_workers):
+        ...
+"""
+from .base import IGNORE_LABEL, DatasetError, SegmentationDataset
+from .loader import eval_samples, train_batches
+from .registry import DATASETS, get_dataset
+from .sampler import GlobalBatchSampler, eval_shard
+from .synthetic import SyntheticSegmentation
+from .transforms import EvalTransform, TrainTransform
+from .voc import VOC_CLASSES, VOCSegmentation
+
+__all__ = [
+    "DATASETS", "DatasetError", "EvalTransform", "GlobalBatchSampler", "IGNORE_LABEL",
+    "SegmentationDataset", "SyntheticSegmentation", "TrainTransform", "VOC_CLASSES",
+    "VOCSegmentation", "eval_samples", "eval_shard", "get_dataset", "train_batches",
+]

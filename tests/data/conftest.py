@@ -1,0 +1,142 @@
+"""Builds tiny VOC 2012 / SBD directory trees in the real file formats for the data tests.
+
+Every image is a flat colour and every mask a rectangle of one class on background with a 255
+frame, so a test can tell from the pixels which file a sample came from: VOC files use
+VOC_COLOUR / VOC_CLASS, SBD files SBD_COLOUR / SBD_CLASS.
+"""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+VOC_COLOUR = (200, 40, 40)  # RGB
+SBD_COLOUR = (40, 40, 200)
+VOC_CLASS = 15  # person; its palette colour is (192, 128, 128)
+SBD_CLASS = 7
+IMAGE_HW = (20, 28)
+
+
+def voc_palette():
+    """The standard VOC colour map (bit-interleaved), as a flat list for PIL's putpalette."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def make_mask(cls, hw=IMAGE_HW):
+    mask = np.zeros(hw, np.uint8)
+    mask[4:12, 6:18] = cls
+    mask[3, 5:19] = mask[12, 5:19] = 255
+    return mask
+
+
+def write_jpg(path, rgb, hw=IMAGE_HW):
+    image = np.empty(hw + (3,), np.uint8)
+    image[:] = rgb
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(path, image[..., ::-1])
+
+
+def write_png(path, mask):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    png = Image.fromarray(mask, mode="P")
+    png.putpalette(voc_palette())
+    png.save(path)
+
+
+def write_mat(path, mask):
+    """Writes an SBD-style cls .mat: a 1x1 struct GTcls with Boundaries, Segmentation, ..."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    present = np.unique(mask[(mask > 0) & (mask < 255)]).astype(np.uint8).reshape(-1, 1)
+    boundaries = np.empty((20, 1), dtype=object)
+    for i in range(20):
+        boundaries[i, 0] = np.zeros((0, 0), np.uint8)
+    scipy.io.savemat(path, {"GTcls": {"Boundaries": boundaries, "Segmentation": mask,
+                                      "CategoriesPresent": present}})
+
+
+def write_list(path, ids):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(i + "\n" for i in ids))
+
+
+class Tree:
+    """Paths of a generated tree (see build_tree) and the pixel values its files hold."""
+
+    voc_colour, sbd_colour, voc_class, sbd_class = VOC_COLOUR, SBD_COLOUR, VOC_CLASS, SBD_CLASS
+
+    def __init__(self, root, voc, sbd):
+        self.root, self.voc, self.sbd = str(root), voc, sbd
+
+    def voc_image(self, i):
+        return os.path.join(self.voc, "JPEGImages", i + ".jpg")
+
+    def voc_mask(self, i):
+        return os.path.join(self.voc, "SegmentationClass", i + ".png")
+
+    def voc_list(self, split):
+        return os.path.join(self.voc, "ImageSets", "Segmentation", split + ".txt")
+
+    def sbd_image(self, i):
+        return os.path.join(self.sbd, "img", i + ".jpg")
+
+    def sbd_mask(self, i):
+        return os.path.join(self.sbd, "cls", i + ".mat")
+
+
+def build_tree(root, voc_train, voc_val, sbd_train=(), sbd_val=(), gluoncv_layout=False):
+    """Writes VOC 2012 and (if any SBD ids) SBD under `root`; returns a Tree.
+
+    gluoncv_layout=True uses GluonCV's folder names (VOC2012/, VOCaug/dataset/) and also writes
+    the trainval.txt that GluonCV's download script adds to SBD.
+    """
+    voc = os.path.join(str(root), "VOC2012" if gluoncv_layout else "VOCdevkit/VOC2012")
+    sbd = os.path.join(str(root),
+                       "VOCaug/dataset" if gluoncv_layout else "benchmark_RELEASE/dataset")
+    tree = Tree(root, voc, sbd)
+    for i in list(voc_train) + list(voc_val):
+        write_jpg(tree.voc_image(i), VOC_COLOUR)
+        write_png(tree.voc_mask(i), make_mask(VOC_CLASS))
+    write_list(tree.voc_list("train"), voc_train)
+    write_list(tree.voc_list("val"), voc_val)
+    if sbd_train or sbd_val:
+        for i in list(sbd_train) + list(sbd_val):
+            write_jpg(tree.sbd_image(i), SBD_COLOUR)
+            write_mat(tree.sbd_mask(i), make_mask(SBD_CLASS))
+        write_list(os.path.join(sbd, "train.txt"), sbd_train)
+        write_list(os.path.join(sbd, "val.txt"), sbd_val)
+        if gluoncv_layout:
+            write_list(os.path.join(sbd, "trainval.txt"), list(sbd_train) + list(sbd_val))
+    return tree
+
+
+@pytest.fixture
+def voc_tree(tmp_path):
+    """A small official-layout tree: VOC train a,b,c; VOC val v1,v2; SBD train b,s1,s2,v1;
+    SBD val s3,v2,s1 (s1 listed twice, v1/v2 are VOC val ids that SBD also lists)."""
+    return build_tree(tmp_path, voc_train=["a", "b", "c"], voc_val=["v1", "v2"],
+                      sbd_train=["b", "s1", "s2", "v1"], sbd_val=["s3", "v2", "s1"])
+
+
+@pytest.fixture
+def tree_builder():
+    return build_tree
+
+
+@pytest.fixture
+def tree_files():
+    """The file writers, for tests that corrupt or replace single files."""
+    return {"jpg": write_jpg, "png": write_png, "mat": write_mat, "list": write_list,
+            "mask": make_mask, "palette": voc_palette}
