@@ -1,40 +1,96 @@
-"""Collectives and trainer construction, with single-process defaults.
+"""Collectives and trainer construction for the three backends, with single-process defaults.
 
 In the spirit of detectron2's `comm.py`: plain functions that return what a single process needs
-when nothing distributed is running (rank 0, world size 1, identity reductions). Functions marked
-COLLECTIVE must be called by every worker, in the same order, or the job deadlocks.
+when nothing distributed runs (rank 0 of 1, identity reductions), and the same calls under
+Horovod (`horovodrun`) or MXNet's parameter server (`DMLC_ROLE=worker`, kvstore `dist_sync`).
+Functions marked COLLECTIVE must be called by every worker, in the same order, or the job hangs.
+
+Backends:
+    local    one process.
+    horovod  one process per device; gradients and collectives by Horovod (Gloo or NCCL/MPI).
+    ps       MXNet's parameter server: gradients summed on the servers, collectives through
+             kvstore keys of our own.
+`auto` picks horovod under horovodrun (HOROVOD_RANK set), ps when DMLC_ROLE=worker, else local;
+DEEPLAB_DIST_BACKEND overrides it.
 """
+import os
+import pickle
+import tempfile
+
 import mxnet as mx
 import numpy as np
 
-__all__ = ["BACKENDS", "init", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "context", "make_trainer"]
+__all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
+           "allreduce_sum", "broadcast", "nd_allreduce_sum", "broadcast_parameters", "context",
+           "make_trainer", "DistTrainer"]
 
-BACKENDS = ("local",)
-_state = {"backend": None}
+BACKENDS = ("local", "horovod", "ps")
+_state = {"backend": None, "hvd": None, "kv": None, "key": 0}
+# kvstore keys of our own collectives start here, far above the trainer's parameter indices.
+_KEY_BASE = 1 << 24
 
 
-def init(backend="local"):
-    """Starts the backend (idempotent). `local`: one process, no communication."""
+def resolve_backend(backend="auto", environ=None):
+    """The backend a worker runs: `backend` unless 'auto', then the launcher's environment."""
+    env = os.environ if environ is None else environ
+    if backend == "auto":
+        backend = env.get("DEEPLAB_DIST_BACKEND") or (
+            "horovod" if "HOROVOD_RANK" in env else
+            "ps" if env.get("DMLC_ROLE") == "worker" else "local")
     if backend not in BACKENDS:
-        raise ValueError("unknown dist.backend %r; valid backends: %s"
+        raise ValueError("unknown dist.backend %r; valid backends: auto, %s"
                          % (backend, ", ".join(BACKENDS)))
+    return backend
+
+
+def init(backend="auto"):
+    """Starts the backend once per process (later calls with the same backend do nothing)."""
+    backend = resolve_backend(backend)
+    if _state["backend"] is not None:
+        if _state["backend"] != backend:
+            raise RuntimeError("dist backend %r already started; cannot switch to %r"
+                               % (_state["backend"], backend))
+        return
+    if backend == "horovod":
+        import horovod.mxnet as hvd
+        hvd.init()
+        _state["hvd"] = hvd
+    elif backend == "ps":
+        if os.environ.get("DMLC_ROLE") != "worker":
+            raise RuntimeError("dist.backend=ps needs DMLC_ROLE=worker and the DMLC_PS_* "
+                               "variables; start workers with `deeplab launch ps`")
+        _state["kv"] = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
     _state["backend"] = backend
+
+
+def backend():
+    """The running backend's name ('local' before init)."""
+    return _state["backend"] or "local"
 
 
 def rank():
     """This worker's index in [0, size())."""
+    if _state["hvd"]:
+        return _state["hvd"].rank()
+    if _state["kv"]:
+        return _state["kv"].rank
     return 0
 
 
 def size():
     """Number of workers."""
+    if _state["hvd"]:
+        return _state["hvd"].size()
+    if _state["kv"]:
+        return _state["kv"].num_workers
     return 1
 
 
 def local_rank():
     """This worker's index among the workers of its machine (selects its GPU)."""
-    return 0
+    if _state["hvd"]:
+        return _state["hvd"].local_rank()
+    return int(os.environ.get("DEEPLAB_LOCAL_RANK", "0"))
 
 
 def is_main():
@@ -42,28 +98,157 @@ def is_main():
     return rank() == 0
 
 
-def barrier():
-    """COLLECTIVE. Returns once every worker has called it."""
-
-
-def allreduce_sum(x):
-    """COLLECTIVE. Element-wise sum of a numpy array over workers (a new array)."""
-    return np.array(x, copy=True)
-
-
-def broadcast(obj, root=0):
-    """COLLECTIVE. Returns worker `root`'s picklable `obj` on every worker."""
-    return obj
-
-
 def context():
     """The device this worker computes on: GPU `local_rank()` if MXNet sees GPUs, else CPU."""
     return mx.gpu(local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
 
 
-def make_trainer(params, optimizer, optimizer_params):
-    """A Gluon trainer whose `step(n)` applies the gradient of (summed loss over all workers) / n.
+def _next_key():
+    _state["key"] += 1
+    return _state["key"]
 
-    Gradients are averaged over nothing here (one worker): `step(n)` rescales by 1/n.
+
+def nd_allreduce_sum(array, name):
+    """COLLECTIVE. Sum of an NDArray over workers, asynchronous (a new NDArray).
+
+    `name` must be the same on every worker for the same call (Horovod matches calls by name).
+    Supported under local and horovod; the parameter server has no worker-to-worker path fast
+    enough to run inside a layer.
     """
-    return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
+    if _state["hvd"]:
+        return _state["hvd"].allreduce(array, average=False, name=name)
+    if _state["kv"]:
+        raise RuntimeError("synchronized BN needs dist.backend=horovod; under the parameter "
+                           "server each worker keeps its own BN statistics")
+    return array.copy()
+
+
+def allreduce_sum(x):
+    """COLLECTIVE. Element-wise sum of a numpy array over workers (a new float64 array)."""
+    x = np.asarray(x, dtype=np.float64)
+    if _state["hvd"]:
+        out = _state["hvd"].allreduce(mx.nd.array(x, dtype=np.float64), average=False,
+                                      name="comm.allreduce.%d" % _next_key())
+        return out.asnumpy().reshape(x.shape)
+    if _state["kv"]:
+        kv, key = _state["kv"], _KEY_BASE + _next_key()
+        arr = mx.nd.array(x.reshape(-1), dtype=np.float64)
+        kv.init(key, mx.nd.zeros_like(arr))
+        kv.push(key, arr)
+        out = mx.nd.zeros_like(arr)
+        kv.pull(key, out=out)
+        return out.asnumpy().reshape(x.shape)
+    return x.copy()
+
+
+def barrier():
+    """COLLECTIVE. Returns once every worker has called it."""
+    if _state["hvd"]:
+        allreduce_sum(np.zeros(1))
+    elif _state["kv"]:
+        _state["kv"]._barrier()
+
+
+def broadcast(obj, root=0):
+    """COLLECTIVE. Returns worker `root`'s picklable `obj` on every worker."""
+    if _state["hvd"]:
+        return _state["hvd"].broadcast_object(obj, root_rank=root,
+                                              name="comm.broadcast.%d" % _next_key())
+    if _state["kv"]:
+        if root != 0:
+            raise ValueError("the parameter server broadcasts from worker 0 only")
+        payload = pickle.dumps(obj) if rank() == 0 else b""
+        n = int(allreduce_sum(np.array([len(payload)]))[0])
+        # Bytes travel as float32 bit patterns through kvstore init (worker 0's value is kept)
+        # and pull, which copy and never compute, so every bit arrives as sent.
+        if rank() == 0:
+            arr = mx.nd.array(np.frombuffer(payload + b"\0" * (-n % 4), np.float32))
+        else:
+            arr = mx.nd.zeros(((n + 3) // 4,), dtype=np.float32)
+        key = _KEY_BASE + _next_key()
+        _state["kv"].init(key, arr)
+        _state["kv"].pull(key, out=arr)
+        return pickle.loads(arr.asnumpy().tobytes()[:n])
+    return obj
+
+
+def broadcast_parameters(params):
+    """COLLECTIVE. Every worker's parameters become worker 0's (shapes must be known)."""
+    if _state["hvd"]:
+        _state["hvd"].broadcast_parameters(params, root_rank=0)
+    elif _state["kv"]:
+        kv = _state["kv"]
+        items = sorted(params.items())
+        keys = [_KEY_BASE + _next_key() for _ in items]
+        arrays = [p.data() for _, p in items]
+        kv.init(keys, arrays)  # the servers keep worker 0's values
+        kv.pull(keys, out=arrays)
+        for (_, p), a in zip(items, arrays):
+            p.set_data(a)
+
+
+class DistTrainer:
+    """A Gluon trainer for the running backend, with one normalisation rule for all of them:
+    `step(n)` applies (sum over workers of the local gradients) / n.
+
+    Under Horovod the DistributedTrainer averages over workers, so n is divided by the world
+    size; the parameter server and a single process sum, so n is used as is.
+    """
+
+    def __init__(self, trainer, divide_by):
+        self.trainer, self._divide_by = trainer, divide_by
+
+    def step(self, n):
+        self.trainer.step(n / self._divide_by)
+
+    def set_learning_rate(self, lr):
+        self.trainer.set_learning_rate(lr)
+
+    @property
+    def learning_rate(self):
+        return self.trainer.learning_rate
+
+    def save_states(self, path):
+        """Writes the optimizer state (call on the main worker)."""
+        self.trainer.save_states(path)
+
+    def load_states(self, path):
+        """COLLECTIVE. Worker 0 reads `path`; every worker receives its content."""
+        data = None
+        if is_main():
+            with open(path, "rb") as f:
+                data = f.read()
+        data = broadcast(data)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "trainer.states")
+            with open(local, "wb") as f:
+                f.write(data)
+            self.trainer.load_states(local)
+
+
+def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0):
+    """COLLECTIVE. Broadcasts worker 0's parameters, then builds the backend's trainer.
+
+    Args:
+        params: the network's ParameterDict (fully initialized).
+        optimizer, optimizer_params: as for gluon.Trainer.
+        fp16_compression: Horovod only: allreduce gradients in float16.
+        num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).
+    """
+    b = backend()
+    if b == "horovod":
+        hvd = _state["hvd"]
+        broadcast_parameters(params)
+        compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
+        trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
+                                         compression=compression, num_groups=num_groups)
+        return DistTrainer(trainer, size())
+    if b == "ps":
+        broadcast_parameters(params)
+        # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the
+        # trainer and can be checkpointed.
+        trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=_state["kv"],
+                                   update_on_kvstore=False)
+        return DistTrainer(trainer, 1)
+    return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None), 1)
+

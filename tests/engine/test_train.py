@@ -39,10 +39,11 @@ def assert_same_params(a, b, rtol=0, atol=0):
 
 
 def test_tiny_model_learns_the_synthetic_data(tmp_path):
-    # Chance level: predicting background everywhere gives mIoU ~ 0.17 on this data (one class
-    # of five with IoU ~ 0.85, the rest 0); 200 iterations reach ~ 0.67 (measured over seeds).
-    res = run_train(tmp_path, ["train.iterations=200", "data.train_size=256",
-                               "data.val_size=24", "train.checkpoint_every=1000"], no_eval=False)
+    # Chance level: predicting background everywhere gives mIoU 0.17 on this val set (one class
+    # of five, IoU 0.86, the rest 0). The config's 300 iterations reached mIoU 0.546, 0.594 and
+    # 0.630 with seeds 0, 1, 2 (pixAcc 0.931-0.943).
+    res = run_train(tmp_path, ["train.iterations=300", "data.train_size=256",
+                               "data.val_size=48", "train.checkpoint_every=1000"], no_eval=False)
     assert res["mIoU"] > 0.45, res
     assert res["pixAcc"] > 0.9, res
 
