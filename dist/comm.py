@@ -15,19 +15,23 @@ DEEPLAB_DIST_BACKEND overrides it.
 """
 import os
 import pickle
+import sys
 import tempfile
 
 import mxnet as mx
 import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "nd_allreduce_sum", "broadcast_parameters", "context",
+           "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
+           "broadcast_parameters", "context",
            "make_trainer", "DistTrainer"]
 
 BACKENDS = ("local", "horovod", "ps")
 _state = {"backend": None, "hvd": None, "kv": None, "key": 0}
-# kvstore keys of our own collectives start here, far above the trainer's parameter indices.
-_KEY_BASE = 1 << 24
+# kvstore keys of our own collectives: above the trainer's parameter indices (0, 1, ...), and
+# below 215,000 because MXNet places a small array on server (key * 9973) % num_servers in int32
+# arithmetic (kvstore_dist.h), which overflows for larger keys.
+_KEY_BASE, _KEY_LIMIT = 1 << 16, 215000
 
 
 def resolve_backend(backend="auto", environ=None):
@@ -59,7 +63,12 @@ def init(backend="auto"):
         if os.environ.get("DMLC_ROLE") != "worker":
             raise RuntimeError("dist.backend=ps needs DMLC_ROLE=worker and the DMLC_PS_* "
                                "variables; start workers with `deeplab launch ps`")
-        _state["kv"] = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
+        kv = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
+        _state["kv"] = kv
+        rank_dir = os.environ.get("DEEPLAB_RANK_DIR")
+        if rank_dir:  # `deeplab launch ps` names a lost worker by its rank
+            with open(os.path.join(rank_dir, str(os.getpid())), "w") as f:
+                f.write(str(kv.rank))
     _state["backend"] = backend
 
 
@@ -105,7 +114,35 @@ def context():
 
 def _next_key():
     _state["key"] += 1
+    if _state["backend"] == "ps" and _KEY_BASE + _state["key"] >= _KEY_LIMIT:
+        raise RuntimeError("out of kvstore keys for collectives (%d used)" % _state["key"])
     return _state["key"]
+
+
+def _kv_sum(arr):
+    """Sum over parameter-server workers of a float64 NDArray, on a key reused per size: in
+    dist_sync a server without an optimizer replaces a key's value with each round's sum."""
+    kv, size_keys = _state["kv"], _state.setdefault("sum_keys", {})
+    key = size_keys.get(arr.size)
+    if key is None:
+        key = size_keys[arr.size] = _KEY_BASE + _next_key()
+        kv.init(key, mx.nd.zeros_like(arr))
+    kv.push(key, arr)
+    out = mx.nd.zeros_like(arr)
+    kv.pull(key, out=out)
+    return out
+
+
+def exit_after_failure(code):
+    """Ends a failing worker at once under the parameter server; returns otherwise.
+
+    ps-lite's orderly shutdown (run when the process exits) waits for every node, so a worker
+    that failed would hang there, and the job with it, instead of exiting.
+    """
+    if _state["kv"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def nd_allreduce_sum(array, name):
@@ -123,6 +160,19 @@ def nd_allreduce_sum(array, name):
     return array.copy()
 
 
+def nd_allgather(array, name):
+    """COLLECTIVE. The workers' NDArrays concatenated along axis 0 in rank order (asynchronous).
+
+    Same contract as `nd_allreduce_sum`.
+    """
+    if _state["hvd"]:
+        return _state["hvd"].allgather(array, name=name)
+    if _state["kv"]:
+        raise RuntimeError("synchronized BN needs dist.backend=horovod; under the parameter "
+                           "server each worker keeps its own BN statistics")
+    return array.copy()
+
+
 def allreduce_sum(x):
     """COLLECTIVE. Element-wise sum of a numpy array over workers (a new float64 array)."""
     x = np.asarray(x, dtype=np.float64)
@@ -131,13 +181,7 @@ def allreduce_sum(x):
                                       name="comm.allreduce.%d" % _next_key())
         return out.asnumpy().reshape(x.shape)
     if _state["kv"]:
-        kv, key = _state["kv"], _KEY_BASE + _next_key()
-        arr = mx.nd.array(x.reshape(-1), dtype=np.float64)
-        kv.init(key, mx.nd.zeros_like(arr))
-        kv.push(key, arr)
-        out = mx.nd.zeros_like(arr)
-        kv.pull(key, out=out)
-        return out.asnumpy().reshape(x.shape)
+        return _kv_sum(mx.nd.array(x.reshape(-1), dtype=np.float64)).asnumpy().reshape(x.shape)
     return x.copy()
 
 
@@ -227,10 +271,11 @@ class DistTrainer:
 
 
 def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0):
-    """COLLECTIVE. Broadcasts worker 0's parameters, then builds the backend's trainer.
+    """COLLECTIVE. The backend's trainer, wrapped in DistTrainer.
 
     Args:
-        params: the network's ParameterDict (fully initialized).
+        params: the network's ParameterDict, fully initialized and the same on every worker
+            (`broadcast_parameters` first, as `deeplab.build_model` does).
         optimizer, optimizer_params: as for gluon.Trainer.
         fp16_compression: Horovod only: allreduce gradients in float16.
         num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).
@@ -238,13 +283,11 @@ def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, nu
     b = backend()
     if b == "horovod":
         hvd = _state["hvd"]
-        broadcast_parameters(params)
         compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
         trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
                                          compression=compression, num_groups=num_groups)
         return DistTrainer(trainer, size())
     if b == "ps":
-        broadcast_parameters(params)
         # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the
         # trainer and can be checkpointed.
         trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=_state["kv"],

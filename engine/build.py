@@ -1,32 +1,52 @@
 """Builds the model and datasets a config describes (shared by training and evaluation)."""
 from mxnet.gluon import nn
 
+from deeplab import dist
 from deeplab.data import get_dataset
+from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["build_model", "build_dataset", "log"]
+__all__ = ["build_model", "build_dataset", "uses_sync_bn", "log"]
 
 
-def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
-                norm_layer=nn.BatchNorm, seed=None):
-    """The config's model on `ctx`; BN frozen (running statistics, no gamma/beta updates) when
-    `train.freeze_bn` is set.
+def uses_sync_bn(cfg):
+    """Whether training normalizes with the global batch's statistics (SyncBatchNorm): BN
+    trained, dist.sync_bn set, under Horovod (one Horovod worker included, so that 1 and N
+    workers run the same layer). The local backend uses MXNet's BatchNorm; the parameter server
+    keeps per-worker statistics by design."""
+    return (not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
+            and dist.backend() == "horovod")
+
+
+def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None, seed=None,
+                training=False):
+    """COLLECTIVE. The config's model on `ctx`, the same on every worker.
+
+    Parameter files are read by the main worker only and the result is broadcast, so workers
+    need not see the files. BN is frozen (running statistics, no gamma/beta updates) when
+    `train.freeze_bn` is set, and synchronized across workers in training when `uses_sync_bn`.
 
     Args:
         output_stride: overrides model.output_stride (evaluation at another stride).
         params: a whole-model `.params` file (default: model.params).
         backbone_params: a backbone `.params` file (default: model.backbone_params).
+        training: build for training (synchronized BN if configured).
     """
     m = cfg["model"]
     frozen = cfg["train"]["freeze_bn"]
+    norm_layer = SyncBatchNorm if training and uses_sync_bn(cfg) else nn.BatchNorm
+    main = dist.is_main()
+    params = params if params is not None else m["params"]
+    backbone_params = backbone_params if backbone_params is not None else m["backbone_params"]
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
         head_channels=m["head_channels"], dropout=m["dropout"],
         vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer,
         norm_kwargs={"use_global_stats": True} if frozen else None,
-        backbone_params=backbone_params if backbone_params is not None else m["backbone_params"],
-        params=params if params is not None else m["params"], ctx=ctx, seed=seed)
+        backbone_params=backbone_params if main else None, params=params if main else None,
+        ctx=ctx, seed=seed)
+    dist.broadcast_parameters(net.collect_params())
     if frozen:
         for p in net.collect_params(".*_gamma|.*_beta").values():
             p.grad_req = "null"

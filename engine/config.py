@@ -63,7 +63,10 @@ SCHEMA = {
         "flip": ("bool", False),
     },
     "dist": {
-        "backend": ("choice:local", "local"),
+        "backend": ("choice:auto|local|horovod|ps", "auto"),
+        "sync_bn": ("bool", True),
+        "fp16_compression": ("bool", False),
+        "num_groups": ("int", 0),
     },
 }
 
@@ -178,6 +181,10 @@ def load_config(path, overrides=()):
     for text in overrides:
         sec, k, v = parse_override(text)
         _merge(cfg, {sec: {k: v}}, "--set %s" % text)
+    from deeplab.model import MODELS  # late: the schema itself does not need MXNet
+    if cfg["model"]["name"] not in MODELS:
+        raise ConfigError("%s: model.name %r is not a model; valid names: %s"
+                          % (path, cfg["model"]["name"], ", ".join(MODELS)))
     return cfg
 
 

@@ -19,10 +19,9 @@ from deeplab.checkpoint import Checkpointer, atomic_write
 from deeplab.config import dump_config, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
 from deeplab.metrics import IGNORE_LABEL
-from deeplab.model import load_params
 from gluoncv.utils import LRScheduler
 
-from .build import build_dataset, build_model, log
+from .build import build_dataset, build_model, log, uses_sync_bn
 from .evaluate import run_evaluation
 
 __all__ = ["cross_entropy_sum", "parse_args", "main", "train"]
@@ -41,9 +40,11 @@ def cross_entropy_sum(F, logits, label):
 
 
 def poly_schedule(cfg):
-    """GluonCV's poly schedule, queried by iteration t (lr = base * (1 - t / T) ** power)."""
+    """GluonCV's poly schedule queried by iteration t: lr = base * (1 - t / (T - 1)) ** power,
+    so the last of T iterations runs at 0 (a single iteration runs at the base rate)."""
     t = cfg["train"]
-    return LRScheduler(mode="poly", base_lr=t["lr"], niters=t["iterations"], power=t["lr_power"])
+    return LRScheduler(mode="poly", base_lr=t["lr"], niters=max(t["iterations"], 2),
+                       power=t["lr_power"])
 
 
 def make_optimizer_params(net, cfg):
@@ -71,18 +72,28 @@ def train(cfg, workdir, resume=False):
                              "continue that run or choose another --workdir" % ckpt.dir)
     state = dist.broadcast(state)
 
-    # Rank 0's initialization wins anyway (parameters are broadcast); seeding makes runs repeatable.
-    net = build_model(cfg, ctx, seed=t_cfg["seed"])
-    trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg))
+    # Horovod's order: build and fully initialize, broadcast worker 0's parameters (inside
+    # build_model; when resuming they are the checkpoint's), then the distributed trainer.
+    net = build_model(cfg, ctx, params=state["params"] if state else None, seed=t_cfg["seed"],
+                      training=True)
+    d_cfg = cfg["dist"]
+    trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
+                                fp16_compression=d_cfg["fp16_compression"],
+                                num_groups=d_cfg["num_groups"])
     start = 0
     if state is not None:
-        load_params(net, state["params"])
         trainer.load_states(state["states"])
         start = state["iteration"]
         if main_worker:
             log("resuming from %s at iteration %d" % (state["params"], start), log_path)
+    if main_worker:
+        log("training on %d worker(s) (dist.backend %s), global batch %d, %s BN" % (
+            dist.size(), dist.backend(), t_cfg["batch_size"],
+            "frozen" if t_cfg["freeze_bn"] else "synchronized" if uses_sync_bn(cfg)
+            else "per-worker" if dist.size() > 1 else "plain"), log_path)
     if t_cfg["hybridize"]:
-        net.hybridize(static_alloc=True)
+        # MXNet's static allocation does not support custom operators (SyncBatchNorm's).
+        net.hybridize(static_alloc=not uses_sync_bn(cfg))
 
     dataset = build_dataset(cfg, "train")
     transform = TrainTransform(cfg["data"]["crop_size"], seed=t_cfg["seed"],
@@ -147,7 +158,6 @@ def main(args):
     final = os.path.join(args.workdir, "final.params")
     if os_ != cfg["model"]["output_stride"]:
         # Another stride changes the graph (dilations, head rates), not the parameters.
-        dist.barrier()  # final.params is written by the main worker
         net = build_model(cfg, dist.context(), output_stride=os_, params=final, backbone_params="")
     return run_evaluation(net, cfg, dist.context(), os_, os.path.abspath(final),
                           os.path.join(args.workdir, "results.json"))

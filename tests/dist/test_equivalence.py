@@ -1,0 +1,92 @@
+"""N workers train and evaluate what one worker does (tiny model, synthetic data, CPU).
+
+`deeplab train` runs for a few steps with global batch 6 on 1, 2 and 3 workers; the saved
+parameters must agree. Per array, max |a - b| <= rel * max |a| + 1e-7, with these measured worst
+cases (float32; summation order differs with the number of workers):
+- synchronized BN under Horovod, 5 steps: 1e-5 of an array's scale (1 vs 2 and 1 vs 3
+  workers). Differences grow with training from scratch (1.5e-3 after 10 steps on a 1x1 image-
+  pooling branch, whose BN sees 6 values), so few steps are compared; tolerance 2e-4.
+- frozen BN (Horovod and parameter server), 4 steps: 4e-7; tolerance 5e-6.
+Evaluation must give the very same confusion matrix on any number of workers.
+"""
+import json
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+COMMON = ["train.iterations=5", "data.train_size=24", "data.val_size=7", "data.num_workers=0",
+          "train.batch_size=6", "train.log_every=1", "train.checkpoint_every=1000"]
+
+
+def train(dl, workdir, launcher=(), overrides=(), no_eval=True):
+    args = list(launcher) + ["train", dl.TINY, "--workdir", workdir] + dl.sets(
+        *COMMON, *overrides) + (["--no-eval"] if no_eval else [])
+    return dl.deeplab(*args, timeout=240)
+
+
+def horovod(n):
+    return ["launch", "horovod", "-np", str(n), "--"]
+
+
+def ps(workers, servers):
+    return ["launch", "ps", "--workers", str(workers), "--servers", str(servers), "--"]
+
+
+def assert_params_close(a, b, rel):
+    pa, pb = mx.nd.load(str(a)), mx.nd.load(str(b))
+    assert sorted(pa) == sorted(pb)
+    for k in pa:
+        x, y = pa[k].asnumpy(), pb[k].asnumpy()
+        bound = rel * np.abs(x).max() + 1e-7
+        assert np.abs(x - y).max() <= bound, "%s: %g > %g" % (k, np.abs(x - y).max(), bound)
+
+
+def test_synchronized_bn_training_is_the_same_on_1_2_and_3_workers(tmp_path, dl):
+    for n in (1, 2, 3):
+        out = train(dl, tmp_path / str(n), horovod(n)).stdout
+        assert "training on %d worker(s) (dist.backend horovod), global batch 6, synchronized BN"\
+            % n in out
+    for n in (2, 3):
+        assert_params_close(tmp_path / "1" / "final.params", tmp_path / str(n) / "final.params",
+                            rel=2e-4)
+
+
+def test_frozen_bn_training_under_horovod_is_the_same_as_one_process(tmp_path, dl):
+    train(dl, tmp_path / "local", overrides=["train.freeze_bn=true"])
+    for n in (2, 3):
+        train(dl, tmp_path / str(n), horovod(n), ["train.freeze_bn=true"])
+        assert_params_close(tmp_path / "local" / "final.params",
+                            tmp_path / str(n) / "final.params", rel=5e-6)
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+def test_parameter_server_training_is_the_same_as_one_process(tmp_path, dl, servers):
+    frozen = ["train.freeze_bn=true", "train.iterations=4"]
+    train(dl, tmp_path / "local", overrides=frozen)
+    out = train(dl, tmp_path / "ps", ps(2, servers), frozen).stdout
+    assert "training on 2 worker(s) (dist.backend ps), global batch 6, frozen BN" in out
+    assert_params_close(tmp_path / "local" / "final.params", tmp_path / "ps" / "final.params",
+                        rel=5e-6)
+
+
+def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
+    train(dl, tmp_path / "run", overrides=["train.iterations=6"])
+    params = tmp_path / "run" / "final.params"
+    results = {}
+    for name, launcher in [("local", []), ("hvd2", horovod(2)), ("hvd3", horovod(3)),
+                           ("ps2", ps(2, 1))]:
+        out = tmp_path / ("%s.json" % name)
+        # 7 images: shards of 4+3 and 3+2+2.
+        dl.deeplab(*launcher, "eval", dl.TINY, "--checkpoint", params, "--out", out,
+                   *dl.sets("data.val_size=7", "data.num_workers=0"), timeout=240)
+        with open(out) as f:
+            results[name] = json.load(f)
+    ref = results["local"]
+    assert ref["num_images"] == 7
+    assert np.array(ref["confusion_matrix"]).sum() > 0
+    for name, res in results.items():
+        assert res["num_images"] == 7, name
+        assert res["confusion_matrix"] == ref["confusion_matrix"], name
+        assert res["mIoU"] == ref["mIoU"] and res["pixAcc"] == ref["pixAcc"], name
