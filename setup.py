@@ -19,5 +19,7 @@ setup(
     python_requires=">=3.8",
     packages=["deeplab"] + ["deeplab." + p for p in SUBPACKAGES],
     package_dir={"deeplab": "engine", **{"deeplab." + p: p for p in SUBPACKAGES}},
+    # The MPI Operator's CRD schema that `deeplab k8s validate` checks MPIJobs against.
+    package_data={"deeplab.k8s": ["schemas/*.yaml"]},
     entry_points={"console_scripts": ["deeplab = deeplab.cli:main"]},
 )

@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.connection
 import pickle
 import signal
+import sys
 import traceback
 
 import numpy as np
@@ -129,6 +130,11 @@ def _ordered_map(fn, items, num_workers, max_pending):
             yield fn(item)
         return
 
+    mxnet = sys.modules.get("mxnet")
+    if mxnet is not None:
+        # MXNet's fork handler stops its engine until every pending operation has run; one that
+        # waits on other processes (a Horovod collective inside a layer) would never finish.
+        mxnet.nd.waitall()
     ctx = multiprocessing.get_context("fork")
     tasks = ctx.SimpleQueue()
     workers, readers = [], []

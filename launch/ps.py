@@ -51,7 +51,7 @@ def role_command(role, deeplab_args, python=None):
     return [python, "-c", _SERVER_CODE]
 
 
-def _stop(procs, grace=5.0):
+def stop_all(procs, grace=5.0):
     """SIGTERM every process group, then SIGKILL what is left after `grace` seconds."""
     for _, p in procs:
         if p.poll() is None:
@@ -72,6 +72,10 @@ def _stop(procs, grace=5.0):
             except ProcessLookupError:
                 pass
             p.wait()
+
+
+def _raise_exit(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _describe(code):
@@ -100,6 +104,9 @@ def run_local(workers, servers, deeplab_args, poll=0.2, finish_grace=30.0):
     port = free_port()
     cores = os.cpu_count() or 1
     procs = []
+    # SIGTERM (a job scheduler, `timeout`) must not orphan the nodes: raise, so `finally` stops
+    # them.
+    signal.signal(signal.SIGTERM, _raise_exit)
     with tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
         try:
             for role, count in (("scheduler", 1), ("server", servers), ("worker", workers)):
@@ -136,7 +143,7 @@ def run_local(workers, servers, deeplab_args, poll=0.2, finish_grace=30.0):
                 time.sleep(poll)
             return 0
         finally:
-            _stop(procs)
+            stop_all(procs)
 
 
 def run_node(deeplab_args):

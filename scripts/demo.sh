@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job: sets up the environment if needed, then trains the tiny DeepLabV3 on the built-in
-# synthetic data and evaluates it (pixAcc, mIoU). Results in runs/demo/ (or $1).
+# synthetic data with 2 Horovod workers (synchronized BN) and evaluates it, the confusion matrix
+# gathered on rank 0 (pixAcc, mIoU). Results in runs/demo/ (or $1). DEEPLAB_WORKERS=N changes
+# the number of workers (the global batch, 8, must be divisible by it).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$root/scripts/setup_env.sh"
 venv=${DEEPLAB_VENV:-$root/.venv}
 workdir=${1:-$root/runs/demo}
 rm -rf "$workdir"
-exec "$venv/bin/deeplab" train "$root/configs/tiny_synthetic.yaml" --workdir "$workdir"
+exec "$venv/bin/deeplab" launch horovod -np "${DEEPLAB_WORKERS:-2}" -- \
+  train "$root/configs/tiny_synthetic.yaml" --workdir "$workdir"

@@ -1,0 +1,109 @@
+"""`deeplab k8s`: Kubernetes jobs for a training config.
+
+    deeplab k8s render CONFIG --backend horovod|ps --nodes N --gpus-per-node G --image IMG
+                       --data-pvc NAME --out DIR [--name JOB] [--servers M] [--set KEY=VALUE ...]
+    deeplab k8s validate DIR
+    deeplab k8s run-local DIR --data-dir LOCAL_DIR [--source REPO] [--timeout S] [--dry-run]
+"""
+import argparse
+import os
+import sys
+
+from . import render as render_mod
+from .render import MOUNT
+
+__all__ = ["parse_args", "main"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="deeplab k8s", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+
+    r = sub.add_parser("render", help="write the manifests of a training run")
+    r.add_argument("config", help="training config inside the repository, e.g. "
+                                  "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
+    r.add_argument("--backend", required=True, choices=("horovod", "ps"),
+                   help="horovod: a Kubeflow MPIJob; ps: a headless Service and Jobs")
+    r.add_argument("--nodes", type=int, required=True,
+                   help="GPU nodes: Horovod runs one worker pod per node with all its GPUs; "
+                        "ps runs one worker pod per GPU")
+    r.add_argument("--gpus-per-node", type=int, required=True,
+                   help="GPUs per node (0: CPU nodes, one training process each)")
+    r.add_argument("--image", required=True, help="container image built from k8s/Dockerfile")
+    r.add_argument("--data-pvc", required=True,
+                   help="PersistentVolumeClaim (ReadWriteMany) mounted at %s in the training "
+                        "pods: dataset, weights and the run directory %s/runs/JOB"
+                        % (MOUNT, MOUNT))
+    r.add_argument("--out", required=True, help="directory to write job.yaml into")
+    r.add_argument("--name", help="job name (default: from the config file name)")
+    r.add_argument("--servers", type=int,
+                   help="parameter servers (--backend ps; default: --nodes)")
+    r.add_argument("--data-subdir", default="voc",
+                   help="dataset directory inside the PVC, becomes data.root=%s/SUBDIR unless "
+                        "--set data.root is given (default: voc; unused for synthetic data)"
+                        % MOUNT)
+    r.add_argument("--shm-size", default="8Gi",
+                   help="size of the memory-backed /dev/shm of training pods (default 8Gi)")
+    r.add_argument("--grace-period", type=int, default=300,
+                   help="terminationGracePeriodSeconds: time to checkpoint after SIGTERM "
+                        "(default 300)")
+    r.add_argument("--backoff-limit", type=int, default=None,
+                   help="--backend horovod: MPIJob runPolicy.backoffLimit, launcher restarts that "
+                        "each resume from the newest checkpoint (default 3)")
+    r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE",
+                   help="config override passed to `deeplab train` in the pods, e.g. "
+                        "--set model.backbone_params=%s/models/resnet50_v2.params" % MOUNT)
+
+    v = sub.add_parser("validate", help="validate manifests offline (strict)")
+    v.add_argument("dir", help="directory of manifests, e.g. the --out of render")
+
+    lo = sub.add_parser("run-local", help="run the pods' commands as local processes")
+    lo.add_argument("dir", help="directory of rendered manifests")
+    lo.add_argument("--data-dir", required=True,
+                    help="local directory standing for the PVC (%s)" % MOUNT)
+    lo.add_argument("--source", default=None,
+                    help="repository checkout standing for the image's %s (default: the "
+                         "checkout this package runs from)" % render_mod.IMAGE_SOURCE)
+    lo.add_argument("--timeout", type=float, default=None,
+                    help="stop the job after this many seconds")
+    lo.add_argument("--dry-run", action="store_true",
+                    help="print the local command lines without running them")
+    return p.parse_args(argv)
+
+
+def _render(args):
+    path = render_mod.render_to_dir({
+        "config": args.config, "backend": args.backend, "nodes": args.nodes,
+        "gpus_per_node": args.gpus_per_node, "image": args.image, "data_pvc": args.data_pvc,
+        "name": args.name, "servers": args.servers, "overrides": args.overrides,
+        "data_subdir": args.data_subdir, "shm_size": args.shm_size,
+        "grace_period": args.grace_period, "backoff_limit": args.backoff_limit}, args.out)
+    print("wrote %s" % path)
+
+
+def _validate(args):
+    from .validate import KUBERNETES_VERSION, validate_dir
+
+    count, problems = validate_dir(args.dir)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        raise ValueError("%d problem(s) in %s (Kubernetes %s, MPI Operator CRD v2beta1)"
+                         % (len(problems), args.dir, KUBERNETES_VERSION))
+    print("%s: %d object(s) valid for Kubernetes %s" % (args.dir, count, KUBERNETES_VERSION))
+
+
+def _run_local(args):
+    from .local import run_local
+
+    source = args.source or render_mod.source_root()
+    if not os.path.isdir(source):
+        raise ValueError("--source %s is not a directory" % source)
+    code = run_local(args.dir, args.data_dir, source, timeout=args.timeout, dry_run=args.dry_run)
+    if code:
+        raise SystemExit(code)
+
+
+def main(args):
+    {"render": _render, "validate": _validate, "run-local": _run_local}[args.action](args)

@@ -1,0 +1,362 @@
+"""Kubernetes manifests for one training run, rendered from the training config and the flags of
+`deeplab k8s render`, so that the pods run exactly the `deeplab` command lines the code accepts.
+
+Horovod: one Kubeflow MPI Operator `MPIJob` (kubeflow.org/v2beta1). Its launcher runs
+`deeplab launch horovod --hostfile /etc/mpi/hostfile` (the hostfile the operator writes), which
+reaches the workers over ssh; the workers run sshd, hold the GPUs and mount the PVC.
+
+Parameter server: core objects only (Kubeflow's MXJob was removed in Training Operator 1.9): a
+headless Service that gives the scheduler pod a stable DNS name, and three Jobs (scheduler; servers
+and workers as Indexed Jobs), every pod running `deeplab launch ps -- train ...` with its own
+DMLC_ROLE. One worker pod per GPU, since a parameter-server worker is one process.
+
+The pods that train mount one PersistentVolumeClaim at MOUNT (dataset, pretrained weights, run
+directory) and a memory-backed /dev/shm for the loader processes. The output is deterministic:
+the same arguments give the same bytes.
+"""
+import os
+import re
+import shlex
+
+import yaml
+
+__all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "source_root",
+           "default_name", "render", "render_to_dir", "render_command", "dump_documents"]
+
+MOUNT = "/data"  # where every pod mounts the PVC
+IMAGE_SOURCE = "/opt/deeplab"  # the repository inside the image (k8s/Dockerfile)
+HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI Operator into the launcher
+SSH_DIR = "/root/.ssh"  # where the MPI Operator mounts the job's ssh keys
+PS_PORT = 9091  # the ps-lite scheduler's port
+LAUNCH_TIMEOUT = 300  # seconds for horovodrun to reach every worker and rendezvous
+MANIFEST = "job.yaml"  # the file render_to_dir writes
+# Config keys that name files: in a pod only the PVC exists, so they must point into it.
+PATH_KEYS = ("data.root", "model.backbone_params", "model.params")
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+# NAME-scheduler, NAME-worker and their pods' names must stay within 63 characters.
+MAX_NAME = 40
+
+
+class RenderError(ValueError):
+    """Render arguments that cannot make a valid job."""
+
+
+def source_root():
+    """The repository checkout this package runs from (configs/ must be under it), else the
+    current directory."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(here, "configs")) and os.path.isfile(
+            os.path.join(here, "setup.py")):
+        return here
+    return os.getcwd()
+
+
+def default_name(config):
+    """A job name from the config file name ('deeplabv3_r50v2-os16_bs16...' ->
+    'deeplabv3-r50v2-os16-bs16...'), at most MAX_NAME characters."""
+    stem = os.path.splitext(os.path.basename(config))[0].lower()
+    name = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")
+    if len(name) > MAX_NAME:  # cut at a word boundary where there is one
+        cut = name[:MAX_NAME + 1].rfind("-")
+        name = name[:cut] if cut > 0 else name[:MAX_NAME]
+    if not name or not name[0].isalpha():
+        name = ("job-" + name)[:MAX_NAME].rstrip("-")
+    return name
+
+
+def _config_in_image(config, root):
+    """CONFIG's path relative to the repository, which is how the pods (working directory
+    IMAGE_SOURCE) name it."""
+    if not os.path.isfile(config):
+        raise RenderError("config file %s does not exist" % config)
+    rel = os.path.relpath(os.path.abspath(config), root)
+    if rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+        raise RenderError("config %s is outside the repository %s: the pods read configs from "
+                          "the image, which holds the repository at %s" % (config, root,
+                                                                           IMAGE_SOURCE))
+    return rel.replace(os.sep, "/")
+
+
+def _check_args(a):
+    for flag, value, low in (("--nodes", a["nodes"], 1), ("--gpus-per-node", a["gpus_per_node"], 0),
+                             ("--grace-period", a["grace_period"], 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise RenderError("%s must be an integer >= %d, got %r" % (flag, low, value))
+    if a["backend"] not in ("horovod", "ps"):
+        raise RenderError("--backend must be horovod or ps, got %r" % (a["backend"],))
+    if a["backend"] == "ps":
+        if isinstance(a["servers"], bool) or not isinstance(a["servers"], int) or a["servers"] < 1:
+            raise RenderError("--servers must be an integer >= 1, got %r" % (a["servers"],))
+        if a["backoff_limit"] is not None:
+            raise RenderError("--backoff-limit applies to --backend horovod only: a lost "
+                              "parameter-server pod cannot rejoin its job, so none is retried")
+    else:
+        if a["servers"] is not None:
+            raise RenderError("--servers applies to --backend ps only (Horovod has no servers)")
+        bl = a["backoff_limit"]
+        if isinstance(bl, bool) or not isinstance(bl, int) or bl < 0:
+            raise RenderError("--backoff-limit must be an integer >= 0, got %r" % (bl,))
+    if not _DNS_LABEL.match(a["name"]) or len(a["name"]) > MAX_NAME:
+        raise RenderError("--name %r must be a DNS label of at most %d characters: lower-case "
+                          "letters, digits and '-', starting with a letter" % (a["name"], MAX_NAME))
+    if not _DNS_SUBDOMAIN.match(a["data_pvc"]) or len(a["data_pvc"]) > 253:
+        raise RenderError("--data-pvc %r is not a valid PersistentVolumeClaim name (lower-case "
+                          "letters, digits, '-' and '.')" % (a["data_pvc"],))
+    if not a["image"] or any(c.isspace() for c in a["image"]):
+        raise RenderError("--image must be a container image reference without spaces, got %r"
+                          % (a["image"],))
+    if not _QUANTITY.match(a["shm_size"]):
+        raise RenderError("--shm-size must be a Kubernetes quantity such as 8Gi, got %r"
+                          % (a["shm_size"],))
+    sub = a["data_subdir"]
+    if not sub or sub.startswith("/") or ".." in sub.split("/"):
+        raise RenderError("--data-subdir must be a relative path inside the PVC, got %r" % (sub,))
+
+
+def _train_args(a, cfg, config_rel):
+    """The `train ...` arguments every pod runs (after `deeplab launch ... --`)."""
+    from deeplab.config import parse_override
+
+    overrides = list(a["overrides"])
+    for text in overrides:
+        sec, key, value = parse_override(text)
+        dotted = "%s.%s" % (sec, key)
+        if dotted in PATH_KEYS and value is not None and not (
+                isinstance(value, str) and value.startswith(MOUNT + "/")):
+            raise RenderError("--set %s: the pods see only the PVC, mounted at %s; give a path "
+                              "under %s/" % (text, MOUNT, MOUNT))
+    if cfg["data"]["name"] != "synthetic" and not any(
+            t.split("=", 1)[0] == "data.root" for t in overrides):
+        overrides.insert(0, "data.root=%s/%s" % (MOUNT, a["data_subdir"].strip("/")))
+    args = ["train", config_rel, "--workdir", "%s/runs/%s" % (MOUNT, a["name"]),
+            # A restarted pod continues from the newest checkpoint (none on the first run).
+            "--resume"]
+    for text in overrides:
+        args += ["--set", text]
+    return args
+
+
+def _labels(a, component):
+    return {"app.kubernetes.io/name": "deeplab", "app.kubernetes.io/instance": a["name"],
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "deeplab-k8s-render"}
+
+
+def _env(pairs):
+    return [{"name": k, "value": str(v)} for k, v in pairs]
+
+
+def _volumes(a):
+    return [{"name": "data", "persistentVolumeClaim": {"claimName": a["data_pvc"]}},
+            # The loader's worker processes pass batches through shared memory; the container
+            # runtime's default /dev/shm is 64 MiB.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": a["shm_size"]}}]
+
+
+_MOUNTS = [{"name": "data", "mountPath": MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+
+
+def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=None):
+    c = {"name": name, "image": a["image"], "imagePullPolicy": "IfNotPresent",
+         "workingDir": IMAGE_SOURCE, "command": list(command)}
+    if args is not None:
+        c["args"] = list(args)
+        # Python's output reaches `kubectl logs` as it is written.
+        c["env"] = _env([("PYTHONUNBUFFERED", "1")]) + list(env)
+    if ports:
+        c["ports"] = ports
+    if gpus:
+        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    if mounts:
+        c["volumeMounts"] = [dict(m) for m in _MOUNTS]
+    return c
+
+
+def _mpijob(a, train_args):
+    slots = a["gpus_per_node"] or 1
+    launch = ["launch", "horovod", "-np", str(a["nodes"] * slots), "--hostfile", HOSTFILE,
+              "--start-timeout", str(LAUNCH_TIMEOUT), "--"] + train_args
+    launcher = {"containers": [_container(a, "launcher", ["deeplab"], launch, mounts=False)],
+                "terminationGracePeriodSeconds": a["grace_period"]}
+    worker = {"containers": [_container(a, "worker", ["/usr/sbin/sshd", "-De"],
+                                        gpus=a["gpus_per_node"])],
+              "volumes": _volumes(a), "terminationGracePeriodSeconds": a["grace_period"]}
+    return {
+        "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
+        "metadata": {"name": a["name"], "labels": _labels(a, "training")},
+        "spec": {
+            "slotsPerWorker": slots,
+            "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": a["backoff_limit"]},
+            # horovodrun (Gloo) reaches the workers over the operator's ssh; mpirun (OpenMPI) is
+            # what the operator's MPI settings describe, used with `deeplab launch --mpi`.
+            "mpiImplementation": "OpenMPI",
+            "launcherCreationPolicy": "WaitForWorkersReady",
+            "sshAuthMountPath": SSH_DIR,
+            "mpiReplicaSpecs": {
+                "Launcher": {"replicas": 1, "restartPolicy": "OnFailure",
+                             "template": {"metadata": {"labels": _labels(a, "launcher")},
+                                          "spec": launcher}},
+                "Worker": {"replicas": a["nodes"], "restartPolicy": "OnFailure",
+                           "template": {"metadata": {"labels": _labels(a, "worker")},
+                                        "spec": worker}},
+            },
+        },
+    }
+
+
+def _ps_objects(a, train_args):
+    workers = a["nodes"] * (a["gpus_per_node"] or 1)
+    root = "scheduler.%s" % a["name"]  # <hostname>.<subdomain>, resolved through the Service
+    common = [("DMLC_PS_ROOT_URI", root), ("DMLC_PS_ROOT_PORT", PS_PORT),
+              ("DMLC_NUM_SERVER", a["servers"]), ("DMLC_NUM_WORKER", workers),
+              # ps-lite's scheduler then binds 0.0.0.0 rather than its DNS name.
+              ("DMLC_USE_KUBERNETES", 1)]
+    pod_ip = {"name": "DMLC_NODE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    launch = ["launch", "ps", "--"] + train_args
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": a["name"], "labels": _labels(a, "scheduler")},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": {"app.kubernetes.io/instance": a["name"],
+                              "app.kubernetes.io/component": "scheduler"},
+                 "ports": [{"name": "ps-root", "port": PS_PORT, "targetPort": PS_PORT,
+                            "protocol": "TCP"}]},
+    }
+
+    def job(role, count, container, indexed, volumes):
+        pod = {"restartPolicy": "Never", "terminationGracePeriodSeconds": a["grace_period"],
+               "containers": [container]}
+        if role == "scheduler":
+            pod = {"hostname": "scheduler", "subdomain": a["name"], **pod}
+        else:
+            pod["initContainers"] = [wait_for_scheduler]
+        if volumes:
+            pod["volumes"] = _volumes(a)
+        spec = {"completions": count, "parallelism": count}
+        if indexed:
+            spec["completionMode"] = "Indexed"
+        # A lost ps-lite node cannot rejoin the job, so a pod is never retried.
+        spec["backoffLimit"] = 0
+        spec["template"] = {"metadata": {"labels": _labels(a, role)}, "spec": pod}
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "%s-%s" % (a["name"], role), "labels": _labels(a, role)},
+                "spec": spec}
+
+    # ps-lite aborts if the scheduler's name does not resolve yet, and the Service publishes it
+    # only once the scheduler pod has an address: servers and workers wait for it first.
+    wait_for_scheduler = {
+        "name": "wait-for-scheduler", "image": a["image"], "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", 'for i in $(seq %d); do getent hosts "$DMLC_PS_ROOT_URI" '
+                    '>/dev/null && exit 0; sleep 1; done; echo "$DMLC_PS_ROOT_URI does not '
+                    'resolve" >&2; exit 1' % LAUNCH_TIMEOUT],
+        "env": _env([("DMLC_PS_ROOT_URI", root)])}
+    scheduler = _container(a, "scheduler", ["deeplab"], launch,
+                           env=_env([("DMLC_ROLE", "scheduler")] + common), mounts=False,
+                           ports=[{"name": "ps-root", "containerPort": PS_PORT,
+                                   "protocol": "TCP"}])
+    server = _container(a, "server", ["deeplab"], launch,
+                        env=_env([("DMLC_ROLE", "server")] + common) + [pod_ip], mounts=False)
+    worker = _container(a, "worker", ["deeplab"], launch,
+                        env=_env([("DMLC_ROLE", "worker")] + common
+                                 # each worker pod sees its one GPU as device 0
+                                 + [("DEEPLAB_LOCAL_RANK", 0)]) + [pod_ip],
+                        gpus=1 if a["gpus_per_node"] else 0)
+    return [service, job("scheduler", 1, scheduler, False, False),
+            job("server", a["servers"], server, True, False),
+            job("worker", workers, worker, True, True)]
+
+
+def _normalize(args):
+    """Render arguments as a dict with every option filled in."""
+    a = dict(args)
+    a.setdefault("name", None)
+    a.setdefault("servers", None)
+    a.setdefault("overrides", [])
+    a.setdefault("data_subdir", "voc")
+    a.setdefault("shm_size", "8Gi")
+    a.setdefault("grace_period", 300)
+    if a.get("backoff_limit") is None and a["backend"] == "horovod":
+        a["backoff_limit"] = 3
+    a.setdefault("backoff_limit", None)
+    if a["name"] is None:
+        a["name"] = default_name(a["config"])
+    if a["backend"] == "ps" and a["servers"] is None:
+        a["servers"] = a["nodes"]
+    a["overrides"] = list(a["overrides"] or [])
+    return a
+
+
+def render(args, root=None):
+    """The manifests (a list of dicts) for render arguments `args` (a dict with the keys of
+    `deeplab k8s render`'s options: config, backend, nodes, gpus_per_node, image, data_pvc and
+    optionally name, servers, overrides, data_subdir, shm_size, grace_period, backoff_limit).
+
+    Raises:
+        RenderError (or ConfigError) naming the flag or config key that is wrong.
+    """
+    from deeplab.config import load_config
+
+    a = _normalize(args)
+    _check_args(a)
+    root = root or source_root()
+    config_rel = _config_in_image(a["config"], root)
+    cfg = load_config(a["config"], a["overrides"])
+    world = a["nodes"] * (a["gpus_per_node"] or 1)
+    if cfg["train"]["batch_size"] % world:
+        raise RenderError("train.batch_size (%d, the global batch) must be divisible by the number "
+                          "of workers, --nodes x --gpus-per-node = %d" % (
+                              cfg["train"]["batch_size"], world))
+    if cfg["dist"]["backend"] not in ("auto", a["backend"]):
+        raise RenderError("dist.backend is %r in the config but --backend is %r"
+                          % (cfg["dist"]["backend"], a["backend"]))
+    train_args = _train_args(a, cfg, config_rel)
+    if a["backend"] == "horovod":
+        return [_mpijob(a, train_args)]
+    return _ps_objects(a, train_args)
+
+
+def render_command(args, root=None):
+    """The canonical `deeplab k8s render` command line that reproduces `args`, run from the
+    repository's top directory."""
+    a = _normalize(args)
+    config = _config_in_image(a["config"], root or source_root())
+    cmd = ["deeplab", "k8s", "render", config, "--backend", a["backend"],
+           "--nodes", str(a["nodes"]), "--gpus-per-node", str(a["gpus_per_node"]),
+           "--image", a["image"], "--data-pvc", a["data_pvc"], "--name", a["name"]]
+    if a["backend"] == "ps":
+        cmd += ["--servers", str(a["servers"])]
+    for flag, key, default in (("--data-subdir", "data_subdir", "voc"),
+                               ("--shm-size", "shm_size", "8Gi"),
+                               ("--grace-period", "grace_period", 300),
+                               ("--backoff-limit", "backoff_limit", 3 if a["backend"] == "horovod"
+                                else None)):
+        if a[key] != default:
+            cmd += [flag, str(a[key])]
+    for text in a["overrides"]:
+        cmd += ["--set", text]
+    return cmd
+
+
+def dump_documents(docs, header_lines=()):
+    """Multi-document YAML text, keys in the order built, no line wrapping."""
+    out = "".join("# %s\n" % line for line in header_lines)
+    out += yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=4096,
+                              explicit_start=True)
+    return out
+
+
+def render_to_dir(args, out, root=None):
+    """Renders and writes `out`/job.yaml (creating `out`); returns its path."""
+    docs = render(args, root=root)
+    header = ["Rendered by: %s" % " ".join(shlex.quote(t) for t in render_command(args, root)),
+              "Do not edit: change the config or the flags and render again."]
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, MANIFEST)
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(dump_documents(docs, header))
+    os.replace(tmp, path)
+    return path

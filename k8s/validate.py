@@ -1,0 +1,204 @@
+"""Offline validation of rendered manifests, strict on unknown fields.
+
+- Core objects (Service, Job, ...): the JSON schemas bundled in the `kubernetes-validate` package,
+  in strict mode, for Kubernetes KUBERNETES_VERSION.
+- MPIJob (kubeflow.org/v2beta1): the MPI Operator's CRD schema vendored in
+  k8s/schemas/kubeflow.org_mpijobs.yaml, checked with `jsonschema`; its metadata against
+  Kubernetes' ObjectMeta from the same kubernetes-validate schemas.
+- ENUMS: values that the API server and the MPI Operator check in code although their OpenAPI
+  schemas do not list them (restartPolicy, cleanPodPolicy, ...).
+"""
+import copy
+import functools
+import glob
+import os
+
+import yaml
+
+__all__ = ["KUBERNETES_VERSION", "CRD_PATH", "ManifestError", "load_documents", "mpijob_schema",
+           "validate_document", "validate_dir"]
+
+# The Kubernetes release whose API the MPI Operator 0.7.0 CRD was generated from.
+KUBERNETES_VERSION = "1.34"
+CRD_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schemas",
+                        "kubeflow.org_mpijobs.yaml")
+
+# (field name, allowed values): applied wherever the field appears under the listed parent key.
+# Sources: k8s.io/api core/v1 and batch/v1 types (validated by the API server), and the MPI
+# Operator's pkg/apis/kubeflow/validation for the MPIJob fields.
+ENUMS = {
+    ("PodSpec", "restartPolicy"): ("Always", "OnFailure", "Never"),
+    ("PodSpec", "dnsPolicy"): ("ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"),
+    ("Container", "imagePullPolicy"): ("Always", "Never", "IfNotPresent"),
+    ("Container", "terminationMessagePolicy"): ("File", "FallbackToLogsOnError"),
+    ("Port", "protocol"): ("TCP", "UDP", "SCTP"),
+    ("EmptyDir", "medium"): ("", "Memory", "HugePages"),
+    ("JobSpec", "completionMode"): ("NonIndexed", "Indexed"),
+    ("ServiceSpec", "type"): ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"),
+    ("ReplicaSpec", "restartPolicy"): ("Always", "OnFailure", "Never", "ExitCode"),
+    ("RunPolicy", "cleanPodPolicy"): ("None", "Running", "All"),
+    ("MPIJobSpec", "launcherCreationPolicy"): ("AtStartup", "WaitForWorkersReady"),
+}
+MPI_REPLICA_TYPES = ("Launcher", "Worker")
+
+
+class ManifestError(ValueError):
+    """A manifest file that is not YAML or holds something other than Kubernetes objects."""
+
+
+def load_documents(path):
+    """The non-empty YAML documents of `path`, as a list of dicts."""
+    try:
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    except yaml.YAMLError as err:
+        raise ManifestError("%s is not valid YAML: %s" % (path, err)) from None
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict) or "kind" not in d or "apiVersion" not in d:
+            raise ManifestError("%s: document %d is not a Kubernetes object (no kind/apiVersion)"
+                                % (path, i + 1))
+    return docs
+
+
+def _strict(schema):
+    """`schema` with additionalProperties: false on every object that lists its properties and
+    does not say otherwise. The CRD's schema, like every structural CRD schema, leaves unknown
+    fields to the API server's pruning (silently dropped); here they are errors."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@functools.lru_cache(maxsize=None)
+def mpijob_schema(path=CRD_PATH):
+    """The strict JSON schema of an MPIJob kubeflow.org/v2beta1, from the vendored CRD."""
+    with open(path) as f:
+        crd = yaml.safe_load(f)
+    for version in crd["spec"]["versions"]:
+        if version["name"] == "v2beta1":
+            return _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+    raise ManifestError("%s has no v2beta1 version" % path)
+
+
+@functools.lru_cache(maxsize=None)
+def _object_meta_validator(version):
+    """A validator of Kubernetes ObjectMeta (strict) from kubernetes-validate's schemas."""
+    import jsonschema
+    import kubernetes_validate.utils as kv
+    from referencing import Registry, Resource
+
+    full = [v for v in kv.all_versions() if kv.major_minor(v) == version]
+    if not full:
+        raise ManifestError("kubernetes-validate %s has no schemas for Kubernetes %s"
+                            % (kv.__version__, version))
+    defs = kv.schema_contents("kubernetes-json-schema/v%s-local-strict/_definitions.json"
+                              % full[-1], version)
+    registry = Resource.from_contents(defs) @ Registry()
+    ref = {"$ref": defs["$id"] + "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    return jsonschema.Draft202012Validator(ref, registry=registry)
+
+
+def _path(parts):
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _enum_errors(doc):
+    """Errors for the ENUMS fields of `doc` (an object dict)."""
+    errors = []
+
+    def check(kind, obj, path):
+        if not isinstance(obj, dict):
+            return
+        for (k, field), allowed in ENUMS.items():
+            if k == kind and field in obj and obj[field] not in allowed:
+                errors.append("%s.%s: %r is not one of %s" % (
+                    path, field, obj[field], ", ".join(repr(v) for v in allowed)))
+
+    def pod(spec, path):
+        if not isinstance(spec, dict):
+            return
+        check("PodSpec", spec, path)
+        for key in ("initContainers", "containers"):
+            for i, c in enumerate(spec.get(key) or []):
+                check("Container", c, "%s.%s.%d" % (path, key, i))
+                for j, p in enumerate((c or {}).get("ports") or []):
+                    check("Port", p, "%s.%s.%d.ports.%d" % (path, key, i, j))
+        for i, v in enumerate(spec.get("volumes") or []):
+            if isinstance(v, dict) and isinstance(v.get("emptyDir"), dict):
+                check("EmptyDir", v["emptyDir"], "%s.volumes.%d.emptyDir" % (path, i))
+
+    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+    kind = doc.get("kind")
+    if kind == "Job":
+        check("JobSpec", spec, "spec")
+        pod((spec.get("template") or {}).get("spec"), "spec.template.spec")
+    elif kind == "Service":
+        check("ServiceSpec", spec, "spec")
+        for j, p in enumerate(spec.get("ports") or []):
+            check("Port", p, "spec.ports.%d" % j)
+    elif kind == "Pod":
+        pod(spec, "spec")
+    elif kind == "MPIJob":
+        check("MPIJobSpec", spec, "spec")
+        check("RunPolicy", spec.get("runPolicy"), "spec.runPolicy")
+        for rtype, rspec in (spec.get("mpiReplicaSpecs") or {}).items():
+            path = "spec.mpiReplicaSpecs.%s" % rtype
+            if rtype not in MPI_REPLICA_TYPES:
+                errors.append("%s: replica type %r is not one of %s" % (
+                    path, rtype, ", ".join(MPI_REPLICA_TYPES)))
+            check("ReplicaSpec", rspec, path)
+            if isinstance(rspec, dict):
+                pod((rspec.get("template") or {}).get("spec"), path + ".template.spec")
+    return errors
+
+
+def validate_document(doc, version=KUBERNETES_VERSION):
+    """Problems with one object, as 'field.path: message' strings (empty if it is valid)."""
+    import jsonschema
+    import kubernetes_validate
+
+    errors = []
+    if doc.get("kind") == "MPIJob":
+        if doc.get("apiVersion") != "kubeflow.org/v2beta1":
+            return ["apiVersion: %r: only the kubeflow.org/v2beta1 MPIJob schema is vendored "
+                    "(%s)" % (doc.get("apiVersion"), os.path.basename(CRD_PATH))]
+        validator = jsonschema.Draft202012Validator(mpijob_schema())
+        for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+            errors.append("%s: %s" % (_path(err.absolute_path), err.message))
+        if isinstance(doc.get("metadata"), dict):
+            for err in _object_meta_validator(version).iter_errors(doc["metadata"]):
+                errors.append("%s: %s" % (_path(["metadata"] + list(err.absolute_path)),
+                                          err.message))
+    else:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            errors.append("%s: %s" % (_path(err.absolute_path), err.message))
+        except kubernetes_validate.SchemaNotFoundError as err:
+            errors.append("kind: %s" % err.message)
+    return errors + _enum_errors(doc)
+
+
+def validate_dir(directory, version=KUBERNETES_VERSION):
+    """Validates every *.yaml file in `directory`; returns (number of objects, list of
+    'FILE: Kind/name: field: message' problems)."""
+    if not os.path.isdir(directory):
+        raise ManifestError("%s is not a directory of manifests" % directory)
+    files = sorted(glob.glob(os.path.join(directory, "*.yaml")) +
+                   glob.glob(os.path.join(directory, "*.yml")))
+    if not files:
+        raise ManifestError("%s holds no *.yaml manifests" % directory)
+    count, problems = 0, []
+    for path in files:
+        for doc in load_documents(path):
+            count += 1
+            name = (doc.get("metadata") or {}).get("name", "?")
+            for err in validate_document(doc, version):
+                problems.append("%s: %s/%s: %s" % (path, doc["kind"], name, err))
+    return count, problems
