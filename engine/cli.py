@@ -61,5 +61,6 @@ def main(argv=None):
         dist.exit_after_failure(code)
     return code
 
+
 if __name__ == "__main__":
     sys.exit(main())

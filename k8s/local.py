@@ -15,13 +15,12 @@ Init containers (the parameter server's wait for the scheduler's DNS name) are n
 """
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 import time
 
-from deeplab.launch.ps import stop_all as _stop
+from deeplab.launch.ps import stop_all, wait_for_exit
 
 from .render import HOSTFILE, IMAGE_SOURCE, MOUNT, PS_PORT
 from .validate import load_documents
@@ -238,12 +237,10 @@ def run_plan(procs, timeout=None, finish_grace=30.0, poll=0.2, log=sys.stderr):
                 return 124
             time.sleep(poll)
         # ps-lite's scheduler and servers leave once every worker has finalized.
-        deadline = time.time() + finish_grace
-        while time.time() < deadline and any(p.poll() is None for _, p in running):
-            time.sleep(poll)
+        wait_for_exit(running, finish_grace, poll)
         return 0
     finally:
-        _stop(running)
+        stop_all(running)
 
 
 def run_local(directory, data_dir, source, timeout=None, dry_run=False, log=sys.stderr):

@@ -51,27 +51,30 @@ def role_command(role, deeplab_args, python=None):
     return [python, "-c", _SERVER_CODE]
 
 
+def _signal_group(proc, sig):
+    """Sends `sig` to a node's process group (its whole process tree) if it still runs."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_exit(procs, timeout, poll=0.2):
+    """Waits up to `timeout` seconds for every (name, Popen) in `procs` to exit."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(p.poll() is None for _, p in procs):
+        time.sleep(poll)
+
+
 def stop_all(procs, grace=5.0):
     """SIGTERM every process group, then SIGKILL what is left after `grace` seconds."""
     for _, p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.time() + grace
+        _signal_group(p, signal.SIGTERM)
+    wait_for_exit(procs, grace, poll=0.05)
     for _, p in procs:
-        try:
-            p.wait(timeout=max(0.0, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            pass
-    for _, p in procs:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
+        _signal_group(p, signal.SIGKILL)
+        p.wait()
 
 
 def _raise_exit(signum, frame):
@@ -138,9 +141,7 @@ def run_local(workers, servers, deeplab_args, poll=0.2, finish_grace=30.0):
             if failed:
                 return 1
             # Workers done: the servers and the scheduler leave when ps-lite finalizes.
-            deadline = time.time() + finish_grace
-            while time.time() < deadline and any(p.poll() is None for _, p in procs):
-                time.sleep(poll)
+            wait_for_exit(procs, finish_grace, poll)
             return 0
         finally:
             stop_all(procs)

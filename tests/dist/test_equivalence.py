@@ -10,7 +10,6 @@ cases (float32; summation order differs with the number of workers):
 Evaluation must give the very same confusion matrix on any number of workers.
 """
 import json
-import os
 
 import mxnet as mx
 import numpy as np
