@@ -69,7 +69,7 @@ def wait_for(predicate, timeout, what):
     pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
 
 
-def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of, compare=True):
+def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of):
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
            str(workdir), "--no-eval", *dl.sets(*RUN, *overrides)]
@@ -102,9 +102,6 @@ def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of, compare=True
     # ... and resuming from it reaches the parameters of an uninterrupted run.
     dl.deeplab(*launcher, "train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume",
                *dl.sets(*RUN, *overrides), timeout=300)
-    if not compare:
-        assert os.path.exists(workdir / "final.params")
-        return state["iteration"]
     dl.deeplab(*launcher, "train", dl.TINY, "--workdir", tmp_path / "straight", "--no-eval",
                *dl.sets(*RUN, *overrides), timeout=300)
     a = mx.nd.load(str(workdir / "final.params"))
@@ -130,7 +127,6 @@ def test_parameter_server_worker_killed_then_resumed(tmp_path, dl):
                 return int(f.read())
         except (OSError, KeyError, ValueError):
             return None
-    # The resumed run is not compared with an uninterrupted one here: the parameter server's
-    # first steps are intermittently corrupted (a known, open bug, see dist/comm.py _kv_sum).
     kill_resume_compare(tmp_path, dl, ["launch", "ps", "--workers", "2", "--servers", "1", "--"],
-                        ["train.freeze_bn=true"], rank_of, compare=False)
+                        ["train.freeze_bn=true"], rank_of)
+
