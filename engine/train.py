@@ -8,6 +8,8 @@ DIR/results.json (same fields as `deeplab eval`).
 """
 import argparse
 import os
+import signal
+import threading
 import time
 
 import mxnet as mx
@@ -54,6 +56,32 @@ def make_optimizer_params(net, cfg):
         p.wd_mult = 0.0
     t = cfg["train"]
     return {"learning_rate": t["lr"], "momentum": t["momentum"], "wd": t["weight_decay"]}
+
+
+class StopRequest:
+    """Records a SIGTERM (a preempted pod, `kill`, horovodrun stopping its workers) so that
+    training checkpoints and exits at the next step instead of dying mid-step.
+
+    Used as a context manager around the training loop; the previous handler is restored after.
+    A second SIGTERM ends the process at once (the default action).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(cfg, workdir, resume=False):
@@ -104,27 +132,39 @@ def train(cfg, workdir, resume=False):
                             rank=dist.rank(), world_size=dist.size(),
                             num_workers=cfg["data"]["num_workers"])
     tic, seen, loss_acc, count_acc = time.time(), 0, 0.0, 0.0
-    for it, data, label in batches:
-        lr = schedule(it)
-        trainer.set_learning_rate(lr)
-        data, label = data.as_in_context(ctx), label.as_in_context(ctx)
-        # The global count of labelled pixels normalises the gradient (one scalar allreduce).
-        count = dist.allreduce_sum(np.array([(label != IGNORE_LABEL).sum().asscalar()]))[0]
-        with autograd.record():
-            loss = cross_entropy_sum(mx.nd, net(data), label)
-        loss.backward()
-        trainer.step(max(count, 1.0))
-        loss_acc, count_acc, seen = loss_acc + loss, count_acc + count, seen + t_cfg["batch_size"]
-        done = it + 1
-        if done % t_cfg["log_every"] == 0 or done == t_cfg["iterations"]:
-            total = dist.allreduce_sum(np.array([loss_acc.asscalar()]))[0]
-            if main_worker:
-                log("iter %d/%d  loss %.4f  lr %.3g  %.1f img/s" % (
-                    done, t_cfg["iterations"], total / max(count_acc, 1.0), lr,
-                    seen / (time.time() - tic)), log_path)
-            tic, seen, loss_acc, count_acc = time.time(), 0, 0.0, 0.0
-        if done % t_cfg["checkpoint_every"] == 0 and done < t_cfg["iterations"] and main_worker:
-            ckpt.save(done, net, trainer, cfg)
+    with StopRequest() as stop:
+        for it, data, label in batches:
+            lr = schedule(it)
+            trainer.set_learning_rate(lr)
+            data, label = data.as_in_context(ctx), label.as_in_context(ctx)
+            # One scalar allreduce per step: the global count of labelled pixels normalises the
+            # gradient; the number of workers asked to stop makes all of them stop together.
+            count, stopping = dist.allreduce_sum(np.array([
+                (label != IGNORE_LABEL).sum().asscalar(), float(stop.requested)]))
+            with autograd.record():
+                loss = cross_entropy_sum(mx.nd, net(data), label)
+            loss.backward()
+            trainer.step(max(count, 1.0))
+            loss_acc, count_acc = loss_acc + loss, count_acc + count
+            seen += t_cfg["batch_size"]
+            done = it + 1
+            if done % t_cfg["log_every"] == 0 or done == t_cfg["iterations"]:
+                total = dist.allreduce_sum(np.array([loss_acc.asscalar()]))[0]
+                if main_worker:
+                    log("iter %d/%d  loss %.4f  lr %.3g  %.1f img/s" % (
+                        done, t_cfg["iterations"], total / max(count_acc, 1.0), lr,
+                        seen / (time.time() - tic)), log_path)
+                tic, seen, loss_acc, count_acc = time.time(), 0, 0.0, 0.0
+            if stopping and done < t_cfg["iterations"]:
+                mx.nd.waitall()
+                if main_worker:
+                    ckpt.save(done, net, trainer, cfg)
+                    log("stopped by SIGTERM after iteration %d; checkpoint saved, continue with "
+                        "--resume" % done, log_path)
+                raise SystemExit(128 + signal.SIGTERM)
+            if done % t_cfg["checkpoint_every"] == 0 and done < t_cfg["iterations"] \
+                    and main_worker:
+                ckpt.save(done, net, trainer, cfg)
     mx.nd.waitall()
     if main_worker:
         ckpt.save(t_cfg["iterations"], net, trainer, cfg)

@@ -117,6 +117,33 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
 
 
+def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
+    """SIGTERM (a preempted pod): the run saves a checkpoint at the next step, exits with 143,
+    and --resume reaches the parameters of a run never stopped."""
+    its = ["train.iterations=60", "train.checkpoint_every=1000"]  # no periodic checkpoint
+    run_train(tmp_path / "straight", its)
+
+    work = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "deeplab.cli", "train", TINY, "--workdir", str(work),
+           "--no-eval"] + [a for o in FAST + its for a in ("--set", o)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = work / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and (
+            not log.exists() or "iter " not in log.read_text()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()
+    its_saved = Checkpointer(str(work)).iterations()
+    assert len(its_saved) == 1 and 8 <= its_saved[0] < 60, its_saved
+    assert "stopped by SIGTERM after iteration %d" % its_saved[0] in log.read_text()
+    assert not (work / "final.params").exists()
+
+    run_train(work, its, resume=True)
+    assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
+
+
 def test_eval_command_reproduces_the_end_of_training_results(tmp_path):
     run_train(tmp_path, no_eval=False)
     out = tmp_path / "eval.json"

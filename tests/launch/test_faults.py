@@ -130,3 +130,37 @@ def test_parameter_server_worker_killed_then_resumed(tmp_path, dl):
     kill_resume_compare(tmp_path, dl, ["launch", "ps", "--workers", "2", "--servers", "1", "--"],
                         ["train.freeze_bn=true"], rank_of)
 
+
+def test_horovod_sigterm_to_one_worker_stops_all_with_a_checkpoint(tmp_path, dl):
+    """A preempted worker (SIGTERM to rank 1 only): every worker stops after the same step,
+    rank 0 saves that step, and --resume reaches the parameters of a run never stopped."""
+    run = ["train.checkpoint_every=1000"]
+    workdir = tmp_path / "stopped"
+    cmd = [sys.executable, "-m", "deeplab.cli", "launch", "horovod", "-np", "2", "--", "train",
+           dl.TINY, "--workdir", str(workdir), "--no-eval", *dl.sets(*RUN, *run)]
+    job = subprocess.Popen(cmd, env=dl.environ(), cwd=dl.ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = workdir / "train.log"
+    try:
+        wait_for(lambda: log.exists() and "iter " in log.read_text(), 180, "the first log line")
+        workers = train_workers(workdir, lambda pid, env: int(env["HOROVOD_RANK"])
+                                if "HOROVOD_RANK" in env else None)
+        assert job.poll() is None and 1 in workers, "the run ended before the signal"
+        os.kill(workers[1], signal.SIGTERM)
+        out, _ = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode != 0, out
+    saved = Checkpointer(str(workdir)).iterations()
+    assert len(saved) == 1 and saved[0] < 80, (saved, out[-3000:])
+    assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
+
+    dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir", workdir,
+               "--no-eval", "--resume", *dl.sets(*RUN, *run), timeout=300)
+    dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
+               tmp_path / "straight", "--no-eval", *dl.sets(*RUN, *run), timeout=300)
+    a = mx.nd.load(str(workdir / "final.params"))
+    b = mx.nd.load(str(tmp_path / "straight" / "final.params"))
+    for k in a:
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
