@@ -246,6 +246,9 @@ def _worker_loop(fn, tasks, writer):
     """Body of a loader process: runs fn on tasks until it receives None."""
     # Ctrl-C goes to the whole process group; the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The parent stops us with SIGTERM: whatever handler it installed (training's checkpoint on
+    # SIGTERM) is not ours.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # OpenCV runs single-threaded here (see _opencv_without_threads): parallelism comes from the
     # worker processes. Do not call cv2.setNumThreads in the child.
     while True:

@@ -204,3 +204,33 @@ def test_workers_fork_safely_after_opencv_used_its_thread_pool():
         pytest.fail("loader workers deadlocked after the parent used OpenCV's thread pool")
     assert proc.returncode == 0, err
     assert out.split() == ["3", "2"]  # all batches, and the parent's OpenCV setting restored
+
+
+_SIGTERM_HANDLER_SCRIPT = textwrap.dedent("""
+    import multiprocessing, signal
+    from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
+
+    # A parent that handles SIGTERM itself (training checkpoints on SIGTERM): the loader still
+    # stops its workers, which must not inherit that handler.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    ds = get_dataset("synthetic", size=8, num_classes=3, image_size=(24, 32))
+    batches = train_batches(ds, TrainTransform(24, 0), GlobalBatchSampler(8, 4, 0), 0, 100,
+                            num_workers=2)
+    next(batches)
+    batches.close()
+    print(len(multiprocessing.active_children()))
+""")
+
+
+def test_stopping_early_stops_the_workers_when_the_parent_handles_sigterm():
+    proc = subprocess.Popen([sys.executable, "-c", _SIGTERM_HANDLER_SCRIPT],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the loader waited forever for workers that ignored SIGTERM")
+    assert proc.returncode == 0, err
+    assert out.split() == ["0"]
