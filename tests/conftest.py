@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -15,11 +16,7 @@ def worker_environ(**extra):
     backend selection."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("HOROVOD_", "DMLC_", "DEEPLAB_DIST"))}
-    env.update(OMP_NUM_THREADS="1", MXNET_ENGINE_TYPE=env.get("MXNET_ENGINE_TYPE", ""),
-               PYTHONUNBUFFERED="1")
-    if not env["MXNET_ENGINE_TYPE"]:
-        del env["MXNET_ENGINE_TYPE"]
-    env.update(extra)
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     return env
 
 
@@ -45,10 +42,6 @@ def sets(*overrides):
 
 @pytest.fixture
 def dl():
-    """Helpers as a fixture: dl.run, dl.deeplab, dl.sets, dl.TINY, dl.ROOT, dl.BIN."""
-    class _H:
-        pass
-    h = _H()
-    h.run, h.deeplab, h.sets, h.TINY, h.ROOT, h.BIN = run, deeplab, sets, TINY, ROOT, BIN
-    h.environ = worker_environ
-    return h
+    """Helpers as a fixture: dl.run, dl.deeplab, dl.sets, dl.environ, dl.TINY, dl.ROOT, dl.BIN."""
+    return types.SimpleNamespace(run=run, deeplab=deeplab, sets=sets, environ=worker_environ,
+                                 TINY=TINY, ROOT=ROOT, BIN=BIN)

@@ -69,6 +69,14 @@ def wait_for(predicate, timeout, what):
     pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
 
 
+def assert_same_final_params(a, b):
+    """The final.params of runs `a` and `b` are bitwise equal."""
+    pa, pb = mx.nd.load(str(a / "final.params")), mx.nd.load(str(b / "final.params"))
+    assert sorted(pa) == sorted(pb)
+    for k in pa:
+        np.testing.assert_array_equal(pa[k].asnumpy(), pb[k].asnumpy(), err_msg=k)
+
+
 def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of):
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
@@ -104,11 +112,7 @@ def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of):
                *dl.sets(*RUN, *overrides), timeout=300)
     dl.deeplab(*launcher, "train", dl.TINY, "--workdir", tmp_path / "straight", "--no-eval",
                *dl.sets(*RUN, *overrides), timeout=300)
-    a = mx.nd.load(str(workdir / "final.params"))
-    b = mx.nd.load(str(tmp_path / "straight" / "final.params"))
-    assert sorted(a) == sorted(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+    assert_same_final_params(workdir, tmp_path / "straight")
     return state["iteration"]
 
 
@@ -160,7 +164,4 @@ def test_horovod_sigterm_to_one_worker_stops_all_with_a_checkpoint(tmp_path, dl)
                "--no-eval", "--resume", *dl.sets(*RUN, *run), timeout=300)
     dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
                tmp_path / "straight", "--no-eval", *dl.sets(*RUN, *run), timeout=300)
-    a = mx.nd.load(str(workdir / "final.params"))
-    b = mx.nd.load(str(tmp_path / "straight" / "final.params"))
-    for k in a:
-        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+    assert_same_final_params(workdir, tmp_path / "straight")
