@@ -2,12 +2,15 @@
 cascade, side by side in one process, at the real feature sizes (ResNet features, 2048 channels,
 513x513 crops: 33x33 at output stride 16, 65x65 at 8).
 
-    .venv/bin/python benchmarks/vortex_pooling.py [--repeat 3] [--batch 1]
+    .venv/bin/python benchmarks/vortex_pooling.py [--repeat 3] [--batch 1] [--out FILE.json]
 
-Prints a table and one JSON line; times are medians of --repeat runs after one warm-up.
+Prints a table and one JSON line (also written to --out); times are medians of --repeat runs
+after one warm-up.
 """
 import argparse
+import datetime
 import json
+import platform
 import time
 
 import mxnet as mx
@@ -68,13 +71,21 @@ def main(args):
                   os_, side, side, sizes, row["pool_square_s"], row["pool_separable_s"],
                   row["pool_cascade_s"], row["head_fwd_bwd_separable_s"],
                   row["head_fwd_bwd_cascade_s"], row["head_separable_over_cascade"]), flush=True)
-    print(json.dumps({"benchmark": "vortex_pooling", "batch": args.batch, "rows": rows}))
+    report = {"benchmark": "vortex_pooling", "batch": args.batch, "repeat": args.repeat,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"platform": platform.platform(), "mxnet": mx.__version__},
+              "rows": rows}
+    print(json.dumps(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--out", help="also write the JSON here")
     return p.parse_args(argv)
 
 

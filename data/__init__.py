@@ -12,10 +12,11 @@ from .registry import DATASETS, get_dataset
 from .sampler import GlobalBatchSampler, eval_shard
 from .synthetic import SyntheticSegmentation
 from .transforms import EvalTransform, TrainTransform
-from .voc import VOC_CLASSES, VOCSegmentation
+from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
 
 __all__ = [
     "DATASETS", "DatasetError", "EvalTransform", "GlobalBatchSampler", "IGNORE_LABEL",
     "SegmentationDataset", "SyntheticSegmentation", "TrainTransform", "VOC_CLASSES",
     "VOCSegmentation", "eval_samples", "eval_shard", "get_dataset", "train_batches",
+    "voc_palette",
 ]

@@ -27,6 +27,22 @@ SBD_DIRS = ("benchmark_RELEASE/dataset", "VOCaug/dataset")
 SPLITS = ("train", "val", "trainaug")
 
 
+def voc_palette():
+    """VOC's colour map (class index bits interleaved over R, G, B) as a flat [r, g, b, ...]
+    list of 256 colours, for PIL's `putpalette` when writing masks as VOC does."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
 def _find_dir(root, candidates, what):
     """Returns the first existing `root/candidate`, or raises naming every place looked at."""
     for rel in candidates:

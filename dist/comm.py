@@ -248,6 +248,16 @@ class DistTrainer:
     def step(self, n):
         self.trainer.step(n / self._divide_by)
 
+    def allreduce_grads(self):
+        """COLLECTIVE. The first half of `step`: sums the gradients over workers (benchmarks time
+        it apart from the update)."""
+        self.trainer.allreduce_grads()
+
+    def update(self, n):
+        """The second half of `step`, after `allreduce_grads`: the optimizer update with the
+        summed gradients divided by n."""
+        self.trainer.update(n / self._divide_by)
+
     def set_learning_rate(self, lr):
         self.trainer.set_learning_rate(lr)
 
@@ -273,7 +283,8 @@ class DistTrainer:
             self.trainer.load_states(local)
 
 
-def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0):
+def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0,
+                 prefix=None):
     """COLLECTIVE. The backend's trainer, wrapped in DistTrainer.
 
     Args:
@@ -282,13 +293,16 @@ def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, nu
         optimizer, optimizer_params: as for gluon.Trainer.
         fp16_compression: Horovod only: allreduce gradients in float16.
         num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).
+        prefix: Horovod only: names this trainer's allreduces (needed when one process runs
+            several trainers, e.g. a benchmark comparing networks).
     """
     b = backend()
     if b == "horovod":
         hvd = _state["hvd"]
         compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
         trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
-                                         compression=compression, num_groups=num_groups)
+                                         compression=compression, num_groups=num_groups,
+                                         prefix=prefix)
         return DistTrainer(trainer, size())
     if b == "ps":
         # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the

@@ -7,6 +7,7 @@ Package layout (each a top-level folder of the repository):
     deeplab.launch  launchers (horovodrun, parameter server)
     deeplab.k8s     Kubernetes manifests
 and, from engine/: deeplab.config, deeplab.train, deeplab.evaluate, deeplab.metrics,
-deeplab.checkpoint and the `deeplab` command (deeplab.cli).
+deeplab.checkpoint, deeplab.bench (training-throughput benchmark), deeplab.costs (analytic FLOPs
+and gradient bytes) and the `deeplab` command (deeplab.cli).
 """
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ def uses_sync_bn(cfg):
 
 
 def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None, seed=None,
-                training=False):
+                training=False, sync_bn=None):
     """COLLECTIVE. The config's model on `ctx`, the same on every worker.
 
     Parameter files are read by the main worker only and the result is broadcast, so workers
@@ -31,10 +31,12 @@ def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
         params: a whole-model `.params` file (default: model.params).
         backbone_params: a backbone `.params` file (default: model.backbone_params).
         training: build for training (synchronized BN if configured).
+        sync_bn: overrides `uses_sync_bn(cfg)` in training (benchmarks compare both layers).
     """
     m = cfg["model"]
     frozen = cfg["train"]["freeze_bn"]
-    norm_layer = SyncBatchNorm if training and uses_sync_bn(cfg) else nn.BatchNorm
+    sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
+    norm_layer = SyncBatchNorm if training and sync_bn and not frozen else nn.BatchNorm
     main = dist.is_main()
     params = params if params is not None else m["params"]
     backbone_params = backbone_params if backbone_params is not None else m["backbone_params"]

@@ -9,6 +9,7 @@ import traceback
 COMMANDS = {
     "train": "deeplab.train",
     "eval": "deeplab.evaluate",
+    "bench": "deeplab.bench",
     "launch": "deeplab.launch.cli",
     "k8s": "deeplab.k8s.cli",
 }
@@ -17,8 +18,9 @@ USAGE = """usage: deeplab {%s} ...
 
   train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume]
   eval  CONFIG --checkpoint PARAMS [--out results.json] [--set KEY=VALUE ...]
-  launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval ARGS...
-  launch ps --workers N --servers M -- train|eval ARGS...
+  bench CONFIG [--batch B] [--crop N] [--compare gluoncv,head,bn,hybridize] [--out FILE.json]
+  launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench ARGS...
+  launch ps --workers N --servers M -- train|eval|bench ARGS...
   k8s render|validate|run-local ...   (Kubernetes jobs; see `deeplab k8s -h`)
 
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)

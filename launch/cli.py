@@ -1,7 +1,7 @@
 """`deeplab launch`: start a deeplab subcommand on many workers.
 
-    deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval ARGS...
-    deeplab launch ps --workers N --servers M -- train|eval ARGS...
+    deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench ARGS...
+    deeplab launch ps --workers N --servers M -- train|eval|bench ARGS...
 """
 import argparse
 import sys
@@ -33,8 +33,8 @@ def parse_args(argv=None):
     s.add_argument("--workers", type=int, default=2, help="worker processes (one machine)")
     s.add_argument("--servers", type=int, default=1, help="server processes (one machine)")
     args = p.parse_args(own)
-    if not command or command[0] not in ("train", "eval"):
-        p.error("the command after '--' must be a deeplab subcommand: train or eval")
+    if not command or command[0] not in ("train", "eval", "bench"):
+        p.error("the command after '--' must be a deeplab subcommand: train, eval or bench")
     args.command = command
     return args
 

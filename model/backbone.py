@@ -121,12 +121,12 @@ def _resnet_v2(num_layers=None, layers=None, channels=None, basic=False):
     return build
 
 
-def _resnet_v1b(num_layers, deep_stem=False, avg_down=False):
+def _resnet_v1b(num_layers, deep_stem=False, avg_down=False, stem_width=32):
     def build(norm_layer, norm_kwargs):
         ctor = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}[num_layers]
         net = gcv_resnetv1b.ResNetV1b(gcv_resnetv1b.BottleneckV1b, ctor, norm_layer=norm_layer,
                                       norm_kwargs=norm_kwargs, deep_stem=deep_stem,
-                                      avg_down=avg_down)
+                                      avg_down=avg_down, stem_width=stem_width)
         names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
         children = [(n, getattr(net, n)) for n in names]
         return children, [net.layer1, net.layer2, net.layer3, net.layer4], 2048, net.prefix
@@ -146,6 +146,9 @@ BACKBONES = {
     "resnet101_v1c": _resnet_v1b(101, deep_stem=True),
     "resnet50_v1d": _resnet_v1b(50, deep_stem=True, avg_down=True),
     "resnet101_v1d": _resnet_v1b(101, deep_stem=True, avg_down=True),
+    # GluonCV's segmentation backbones (deep stem 64 wide): what its own DeepLabV3 builds.
+    "resnet50_v1s": _resnet_v1b(50, deep_stem=True, stem_width=64),
+    "resnet101_v1s": _resnet_v1b(101, deep_stem=True, stem_width=64),
     # A few thousand parameters: for tests and the synthetic demo, not for real data.
     "tiny_v2": _resnet_v2(layers=[1, 1, 1, 1], channels=[16, 16, 24, 32, 48], basic=True),
 }

@@ -12,26 +12,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from deeplab.data import voc_palette
+
 VOC_COLOUR = (200, 40, 40)  # RGB
 SBD_COLOUR = (40, 40, 200)
 VOC_CLASS = 15  # person; its palette colour is (192, 128, 128)
 SBD_CLASS = 7
 IMAGE_HW = (20, 28)
-
-
-def voc_palette():
-    """The standard VOC colour map (bit-interleaved), as a flat list for PIL's putpalette."""
-    palette = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def make_mask(cls, hw=IMAGE_HW):

@@ -213,3 +213,11 @@ def test_mat_without_gtcls(voc_tree):
 def test_unknown_split():
     with pytest.raises(ValueError, match="trainaug"):
         VOCSegmentation("/nonexistent", "test")
+
+
+def test_voc_palette_has_vocs_colours():
+    from deeplab.data import voc_palette
+    p = voc_palette()
+    assert len(p) == 3 * 256
+    colour = {i: tuple(p[3 * i:3 * i + 3]) for i in (0, 1, 15, 255)}
+    assert colour == {0: (0, 0, 0), 1: (128, 0, 0), 15: (192, 128, 128), 255: (224, 224, 192)}

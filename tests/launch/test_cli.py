@@ -15,7 +15,7 @@ def test_command_must_follow_a_double_dash():
 def test_only_train_and_eval_can_be_launched(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["horovod", "-np", "2", "--", "k8s", "render"])
-    assert "must be a deeplab subcommand: train or eval" in capsys.readouterr().err
+    assert "must be a deeplab subcommand: train, eval or bench" in capsys.readouterr().err
 
 
 def test_hosts_and_hostfile_exclude_each_other():

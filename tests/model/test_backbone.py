@@ -143,3 +143,39 @@ def test_unknown_backbone_lists_valid_ones():
         get_backbone("resnet51")
     with pytest.raises(ValueError, match="8, 16, 32"):
         get_backbone("tiny_v2", output_stride=4)
+
+
+def test_resnet50_v1s_is_gluoncvs_deeplab_backbone(tmp_path):
+    """GluonCV's DeepLabV3 runs resnet50_v1s dilated to output stride 8: its params file loads
+    onto our v1s backbone, and the networks differ only in the dilation of each dilated stage's
+    first block (GluonCV: 1 and 2; ours: the stage rate, as in the paper): given GluonCV's rates,
+    ours computes GluonCV's features."""
+    from gluoncv.model_zoo import resnet50_v1s
+    theirs = _resolved(resnet50_v1s(dilated=True))
+    _randomize(theirs)
+    path = str(tmp_path / "resnet50_v1s.params")
+    theirs.save_parameters(path)
+    ours = get_backbone("resnet50_v1s", output_stride=8, multi_grid=(1,))
+    their_convs = [b for b in _walk(theirs) if isinstance(b, nn.Conv2D)]
+    our_convs = [b for b in _walk(ours) if isinstance(b, nn.Conv2D)]
+    assert len(our_convs) == len(their_convs)
+    differing = 0
+    for o, t in zip(our_convs, their_convs):
+        differing += o._kwargs["dilate"] != t._kwargs["dilate"]
+        o._kwargs.update(dilate=t._kwargs["dilate"], pad=t._kwargs["pad"])
+    assert differing == 2  # conv2 of layer3's and layer4's first blocks
+    _resolved(ours)
+    load_params(ours, path, ignore_extra=CLASSIFIER_KEYS)
+    x = mx.nd.random.normal(shape=(1, 3, 64, 48))
+    with mx.autograd.predict_mode():
+        expected = theirs.layer4(theirs.layer3(theirs.layer2(theirs.layer1(theirs.maxpool(
+            theirs.relu(theirs.bn1(theirs.conv1(x))))))))
+        got = ours(x)
+    assert got.shape == (1, 2048, 8, 6)
+    np.testing.assert_allclose(got.asnumpy(), expected.asnumpy(), rtol=1e-4, atol=1e-4)
+
+
+def _walk(block):
+    yield block
+    for child in block._children.values():
+        yield from _walk(child)

@@ -1,0 +1,412 @@
+"""Runs every benchmark of the repository, one after the other, and regenerates
+benchmarks/RESULTS.md (and benchmarks/SCALING.md) from their JSON output.
+
+    .venv/bin/python benchmarks/run_all.py              # everything (about 40 minutes on 2 cores)
+    .venv/bin/python benchmarks/run_all.py --only gluoncv_os8,data_pipeline
+    .venv/bin/python benchmarks/run_all.py --render     # only rewrite the markdown from the JSON
+
+Each run writes benchmarks/results/NAME.json (its figures, command, date and machine) and
+NAME.log (its output). Timings are only comparable on an otherwise idle machine: the share of the
+CPUs busy during the 3 seconds before each run is recorded, and a run that started on a busy
+machine (over 25%) is flagged in RESULTS.md.
+Benchmarks never pass or fail; the targets of issue 5 are printed beside the figures.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+PY = sys.executable
+DEEPLAB = [PY, "-m", "deeplab.cli"]
+R50 = "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml"
+# Real sizes: ResNet-50 at a 512x512 crop (the recipe's 513 rounded to a multiple of the stride),
+# one image per worker (the most a CPU step allows in reasonable time), one loader process.
+REAL = ["--crop", "512", "--batch", "1", "--set", "data.num_workers=1"]
+
+
+def _bench(*args):
+    return DEEPLAB + ["bench"] + list(args)
+
+
+def _launch(backend_args, *args):
+    return DEEPLAB + ["launch"] + backend_args + ["--", "bench"] + list(args)
+
+
+SCALING = [*REAL, "--set", "dist.sync_bn=false", "--steps", "6", "--warmup", "2"]
+BASELINE = ["--baseline", "{results}/scaling_1worker.json"]
+ONE, TWO = {"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}
+
+# name -> (environment, command[, processes]); `{out}` is the run's JSON, `{results}` the folder.
+# Runs with several processes start them at once (each its own JSON, merged afterwards).
+RUNS = {
+    "gluoncv_os8": (TWO, _bench(R50, "--set", "model.name=deeplabv3_resnet50_v1s", "--set",
+                                "model.output_stride=8", *REAL, "--steps", "6", "--warmup", "2",
+                                "--compare", "gluoncv", "--profile",
+                                "{results}/gluoncv_os8_trace.json", "--out", "{out}")),
+    "variants_os16": (TWO, _bench(R50, *REAL, "--steps", "4", "--warmup", "2",
+                                  "--compare", "hybridize,head", "--out", "{out}")),
+    "syncbn_2workers": (ONE, _launch(["horovod", "-np", "2"], R50, *REAL, "--steps", "4",
+                                     "--warmup", "2", "--compare", "bn", "--out", "{out}")),
+    # Where synchronized BN's time goes: MXNet's profiler over the timed steps of one worker.
+    "syncbn_profile": (ONE, _launch(["horovod", "-np", "1"], R50, *REAL, "--steps", "3",
+                                    "--warmup", "1", "--compare", "bn", "--profile",
+                                    "{results}/syncbn_profile_trace.json", "--out", "{out}")),
+    "scaling_1worker": (ONE, _launch(["horovod", "-np", "1"], R50, *SCALING, "--out", "{out}")),
+    # The machine's own ceiling: two processes that never communicate, side by side.
+    "scaling_2independent": (ONE, _bench(R50, *SCALING, "--out", "{out}"), 2),
+    "scaling_horovod_2workers": (ONE, _launch(["horovod", "-np", "2"], R50, *SCALING, *BASELINE,
+                                              "--out", "{out}")),
+    # Horovod's background thread wakes every HOROVOD_CYCLE_TIME ms (default 1) to negotiate,
+    # taking CPU from the compute thread when every core computes.
+    "scaling_horovod_2workers_cycle100": (dict(ONE, HOROVOD_CYCLE_TIME="100"), _launch(
+        ["horovod", "-np", "2"], R50, *SCALING, *BASELINE, "--out", "{out}")),
+    "scaling_ps_2workers": (ONE, _launch(["ps", "--workers", "2", "--servers", "1"], R50,
+                                         *SCALING, *BASELINE, "--out", "{out}")),
+    "data_pipeline": (ONE, [PY, "benchmarks/data_pipeline.py", "--out", "{out}"]),
+    "vortex_pooling": (TWO, [PY, "benchmarks/vortex_pooling.py", "--out", "{out}"]),
+    "allreduce": (ONE, [os.path.join(os.path.dirname(PY), "horovodrun"), "-np", "2", "-H",
+                        "localhost:2", "--gloo", PY, "benchmarks/allreduce.py", "--out", "{out}"]),
+}
+
+
+def run(name):
+    env_extra, cmd, processes = (RUNS[name] + (1,))[:3]
+    out = os.path.join(RESULTS, name + ".json")
+    outs = [out] if processes == 1 else [os.path.join(RESULTS, "%s.%d.json" % (name, i))
+                                         for i in range(processes)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **env_extra)
+    load = _busy_share()
+    placeholder = out if processes == 1 else os.path.join(RESULTS, name + ".N.json")
+    shown = " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
+                     for c in (c.format(out=placeholder, results=RESULTS) for c in cmd))
+    shown = " ".join("%s=%s" % kv for kv in sorted(env_extra.items())) + " " + shown.replace(
+        PY, ".venv/bin/python").replace("python -m deeplab.cli", "deeplab").replace(
+        ".venv/bin/deeplab", "deeplab")
+    if processes > 1:
+        shown = "%d at once (N = 0..%d): %s" % (processes, processes - 1, shown)
+    print("[run_all] %s: %s" % (name, shown), flush=True)
+    procs = []
+    for i, path in enumerate(outs):
+        log = open(os.path.join(RESULTS, name + (".log" if processes == 1 else ".%d.log" % i)),
+                   "w")
+        procs.append((subprocess.Popen([c.format(out=path, results=RESULTS) for c in cmd],
+                                       cwd=ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log))
+    for proc, log in procs:
+        code = proc.wait()
+        log.close()
+        if code != 0:
+            raise SystemExit("[run_all] %s failed (exit %d); see %s" % (name, code, log.name))
+    reports = []
+    for path in outs:
+        with open(path) as f:
+            reports.append(json.load(f))
+    report = reports[0] if processes == 1 else {
+        "benchmark": "independent processes", "processes": reports,
+        "images_per_s": sum(r["variants"][0]["images_per_s"] for r in reports)}
+    report["run_all"] = {"command": shown, "cpu_busy_before": load, "finished": _now()}
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def _busy_share(seconds=3.0):
+    """The share of all CPUs' time spent busy (not idle or waiting) over `seconds` (Linux)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except OSError:
+        return None
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_report(name, results=None):
+    path = os.path.join(results or RESULTS, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _provenance(r):
+    ra = r.get("run_all", {})
+    busy = ra.get("cpu_busy_before")
+    flag = "; **machine busy before the run: %.0f%% of the CPUs**" % (100 * busy) \
+        if busy is not None and busy > 0.25 else ""
+    return "`%s` (%s%s)" % (ra.get("command", r.get("command", "?")),
+                            ra.get("finished", r.get("date", "?"))[:10], flag)
+
+
+def _variant(r, name):
+    return next(v for v in r["variants"] if v["name"] == name)
+
+
+def _bench_table(r):
+    rows = ["| variant | s/step | img/s | data | fwd+bwd | comm | update | peak RSS | GFLOPs/img "
+            "fwd |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in r["variants"]:
+        b = v["breakdown_s"]
+        rows.append("| %s: %s | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.1f GB | %.1f |" % (
+            v["name"], v["description"], v["step_s"], v["images_per_s"], b["data"],
+            b["fwd_bwd"], b["comm"], b["update"], v["peak_rss_bytes"] / 2 ** 30,
+            v["costs"]["forward_gflops_per_image"]))
+    return "\n".join(rows)
+
+
+def _target(value, op, limit):
+    ok = value <= limit if op == "<=" else value >= limit
+    return "%.3f (target %s %.2f: %s)" % (value, op, limit, "met" if ok else "**not met**")
+
+
+# Operator groups of a profile, by name prefix (first match wins).
+PROFILE_GROUPS = (
+    ("SyncBN collective op: Python, allgather/allreduce, its small ops",
+     ("deeplab_sync_bn_moments", "_backward_deeplab_sync_bn_moments")),
+    ("SyncBN moments: mean, square, reshape, their gradients",
+     ("mean", "_backward_mean", "square", "_backward_square", "Reshape", "slice_axis",
+      "shape_array", "stack", "_backward_stack")),
+    ("convolutions, forward", ("Convolution",)),
+    ("convolutions, backward", ("_backward_Convolution",)),
+    ("BatchNorm, activations", ("BatchNorm", "_backward_BatchNorm", "Activation",
+                                "_backward_Activation")),
+    ("pooling, resizing", ("Pooling", "_backward_Pooling", "_contrib_BilinearResize2D",
+                           "_backward_contrib_BilinearResize2D")),
+    ("loss (log_softmax, pick, ...)", ("log_softmax", "_backward_log_softmax", "pick",
+                                      "_backward_pick", "softmax", "where", "broadcast_",
+                                      "_backward_broadcast_")),
+    ("gradient sums (add_n, elemwise_add)", ("add_n", "elemwise_add", "_backward_add")),
+    ("SGD update", ("multi_sgd", "sgd_")),
+)
+
+
+def _profile_table(path, steps):
+    """Markdown rows of a profile's operator time per step, by group."""
+    groups = _profile_groups(path)
+    total = sum(groups.values())
+    rows = ["| operators | s per step | share |", "|---|---|---|"]
+    for name, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        rows.append("| %s | %.3f | %.0f%% |" % (name, ms / 1e3 / steps, 100 * ms / total))
+    return "\n".join(rows)
+
+
+def _profile_groups(path):
+    """{group: total ms} from MXNet's aggregate profiler table (`mx.profiler.dumps()`)."""
+    groups, section = {}, None
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) in (1, 2) and not line.startswith((" ", "-", "=")):
+                section = line.strip()
+                continue
+            if section not in ("operator", "Custom Operator") or len(fields) < 6:
+                continue
+            try:
+                ms = float(fields[-4])
+            except ValueError:
+                continue
+            name = " ".join(fields[:-5])
+            group = next((g for g, prefixes in PROFILE_GROUPS if name.startswith(prefixes)),
+                         "other operators")
+            groups[group] = groups.get(group, 0.0) + ms
+    return groups
+
+
+def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
+    """Writes `out` (RESULTS.md) from the JSON reports in `results`."""
+    def _load(name):
+        return _load_report(name, results)
+
+    m = (_load("scaling_1worker") or _load("gluoncv_os8") or {}).get("machine", {})
+    machine = "%s, %s cores, Python %s, MXNet %s" % (m.get("platform"), m.get("cpus"),
+                                                     m.get("python"), m.get("mxnet"))
+    parts = ["# Benchmark results",
+             "",
+             "Generated by `.venv/bin/python benchmarks/run_all.py` from benchmarks/results/*.json "
+             "(each run's full report and log are there). Do not edit by hand. Machine: %s, "
+             "MXNet on the CPU, no GPU. Every ratio is measured side by side in one run; medians "
+             "after warm-up; a step is the slowest worker's. Timings in a bench step drain the "
+             "engine between its parts (data, forward+backward, gradient communication, "
+             "update)." % machine, ""]
+    r = _load("gluoncv_os8")
+    if r:
+        ours, g, gh = (_variant(r, n) for n in ("ours", "gluoncv", "gluoncv-hybridized"))
+        parts += ["## Training step against GluonCV's DeepLabV3 (output stride 8)", "",
+                  _provenance(r), "",
+                  "ResNet-50 (GluonCV's resnet50_v1s, deep stem, in both), output stride 8, "
+                  "crop %d, %d image(s), aux head off, BN trained, SGD; %d timed steps." % (
+                      r["crop"], r["batch_per_worker"], r["steps"]), "",
+                  _bench_table(r), "",
+                  "- ours / GluonCV as its train.py runs it (imperative): " +
+                  _target(ours["step_s"] / g["step_s"], "<=", 0.9),
+                  "- ours / GluonCV hybridized the same way as ours (static allocation): %.3f; "
+                  "their arithmetic differs by %.1f%% (GluonCV's head has an extra 3x3 "
+                  "convolution), so per FLOP: %.3f" % (
+                      ours["step_s"] / gh["step_s"],
+                      100 * (g["costs"]["forward_gflops_per_image"]
+                             / ours["costs"]["forward_gflops_per_image"] - 1),
+                      (ours["step_s"] / ours["costs"]["forward_gflops_per_image"])
+                      / (gh["step_s"] / gh["costs"]["forward_gflops_per_image"])),
+                  "- peak RSS is the process's: the first variant's is its own, later ones "
+                  "include the earlier networks.", ""]
+        table = os.path.join(results, "gluoncv_os8_trace.txt")
+        if os.path.exists(table):
+            parts += ["Where our step's time goes (MXNet profiler over our %d timed steps; "
+                      "GluonCV's network runs the same operators):" % r["steps"], "",
+                      _profile_table(table, r["steps"]), ""]
+    r = _load("variants_os16")
+    if r:
+        ours = _variant(r, "ours")
+        ratios = r["ratios"]
+        parts += ["## Output stride 16: hybridized vs imperative, ASPP vs Vortex Pooling", "",
+                  _provenance(r), "",
+                  "The phase-1 network (ResNet-50 v2, OS16, BN trained), crop %d, %d image(s)." % (
+                      r["crop"], r["batch_per_worker"]), "",
+                  _bench_table(r), ""]
+        for k, v in ratios.items():
+            parts.append("- %s step time: %.3f" % (k, v))
+        parts.append("")
+    r = _load("syncbn_2workers")
+    if r:
+        ours, plain = _variant(r, "ours"), _variant(r, "ours-plainbn")
+        parts += ["## Synchronized BN on 2 Horovod workers", "", _provenance(r), "",
+                  "ResNet-50 v2 OS16, crop %d, %d image(s) per worker, one thread per worker." % (
+                      r["crop"], r["batch_per_worker"]), "", _bench_table(r), "",
+                  "- cost of synchronized BN, (sync - per-worker) / per-worker step: " +
+                  _target(ours["step_s"] / plain["step_s"] - 1, "<=", 0.10), ""]
+    one = _load("scaling_1worker")
+    runs = [(label, _load(name)) for label, name in (
+        ("1 worker (Horovod, 1 process)", "scaling_1worker"),
+        ("2 independent processes, no communication", "scaling_2independent"),
+        ("Horovod, 2 workers", "scaling_horovod_2workers"),
+        ("Horovod, 2 workers, HOROVOD_CYCLE_TIME=100", "scaling_horovod_2workers_cycle100"),
+        ("parameter server, 2 workers + 1 server", "scaling_ps_2workers"))]
+    if one and all(r for _, r in runs):
+        parts += ["## Scaling from 1 to 2 workers (one thread each)", ""]
+        parts += ["- %s: %s" % (label, _provenance(r)) for label, r in runs]
+        parts += ["", "ResNet-50 v2 OS16, crop %d, %d image(s) per worker (weak scaling), per-"
+                  "worker BN in all (the parameter server has no synchronized BN). Efficiency = "
+                  "images/s / (2 x one worker's). Two processes that never communicate show what "
+                  "this machine allows at all." % (one["crop"], one["batch_per_worker"]), "",
+                  "| run | img/s | fwd+bwd | comm | update | efficiency |",
+                  "|---|---|---|---|---|---|"]
+        base = one["variants"][0]["images_per_s"]
+        eff = {}
+        for label, r in runs:
+            reps = r.get("processes", [r])
+            vs = [x["variants"][0] for x in reps]
+            img_s = r.get("images_per_s", vs[0]["images_per_s"])
+            eff[label] = img_s / (len(reps) * base) if r is not one and len(reps) > 1 \
+                else img_s / (r["workers"] * base)
+
+            def per(phase):
+                return "/".join("%.2f" % w["breakdown_s"][phase] for v in vs
+                                for w in v["per_worker"])
+            parts.append("| %s | %.3f | %s | %s | %s | %.3f |" % (
+                label, img_s, per("fwd_bwd"), per("comm"), per("update"), eff[label]))
+        labels = [label for label, _ in runs]
+        parts += ["", "(fwd+bwd, comm, update: medians of each worker, in seconds.)", "",
+                  "- Horovod scaling efficiency: " + _target(eff[labels[2]], ">=", 0.95) +
+                  "; with HOROVOD_CYCLE_TIME=100: %.3f; the machine's ceiling (no "
+                  "communication at all): %.3f" % (eff[labels[3]], eff[labels[1]]),
+                  "- parameter server: %.3f" % eff[labels[4]], ""]
+    r = _load("syncbn_profile")
+    table = os.path.join(results, "syncbn_profile_trace.txt")
+    if r and os.path.exists(table):
+        ours, plain = _variant(r, "ours"), _variant(r, "ours-plainbn")
+        parts += ["## Where synchronized BN's time goes (MXNet profiler)", "", _provenance(r), "",
+                  "One Horovod worker, the same network and crop as above; the profiler covers "
+                  "the %d timed steps of the synchronized-BN network (%.3f s per step, against "
+                  "%.3f s with MXNet's BatchNorm in the same run). Operator time summed over "
+                  "the steps (operators of MXNet's engine threads; the custom operator's Python "
+                  "holds up everything after it):" % (r["steps"], ours["step_s"],
+                                                      plain["step_s"]), "",
+                  _profile_table(table, r["steps"]), ""]
+    r = _load("data_pipeline")
+    if r:
+        res = r["results"]
+        parts += ["## Data pipeline against GluonCV's VOC training transform", "",
+                  _provenance(r), "",
+                  "One loader process, one thread, the same %d JPEG/PNG files (VOC sizes), crop "
+                  "%d; decoded + augmented samples per second." % (r["params"]["images"],
+                                                                  r["params"]["crop"]), "",
+                  "| pipeline | samples/s | decode only, samples/s |", "|---|---|---|"]
+        for name in ("ours", "gluoncv"):
+            parts.append("| %s | %.1f | %.1f |" % (name, res[name]["samples_per_s"],
+                                                   res[name].get("decode_samples_per_s", 0)))
+        parts += ["", "- ours / GluonCV: " + _target(r["ratio_ours_over_gluoncv"], ">=", 1.5),
+                  "- the recipes differ: GluonCV also blurs half of the samples (Gaussian, "
+                  "PIL), pads the mask with background instead of ignore and normalises with "
+                  "MXNet operators; ours decodes with OpenCV and normalises in numpy.", ""]
+    r = _load("vortex_pooling")
+    if r:
+        parts += ["## Vortex Pooling: square vs separable vs cascaded pooling", "",
+                  _provenance(r), "",
+                  "Batch %d, 2048-channel features of a 513x513 crop, medians of %d." % (
+                      r["batch"], r.get("repeat", 3)), "",
+                  "| OS | features | pool sizes | square | separable (ours, exact) | cascade | "
+                  "square / separable | head fwd+bwd separable / cascade |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            parts.append("| %d | %dx%d | %s | %.3f s | %.3f s | %.3f s | %.2fx | %.2fx |" % (
+                row["output_stride"], row["feature"], row["feature"],
+                ", ".join(map(str, row["pool_sizes"])), row["pool_square_s"],
+                row["pool_separable_s"], row["pool_cascade_s"],
+                row["pool_square_over_separable"], row["head_separable_over_cascade"]))
+        parts.append("")
+    r = _load("allreduce")
+    if r:
+        fit = r["fit"]
+        parts += ["## Horovod allreduce on this machine", "", _provenance(r), "",
+                  "Gloo over loopback, %d workers: the software cost of an allreduce (not a "
+                  "network): alpha %.1f us, bus bandwidth %.2f GB/s. Used by "
+                  "benchmarks/SCALING.md." % (r["workers"], fit["alpha_s"] * 1e6,
+                                              fit["busbw_bytes_per_s"] / 1e9), ""]
+    with open(out, "w") as f:
+        f.write("\n".join(parts).rstrip() + "\n")
+
+
+def scaling_md():
+    if os.path.exists(os.path.join(RESULTS, "allreduce.json")):
+        subprocess.check_call([PY, "benchmarks/scaling_model.py", "--allreduce",
+                               os.path.join(RESULTS, "allreduce.json")], cwd=ROOT)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", help="comma-separated runs: " + ", ".join(RUNS))
+    p.add_argument("--render", action="store_true", help="only regenerate the markdown")
+    return p.parse_args(argv)
+
+
+def main(args):
+    os.makedirs(RESULTS, exist_ok=True)
+    if not args.render:
+        names = [n.strip() for n in args.only.split(",")] if args.only else list(RUNS)
+        unknown = [n for n in names if n not in RUNS]
+        if unknown:
+            raise SystemExit("run_all: unknown run(s) %s; valid: %s" % (", ".join(unknown),
+                                                                        ", ".join(RUNS)))
+        for name in names:
+            run(name)
+    scaling_md()
+    render()
+    print("[run_all] wrote benchmarks/RESULTS.md and benchmarks/SCALING.md")
+
+
+if __name__ == "__main__":
+    main(parse_args())
