@@ -50,7 +50,6 @@ from deeplab.config import load_config
 from deeplab.costs import count_costs
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
 from deeplab.metrics import IGNORE_LABEL
-from deeplab.model import get_model
 
 from .build import build_model, uses_sync_bn
 from .train import cross_entropy_sum, make_optimizer_params
@@ -62,14 +61,19 @@ COMPARISONS = ("gluoncv", "head", "bn", "hybridize")
 
 
 class Variant:
-    """A network, its trainer and loss, and the timings of its steps on this worker."""
+    """A network, its trainer and loss, and the timings of its steps on this worker.
 
-    def __init__(self, name, description, net, trainer, loss, label_fn=None, costs=None):
+    per_batch: the loss is a mean, so the update divides by the images of the global batch
+    (GluonCV's script), not by the labelled pixels (ours).
+    """
+
+    def __init__(self, name, description, net, trainer, loss, costs, label_fn=None,
+                 per_batch=False):
         self.name, self.description = name, description
         self.net, self.trainer, self.loss = net, trainer, loss
-        self.label_fn = label_fn or (lambda label: label)
         self.costs = costs
-        self.per_batch = False
+        self.label_fn = label_fn or (lambda label: label)
+        self.per_batch = per_batch
         self.times = []  # per timed step: [data, fwd_bwd, comm, update]
 
 
@@ -80,22 +84,37 @@ def _depth(model_name):
     return None
 
 
-def _our_variant(name, description, cfg, ctx, sync_bn, hybridize, index):
-    net = build_model(cfg, ctx, seed=cfg["train"]["seed"], training=True, sync_bn=sync_bn)
+def _trainer(net, optimizer_params, cfg, index):
+    """COLLECTIVE. The backend's SGD trainer with the config's distributed settings; each
+    variant names its allreduces apart."""
     d = cfg["dist"]
-    trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
-                                fp16_compression=d["fp16_compression"],
-                                num_groups=d["num_groups"], prefix="bench%d." % index)
+    return dist.make_trainer(net.collect_params(), "sgd", optimizer_params,
+                             fp16_compression=d["fp16_compression"],
+                             num_groups=d["num_groups"], prefix="bench%d." % index)
+
+
+def _costs(net, cfg, crop, ctx):
+    """COLLECTIVE (a forward pass, through synchronized BN if the network has it). The network's
+    analytic costs; call before hybridizing."""
+    return count_costs(net, (1, 3, crop, crop), ctx=ctx,
+                       fp16_gradients=cfg["dist"]["fp16_compression"])
+
+
+def _our_variant(name, description, cfg, ctx, crop, sync_bn, hybridize, index):
+    """COLLECTIVE."""
+    net = build_model(cfg, ctx, seed=cfg["train"]["seed"], training=True, sync_bn=sync_bn)
+    trainer = _trainer(net, make_optimizer_params(net, cfg), cfg, index)
+    costs = _costs(net, cfg, crop, ctx)
     if hybridize:
         net.hybridize(static_alloc=not sync_bn)
     return Variant(name, description, net, trainer,
-                   lambda out, label: cross_entropy_sum(mx.nd, out, label))
+                   lambda out, label: cross_entropy_sum(mx.nd, out, label), costs)
 
 
 def _gluoncv_variant(name, description, cfg, ctx, crop, hybridize, index):
-    """GluonCV's DeepLabV3 as its scripts/segmentation/train.py trains it: aux off here, its
-    MixSoftmaxCrossEntropyLoss (mean over labelled pixels, ignore label -1), SGD with the same
-    settings; one step normalises by the batch, as that script does."""
+    """COLLECTIVE. GluonCV's DeepLabV3 as its scripts/segmentation/train.py trains it: aux off
+    here, its MixSoftmaxCrossEntropyLoss (mean over labelled pixels, ignore label -1), SGD with
+    the same settings; one step normalises by the batch, as that script does."""
     from gluoncv.loss import MixSoftmaxCrossEntropyLoss
     from gluoncv.model_zoo import DeepLabV3 as GluonCVDeepLabV3
 
@@ -106,13 +125,11 @@ def _gluoncv_variant(name, description, cfg, ctx, crop, hybridize, index):
         net = GluonCVDeepLabV3(m["num_classes"], backbone="resnet%d" % _depth(m["name"]),
                                aux=False, pretrained_base=False, ctx=ctx, crop_size=crop)
         net.initialize(ctx=ctx)
-    with autograd.train_mode():
-        net(mx.nd.zeros((1, 3, crop, crop), ctx=ctx))
+    costs = _costs(net, cfg, crop, ctx)  # also resolves the deferred shapes
     dist.broadcast_parameters(net.collect_params())
     t = cfg["train"]
-    trainer = dist.make_trainer(net.collect_params(), "sgd",
-                                {"learning_rate": t["lr"], "momentum": t["momentum"],
-                                 "wd": t["weight_decay"]}, prefix="bench%d." % index)
+    trainer = _trainer(net, {"learning_rate": t["lr"], "momentum": t["momentum"],
+                             "wd": t["weight_decay"]}, cfg, index)
     if hybridize:
         net.hybridize(static_alloc=True)
     criterion = MixSoftmaxCrossEntropyLoss(aux=False)
@@ -120,79 +137,47 @@ def _gluoncv_variant(name, description, cfg, ctx, crop, hybridize, index):
     def to_gluoncv(label):  # GluonCV's masks mark ignored pixels with -1, not 255
         return mx.nd.where(label == IGNORE_LABEL, -mx.nd.ones_like(label), label)
 
-    v = Variant(name, description, net, trainer,
-                lambda out, label: criterion(out[0], label), label_fn=to_gluoncv)
-    v.per_batch = True
-    return v
-
-
-def _costs(cfg, ctx, crop, head=None, gluoncv=False):
-    """Analytic costs of a variant's network, on a throwaway copy with plain BN (no collectives;
-    the costs do not depend on the normalisation layer)."""
-    m = cfg["model"]
-    if gluoncv:
-        from gluoncv.model_zoo import DeepLabV3 as GluonCVDeepLabV3
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = GluonCVDeepLabV3(m["num_classes"], backbone="resnet%d" % _depth(m["name"]),
-                                   aux=False, pretrained_base=False, ctx=ctx, crop_size=crop)
-            net.initialize(ctx=ctx)
-    else:
-        net = get_model(m["name"], head=head or m["head"], output_stride=m["output_stride"],
-                        num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
-                        head_channels=m["head_channels"], vortex_cascade=m["vortex_cascade"]
-                        and (head or m["head"]) == "vortex", ctx=ctx,
-                        norm_kwargs={"use_global_stats": True} if cfg["train"]["freeze_bn"]
-                        else None)
-        if cfg["train"]["freeze_bn"]:
-            for p in net.collect_params(".*_gamma|.*_beta").values():
-                p.grad_req = "null"
-    return count_costs(net, (1, 3, crop, crop), ctx=ctx,
-                       fp16_gradients=cfg["dist"]["fp16_compression"])
+    return Variant(name, description, net, trainer,
+                   lambda out, label: criterion(out[0], label), costs, label_fn=to_gluoncv,
+                   per_batch=True)
 
 
 def build_variants(cfg, ctx, crop, compare):
-    """The configured network ("ours") and the variants `compare` asks for."""
+    """COLLECTIVE. The configured network ("ours") and the variants `compare` asks for."""
     sync = uses_sync_bn(cfg)
     hyb = cfg["train"]["hybridize"]
     bn_name = "frozen BN" if cfg["train"]["freeze_bn"] else (
         "synchronized BN" if sync else "per-worker BN")
     m = cfg["model"]
-    variants = [_our_variant("ours", "%s %s OS%d, %s, %s" % (
-        m["name"], m["head"], m["output_stride"], bn_name,
-        "hybridized" if hyb else "imperative"), cfg, ctx, sync, hyb, 0)]
-    specs = []  # (name, description, builder)
+    # (name, description, builder(name, description, index) -> Variant)
+    specs = [("ours", "%s %s OS%d, %s, %s" % (m["name"], m["head"], m["output_stride"], bn_name,
+                                              "hybridized" if hyb else "imperative"),
+              lambda n, d, i: _our_variant(n, d, cfg, ctx, crop, sync, hyb, i))]
     if "gluoncv" in compare:
         specs.append(("gluoncv", "GluonCV DeepLabV3 resnet%d_v1s OS8, imperative (its train.py)"
                       % _depth(m["name"]),
-                      lambda i: _gluoncv_variant("gluoncv", "", cfg, ctx, crop, False, i)))
+                      lambda n, d, i: _gluoncv_variant(n, d, cfg, ctx, crop, False, i)))
         specs.append(("gluoncv-hybridized", "GluonCV DeepLabV3, hybridized (static alloc)",
-                      lambda i: _gluoncv_variant("gluoncv-hybridized", "", cfg, ctx, crop,
-                                                 True, i)))
+                      lambda n, d, i: _gluoncv_variant(n, d, cfg, ctx, crop, True, i)))
     if "head" in compare:
         other = "vortex" if m["head"] == "aspp" else "aspp"
         c = copy.deepcopy(cfg)
         c["model"]["head"] = other
         c["model"]["vortex_cascade"] = m["vortex_cascade"] and other == "vortex"
         specs.append(("ours-" + other, "ours with the %s head" % other,
-                      lambda i: _our_variant("ours-" + other, "", c, ctx, sync, hyb, i)))
+                      lambda n, d, i: _our_variant(n, d, c, ctx, crop, sync, hyb, i)))
     if "bn" in compare:
-        name = "ours-plainbn" if sync else "ours-syncbn"
-        specs.append((name, "ours with %s" % ("per-worker BN (MXNet BatchNorm)" if sync else
-                                              "synchronized BN"),
-                      lambda i: _our_variant(name, "", cfg, ctx, not sync, hyb, i)))
+        specs.append(("ours-plainbn" if sync else "ours-syncbn", "ours with %s" % (
+            "per-worker BN (MXNet BatchNorm)" if sync else "synchronized BN"),
+            lambda n, d, i: _our_variant(n, d, cfg, ctx, crop, not sync, hyb, i)))
     if "hybridize" in compare:
-        name = "ours-imperative" if hyb else "ours-hybridized"
-        specs.append((name, "ours %s" % ("imperative" if hyb else "hybridized"),
-                      lambda i: _our_variant(name, "", cfg, ctx, sync, not hyb, i)))
-    for i, (name, description, builder) in enumerate(specs, start=1):
-        v = builder(i)
-        v.name, v.description = name, description
-        variants.append(v)
-    return variants
+        specs.append(("ours-imperative" if hyb else "ours-hybridized",
+                      "ours %s" % ("imperative" if hyb else "hybridized"),
+                      lambda n, d, i: _our_variant(n, d, cfg, ctx, crop, sync, not hyb, i)))
+    return [build(name, description, i) for i, (name, description, build) in enumerate(specs)]
 
 
-def _check_compare(cfg, compare, crop):
+def _check_compare(cfg, compare):
     unknown = [c for c in compare if c not in COMPARISONS]
     if unknown:
         raise ValueError("--compare: unknown comparison %s; valid: %s"
@@ -291,17 +276,9 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
         batch = cfg["train"]["batch_size"] // dist.size()
     if steps < 1 or warmup < 1 or batch < 1 or crop < 8:
         raise ValueError("need --steps >= 1, --warmup >= 1, --batch >= 1 and --crop >= 8")
-    _check_compare(cfg, compare, crop)
+    _check_compare(cfg, compare)
     ctx = dist.context()
     variants = build_variants(cfg, ctx, crop, compare)
-    costs = {}
-    if dist.is_main():
-        costs["ours"] = _costs(cfg, ctx, crop)
-        for v in variants[1:]:
-            head = v.name[len("ours-"):] if v.name in ("ours-aspp", "ours-vortex") else None
-            costs[v.name] = costs.get("gluoncv") if v.name == "gluoncv-hybridized" else \
-                _costs(cfg, ctx, crop, head=head, gluoncv=v.name == "gluoncv")
-    costs = dist.broadcast(costs)
 
     batches = _bench_data(cfg, crop, batch, (warmup + steps) * len(variants))
     memory = {}
@@ -342,7 +319,7 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
         "steps": steps,
         "model": dict(cfg["model"], freeze_bn=cfg["train"]["freeze_bn"],
                       sync_bn=uses_sync_bn(cfg), hybridize=cfg["train"]["hybridize"],
-                      fp16_compression=cfg["dist"]["fp16_compression"], **costs["ours"]),
+                      fp16_compression=cfg["dist"]["fp16_compression"], **variants[0].costs),
         "variants": [],
     }
     for v in variants:
@@ -367,8 +344,8 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             "step_s_all": [float(s) for s in slowest],
             "peak_rss_bytes": int(mem.max()),
             "device_bytes_in_use": memory[v.name]["device_bytes_in_use"],
-            "costs": costs[v.name],
-            "achieved_gflops_per_s": costs[v.name]["train_gflops_per_image"] * batch
+            "costs": v.costs,
+            "achieved_gflops_per_s": v.costs["train_gflops_per_image"] * batch
             * dist.size() / step_s,
         }
         report["variants"].append(entry)

@@ -31,8 +31,8 @@ def count_costs(net, input_shape, ctx=None, fp16_gradients=False):
 
     Runs one imperative forward pass in training mode, not recorded (BN statistics change only
     in a recorded backward pass; a predict-mode pass would let MKL-DNN reorder the weights in
-    place). Call on a block that is not hybridized (hooks do not fire inside a cached graph)
-    and has no synchronized BN (the pass must not communicate).
+    place). Call on a block that is not hybridized (hooks do not fire inside a cached graph).
+    With synchronized BN the pass communicates: every worker must call it, as for training.
 
     Returns a dict: forward_macs_per_image, forward_gflops_per_image, train_gflops_per_image,
     params (number of values), param_bytes, trainable_params, grad_bytes (the bytes allreduced
