@@ -7,11 +7,8 @@ an augmentation or a loss.
 """
 import numpy as np
 
-IGNORE_LABEL = 255
-
-
-class DatasetError(ValueError):
-    """A dataset file or directory is missing, unreadable or holds unexpected content."""
+from deeplab.errors import DatasetError
+from deeplab.metrics import IGNORE_LABEL
 
 
 class SegmentationDataset:

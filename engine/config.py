@@ -9,11 +9,11 @@ import os
 
 import yaml
 
+from deeplab.errors import ConfigError
+
 __all__ = ["SCHEMA", "ConfigError", "load_config", "parse_override", "dump_config", "get"]
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 # type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" (lists),

@@ -20,6 +20,8 @@ import shlex
 
 import yaml
 
+from deeplab.errors import RenderError
+
 __all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "source_root",
            "default_name", "render", "render_to_dir", "render_command", "dump_documents"]
 
@@ -40,8 +42,6 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 MAX_NAME = 40
 
 
-class RenderError(ValueError):
-    """Render arguments that cannot make a valid job."""
 
 
 def source_root():

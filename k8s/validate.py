@@ -15,6 +15,8 @@ import os
 
 import yaml
 
+from deeplab.errors import ManifestError
+
 __all__ = ["KUBERNETES_VERSION", "CRD_PATH", "ManifestError", "load_documents", "mpijob_schema",
            "validate_document", "validate_dir"]
 
@@ -42,8 +44,6 @@ ENUMS = {
 MPI_REPLICA_TYPES = ("Launcher", "Worker")
 
 
-class ManifestError(ValueError):
-    """A manifest file that is not YAML or holds something other than Kubernetes objects."""
 
 
 def load_documents(path):

@@ -7,11 +7,11 @@ import os
 
 import mxnet as mx
 
+from deeplab.errors import ParamsError
+
 __all__ = ["ParamsError", "load_params"]
 
 
-class ParamsError(ValueError):
-    """A params file that does not fit the network it is loaded onto."""
 
 
 def _format(names, limit=8):

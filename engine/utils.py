@@ -1,0 +1,41 @@
+"""Small helpers shared across the package: atomic file writes and free local ports."""
+import json
+import os
+import socket
+
+__all__ = ["atomic_write", "write_json", "write_text", "free_port"]
+
+
+def atomic_write(path, write):
+    """Calls `write(tmp_path)`, then renames the result onto `path`.
+
+    Readers see the old file or the whole new one, never a part: a process killed mid-write, or
+    a full disk, leaves `path` as it was and no temporary file behind.
+    """
+    tmp = "%s.tmp-%d" % (path, os.getpid())
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+def write_json(path, obj, indent=1):
+    """Writes `obj` as JSON to `path` atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port on `host` that was free a moment ago (for loopback jobs and tests)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
