@@ -10,7 +10,7 @@ install (mxnet-cu112) and a CPU install (mxnet) use the same package.
 """
 from setuptools import setup
 
-SUBPACKAGES = ["model", "data", "dist", "launch", "k8s"]
+SUBPACKAGES = ["model", "data", "dist", "launch", "k8s", "bench"]
 
 setup(
     name="deeplab-dist",

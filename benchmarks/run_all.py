@@ -9,7 +9,7 @@ Each run writes benchmarks/results/NAME.json (its figures, command, date and mac
 NAME.log (its output). Timings are only comparable on an otherwise idle machine: the share of the
 CPUs busy during the 3 seconds before each run is recorded, and a run that started on a busy
 machine (over 25%) is flagged in RESULTS.md.
-Benchmarks never pass or fail; the targets of issue 5 are printed beside the figures.
+Benchmarks never pass or fail; the targets are printed beside the figures.
 """
 import argparse
 import datetime

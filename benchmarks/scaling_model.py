@@ -120,7 +120,7 @@ def parse_args(argv=None):
 
 def model_costs():
     """FLOPs, gradient bytes and BN layers of both models in both phases, and ResNet-50's forward
-    multiply-adds (the utilization reference), counted with deeplab.costs on networks built as
+    multiply-adds (the utilization reference), counted with deeplab.bench.costs on networks built as
     training builds them (phase 1: synchronized BN; phase 2: frozen BN, gamma/beta not trained).
     """
     import mxnet as mx
@@ -129,7 +129,7 @@ def model_costs():
     from deeplab import dist
     from deeplab.build import build_model
     from deeplab.config import load_config
-    from deeplab.costs import TRAIN_FLOPS_PER_FORWARD, count_costs
+    from deeplab.bench.costs import TRAIN_FLOPS_PER_FORWARD, count_costs
     from deeplab.dist.syncbn import SyncBatchNorm
 
     dist.init("local")
@@ -547,7 +547,7 @@ def assumptions_section(costs, software_s, workers):
         "",
         "- GPU: one A100 SXM 80GB per worker, float32 training (TF32 tensor cores), as our "
         "package trains. ResNet-50 v1.5 costs %.2f GMACs forward per 224x224 image, counted here "
-        "by `deeplab.costs` on GluonCV's resnet50_v1b (the same counting rule as DeepLabV3's "
+        "by `deeplab.bench.costs` on GluonCV's resnet50_v1b (the same counting rule as DeepLabV3's "
         "FLOPs); training = %g x forward. Utilization = %d images/s x %.1f GFLOPs / 156 TFLOP/s "
         "= **%.1f%%** of TF32 peak, i.e. %.1f TFLOP/s achieved."
         % (ref["forward_macs_per_image"] / 1e9, ref["train_flops_per_forward"],

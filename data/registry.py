@@ -1,4 +1,6 @@
 """Dataset construction by name, as the config names them (`data.dataset`, `data.root`)."""
+from deeplab.errors import ConfigError
+
 from . import synthetic, voc
 
 # name -> (class, valid splits, whether it reads files under data.root)
@@ -31,6 +33,6 @@ def get_dataset(name, split="train", root=None, **kwargs):
     if not needs_root:
         return cls(split=split, **kwargs)
     if root is None:
-        raise ValueError("dataset %r reads files: set data.root to the folder that holds them"
+        raise ConfigError("dataset %r reads files: set data.root to the folder that holds them"
                          % name)
     return cls(root=root, split=split, **kwargs)

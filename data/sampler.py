@@ -10,6 +10,8 @@ import numbers
 
 import numpy as np
 
+from deeplab.errors import ConfigError
+
 
 def _check_int(value, name, minimum):
     if not isinstance(value, numbers.Integral) or value < minimum:
@@ -68,7 +70,7 @@ class GlobalBatchSampler:
         if rank >= world_size:
             raise ValueError("rank %d is out of range for world_size %d" % (rank, world_size))
         if len(batch) % world_size:
-            raise ValueError("train.batch_size (%d, the global batch) must be divisible by the "
+            raise ConfigError("train.batch_size (%d, the global batch) must be divisible by the "
                              "number of workers (%d)" % (len(batch), world_size))
         per_rank = len(batch) // world_size
         return list(batch[rank * per_rank:(rank + 1) * per_rank])

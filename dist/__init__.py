@@ -1,8 +1,10 @@
 """Everything distributed sits behind this package: collectives, trainers for the local /
-Horovod / parameter-server backends, and synchronized batch normalization.
+Horovod / parameter-server backends, synchronized batch normalization and the stall watchdog.
 
 `comm` works unchanged in a single process (rank 0 of 1); the engine calls only these functions.
 """
 from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broadcast,
                    broadcast_parameters, context, exit_after_failure, init, is_main, local_rank,
-                   make_trainer, nd_allgather, nd_allreduce_sum, rank, resolve_backend, size)
+                   make_trainer, nd_allgather, nd_allreduce_sum, rank, resolve_backend, size,
+                   stall_hint)
+from .watchdog import EXIT_STALLED, Watchdog

@@ -5,11 +5,12 @@ when nothing distributed runs (rank 0 of 1, identity reductions), and the same c
 Horovod (`horovodrun`) or MXNet's parameter server (`DMLC_ROLE=worker`, kvstore `dist_sync`).
 Functions marked COLLECTIVE must be called by every worker, in the same order, or the job hangs.
 
-Backends:
-    local    one process.
-    horovod  one process per device; gradients and collectives by Horovod (Gloo or NCCL/MPI).
-    ps       MXNet's parameter server: gradients summed on the servers, collectives through
-             kvstore keys of our own.
+Backends, one class each, chosen once by `init()`:
+    local    `LocalBackend`: one process; the base class, whose collectives are identities.
+    horovod  `HorovodBackend`: one process per device; gradients and collectives by Horovod
+             (Gloo or NCCL/MPI).
+    ps       `PSBackend`: MXNet's parameter server: gradients summed on the servers,
+             collectives through kvstore keys of our own.
 `auto` picks horovod under horovodrun (HOROVOD_RANK set), ps when DMLC_ROLE=worker, else local;
 DEEPLAB_DIST_BACKEND overrides it.
 """
@@ -23,21 +24,21 @@ import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
-           "broadcast_parameters", "context",
+           "broadcast_parameters", "context", "stall_hint",
            "make_trainer", "DistTrainer"]
 
 BACKENDS = ("local", "horovod", "ps")
-_state = {"backend": None, "hvd": None, "kv": None, "key": 0}
+
 # kvstore keys of our own collectives: above the trainer's parameter indices (0, 1, ...), and
 # below 215,000 because MXNet places a small array on server (key * 9973) % num_servers in int32
 # arithmetic (kvstore_dist.h), which overflows for larger keys.
 _KEY_BASE, _KEY_LIMIT = 1 << 16, 215000
 
 
-def resolve_backend(backend="auto", environ=None):
+def resolve_backend(backend="auto"):
     """The backend a worker runs: `backend` unless 'auto', then the launcher's environment."""
-    env = os.environ if environ is None else environ
     if backend == "auto":
+        env = os.environ
         backend = env.get("DEEPLAB_DIST_BACKEND") or (
             "horovod" if "HOROVOD_RANK" in env else
             "ps" if env.get("DMLC_ROLE") == "worker" else "local")
@@ -47,59 +48,265 @@ def resolve_backend(backend="auto", environ=None):
     return backend
 
 
-def init(backend="auto"):
-    """Starts the backend once per process (later calls with the same backend do nothing)."""
-    backend = resolve_backend(backend)
-    if _state["backend"] is not None:
-        if _state["backend"] != backend:
-            raise RuntimeError("dist backend %r already started; cannot switch to %r"
-                               % (_state["backend"], backend))
-        return
-    if backend == "horovod":
+class LocalBackend:
+    """One process: rank 0 of 1, every collective an identity.
+
+    The base of the other backends, which override what they distribute. Collectives take and
+    return what the module-level functions of the same names do (`allreduce_sum` receives a
+    float64 numpy array).
+    """
+
+    name = "local"
+
+    def rank(self):
+        return 0
+
+    def size(self):
+        return 1
+
+    def local_rank(self):
+        return int(os.environ.get("DEEPLAB_LOCAL_RANK", "0"))
+
+    def barrier(self):
+        pass
+
+    def allreduce_sum(self, x, name):
+        return x.copy()
+
+    def broadcast(self, obj, root):
+        return obj
+
+    def broadcast_parameters(self, params):
+        pass
+
+    def nd_allreduce_sum(self, array, name):
+        return array.copy()
+
+    def nd_allgather(self, array, name):
+        return array.copy()
+
+    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                     prefix):
+        # kvstore=None: nothing to sum; step(n) divides the gradients by n.
+        return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None), 1)
+
+    def exit_after_failure(self, code):
+        pass
+
+    def stall_hint(self):
+        return "the process hung or was stopped"
+
+
+class HorovodBackend(LocalBackend):
+    """One process per device under horovodrun; collectives and gradients through Horovod.
+
+    Horovod matches the calls of the workers by name and caches its negotiation per name, so
+    per-step calls use stable names; `broadcast`, rare and of varying size, counts its calls.
+    """
+
+    name = "horovod"
+
+    def __init__(self):
         import horovod.mxnet as hvd
         hvd.init()
-        _state["hvd"] = hvd
-    elif backend == "ps":
+        self.hvd = hvd
+        self._broadcasts = 0
+
+    def rank(self):
+        return self.hvd.rank()
+
+    def size(self):
+        return self.hvd.size()
+
+    def local_rank(self):
+        return self.hvd.local_rank()
+
+    def barrier(self):
+        self.allreduce_sum(np.zeros(1), "barrier")
+
+    def allreduce_sum(self, x, name):
+        if name is None:  # the same on every worker, as the shapes of one call must be
+            name = "x".join(str(d) for d in x.shape) or "scalar"
+        out = self.hvd.allreduce(mx.nd.array(x, dtype=np.float64), average=False,
+                                 name="comm.allreduce.%s" % name)
+        return out.asnumpy().reshape(x.shape)
+
+    def broadcast(self, obj, root):
+        self._broadcasts += 1
+        return self.hvd.broadcast_object(obj, root_rank=root,
+                                         name="comm.broadcast.%d" % self._broadcasts)
+
+    def broadcast_parameters(self, params):
+        self.hvd.broadcast_parameters(params, root_rank=0)
+
+    def nd_allreduce_sum(self, array, name):
+        return self.hvd.allreduce(array, average=False, name=name)
+
+    def nd_allgather(self, array, name):
+        return self.hvd.allgather(array, name=name)
+
+    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                     prefix):
+        hvd = self.hvd
+        compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
+        trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
+                                         compression=compression, num_groups=num_groups,
+                                         prefix=prefix)
+        # DistributedTrainer averages over workers; DistTrainer's rule is a sum divided by n.
+        return DistTrainer(trainer, self.size())
+
+    def stall_hint(self):
+        return "a worker stopped, hung or lost its network"
+
+
+class PSBackend(LocalBackend):
+    """A worker of MXNet's parameter server (`dist_sync`, or `dist_device_sync` with GPUs).
+
+    Gradients are summed on the servers by the trainer's kvstore; our collectives use kvstore
+    keys of their own from `_KEY_BASE` up, taken in call order (the same on every worker).
+    """
+
+    name = "ps"
+
+    def __init__(self):
         if os.environ.get("DMLC_ROLE") != "worker":
             raise RuntimeError("dist.backend=ps needs DMLC_ROLE=worker and the DMLC_PS_* "
                                "variables; start workers with `deeplab launch ps`")
-        kv = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
-        _state["kv"] = kv
+        self.kv = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
+        self._keys = 0
+        self._sum_keys = {}  # array size -> key
         rank_dir = os.environ.get("DEEPLAB_RANK_DIR")
         if rank_dir:  # `deeplab launch ps` names a lost worker by its rank
             with open(os.path.join(rank_dir, str(os.getpid())), "w") as f:
-                f.write(str(kv.rank))
-    _state["backend"] = backend
+                f.write(str(self.kv.rank))
+
+    def rank(self):
+        return self.kv.rank
+
+    def size(self):
+        return self.kv.num_workers
+
+    def _new_key(self):
+        self._keys += 1
+        if _KEY_BASE + self._keys >= _KEY_LIMIT:
+            raise RuntimeError("out of kvstore keys for collectives (%d used)" % self._keys)
+        return _KEY_BASE + self._keys
+
+    def barrier(self):
+        self.kv._barrier()
+
+    def allreduce_sum(self, x, name):
+        """Through a key reused for every call of the same size (`name` is not needed): a fresh
+        key per call would cost an init barrier each time and run out of keys after ~150,000
+        steps. In dist_sync a server without an optimizer replaces a key's value with each
+        round's sum of the pushes.
+        """
+        arr = mx.nd.array(x.reshape(-1), dtype=np.float64)
+        key = self._sum_keys.get(arr.size)
+        if key is None:
+            key = self._sum_keys[arr.size] = self._new_key()
+            self.kv.init(key, mx.nd.zeros_like(arr))
+        self.kv.push(key, arr)
+        out = mx.nd.zeros_like(arr)
+        self.kv.pull(key, out=out)
+        return out.asnumpy().reshape(x.shape)
+
+    def broadcast(self, obj, root):
+        if root != 0:
+            raise ValueError("the parameter server broadcasts from worker 0 only")
+        payload = pickle.dumps(obj) if self.rank() == 0 else b""
+        n = int(self.allreduce_sum(np.array([len(payload)], dtype=np.float64), None)[0])
+        # Bytes travel as float32 bit patterns through kvstore init (worker 0's value is kept)
+        # and pull, which copy and never compute, so every bit arrives as sent.
+        if self.rank() == 0:
+            arr = mx.nd.array(np.frombuffer(payload + b"\0" * (-n % 4), np.float32))
+        else:
+            arr = mx.nd.zeros(((n + 3) // 4,), dtype=np.float32)
+        key = self._new_key()
+        self.kv.init(key, arr)
+        self.kv.pull(key, out=arr)
+        return pickle.loads(arr.asnumpy().tobytes()[:n])
+
+    def broadcast_parameters(self, params):
+        items = sorted(params.items())
+        keys = [self._new_key() for _ in items]
+        arrays = [p.data() for _, p in items]
+        self.kv.init(keys, arrays)  # the servers keep worker 0's values
+        self.kv.pull(keys, out=arrays)
+        for (_, p), a in zip(items, arrays):
+            p.set_data(a)
+
+    def nd_allreduce_sum(self, array, name):
+        raise RuntimeError(_NO_SYNC_BN)
+
+    def nd_allgather(self, array, name):
+        raise RuntimeError(_NO_SYNC_BN)
+
+    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                     prefix):
+        # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the
+        # trainer and can be checkpointed.
+        trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kv,
+                                   update_on_kvstore=False)
+        # Gluon initializes the kvstore keys of the parameters (an init and a pull per key)
+        # lazily, inside the first step(), where they overlapped the first gradient push-pull on
+        # the same keys: on worker 0 the first update then went wrong in about one run in three
+        # (measured: 3 of 8 runs; 0 of 10 with this). Initialize now and let it complete.
+        trainer._init_kvstore()
+        trainer._init_params()
+        mx.nd.waitall()
+        self.kv._barrier()
+        return DistTrainer(trainer, 1)  # the servers sum; step(n) divides by n
+
+    def exit_after_failure(self, code):
+        # ps-lite's orderly shutdown (run when the process exits) waits for every node, so a
+        # worker that failed would hang there, and the job with it, instead of exiting.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    def stall_hint(self):
+        return "a worker stopped, hung or lost its network"
+
+
+_NO_SYNC_BN = ("synchronized BN needs dist.backend=horovod; under the parameter server each "
+               "worker keeps its own BN statistics")
+_BACKEND_CLASSES = {"local": LocalBackend, "horovod": HorovodBackend, "ps": PSBackend}
+_backend = LocalBackend()  # what every function below asks; replaced once by init()
+_started = False
+
+
+def init(backend="auto"):
+    """Starts the backend once per process (later calls with the same backend do nothing)."""
+    global _backend, _started
+    name = resolve_backend(backend)
+    if _started:
+        if _backend.name != name:
+            raise RuntimeError("dist backend %r already started; cannot switch to %r"
+                               % (_backend.name, name))
+        return
+    _backend = _BACKEND_CLASSES[name]()
+    _started = True
 
 
 def backend():
     """The running backend's name ('local' before init)."""
-    return _state["backend"] or "local"
+    return _backend.name
 
 
 def rank():
     """This worker's index in [0, size())."""
-    if _state["hvd"]:
-        return _state["hvd"].rank()
-    if _state["kv"]:
-        return _state["kv"].rank
-    return 0
+    return _backend.rank()
 
 
 def size():
     """Number of workers."""
-    if _state["hvd"]:
-        return _state["hvd"].size()
-    if _state["kv"]:
-        return _state["kv"].num_workers
-    return 1
+    return _backend.size()
 
 
 def local_rank():
     """This worker's index among the workers of its machine (selects its GPU)."""
-    if _state["hvd"]:
-        return _state["hvd"].local_rank()
-    return int(os.environ.get("DEEPLAB_LOCAL_RANK", "0"))
+    return _backend.local_rank()
 
 
 def is_main():
@@ -112,40 +319,15 @@ def context():
     return mx.gpu(local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
 
 
-def _next_key():
-    _state["key"] += 1
-    if _state["backend"] == "ps" and _KEY_BASE + _state["key"] >= _KEY_LIMIT:
-        raise RuntimeError("out of kvstore keys for collectives (%d used)" % _state["key"])
-    return _state["key"]
-
-
-def _kv_sum(arr):
-    """Sum over parameter-server workers of a float64 NDArray, through a key reused for every
-    call of the same size (a fresh key per call would cost an init barrier each time and run
-    out of keys after ~150,000 steps): in dist_sync a server without an optimizer replaces a
-    key's value with each round's sum of the pushes.
-    """
-    kv, size_keys = _state["kv"], _state.setdefault("sum_keys", {})
-    key = size_keys.get(arr.size)
-    if key is None:
-        key = size_keys[arr.size] = _KEY_BASE + _next_key()
-        kv.init(key, mx.nd.zeros_like(arr))
-    kv.push(key, arr)
-    out = mx.nd.zeros_like(arr)
-    kv.pull(key, out=out)
-    return out
+def stall_hint():
+    """What a stall of this worker may mean, for the watchdog's message."""
+    return _backend.stall_hint()
 
 
 def exit_after_failure(code):
-    """Ends a failing worker at once under the parameter server; returns otherwise.
-
-    ps-lite's orderly shutdown (run when the process exits) waits for every node, so a worker
-    that failed would hang there, and the job with it, instead of exiting.
-    """
-    if _state["kv"]:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    """Ends a failing worker at once under the parameter server (whose shutdown would wait for
+    every node, the failed one included); returns otherwise."""
+    _backend.exit_after_failure(code)
 
 
 def nd_allreduce_sum(array, name):
@@ -155,12 +337,7 @@ def nd_allreduce_sum(array, name):
     Supported under local and horovod; the parameter server has no worker-to-worker path fast
     enough to run inside a layer.
     """
-    if _state["hvd"]:
-        return _state["hvd"].allreduce(array, average=False, name=name)
-    if _state["kv"]:
-        raise RuntimeError("synchronized BN needs dist.backend=horovod; under the parameter "
-                           "server each worker keeps its own BN statistics")
-    return array.copy()
+    return _backend.nd_allreduce_sum(array, name)
 
 
 def nd_allgather(array, name):
@@ -168,70 +345,34 @@ def nd_allgather(array, name):
 
     Same contract as `nd_allreduce_sum`.
     """
-    if _state["hvd"]:
-        return _state["hvd"].allgather(array, name=name)
-    if _state["kv"]:
-        raise RuntimeError("synchronized BN needs dist.backend=horovod; under the parameter "
-                           "server each worker keeps its own BN statistics")
-    return array.copy()
+    return _backend.nd_allgather(array, name)
 
 
-def allreduce_sum(x):
-    """COLLECTIVE. Element-wise sum of a numpy array over workers (a new float64 array)."""
-    x = np.asarray(x, dtype=np.float64)
-    if _state["hvd"]:
-        out = _state["hvd"].allreduce(mx.nd.array(x, dtype=np.float64), average=False,
-                                      name="comm.allreduce.%d" % _next_key())
-        return out.asnumpy().reshape(x.shape)
-    if _state["kv"]:
-        return _kv_sum(mx.nd.array(x.reshape(-1), dtype=np.float64)).asnumpy().reshape(x.shape)
-    return x.copy()
+def allreduce_sum(x, name=None):
+    """COLLECTIVE. Element-wise sum of a numpy array over workers (a new float64 array).
+
+    Args:
+        name: the call's name, the same on every worker: give a call made every step a stable
+            name (e.g. "step") so that Horovod reuses its negotiation instead of repeating it.
+            Without one the call is named after the array's shape. Two calls must not run at
+            once under the same name.
+    """
+    return _backend.allreduce_sum(np.asarray(x, dtype=np.float64), name)
 
 
 def barrier():
     """COLLECTIVE. Returns once every worker has called it."""
-    if _state["hvd"]:
-        allreduce_sum(np.zeros(1))
-    elif _state["kv"]:
-        _state["kv"]._barrier()
+    _backend.barrier()
 
 
 def broadcast(obj, root=0):
     """COLLECTIVE. Returns worker `root`'s picklable `obj` on every worker."""
-    if _state["hvd"]:
-        return _state["hvd"].broadcast_object(obj, root_rank=root,
-                                              name="comm.broadcast.%d" % _next_key())
-    if _state["kv"]:
-        if root != 0:
-            raise ValueError("the parameter server broadcasts from worker 0 only")
-        payload = pickle.dumps(obj) if rank() == 0 else b""
-        n = int(allreduce_sum(np.array([len(payload)]))[0])
-        # Bytes travel as float32 bit patterns through kvstore init (worker 0's value is kept)
-        # and pull, which copy and never compute, so every bit arrives as sent.
-        if rank() == 0:
-            arr = mx.nd.array(np.frombuffer(payload + b"\0" * (-n % 4), np.float32))
-        else:
-            arr = mx.nd.zeros(((n + 3) // 4,), dtype=np.float32)
-        key = _KEY_BASE + _next_key()
-        _state["kv"].init(key, arr)
-        _state["kv"].pull(key, out=arr)
-        return pickle.loads(arr.asnumpy().tobytes()[:n])
-    return obj
+    return _backend.broadcast(obj, root)
 
 
 def broadcast_parameters(params):
     """COLLECTIVE. Every worker's parameters become worker 0's (shapes must be known)."""
-    if _state["hvd"]:
-        _state["hvd"].broadcast_parameters(params, root_rank=0)
-    elif _state["kv"]:
-        kv = _state["kv"]
-        items = sorted(params.items())
-        keys = [_KEY_BASE + _next_key() for _ in items]
-        arrays = [p.data() for _, p in items]
-        kv.init(keys, arrays)  # the servers keep worker 0's values
-        kv.pull(keys, out=arrays)
-        for (_, p), a in zip(items, arrays):
-            p.set_data(a)
+    _backend.broadcast_parameters(params)
 
 
 class DistTrainer:
@@ -260,10 +401,6 @@ class DistTrainer:
 
     def set_learning_rate(self, lr):
         self.trainer.set_learning_rate(lr)
-
-    @property
-    def learning_rate(self):
-        return self.trainer.learning_rate
 
     def save_states(self, path):
         """Writes the optimizer state (call on the main worker)."""
@@ -296,27 +433,5 @@ def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, nu
         prefix: Horovod only: names this trainer's allreduces (needed when one process runs
             several trainers, e.g. a benchmark comparing networks).
     """
-    b = backend()
-    if b == "horovod":
-        hvd = _state["hvd"]
-        compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
-        trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
-                                         compression=compression, num_groups=num_groups,
-                                         prefix=prefix)
-        return DistTrainer(trainer, size())
-    if b == "ps":
-        # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the
-        # trainer and can be checkpointed.
-        trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=_state["kv"],
-                                   update_on_kvstore=False)
-        # Gluon initializes the kvstore keys of the parameters (an init and a pull per key)
-        # lazily, inside the first step(), where they overlapped the first gradient push-pull on
-        # the same keys: on worker 0 the first update then went wrong in about one run in three
-        # (measured: 3 of 8 runs; 0 of 10 with this). Initialize now and let it complete.
-        trainer._init_kvstore()
-        trainer._init_params()
-        mx.nd.waitall()
-        _state["kv"]._barrier()
-        return DistTrainer(trainer, 1)
-    return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None), 1)
-
+    return _backend.make_trainer(params, optimizer, optimizer_params, fp16_compression,
+                                 num_groups, prefix)

@@ -6,8 +6,9 @@ Package layout (each a top-level folder of the repository):
     deeplab.dist    collectives and trainers for the local / Horovod / parameter-server backends
     deeplab.launch  launchers (horovodrun, parameter server)
     deeplab.k8s     Kubernetes manifests
-and, from engine/: deeplab.config, deeplab.train, deeplab.evaluate, deeplab.metrics,
-deeplab.checkpoint, deeplab.bench (training-throughput benchmark), deeplab.costs (analytic FLOPs
-and gradient bytes) and the `deeplab` command (deeplab.cli).
+    deeplab.bench   the training-throughput benchmark and analytic costs (`deeplab bench`)
+and, from engine/: deeplab.config, deeplab.train, deeplab.evaluate, deeplab.checkpoint,
+deeplab.metrics, deeplab.workdir, deeplab.logger, deeplab.errors, deeplab.utils and the
+`deeplab` command (deeplab.cli).
 """
 __version__ = "0.1.0"

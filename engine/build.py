@@ -1,4 +1,5 @@
-"""Builds the model and datasets a config describes (shared by training and evaluation)."""
+"""Builds the model and datasets a config describes (shared by training, evaluation and the
+benchmark)."""
 from mxnet.gluon import nn
 
 from deeplab import dist
@@ -6,7 +7,7 @@ from deeplab.data import get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["build_model", "build_dataset", "uses_sync_bn", "log"]
+__all__ = ["build_model", "build_dataset", "uses_sync_bn", "bn_mode", "on_main"]
 
 
 def uses_sync_bn(cfg):
@@ -18,7 +19,18 @@ def uses_sync_bn(cfg):
             and dist.backend() == "horovod")
 
 
-def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None, seed=None,
+def bn_mode(cfg, sync_bn=None):
+    """How training normalizes: 'frozen', 'synchronized', 'per-worker' (several workers, each
+    its own statistics) or 'plain' (one process)."""
+    sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
+    if cfg["train"]["freeze_bn"]:
+        return "frozen"
+    if sync_bn:
+        return "synchronized"
+    return "per-worker" if dist.size() > 1 else "plain"
+
+
+def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, seed=None,
                 training=False, sync_bn=None):
     """COLLECTIVE. The config's model on `ctx`, the same on every worker.
 
@@ -29,7 +41,8 @@ def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
     Args:
         output_stride: overrides model.output_stride (evaluation at another stride).
         params: a whole-model `.params` file (default: model.params).
-        backbone_params: a backbone `.params` file (default: model.backbone_params).
+        load_backbone: load model.backbone_params first; False when `params` replaces every
+            parameter anyway (evaluating a checkpoint).
         training: build for training (synchronized BN if configured).
         sync_bn: overrides `uses_sync_bn(cfg)` in training (benchmarks compare both layers).
     """
@@ -39,7 +52,7 @@ def build_model(cfg, ctx, output_stride=None, params=None, backbone_params=None,
     norm_layer = SyncBatchNorm if training and sync_bn and not frozen else nn.BatchNorm
     main = dist.is_main()
     params = params if params is not None else m["params"]
-    backbone_params = backbone_params if backbone_params is not None else m["backbone_params"]
+    backbone_params = m["backbone_params"] if load_backbone else None
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
@@ -60,23 +73,38 @@ def build_dataset(cfg, split):
     d = cfg["data"]
     name = d["name"]
     if name == "synthetic":
+        s = d["synthetic"]
         ds = get_dataset("synthetic", split=split,
-                         size=d["train_size"] if split == "train" else d["val_size"],
+                         size=s["train_size"] if split == "train" else s["val_size"],
                          num_classes=cfg["model"]["num_classes"],
-                         image_size=tuple(d["image_size"]), seed=0)
+                         image_size=tuple(s["image_size"]), seed=0)
     else:
         ds = get_dataset(name, root=d["root"],
                          split=d["train_split"] if split == "train" else d["val_split"])
     if ds.num_classes != cfg["model"]["num_classes"]:
-        raise ValueError("model.num_classes is %d but dataset %r has %d classes"
-                         % (cfg["model"]["num_classes"], name, ds.num_classes))
+        from deeplab.errors import ConfigError
+        raise ConfigError("model.num_classes is %d but dataset %r has %d classes"
+                          % (cfg["model"]["num_classes"], name, ds.num_classes))
     return ds
 
 
-def log(msg, path=None):
-    """Prints `msg` (and appends it to `path`); call on the main worker only."""
-    print(msg, flush=True)
-    if path:
-        with open(path, "a") as f:
-            f.write(msg + "\n")
+def on_main(fn, share=False):
+    """COLLECTIVE. Runs `fn()` on the main worker only; a UserError it raises is raised on every
+    worker (instead of leaving the others waiting in their next collective).
 
+    Returns:
+        fn's result on the main worker; on the others the same result if `share` (it must
+        pickle), else None.
+    """
+    from deeplab.errors import UserError
+
+    result, error = None, None
+    if dist.is_main():
+        try:
+            result = fn()
+        except UserError as err:
+            error = err
+    error = dist.broadcast(error)
+    if error is not None:
+        raise error
+    return dist.broadcast(result) if share else result

@@ -1,5 +1,10 @@
 """The `deeplab` command: `deeplab SUBCOMMAND ...`, each subcommand a module with
-`parse_args(argv)` and `main(args)`."""
+`parse_args(argv)` and `main(args)`.
+
+Exit codes: 0 success; 1 a failure with a traceback (a bug); 2 bad input (a config, a file, a
+directory, a flag), reported in one line; 3 training diverged (non-finite loss or parameters);
+4 a stalled job (see dist.stall_timeout); 143 stopped by SIGTERM after saving a checkpoint.
+"""
 import importlib
 import os
 import sys
@@ -14,15 +19,19 @@ COMMANDS = {
     "k8s": "deeplab.k8s.cli",
 }
 
-USAGE = """usage: deeplab {%s} ...
+USAGE = """usage: deeplab [--version] {%s} ...
 
-  train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume]
+  train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume [--allow-config-change]] [--no-eval]
   eval  CONFIG --checkpoint PARAMS [--out results.json] [--set KEY=VALUE ...]
-  bench CONFIG [--batch B] [--crop N] [--compare gluoncv,head,bn,hybridize] [--out FILE.json]
+  bench CONFIG [--batch B] [--crop N] [--steps S] [--compare gluoncv,head,bn,hybridize]
+        [--baseline ONE_WORKER.json] [--out FILE.json] [--plot FILE.png] [--set KEY=VALUE ...]
   launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench ARGS...
   launch ps --workers N --servers M -- train|eval|bench ARGS...
-  k8s render|validate|run-local ...   (Kubernetes jobs; see `deeplab k8s -h`)
+  k8s render CONFIG --backend horovod|ps --nodes N --gpus-per-node G --image IMG
+             --data-pvc NAME --out DIR [--set KEY=VALUE ...]
+  k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
 
+KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)
 
 
@@ -31,22 +40,30 @@ def main(argv=None):
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        from deeplab import __version__
+        print("deeplab %s" % __version__)
+        return 0
     if argv[0] not in COMMANDS:
         print("deeplab: unknown subcommand %r\n\n%s" % (argv[0], USAGE), file=sys.stderr)
         return 2
+    from deeplab.errors import EXIT_USER_ERROR, JobStopped, UserError
+
     module = importlib.import_module(COMMANDS[argv[0]])
-    args = module.parse_args(argv[1:])
     code = 0
     try:
+        args = module.parse_args(argv[1:])
         module.main(args)
-    except ValueError as err:
-        # Bad input (ConfigError, DatasetError, ParamsError and the like are ValueErrors): one
-        # clear line rather than a traceback, unless asked for.
+    except UserError as err:
+        # Bad input: one clear line rather than a traceback, unless asked for.
         if os.environ.get("DEEPLAB_TRACEBACK"):
             traceback.print_exc()
         print("deeplab %s: error: %s" % (argv[0], err), file=sys.stderr)
-        code = 2
-    except SystemExit as err:
+        code = EXIT_USER_ERROR
+    except JobStopped as err:
+        print("deeplab %s: %s" % (argv[0], err), file=sys.stderr)
+        code = err.exit_code
+    except SystemExit as err:  # argparse's usage errors and --help, launchers' exit codes
         if err.code in (None, 0):
             raise
         if isinstance(err.code, int):

@@ -1,137 +1,222 @@
-"""Training configuration: a fixed schema of keys with types and defaults, YAML files that set some
-of them (optionally on top of a `_base_` file), and `key=value` overrides from the command line.
+"""Training configuration: a fixed schema of keys with types, ranges, defaults and meanings, YAML
+files that set some of them (optionally on top of a `_base_` file), and `key=value` overrides
+from the command line (`--set`).
 
 Plain nested dicts, no registry: every key a recipe may set is listed in SCHEMA below, so a typo
-fails with the list of valid keys instead of being silently ignored.
+fails with the list of valid keys instead of being silently ignored. docs/configuration.md is
+generated from SCHEMA (scripts/config_docs.py).
 """
+import collections
 import copy
 import os
+import re
 
 import yaml
 
 from deeplab.errors import ConfigError
 
-__all__ = ["SCHEMA", "ConfigError", "load_config", "parse_override", "dump_config", "get"]
+__all__ = ["SCHEMA", "Key", "ConfigError", "load_config", "parse_override", "dump_config",
+           "add_set_argument", "eval_stride", "flat_items"]
 
 
+class Key(collections.namedtuple("Key", "tag default doc lo hi lo_open hi_open")):
+    """One config key: a type tag, its default, what it means, and an optional numeric range.
+
+    Type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" (non-empty
+    lists), "choice:a|b" (one of the listed values), "?int" / "?float" (the type or null).
+    The range [lo, hi] applies to numbers and to each item of a list; lo_open / hi_open exclude
+    the bound.
+    """
 
 
-# type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" (lists),
-# "choice:a|b" (one of the listed strings), "?float" / "?int" (the type or null).
+def K(tag, default, doc, lo=None, hi=None, lo_open=False, hi_open=False):
+    return Key(tag, default, doc, lo, hi, lo_open, hi_open)
+
+
 SCHEMA = {
     "model": {
-        "name": ("str", "deeplabv3_resnet50_v2"),
-        "head": ("choice:aspp|vortex", "aspp"),
-        "output_stride": ("choice:8|16|32", 16),
-        "num_classes": ("int", 21),
-        "multi_grid": ("ints", [1, 2, 4]),
-        "head_channels": ("int", 256),
-        "dropout": ("float", 0.0),
-        "vortex_cascade": ("bool", False),
-        "backbone_params": ("path", None),
-        "params": ("path", None),
+        "name": K("str", "deeplabv3_resnet50_v2",
+                  "network: deeplabv3_<backbone>, e.g. deeplabv3_resnet50_v2, "
+                  "deeplabv3_resnet101_v1s, deeplabv3_tiny_v2 (tests)"),
+        "head": K("choice:aspp|vortex", "aspp",
+                  "decoder head: ASPP (DeepLabV3 §3.3) or Vortex Pooling"),
+        "output_stride": K("choice:8|16|32", 16,
+                           "input size / feature size; 16 and 8 are the paper's two phases"),
+        "num_classes": K("int", 21, "classes including background", lo=2, hi=254),
+        "multi_grid": K("ints", [1, 2, 4], "unit rates of the last ResNet block (§3.2)", lo=1),
+        "head_channels": K("int", 256, "channels of each head branch", lo=1),
+        "dropout": K("float", 0.0, "dropout before the classifier", lo=0, hi=1, hi_open=True),
+        "vortex_cascade": K("bool", False,
+                            "Vortex Pooling: cascade the poolings (cheaper, same receptive "
+                            "fields)"),
+        "backbone_params": K("path", None,
+                             "ImageNet weights of the backbone (.params); empty: trains from "
+                             "random initialisation"),
+        "params": K("path", None, "whole-model weights to start from (e.g. phase 1's result)"),
     },
     "data": {
-        "name": ("choice:voc|synthetic", "voc"),
-        "root": ("path", None),
-        "train_split": ("str", "trainaug"),
-        "val_split": ("str", "val"),
-        "crop_size": ("int", 513),
-        "scale_range": ("floats", [0.5, 2.0]),
-        "train_size": ("int", 64),
-        "val_size": ("int", 16),
-        "image_size": ("ints", [48, 96]),
-        "num_workers": ("int", 2),
+        "name": K("choice:voc|synthetic", "voc",
+                  "dataset: VOC 2012 + SBD, or the built-in synthetic shapes"),
+        "root": K("path", None, "dataset folder (voc): VOCdevkit/VOC2012 and SBD below it"),
+        "train_split": K("str", "trainaug", "training split (voc)"),
+        "val_split": K("str", "val", "validation split (voc)"),
+        "crop_size": K("int", 513, "training crop side in pixels", lo=8),
+        "scale_range": K("floats", [0.5, 2.0], "random scaling range [low, high]", lo=0,
+                         lo_open=True),
+        "num_workers": K("int", 2, "loader processes per worker (0: decode in the worker)",
+                         lo=0),
+        "synthetic": {
+            "train_size": K("int", 64, "synthetic training images", lo=1),
+            "val_size": K("int", 16, "synthetic validation images", lo=1),
+            "image_size": K("ints", [48, 96], "synthetic image size [height, width]", lo=8),
+        },
     },
     "train": {
-        "iterations": ("int", 30000),
-        "batch_size": ("int", 16),
-        "lr": ("float", 0.007),
-        "lr_power": ("float", 0.9),
-        "momentum": ("float", 0.9),
-        "weight_decay": ("float", 0.0002),
-        "seed": ("int", 0),
-        "freeze_bn": ("bool", False),
-        "hybridize": ("bool", True),
-        "checkpoint_every": ("int", 1000),
-        "keep_checkpoints": ("int", 3),
-        "log_every": ("int", 20),
+        "iterations": K("int", 30000, "training steps", lo=1),
+        "batch_size": K("int", 16, "global batch (all workers together)", lo=1),
+        "lr": K("float", 0.007, "base learning rate of the poly schedule", lo=0, lo_open=True),
+        "lr_power": K("float", 0.9, "poly schedule power", lo=0),
+        "momentum": K("float", 0.9, "SGD momentum", lo=0, hi=1, hi_open=True),
+        "weight_decay": K("float", 0.0002, "L2 weight decay (convolution weights only)", lo=0),
+        "seed": K("int", 0, "seed of initialisation, sampling and augmentation", lo=0),
+        "freeze_bn": K("bool", False,
+                       "BN frozen: running statistics, gamma and beta not updated (phase 2)"),
+        "hybridize": K("bool", True, "compile the network with MXNet's hybridize"),
+        "checkpoint_every": K("int", 1000, "iterations between checkpoints", lo=1),
+        "keep_checkpoints": K("int", 3, "newest checkpoints kept", lo=1),
+        "log_every": K("int", 20, "iterations between log lines", lo=1),
     },
     "eval": {
-        "output_stride": ("?int", None),
-        "scales": ("floats", [1.0]),
-        "flip": ("bool", False),
+        "output_stride": K("?int", None, "output stride at evaluation (null: model's)"),
+        "scales": K("floats", [1.0], "inference scales (averaged softmax)", lo=0, lo_open=True),
+        "flip": K("bool", False, "also infer the mirrored image"),
     },
     "dist": {
-        "backend": ("choice:auto|local|horovod|ps", "auto"),
-        "sync_bn": ("bool", True),
-        "fp16_compression": ("bool", False),
-        "num_groups": ("int", 0),
+        "backend": K("choice:auto|local|horovod|ps", "auto",
+                     "auto: horovod under horovodrun, ps under DMLC_ROLE=worker, else local"),
+        "sync_bn": K("bool", True, "synchronize BN statistics across Horovod workers"),
+        "fp16_compression": K("bool", False, "Horovod: allreduce gradients in float16"),
+        "num_groups": K("int", 0, "Horovod: gradients allreduced in this many groups (0: one call "
+                        "per gradient, batched by Horovod's tensor fusion)",
+                        lo=0),
+        "stall_timeout": K("float", 600.0,
+                           "seconds without a completed step before a worker exits as "
+                           "stalled (0: never); the first step and evaluation get 4x", lo=0),
     },
 }
 
+# eval.output_stride takes the same values as model.output_stride
+_STRIDES = (8, 16, 32)
 
-def _defaults():
-    return {sec: {k: copy.deepcopy(v[1]) for k, v in keys.items()} for sec, keys in SCHEMA.items()}
+# YAML 1.1 (PyYAML) reads 1e-3 as a string: it wants a dot in floats. Recipes write 1e-3.
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
-def _check(key, tag, value, source):
-    """Returns `value` converted to the schema type of `key`, or raises ConfigError."""
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads exponent-only numbers (1e-3, 2E4) as floats."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _yaml_load(text):
+    return yaml.load(text, Loader=_Loader)
+
+
+def _defaults(schema=SCHEMA):
+    return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default)
+            for k, v in schema.items()}
+
+
+def flat_items(schema=SCHEMA, prefix=""):
+    """Yields (dotted key, Key) for every key of the schema, in order."""
+    for k, v in schema.items():
+        if isinstance(v, dict):
+            yield from flat_items(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def _range_text(key):
+    if key.lo is not None and key.hi is not None:
+        return "in %s%g, %g%s" % ("(" if key.lo_open else "[", key.lo, key.hi,
+                                  ")" if key.hi_open else "]")
+    if key.lo is not None:
+        return "%s %g" % (">" if key.lo_open else ">=", key.lo)
+    return "%s %g" % ("<" if key.hi_open else "<=", key.hi)
+
+
+def _in_range(key, x):
+    if key.lo is not None and (x < key.lo or (key.lo_open and x == key.lo)):
+        return False
+    if key.hi is not None and (x > key.hi or (key.hi_open and x == key.hi)):
+        return False
+    return True
+
+
+def _check(name, key, value, source, tag=None):
+    """Returns `value` converted to the type of `key`, or raises ConfigError."""
+    tag = tag or key.tag
+
     def fail(expected):
-        raise ConfigError("%s: %s must be %s, got %r" % (source, key, expected, value))
+        raise ConfigError("%s: %s must be %s, got %r" % (source, name, expected, value))
 
     if tag.startswith("?"):
-        return None if value is None else _check(key, tag[1:], value, source)
+        return None if value is None else _check(name, key, value, source, tag[1:])
     if tag.startswith("choice:"):
         choices = tag[len("choice:"):].split("|")
         if str(value) not in choices or isinstance(value, bool):
             fail("one of %s" % ", ".join(choices))
         return int(value) if all(c.isdigit() for c in choices) else value
-    if tag == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail("an integer")
-        return value
-    if tag == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail("a number")
-        return float(value)
     if tag == "bool":
         if not isinstance(value, bool):
             fail("true or false")
         return value
-    if tag == "str":
+    if tag in ("str", "path"):
+        if tag == "path" and value is None:
+            return None
         if not isinstance(value, str):
-            fail("a string")
-        return value
-    if tag == "path":
-        if value is not None and not isinstance(value, str):
-            fail("a path (string) or null")
+            fail("a string" if tag == "str" else "a path (string) or null")
         return value
     if tag in ("floats", "ints"):
-        item = "float" if tag == "floats" else "int"
+        item = tag[:-1]
         if not isinstance(value, (list, tuple)) or not value:
             fail("a non-empty list of %ss" % ("number" if item == "float" else "integer"))
-        return [_check(key, item, v, source) for v in value]
-    raise AssertionError("bad schema tag %r" % tag)
+        return [_check(name, key, v, source, item) for v in value]
+    if tag == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+    elif tag == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        value = float(value)
+    else:
+        raise AssertionError("bad schema tag %r" % tag)
+    if not _in_range(key, value):
+        fail("a number %s" % _range_text(key))
+    return value
 
 
-def _merge(cfg, data, source):
+def _merge(cfg, data, source, schema=SCHEMA, prefix=""):
     """Sets the keys in `data` (a nested dict from YAML) on `cfg`, validating each."""
+    where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
-        raise ConfigError("%s: expected a mapping of sections (%s), got %r"
-                          % (source, ", ".join(SCHEMA), data))
-    for sec, keys in data.items():
-        if sec not in SCHEMA:
-            raise ConfigError("%s: unknown section %r; valid sections: %s"
-                              % (source, sec, ", ".join(SCHEMA)))
-        if not isinstance(keys, dict):
-            raise ConfigError("%s: section %r must be a mapping of keys, got %r"
-                              % (source, sec, keys))
-        for k, v in keys.items():
-            if k not in SCHEMA[sec]:
-                raise ConfigError("%s: unknown key %s.%s; valid keys in %s: %s"
-                                  % (source, sec, k, sec, ", ".join(SCHEMA[sec])))
-            cfg[sec][k] = _check("%s.%s" % (sec, k), SCHEMA[sec][k][0], v, source)
+        raise ConfigError("%s: %s must be a mapping of %s, got %r"
+                          % (source, where, ", ".join(schema), data))
+    for k, v in data.items():
+        if k not in schema:
+            if not prefix:
+                raise ConfigError("%s: unknown section %r; valid sections: %s"
+                                  % (source, k, ", ".join(schema)))
+            raise ConfigError("%s: unknown key %s%s; valid keys in %s: %s"
+                              % (source, prefix, k, where, ", ".join(schema)))
+        if isinstance(schema[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError("%s: section %r must be a mapping of keys, got %r"
+                                  % (source, prefix + k, v))
+            _merge(cfg[k], v, source, schema[k], prefix + k + ".")
+        else:
+            cfg[k] = _check(prefix + k, schema[k], v, source)
 
 
 def _read_yaml(path, seen=()):
@@ -141,7 +226,7 @@ def _read_yaml(path, seen=()):
         raise ConfigError("config file %s includes itself through _base_" % path)
     with open(path) as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = _yaml_load(f) or {}
         except yaml.YAMLError as err:
             raise ConfigError("config file %s is not valid YAML: %s" % (path, err)) from None
     if not isinstance(data, dict):
@@ -158,45 +243,74 @@ def _read_yaml(path, seen=()):
 
 
 def parse_override(text):
-    """Splits 'section.key=value' into (section, key, value parsed as YAML)."""
+    """Splits 'section.key=value' (or 'section.sub.key=value') into (['section', ..., 'key'],
+    value parsed as YAML, exponents such as 1e-3 included)."""
     if "=" not in text:
         raise ConfigError("override %r must look like section.key=value" % text)
     key, raw = text.split("=", 1)
-    if key.count(".") != 1:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
         raise ConfigError("override %r: the key must look like section.key (e.g. train.lr)"
                           % text)
-    sec, k = key.split(".")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _yaml_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
-    return sec, k, value
+    return parts, value
+
+
+def _nest(parts, value):
+    out = value
+    for p in reversed(parts):
+        out = {p: out}
+    return out
 
 
 def load_config(path, overrides=()):
-    """Resolves defaults <- `_base_` chain <- file <- overrides into one nested dict."""
+    """Resolves defaults <- `_base_` chain <- file <- overrides into one nested dict; checks
+    types, ranges and the relations between keys."""
     cfg = _defaults()
     for source, data in _read_yaml(path):
         _merge(cfg, data, source)
     for text in overrides:
-        sec, k, v = parse_override(text)
-        _merge(cfg, {sec: {k: v}}, "--set %s" % text)
+        parts, v = parse_override(text)
+        _merge(cfg, _nest(parts, v), "--set %s" % text)
+    _check_relations(cfg, path)
+    return cfg
+
+
+def _check_relations(cfg, path):
     from deeplab.model import MODELS  # late: the schema itself does not need MXNet
     if cfg["model"]["name"] not in MODELS:
         raise ConfigError("%s: model.name %r is not a model; valid names: %s"
                           % (path, cfg["model"]["name"], ", ".join(MODELS)))
-    return cfg
+    stride = cfg["eval"]["output_stride"]
+    if stride is not None and stride not in _STRIDES:
+        raise ConfigError("%s: eval.output_stride must be null or one of 8, 16, 32, got %r"
+                          % (path, stride))
+    scale = cfg["data"]["scale_range"]
+    if len(scale) != 2 or scale[0] > scale[1]:
+        raise ConfigError("%s: data.scale_range must be [low, high] with low <= high, got %r"
+                          % (path, cfg["data"]["scale_range"]))
+    if len(cfg["data"]["synthetic"]["image_size"]) != 2:
+        raise ConfigError("%s: data.synthetic.image_size must be [height, width], got %r"
+                          % (path, cfg["data"]["synthetic"]["image_size"]))
+
+
+def eval_stride(cfg):
+    """The output stride evaluation runs at: eval.output_stride, else the model's."""
+    return cfg["eval"]["output_stride"] or cfg["model"]["output_stride"]
 
 
 def dump_config(cfg, path):
     """Writes the resolved config as YAML (atomically)."""
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    os.replace(tmp, path)
+    from deeplab.utils import write_text
+    write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
 
-def get(cfg, dotted):
-    """cfg['a']['b'] for 'a.b'."""
-    sec, k = dotted.split(".")
-    return cfg[sec][k]
+def add_set_argument(parser, example="train.iterations=100"):
+    """The `--set KEY=VALUE [KEY=VALUE ...]` option, repeatable, shared by every command."""
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                        metavar="KEY=VALUE",
+                        help="override config keys, e.g. --set %s (several pairs and repeated "
+                             "--set both work)" % example)

@@ -6,7 +6,9 @@ They subclass ValueError so that callers catching bad values keep working.
 """
 
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
-           "CheckpointError", "LaunchError", "RenderError", "ManifestError"]
+           "CheckpointError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
+           "TrainingDiverged", "Preempted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
+           "EXIT_PREEMPTED"]
 
 
 class UserError(ValueError):
@@ -43,3 +45,29 @@ class RenderError(UserError):
 
 class ManifestError(UserError):
     """A Kubernetes manifest that fails offline validation."""
+
+
+class JobStopped(Exception):
+    """Training stopped early for a reason that is not a bug; the CLI prints the message and
+    exits with `exit_code`."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(JobStopped):
+    """A non-finite loss or parameters: stopped before anything non-finite was saved."""
+
+    exit_code = 3
+
+
+class Preempted(JobStopped):
+    """SIGTERM: a checkpoint was saved and the run can continue with --resume."""
+
+    exit_code = 143
+
+
+# Exit codes of a worker, as the launchers report them.
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = TrainingDiverged.exit_code
+EXIT_STALLED = 4
+EXIT_PREEMPTED = Preempted.exit_code

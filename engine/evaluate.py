@@ -4,19 +4,21 @@ over workers, scores computed and written by the main worker.
     deeplab eval CONFIG --checkpoint PATH --out results.json [--set key=value ...]
 """
 import argparse
-import json
+import contextlib
 import os
 
 import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.checkpoint import atomic_write
-from deeplab.config import load_config
+from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.data import EvalTransform, eval_samples, eval_shard
 from deeplab.metrics import confusion_matrix, scores
 
-from .build import build_dataset, build_model, log
+from deeplab.logger import run_logger
+from deeplab.utils import write_json
+
+from .build import build_dataset, build_model
 
 __all__ = ["predict", "evaluate", "parse_args", "main"]
 
@@ -56,12 +58,18 @@ def evaluate(net, dataset, cfg, ctx):
     num_classes = cfg["model"]["num_classes"]
     conf = np.zeros((num_classes, num_classes), np.int64)
     indices = eval_shard(len(dataset), dist.rank(), dist.size())
-    for _, image, mask in eval_samples(dataset, EvalTransform(), indices,
-                                       num_workers=cfg["data"]["num_workers"]):
-        prob = predict(net, image.as_in_context(ctx), e["scales"], e["flip"])
-        pred = prob.argmax(axis=1)[0].asnumpy().astype(np.int64)
-        conf += confusion_matrix(pred, mask, num_classes)
-    counts = dist.allreduce_sum(np.concatenate([conf.ravel(), [len(indices)]]))
+    # Images differ in size (new shapes to compile) and workers finish their shares at different
+    # times: each image, and the wait for the others, may take 4x a training step's allowance.
+    samples = eval_samples(dataset, EvalTransform(), indices,
+                           num_workers=cfg["data"]["num_workers"])
+    with contextlib.closing(samples), \
+            dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:
+        for n, (_, image, mask) in enumerate(samples, 1):
+            prob = predict(net, image.as_in_context(ctx), e["scales"], e["flip"])
+            pred = prob.argmax(axis=1)[0].asnumpy().astype(np.int64)
+            conf += confusion_matrix(pred, mask, num_classes)
+            watchdog.beat("evaluation image %d of %d" % (n, len(indices)))
+        counts = dist.allreduce_sum(np.concatenate([conf.ravel(), [len(indices)]]))
     return counts[:-1].reshape(num_classes, num_classes), int(counts[-1])
 
 
@@ -75,31 +83,23 @@ def results_dict(conf, num_images, dataset, cfg, output_stride, checkpoint):
     return res
 
 
-def write_results(res, path):
-    """Writes the results JSON atomically (main worker only)."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(res, f, indent=1)
-    atomic_write(path, write)
-
-
 def format_results(res):
     return "pixAcc %.4f  mIoU %.4f  (%d images, output stride %d, scales %s%s)" % (
         res["pixAcc"], res["mIoU"], res["num_images"], res["output_stride"],
         ",".join("%g" % s for s in res["scales"]), ", flip" if res["flip"] else "")
 
 
-def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None):
+def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None):
     """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`."""
+    log = log or run_logger()
     dataset = build_dataset(cfg, "val")
     if cfg["train"]["hybridize"]:
         net.hybridize()
     conf, n = evaluate(net, dataset, cfg, ctx)
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
-    if dist.is_main():
-        log(format_results(res))
-        if out:
-            write_results(res, out)
+    log.info(format_results(res))
+    if out and dist.is_main():
+        write_json(out, res)
     return res
 
 
@@ -109,8 +109,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True,
                    help="a .params file: final.params or checkpoints/iter_*.params")
     p.add_argument("--out", default=None, help="where to write the results JSON")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set eval.output_stride=8 (repeatable)")
+    add_set_argument(p, example="eval.output_stride=8")
     return p.parse_args(argv)
 
 
@@ -118,9 +117,9 @@ def main(args):
     cfg = load_config(args.config, args.overrides)
     dist.init(cfg["dist"]["backend"])
     ctx = dist.context()
-    os_ = cfg["eval"]["output_stride"] or cfg["model"]["output_stride"]
+    stride = eval_stride(cfg)
     # The checkpoint replaces every parameter, so the backbone file is not read.
-    net = build_model(cfg, ctx, output_stride=os_, params=args.checkpoint, backbone_params="")
+    net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint, load_backbone=False)
     if args.out and dist.is_main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    return run_evaluation(net, cfg, ctx, os_, os.path.abspath(args.checkpoint), args.out)
+    return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out)

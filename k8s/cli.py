@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 
+from deeplab.config import add_set_argument
+from deeplab.errors import ManifestError, RenderError
+
 from . import render as render_mod
 from .render import MOUNT
 
@@ -50,10 +53,7 @@ def parse_args(argv=None):
     r.add_argument("--backoff-limit", type=int, default=None,
                    help="--backend horovod: MPIJob runPolicy.backoffLimit, launcher restarts that "
                         "each resume from the newest checkpoint (default 3)")
-    r.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                   metavar="KEY=VALUE",
-                   help="config override passed to `deeplab train` in the pods, e.g. "
-                        "--set model.backbone_params=%s/models/resnet50_v2.params" % MOUNT)
+    add_set_argument(r, example="model.backbone_params=%s/models/resnet50_v2.params" % MOUNT)
 
     v = sub.add_parser("validate", help="validate manifests offline (strict)")
     v.add_argument("dir", help="directory of manifests, e.g. the --out of render")
@@ -89,7 +89,7 @@ def _validate(args):
     for line in problems:
         print(line, file=sys.stderr)
     if problems:
-        raise ValueError("%d problem(s) in %s (Kubernetes %s, MPI Operator CRD v2beta1)"
+        raise ManifestError("%d problem(s) in %s (Kubernetes %s, MPI Operator CRD v2beta1)"
                          % (len(problems), args.dir, KUBERNETES_VERSION))
     print("%s: %d object(s) valid for Kubernetes %s" % (args.dir, count, KUBERNETES_VERSION))
 
@@ -99,7 +99,7 @@ def _run_local(args):
 
     source = args.source or render_mod.source_root()
     if not os.path.isdir(source):
-        raise ValueError("--source %s is not a directory" % source)
+        raise RenderError("--source %s is not a directory" % source)
     code = run_local(args.dir, args.data_dir, source, timeout=args.timeout, dry_run=args.dry_run)
     if code:
         raise SystemExit(code)

@@ -48,10 +48,11 @@ class Backbone(nn.HybridBlock):
         return x
 
 
-def _walk(block):
+def walk_blocks(block):
+    """`block` and every block below it, parents before children."""
     yield block
     for child in block._children.values():
-        yield from _walk(child)
+        yield from walk_blocks(child)
 
 
 def make_atrous(stages, output_stride, multi_grid=(1, 2, 4)):
@@ -86,7 +87,7 @@ def make_atrous(stages, output_stride, multi_grid=(1, 2, 4)):
 
 
 def _remove_stride(block):
-    for b in _walk(block):
+    for b in walk_blocks(block):
         if isinstance(b, nn.Conv2D) and b._kwargs["stride"] != (1, 1):
             b._kwargs["stride"] = (1, 1)
         elif isinstance(b, (nn.AvgPool2D, nn.MaxPool2D)) and b._kwargs["stride"] != (1, 1):
@@ -95,7 +96,7 @@ def _remove_stride(block):
 
 
 def _set_rate(block, rate):
-    for b in _walk(block):
+    for b in walk_blocks(block):
         if isinstance(b, nn.Conv2D) and b._kwargs["kernel"] != (1, 1):
             kh, kw = b._kwargs["kernel"]
             b._kwargs["dilate"] = (rate, rate)

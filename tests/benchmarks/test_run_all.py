@@ -8,8 +8,8 @@ import pytest
 
 from deeplab import bench
 from deeplab.launch import cli as launch_cli
+from conftest import ROOT
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def _run_all():

@@ -10,8 +10,8 @@ import re
 import sys
 
 import pytest
+from conftest import ROOT
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ZERO = {"base": 0.0, "nvlink": 0.0, "net": 0.0}
 
 

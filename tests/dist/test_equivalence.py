@@ -15,7 +15,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-COMMON = ["train.iterations=5", "data.train_size=24", "data.val_size=7", "data.num_workers=0",
+COMMON = ["train.iterations=5", "data.synthetic.train_size=24", "data.synthetic.val_size=7", "data.num_workers=0",
           "train.batch_size=6", "train.log_every=1", "train.checkpoint_every=1000"]
 
 
@@ -81,7 +81,7 @@ def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
         out = tmp_path / ("%s.json" % name)
         # 7 images: shards of 4+3 and 3+2+2.
         dl.deeplab(*launcher, "eval", dl.TINY, "--checkpoint", params, "--out", out,
-                   *dl.sets("data.val_size=7", "data.num_workers=0"), timeout=240)
+                   *dl.sets("data.synthetic.val_size=7", "data.num_workers=0"), timeout=240)
         with open(out) as f:
             results[name] = json.load(f)
     ref = results["local"]

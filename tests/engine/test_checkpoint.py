@@ -1,15 +1,38 @@
-"""Checkpoints: only complete ones count, old ones are pruned, a failed write keeps the old file."""
+"""Checkpoints: only complete ones count, old ones are pruned, a failed write keeps the old file,
+damaged checkpoints are detected and skipped, non-finite parameters and a full disk are refused
+with a clear error."""
 import json
+import logging
+import os
+import subprocess
+import uuid
 
 import mxnet as mx
+import numpy as np
 import pytest
 
-from deeplab.checkpoint import Checkpointer, atomic_write
+from deeplab.checkpoint import Checkpointer
+from deeplab.errors import CheckpointError, TrainingDiverged
+from deeplab.utils import atomic_write
+
+
+class _Param:
+    def __init__(self, value):
+        self.value = value
+
+    def data(self):
+        return self.value
 
 
 class _Net:
+    def __init__(self, size=2, fill=1.0):
+        self.w = mx.nd.full((size,), fill)
+
+    def collect_params(self):
+        return {"w": _Param(self.w)}
+
     def save_parameters(self, path):
-        mx.nd.save(path, {"w": mx.nd.ones((2,))})
+        mx.nd.save(path, {"w": self.w})
 
 
 class _Trainer:
@@ -47,3 +70,86 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path):
         atomic_write(str(path), dies)
     assert path.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["final.params"]
+
+
+def _two_checkpoints(tmp_path, caplog):
+    log = logging.getLogger("test-ckpt")
+    ck = Checkpointer(str(tmp_path), keep=3, log=log)
+    ck.save(10, _Net(fill=1.0), _Trainer(), {})
+    ck.save(20, _Net(fill=2.0), _Trainer(), {})
+    caplog.set_level(logging.WARNING, logger="test-ckpt")
+    return ck
+
+
+@pytest.mark.parametrize("damage", ["truncate", "bitflip", "delete_states", "bad_json"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_intact_one(tmp_path, caplog,
+                                                                          damage):
+    ck = _two_checkpoints(tmp_path, caplog)
+    stem = tmp_path / "checkpoints" / "iter_0000020"
+    params = stem.with_suffix(".params")
+    if damage == "truncate":
+        params.write_bytes(params.read_bytes()[:-5])
+    elif damage == "bitflip":
+        data = bytearray(params.read_bytes())
+        data[-3] ^= 0x10  # inside the array's values: MXNet itself would load it silently
+        params.write_bytes(bytes(data))
+    elif damage == "delete_states":
+        os.remove(stem.with_suffix(".states"))
+    else:
+        stem.with_suffix(".json").write_text("{not json")
+    latest = ck.latest()
+    assert latest["iteration"] == 10
+    assert mx.nd.load(latest["params"])["w"].asnumpy().tolist() == [1.0, 1.0]
+    warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "skipping checkpoint 20" in warnings and "iter_0000020" in warnings
+    assert "older checkpoint 10" in warnings
+
+
+def test_every_checkpoint_damaged_is_an_error_naming_them(tmp_path, caplog):
+    ck = _two_checkpoints(tmp_path, caplog)
+    for it in (10, 20):
+        p = tmp_path / "checkpoints" / ("iter_%07d.params" % it)
+        p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(CheckpointError, match="no intact checkpoint.*iter_0000020.params.*"
+                                              "iter_0000010.params"):
+        ck.latest()
+
+
+def test_non_finite_parameters_are_never_written(tmp_path):
+    ck = Checkpointer(str(tmp_path))
+    ck.save(10, _Net(), _Trainer(), {})
+    bad = _Net()
+    bad.w[1] = float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite parameters at iteration 20.*w"):
+        ck.save(20, bad, _Trainer(), {})
+    assert ck.iterations() == [10]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [
+        "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root only): a real full disk, as MXNet's writer meets it."""
+    mnt = tmp_path / ("disk-" + uuid.uuid4().hex[:6])
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkpoints(
+        small_disk):
+    ck = Checkpointer(str(small_disk))
+    ck.save(10, _Net(), _Trainer(), {})
+    big = _Net(size=200_000)  # 800 KB of float32: more than the disk
+    with pytest.raises(CheckpointError) as err:
+        ck.save(20, big, _Trainer(), {})
+    msg = str(err.value)
+    assert "iter_0000020.params" in msg and "disk is full" in msg
+    assert sorted(os.listdir(small_disk / "checkpoints")) == [
+        "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
+    assert ck.latest()["iteration"] == 10
+    np.testing.assert_array_equal(mx.nd.load(ck.latest()["params"])["w"].asnumpy(), [1, 1])

@@ -4,9 +4,9 @@ import os
 import pytest
 import yaml
 
+from conftest import ROOT
 from deeplab.config import SCHEMA, ConfigError, dump_config, load_config
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 CONFIGS = os.path.join(ROOT, "configs")
 
 
@@ -105,3 +105,77 @@ def test_dumped_config_reloads_identically(tmp_path):
     dump_config(cfg, out)
     assert load_config(out) == cfg
     assert set(cfg) == set(SCHEMA)
+
+
+def test_exponent_numbers_parse_in_files_and_overrides(tmp_path):
+    path = _write(tmp_path, "c.yaml", "train:\n  lr: 1e-3\n  weight_decay: 2E-4\n")
+    cfg = load_config(path, ["train.momentum=9e-1"])
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["weight_decay"] == 0.0002
+    assert cfg["train"]["momentum"] == 0.9
+    assert load_config(path, ["train.lr=1e-3"])["train"]["lr"] == 0.001
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.iterations=0", ["train.iterations", ">= 1", "0"]),
+    ("train.iterations=-5", ["train.iterations", ">= 1"]),
+    ("train.checkpoint_every=0", ["train.checkpoint_every", ">= 1"]),
+    ("train.log_every=0", ["train.log_every", ">= 1"]),
+    ("eval.scales=[0]", ["eval.scales", "> 0"]),
+    ("eval.scales=[1.0,-0.5]", ["eval.scales", "> 0"]),
+    ("model.dropout=1.0", ["model.dropout", "[0, 1)"]),
+    ("train.momentum=-5", ["train.momentum", "[0, 1)"]),
+    ("train.momentum=1", ["train.momentum", "[0, 1)"]),
+    ("model.num_classes=1", ["model.num_classes", "[2, 254]"]),
+    ("train.lr=0", ["train.lr", "> 0"]),
+    ("data.num_workers=-1", ["data.num_workers", ">= 0"]),
+    ("data.scale_range=[2.0,0.5]", ["data.scale_range", "low <= high"]),
+    ("eval.output_stride=4", ["eval.output_stride", "8, 16, 32"]),
+    ("data.synthetic.train_sizes=3", ["data.synthetic.train_sizes", "valid keys"]),
+])
+def test_values_out_of_range_are_refused_naming_the_key(tmp_path, override, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, "c.yaml", {}), [override])
+    for w in words:
+        assert w in str(err.value), str(err.value)
+
+
+def test_synthetic_keys_are_grouped(tmp_path):
+    cfg = load_config(os.path.join(CONFIGS, "tiny_synthetic.yaml"),
+                      ["data.synthetic.train_size=24", "data.synthetic.image_size=[32,40]"])
+    assert cfg["data"]["synthetic"] == {"train_size": 24, "val_size": 48,
+                                        "image_size": [32, 40]}
+    with pytest.raises(ConfigError, match="unknown key data.train_size"):
+        load_config(os.path.join(CONFIGS, "tiny_synthetic.yaml"), ["data.train_size=24"])
+
+
+def test_set_is_repeatable_and_takes_several_pairs_in_every_command():
+    import argparse
+
+    from deeplab import bench, evaluate, train
+    from deeplab.k8s import cli as k8s_cli
+
+    argv = ["--set", "train.lr=0.1", "train.iterations=5", "--set", "eval.flip=true"]
+    want = ["train.lr=0.1", "train.iterations=5", "eval.flip=true"]
+    assert train.parse_args(["c.yaml", "--workdir", "w"] + argv).overrides == want
+    assert evaluate.parse_args(["c.yaml", "--checkpoint", "p"] + argv).overrides == want
+    assert bench.parse_args(["c.yaml"] + argv).overrides == want
+    k8s = k8s_cli.parse_args(["render", "c.yaml", "--backend", "horovod", "--nodes", "1",
+                              "--gpus-per-node", "1", "--image", "i", "--data-pvc", "p",
+                              "--out", "o"] + argv)
+    assert isinstance(k8s, argparse.Namespace) and k8s.overrides == want
+
+
+def test_committed_configuration_page_is_current():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "config_docs.py"),
+                           "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_key_has_a_meaning():
+    from deeplab.config import flat_items
+
+    for name, key in flat_items():
+        assert key.doc and not key.doc.endswith("."), name

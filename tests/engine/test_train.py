@@ -11,19 +11,19 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from conftest import TINY
 from deeplab import evaluate, train
 from deeplab.checkpoint import Checkpointer
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-TINY = os.path.join(ROOT, "configs", "tiny_synthetic.yaml")
-FAST = ["train.iterations=24", "train.checkpoint_every=8", "data.train_size=48",
-        "data.val_size=6", "data.num_workers=0", "train.log_every=8"]
+from deeplab.errors import WorkdirError
+FAST = ["train.iterations=24", "train.checkpoint_every=8", "data.synthetic.train_size=48",
+        "data.synthetic.val_size=6", "data.num_workers=0", "train.log_every=8"]
 
 
-def run_train(workdir, overrides=(), resume=False, no_eval=True):
+def run_train(workdir, overrides=(), resume=False, no_eval=True, allow_config_change=False):
     args = train.parse_args([TINY, "--workdir", str(workdir)] + [
         a for o in list(FAST) + list(overrides) for a in ("--set", o)]
-        + (["--resume"] if resume else []) + (["--no-eval"] if no_eval else []))
+        + (["--resume"] if resume else []) + (["--no-eval"] if no_eval else [])
+        + (["--allow-config-change"] if allow_config_change else []))
     return train.main(args)
 
 
@@ -42,8 +42,8 @@ def test_tiny_model_learns_the_synthetic_data(tmp_path):
     # Chance level: predicting background everywhere gives mIoU 0.17 on this val set (one class
     # of five, IoU 0.86, the rest 0). The config's 300 iterations reached mIoU 0.546, 0.594 and
     # 0.630 with seeds 0, 1, 2 (pixAcc 0.931-0.943).
-    res = run_train(tmp_path, ["train.iterations=300", "data.train_size=256",
-                               "data.val_size=48", "train.checkpoint_every=1000"], no_eval=False)
+    res = run_train(tmp_path, ["train.iterations=300", "data.synthetic.train_size=256",
+                               "data.synthetic.val_size=48", "train.checkpoint_every=1000"], no_eval=False)
     assert res["mIoU"] > 0.45, res
     assert res["pixAcc"] > 0.9, res
 
@@ -88,7 +88,7 @@ def test_frozen_bn_keeps_statistics_and_affine_parameters(tmp_path):
 def test_workdir_with_checkpoints_is_not_overwritten_without_resume(tmp_path):
     run_train(tmp_path)
     before = load(tmp_path / "checkpoints" / "iter_0000024.params")
-    with pytest.raises(SystemExit, match="--resume"):
+    with pytest.raises(WorkdirError, match="--resume"):
         run_train(tmp_path)
     after = load(tmp_path / "checkpoints" / "iter_0000024.params")
     assert all(np.array_equal(before[k], after[k]) for k in before)
@@ -148,7 +148,7 @@ def test_eval_command_reproduces_the_end_of_training_results(tmp_path):
     run_train(tmp_path, no_eval=False)
     out = tmp_path / "eval.json"
     args = evaluate.parse_args([TINY, "--checkpoint", str(tmp_path / "final.params"),
-                                "--out", str(out), "--set", "data.val_size=6",
+                                "--out", str(out), "--set", "data.synthetic.val_size=6",
                                 "--set", "data.num_workers=0"])
     evaluate.main(args)
     with open(out) as f, open(tmp_path / "results.json") as g:
@@ -163,7 +163,7 @@ def test_multiscale_flip_eval_at_another_output_stride(tmp_path):
         TINY, "--checkpoint", str(tmp_path / "final.params"), "--out", str(out),
         "--set", "model.output_stride=16", "--set", "eval.output_stride=8",
         "--set", "eval.scales=[0.5,0.75,1.0,1.25,1.5,1.75]", "--set", "eval.flip=true",
-        "--set", "data.val_size=4", "--set", "data.num_workers=0"])
+        "--set", "data.synthetic.val_size=4", "--set", "data.num_workers=0"])
     evaluate.main(args)
     with open(out) as f:
         res = json.load(f)
@@ -179,3 +179,185 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "train.lrate" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+# --- faults a single run meets: divergence, its directory, resume mismatches -----------------
+
+def _cli_train(dl, workdir, *overrides, resume=False, extra=(), timeout=300):
+    return dl.deeplab("train", TINY, "--workdir", workdir, "--no-eval",
+                      *dl.sets(*FAST, *overrides), *(["--resume"] if resume else []), *extra,
+                      check=False, timeout=timeout)
+
+
+def _all_finite(path):
+    return all(np.isfinite(v).all() for v in load(path).values())
+
+
+def test_divergence_stops_with_exit_3_naming_the_iteration_and_saves_nothing_non_finite(
+        tmp_path, dl):
+    proc = _cli_train(dl, tmp_path, "train.lr=1000000", "train.checkpoint_every=2")
+    assert proc.returncode == 3, proc.stdout[-3000:]
+    assert "training diverged: non-finite" in proc.stdout and "iteration" in proc.stdout
+    assert "Traceback" not in proc.stdout
+    assert not (tmp_path / "final.params").exists()
+    assert not (tmp_path / "results.json").exists()
+    saved = Checkpointer(str(tmp_path)).iterations()
+    for it in saved:
+        assert _all_finite(tmp_path / "checkpoints" / ("iter_%07d.params" % it)), it
+
+
+def test_fp16_style_overflow_in_parameters_is_caught_before_a_checkpoint(tmp_path, dl):
+    # lr 1e4: the loss of a step can still be finite while the update already overflowed the
+    # parameters; the checkpoint's own check refuses to write them.
+    proc = _cli_train(dl, tmp_path, "train.lr=10000", "train.checkpoint_every=1")
+    assert proc.returncode == 3, proc.stdout[-3000:]
+    for it in Checkpointer(str(tmp_path)).iterations():
+        assert _all_finite(tmp_path / "checkpoints" / ("iter_%07d.params" % it)), it
+
+
+def test_a_second_run_on_the_same_directory_is_refused(tmp_path, dl):
+    first = subprocess.Popen(
+        [sys.executable, "-m", "deeplab.cli", "train", TINY, "--workdir", str(tmp_path),
+         "--no-eval", *dl.sets(*FAST, "train.iterations=200", "train.checkpoint_every=1000")],
+        env=dl.environ(), cwd=dl.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    try:
+        log = tmp_path / "train.log"
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and (
+                not log.exists() or "iter " not in log.read_text()):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended early"
+        second = _cli_train(dl, tmp_path, "train.iterations=200", resume=True)
+        assert second.returncode == 2, second.stdout[-3000:]
+        assert "in use by another run (pid %d" % first.pid in second.stdout
+        assert "Traceback" not in second.stdout
+        assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    text = (tmp_path / "train.log").read_text()
+    assert text.count("training on ") == 1  # nothing of the second run in the first's log
+
+
+def test_resume_with_a_config_that_changes_the_training_is_refused(tmp_path, dl):
+    assert _cli_train(dl, tmp_path).returncode == 0
+    before = (tmp_path / "config.yaml").read_text()
+    for override, key in (("train.batch_size=4", "train.batch_size"),
+                          ("train.lr=0.5", "train.lr")):
+        proc = _cli_train(dl, tmp_path, override, resume=True)
+        assert proc.returncode == 2 and key in proc.stdout, proc.stdout[-2000:]
+        assert "--allow-config-change" in proc.stdout
+    assert (tmp_path / "config.yaml").read_text() == before
+    proc = _cli_train(dl, tmp_path, "train.lr=0.5", resume=True,
+                      extra=["--allow-config-change"])
+    assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_resume_below_the_checkpoint_iteration_is_refused_and_rewrites_nothing(tmp_path, dl):
+    assert _cli_train(dl, tmp_path).returncode == 0
+    ckpt = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    proc = _cli_train(dl, tmp_path, "train.iterations=10", resume=True)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "train.iterations is 10" in proc.stdout and "iteration 24" in proc.stdout
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+
+
+def test_truncated_newest_checkpoint_falls_back_and_resumes_bitwise(tmp_path):
+    its = ["train.iterations=40", "train.checkpoint_every=10"]
+    run_train(tmp_path / "straight", its)
+    work = tmp_path / "damaged"
+    run_train(work, its)
+    for ext in (".json", ".params", ".states"):  # as if stopped after iteration 30 ...
+        os.remove(work / "checkpoints" / ("iter_0000040" + ext))
+    os.remove(work / "final.params")
+    newest = work / "checkpoints" / "iter_0000030.params"  # ... with its newest file truncated
+    newest.write_bytes(newest.read_bytes()[:-100])
+    run_train(work, its, resume=True)
+    assert "skipping checkpoint 30" in (work / "train.log").read_text()
+    assert "resuming from %s" % (work / "checkpoints" / "iter_0000020.params") in \
+        (work / "train.log").read_text()
+    assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
+
+
+@pytest.mark.parametrize("setup, words", [
+    ("file", ["is a file"]),
+    ("foreign", ["not a training run's", "notes.txt"]),
+    ("checkpoints", ["already holds a run", "--resume"]),
+])
+def test_unusable_workdir_is_refused_in_one_line_and_nothing_is_written(tmp_path, dl, setup,
+                                                                        words):
+    work = tmp_path / "run"
+    if setup == "file":
+        work.write_text("x")
+    elif setup == "foreign":
+        work.mkdir()
+        (work / "notes.txt").write_text("mine")
+        (work / "config.yaml").write_text("mine too")
+    else:
+        assert _cli_train(dl, work).returncode == 0
+        (work / "config.yaml").write_text("the first run's")
+    before = sorted(os.listdir(work)) if work.is_dir() else None
+    proc = _cli_train(dl, work, "train.lr=0.01")
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+    for w in words:
+        assert w in proc.stdout, proc.stdout[-2000:]
+    if work.is_dir():
+        assert sorted(os.listdir(work)) == before
+        assert (work / "config.yaml").read_text() in ("mine too", "the first run's")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.checkpoint_every=0", ["train.checkpoint_every", ">= 1"]),
+    ("train.log_every=0", ["train.log_every", ">= 1"]),
+    ("train.iterations=-3", ["train.iterations", ">= 1"]),
+    ("eval.scales=[0]", ["eval.scales", "> 0"]),
+    ("train.momentum=-5", ["train.momentum"]),
+])
+def test_bad_values_are_one_line_errors(tmp_path, dl, override, words):
+    proc = _cli_train(dl, tmp_path / "run", override)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout, proc.stdout[-2000:]
+    for w in words:
+        assert w in proc.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_validation_image_is_reported_before_training(tmp_path, dl):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "voc_tree", os.path.join(dl.ROOT, "tests", "data", "conftest.py"))
+    voc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(voc)
+    tree = voc.build_tree(tmp_path / "voc", voc_train=["a", "b"], voc_val=["v1", "v2"])
+    os.remove(tree.voc_image("v2"))
+    work = tmp_path / "run"
+    proc = _cli_train(dl, work, "data.name=voc", "data.root=%s" % tree.root,
+                      "data.train_split=train", "model.num_classes=21", "train.batch_size=2")
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert tree.voc_image("v2") in proc.stdout and "does not exist" in proc.stdout
+    assert "iter " not in proc.stdout and not work.exists()
+
+
+def test_evaluation_after_training_runs_plain_batchnorm(tmp_path, monkeypatch):
+    """Training with synchronized BN (forced here on one process), then evaluation: not one
+    call of the synchronized layer's operator while evaluating."""
+    from deeplab import build
+    from deeplab.dist import syncbn
+
+    monkeypatch.setattr(build, "uses_sync_bn", lambda cfg: not cfg["train"]["freeze_bn"])
+    monkeypatch.setattr(train, "uses_sync_bn", build.uses_sync_bn)
+    calls = {True: 0, False: 0}
+    forward = syncbn._Moments.forward
+
+    def counting(self, is_train, *args, **kwargs):
+        calls[bool(is_train)] += 1
+        return forward(self, is_train, *args, **kwargs)
+
+    monkeypatch.setattr(syncbn._Moments, "forward", counting)
+    res = run_train(tmp_path, ["train.iterations=4"], no_eval=False)
+    assert calls[True] > 0, "training did not run the synchronized layer"
+    assert calls[False] == 0
+    assert res["num_images"] == 6

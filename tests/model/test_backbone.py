@@ -5,7 +5,7 @@ import pytest
 from mxnet.gluon import nn
 from mxnet.gluon.model_zoo import vision
 
-from deeplab.model import CLASSIFIER_KEYS, ParamsError, get_backbone, load_params
+from deeplab.model import CLASSIFIER_KEYS, ParamsError, get_backbone, load_params, walk_blocks
 
 
 def _randomize(net, seed=0):
@@ -156,8 +156,8 @@ def test_resnet50_v1s_is_gluoncvs_deeplab_backbone(tmp_path):
     path = str(tmp_path / "resnet50_v1s.params")
     theirs.save_parameters(path)
     ours = get_backbone("resnet50_v1s", output_stride=8, multi_grid=(1,))
-    their_convs = [b for b in _walk(theirs) if isinstance(b, nn.Conv2D)]
-    our_convs = [b for b in _walk(ours) if isinstance(b, nn.Conv2D)]
+    their_convs = [b for b in walk_blocks(theirs) if isinstance(b, nn.Conv2D)]
+    our_convs = [b for b in walk_blocks(ours) if isinstance(b, nn.Conv2D)]
     assert len(our_convs) == len(their_convs)
     differing = 0
     for o, t in zip(our_convs, their_convs):
@@ -175,7 +175,3 @@ def test_resnet50_v1s_is_gluoncvs_deeplab_backbone(tmp_path):
     np.testing.assert_allclose(got.asnumpy(), expected.asnumpy(), rtol=1e-4, atol=1e-4)
 
 
-def _walk(block):
-    yield block
-    for child in block._children.values():
-        yield from _walk(child)

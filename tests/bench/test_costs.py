@@ -2,7 +2,7 @@
 import pytest
 from mxnet.gluon import nn
 
-from deeplab.costs import count_costs
+from deeplab.bench.costs import count_costs
 from deeplab.model import get_model
 
 

@@ -46,13 +46,15 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.config import load_config
-from deeplab.costs import count_costs
+from deeplab.build import build_model, bn_mode, uses_sync_bn
+from deeplab.config import add_set_argument, load_config
+from deeplab.errors import UserError
+from deeplab.train import cross_entropy_sum, make_optimizer_params
+from deeplab.utils import write_text
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
 from deeplab.metrics import IGNORE_LABEL
 
-from .build import build_model, uses_sync_bn
-from .train import cross_entropy_sum, make_optimizer_params
+from .costs import count_costs
 
 __all__ = ["parse_args", "main", "run_bench", "COMPARISONS", "PHASES"]
 
@@ -146,8 +148,7 @@ def build_variants(cfg, ctx, crop, compare):
     """COLLECTIVE. The configured network ("ours") and the variants `compare` asks for."""
     sync = uses_sync_bn(cfg)
     hyb = cfg["train"]["hybridize"]
-    bn_name = "frozen BN" if cfg["train"]["freeze_bn"] else (
-        "synchronized BN" if sync else "per-worker BN")
+    bn_name = "%s BN" % bn_mode(cfg)
     m = cfg["model"]
     # (name, description, builder(name, description, index) -> Variant)
     specs = [("ours", "%s %s OS%d, %s, %s" % (m["name"], m["head"], m["output_stride"], bn_name,
@@ -180,29 +181,29 @@ def build_variants(cfg, ctx, crop, compare):
 def _check_compare(cfg, compare):
     unknown = [c for c in compare if c not in COMPARISONS]
     if unknown:
-        raise ValueError("--compare: unknown comparison %s; valid: %s"
+        raise UserError("--compare: unknown comparison %s; valid: %s"
                          % (", ".join(map(repr, unknown)), ", ".join(COMPARISONS)))
     m = cfg["model"]
     if "gluoncv" in compare:
         if m["output_stride"] != 8:
-            raise ValueError("--compare gluoncv needs model.output_stride 8 (GluonCV builds its "
+            raise UserError("--compare gluoncv needs model.output_stride 8 (GluonCV builds its "
                              "DeepLabV3 at output stride 8 only; got %d); at 16, compare "
                              "'hybridize'" % m["output_stride"])
         if _depth(m["name"]) not in (50, 101):
-            raise ValueError("--compare gluoncv needs a ResNet-50 or -101 model (GluonCV's "
+            raise UserError("--compare gluoncv needs a ResNet-50 or -101 model (GluonCV's "
                              "DeepLabV3 backbones); model.name is %r" % m["name"])
     if "bn" in compare and (cfg["train"]["freeze_bn"] or dist.backend() == "ps"):
-        raise ValueError("--compare bn needs BN trained (train.freeze_bn false) and the local or "
+        raise UserError("--compare bn needs BN trained (train.freeze_bn false) and the local or "
                          "horovod backend (the parameter server keeps per-worker BN)")
     if compare and dist.backend() == "ps":
-        raise ValueError("--compare runs several networks in one process, whose trainers would "
+        raise UserError("--compare runs several networks in one process, whose trainers would "
                          "share the parameter server's keys; compare under local or horovod")
 
 
 def _bench_data(cfg, crop, batch, iterations):
     """The training pipeline on synthetic images of about the crop's size."""
     d, t = cfg["data"], cfg["train"]
-    ds = get_dataset("synthetic", split="train", size=max(d["train_size"], 2 * batch),
+    ds = get_dataset("synthetic", split="train", size=max(d["synthetic"]["train_size"], 2 * batch),
                      num_classes=cfg["model"]["num_classes"],
                      image_size=(max(8, crop * 3 // 4), max(8, crop)), seed=0)
     transform = TrainTransform(crop, seed=t["seed"], scale_range=tuple(d["scale_range"]))
@@ -270,12 +271,12 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
     crop = crop or cfg["data"]["crop_size"]
     if batch is None:
         if cfg["train"]["batch_size"] % dist.size():
-            raise ValueError("train.batch_size %d is not divisible by the %d workers; pass "
+            raise UserError("train.batch_size %d is not divisible by the %d workers; pass "
                              "--batch (images per worker)" % (cfg["train"]["batch_size"],
                                                               dist.size()))
         batch = cfg["train"]["batch_size"] // dist.size()
     if steps < 1 or warmup < 1 or batch < 1 or crop < 8:
-        raise ValueError("need --steps >= 1, --warmup >= 1, --batch >= 1 and --crop >= 8")
+        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1 and --crop >= 8")
     _check_compare(cfg, compare)
     ctx = dist.context()
     variants = build_variants(cfg, ctx, crop, compare)
@@ -366,12 +367,12 @@ def _scaling(report, path):
         base_workers, base_batch, base_crop = (base["workers"], base["batch_per_worker"],
                                                base["crop"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError("--baseline %s: not a `deeplab bench` JSON (%s)" % (path, err))
+        raise UserError("--baseline %s: not a `deeplab bench` JSON (%s)" % (path, err))
     if base_workers != 1:
-        raise ValueError("--baseline %s ran %d workers; it must be a one-worker run"
+        raise UserError("--baseline %s ran %d workers; it must be a one-worker run"
                          % (path, base_workers))
     if (base_batch, base_crop) != (report["batch_per_worker"], report["crop"]):
-        raise ValueError("--baseline %s ran batch %d per worker at crop %d; this run has batch "
+        raise UserError("--baseline %s ran batch %d per worker at crop %d; this run has batch "
                          "%d at crop %d: efficiency compares equal work per worker"
                          % (path, base_batch, base_crop, report["batch_per_worker"],
                             report["crop"]))
@@ -447,8 +448,7 @@ def plot_report(r, path):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab bench", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML config, e.g. configs/deeplabv3_r50v2-os16_..._513.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
+    add_set_argument(p, example="model.head=vortex")
     p.add_argument("--batch", type=int, help="images per worker (default: train.batch_size / "
                    "workers)")
     p.add_argument("--crop", type=int, help="crop size (default: data.crop_size)")
@@ -476,15 +476,9 @@ def main(args):
     if dist.is_main():
         print(format_report(report), flush=True)
         if args.out:
-            from deeplab.checkpoint import atomic_write
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            atomic_write(args.out, lambda p: _dump_json(report, p))
+            write_text(args.out, json.dumps(report, indent=1, allow_nan=False) + "\n")
         if args.plot:
             plot_report(report, args.plot)
     return report
 
-
-def _dump_json(report, path):
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-        f.write("\n")

@@ -13,17 +13,11 @@ so two networks are costed by the same rule:
 import mxnet as mx
 from mxnet.gluon import nn
 
+from deeplab.model import walk_blocks
+
 __all__ = ["count_costs", "TRAIN_FLOPS_PER_FORWARD"]
 
 TRAIN_FLOPS_PER_FORWARD = 3.0
-
-
-def _leaves(block):
-    children = list(block._children.values())
-    if not children:
-        yield block
-    for child in children:
-        yield from _leaves(child)
 
 
 def count_costs(net, input_shape, ctx=None, fp16_gradients=False):
@@ -52,7 +46,7 @@ def count_costs(net, input_shape, ctx=None, fp16_gradients=False):
         macs[0] += output.size * block.weight.shape[1]
 
     handles = []
-    for leaf in _leaves(net):
+    for leaf in walk_blocks(net):
         if isinstance(leaf, nn.Conv2D):
             handles.append(leaf.register_forward_hook(conv_hook))
         elif isinstance(leaf, nn.Dense):

@@ -1,0 +1,140 @@
+"""The run directory: what may be in it, who may write to it, and whether a run may continue.
+
+Everything here is checked before a run writes anything, so a refused run leaves the directory
+exactly as it was.
+"""
+import fcntl
+import os
+import socket
+
+from deeplab.errors import CheckpointError, WorkdirError
+
+__all__ = ["RUN_FILES", "check_workdir", "WorkdirLock", "RESUMABLE_KEYS", "check_resume"]
+
+# What a run writes at the top of its directory; anything else means the directory is not a
+# run's (a typo in --workdir pointing at a dataset or a home directory).
+RUN_FILES = {"config.yaml", "train.log", "checkpoints", "final.params", "results.json",
+             "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json"}
+
+
+def _saved(path):
+    """What in run directory `path` shows a run that already trained."""
+    out = []
+    ckpt = os.path.join(path, "checkpoints")
+    if os.path.isdir(ckpt) and any(n.endswith(".json") for n in os.listdir(ckpt)):
+        out.append("checkpoints/")
+    if os.path.exists(os.path.join(path, "final.params")):
+        out.append("final.params")
+    return out
+
+
+def check_workdir(path, resume):
+    """Raises WorkdirError if `path` cannot hold this run (read-only checks, nothing written).
+
+    Refused: a file; a directory of files that are not a run's; without `resume`, a run that
+    already saved checkpoints or final parameters; a directory that cannot be written.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise WorkdirError("--workdir %s is a file, not a directory" % path)
+    if os.path.isdir(path):
+        foreign = sorted(set(os.listdir(path)) - RUN_FILES)
+        if foreign:
+            raise WorkdirError(
+                "--workdir %s holds files that are not a training run's (%s%s); choose an "
+                "empty or new directory" % (path, ", ".join(foreign[:5]),
+                                            " ..." if len(foreign) > 5 else ""))
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise WorkdirError("--workdir %s is not writable by this user" % path)
+        done = _saved(path)
+        if done and not resume:
+            raise WorkdirError("%s already holds a run (%s); pass --resume to continue it or "
+                               "choose another --workdir" % (path, ", ".join(done)))
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise WorkdirError("cannot create --workdir %s: %s is not a writable directory"
+                           % (path, parent))
+
+
+class WorkdirLock:
+    """An exclusive lock on a run directory (`DIR/.lock`), held by the main worker for the whole
+    run, so that a second run on the same directory is refused instead of mixing files.
+
+    The lock is the kernel's (flock): it goes with the process, so a killed run never leaves a
+    stale lock behind. The file names the holder for the error message.
+    """
+
+    def __init__(self, workdir):
+        self.path = os.path.join(workdir, ".lock")
+        self._fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WorkdirError("%s is in use by another run (%s); wait for it to end or choose "
+                               "another --workdir" % (os.path.dirname(self.path), holder)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, ("pid %d on %s" % (os.getpid(), socket.gethostname())).encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# Keys a resumed run may change: they do not alter what is computed (where weights and data are
+# read from (the checkpoint replaces the starting weights),
+# how often to log or save, loader processes, the world size through dist.backend, timeouts,
+# evaluation). Every other key changes the model, the data, the batch, the schedule, the seed
+# or the BN mode, so the resumed run would not continue the checkpoint's run.
+RESUMABLE_KEYS = {"model.params", "model.backbone_params", "data.root", "data.num_workers", "train.checkpoint_every",
+                  "train.keep_checkpoints", "train.log_every", "train.hybridize",
+                  "dist.backend", "dist.num_groups", "dist.stall_timeout",
+                  "eval.output_stride", "eval.scales", "eval.flip"}
+
+
+def _flat(cfg, prefix=""):
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_resume(saved_cfg, cfg, iteration, allow_change=False):
+    """Raises CheckpointError if the run configured by `cfg` cannot continue a checkpoint saved
+    at `iteration` with `saved_cfg`.
+
+    Always refused: train.iterations below the checkpoint's. Refused unless `allow_change`:
+    any other difference outside RESUMABLE_KEYS. Returns the list of differences allowed.
+    """
+    if cfg["train"]["iterations"] < iteration:
+        raise CheckpointError(
+            "train.iterations is %d but the checkpoint to resume is at iteration %d; a run "
+            "cannot continue backwards (set train.iterations >= %d)"
+            % (cfg["train"]["iterations"], iteration, iteration))
+    old, new = _flat(saved_cfg or {}), _flat(cfg)
+    changed = ["%s: %r -> %r" % (k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS]
+    if changed and not allow_change:
+        raise CheckpointError(
+            "the config differs from the checkpoint's in keys that change the training (%s); "
+            "resume with the original settings, or pass --allow-config-change to continue "
+            "anyway" % "; ".join(changed))
+    return changed

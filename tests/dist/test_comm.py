@@ -1,0 +1,156 @@
+"""`deeplab.dist`'s collectives: the single-process identities, backend selection, and the same
+results from every backend with 2 workers (Horovod over Gloo, the parameter server).
+
+The multi-worker cases run `comm_worker.py` on each worker; under Horovod, its timeline (which
+records every tensor name) shows that a call repeated with a name keeps that one name.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from deeplab.dist import comm
+from deeplab.launch.ps import node_env
+from deeplab.utils import free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "comm_worker.py")
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """comm as before any init() (restored after the test)."""
+    monkeypatch.setattr(comm, "_backend", comm.LocalBackend())
+    monkeypatch.setattr(comm, "_started", False)
+    return comm
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, "local"),
+    ({"HOROVOD_RANK": "0"}, "horovod"),
+    ({"DMLC_ROLE": "worker"}, "ps"),
+    ({"DMLC_ROLE": "server"}, "local"),
+    ({"HOROVOD_RANK": "0", "DEEPLAB_DIST_BACKEND": "local"}, "local"),
+])
+def test_auto_follows_the_launchers_environment(monkeypatch, env, expected):
+    for k in ("HOROVOD_RANK", "DMLC_ROLE", "DEEPLAB_DIST_BACKEND"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert comm.resolve_backend("auto") == expected
+    assert comm.resolve_backend("ps") == "ps"  # an explicit choice wins
+
+
+def test_unknown_backend_names_the_valid_ones():
+    with pytest.raises(ValueError, match="'mpi'; valid backends: auto, local, horovod, ps"):
+        comm.resolve_backend("mpi")
+
+
+def test_single_process_collectives_are_identities(fresh):
+    assert (fresh.backend(), fresh.rank(), fresh.size(), fresh.is_main()) == ("local", 0, 1, True)
+    x = np.array([1, 2, 3])
+    for out in (fresh.allreduce_sum(x), fresh.allreduce_sum(x, name="step")):
+        assert out.dtype == np.float64 and np.array_equal(out, x) and out is not x
+    obj = {"a": [1, 2]}
+    assert fresh.broadcast(obj) is obj
+    assert fresh.barrier() is None and fresh.exit_after_failure(3) is None
+    a = mx.nd.array([1.0, 2.0])
+    for out in (fresh.nd_allreduce_sum(a, "n"), fresh.nd_allgather(a, "n")):
+        assert out is not a and np.array_equal(out.asnumpy(), a.asnumpy())
+    assert fresh.context() == mx.cpu()
+    assert fresh.stall_hint()
+
+
+def test_init_starts_one_backend_per_process(fresh, monkeypatch):
+    monkeypatch.delenv("DMLC_ROLE", raising=False)
+    with pytest.raises(RuntimeError, match="DMLC_ROLE=worker"):
+        fresh.init("ps")
+    assert fresh.backend() == "local"  # a failed start leaves nothing started
+    fresh.init("local")
+    fresh.init("local")
+    with pytest.raises(RuntimeError, match="'local' already started; cannot switch to 'ps'"):
+        fresh.init("ps")
+
+
+def expected_results(n):
+    """What comm_worker.py records on each of `n` workers."""
+    ranks = range(n)
+    return {
+        "size": n,
+        "step": [[sum(r + 1.0 for r in ranks), sum(10.0 * r for r in ranks)]] * 3,
+        "unnamed": [[sum(r + 0.5 for r in ranks)] * 3] * 2,
+        "list": [float(sum(ranks))],
+        "broadcast": 0,
+        "broadcast_parameters": [[1.0, 1.0, 1.0]],
+        # w = 1 - (sum over workers of x_r) / 2, x_r = [1, 2, 3] + 3 r
+        "sgd_step": [[1.0 - sum(c + 3.0 * r for r in ranks) / 2 for c in (1.0, 2.0, 3.0)]],
+    }
+
+
+def load_results(out_dir, n):
+    results = []
+    for r in range(n):
+        with open(os.path.join(str(out_dir), "rank%d.json" % r)) as f:
+            results.append(json.load(f))
+    return results
+
+
+def check(results, backend):
+    n = len(results)
+    for res in results:
+        assert res["backend"] == backend
+        for key, value in expected_results(n).items():
+            assert res[key] == value, (key, res[key], value)
+    return results[0]
+
+
+def test_one_process(tmp_path, dl):
+    dl.run([sys.executable, WORKER, str(tmp_path)])
+    res = check(load_results(tmp_path, 1), "local")
+    assert res["nd_allgather"] == [[0.0]] and res["nd_allreduce_sum"] == [0.0, 1.0]
+    assert res["broadcast_root1"] == 0  # a single process returns its own object
+
+
+def test_horovod_two_workers(tmp_path, dl):
+    timeline = tmp_path / "timeline.json"
+    dl.run([os.path.join(dl.BIN, "horovodrun"), "-np", "2", "-H", "localhost:2", "--gloo",
+            sys.executable, WORKER, str(tmp_path)], timeout=180, HOROVOD_TIMELINE=str(timeline))
+    res = check(load_results(tmp_path, 2), "horovod")
+    assert res["nd_allgather"] == [[0.0], [1.0]] and res["nd_allreduce_sum"] == [1.0, 2.0]
+    assert res["broadcast_root1"] == 1
+    names = set(re.findall(r'"name": "horovod_(?:allreduce|broadcast)\.(comm\.[^"]+)"',
+                           timeline.read_text()))
+    # Three calls named "step" made one tensor name; unnamed calls are named after the shape.
+    assert names == {"comm.allreduce.step", "comm.allreduce.2x3", "comm.allreduce.1",
+                     "comm.allreduce.barrier", "comm.broadcast.1.sz", "comm.broadcast.1.t",
+                     "comm.broadcast.2.sz", "comm.broadcast.2.t"}, names
+
+
+def test_parameter_server_two_workers(tmp_path, dl):
+    port, procs = free_port(), []
+    try:
+        for role, cmd in (("scheduler", [sys.executable, "-c", "import mxnet"]),
+                          ("server", [sys.executable, "-c", "import mxnet"]),
+                          ("worker", [sys.executable, WORKER, str(tmp_path)]),
+                          ("worker", [sys.executable, WORKER, str(tmp_path)])):
+            env = node_env(role, 2, 1, "127.0.0.1", port, environ=dl.environ())
+            env["DMLC_NODE_HOST"] = "127.0.0.1"
+            procs.append(subprocess.Popen(cmd, env=env, cwd=dl.ROOT, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
+    res = check(load_results(tmp_path, 2), "ps")
+    # Synchronized BN needs a worker-to-worker path; the servers broadcast from worker 0 only.
+    assert res["nd_allgather"] == res["nd_allreduce_sum"] == "RuntimeError"
+    assert res["broadcast_root1"] == "ValueError"
+

@@ -1,0 +1,95 @@
+"""The run directory: foreign files, files in place of directories, a second run, and resumes
+that would not continue the checkpoint's run are refused before anything is written."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY
+from deeplab.config import load_config
+from deeplab.errors import CheckpointError, WorkdirError
+from deeplab.workdir import WorkdirLock, check_resume, check_workdir
+
+
+def test_new_and_empty_directories_are_accepted(tmp_path):
+    check_workdir(str(tmp_path / "new" / "run"), resume=False)
+    check_workdir(str(tmp_path), resume=False)
+
+
+def test_a_file_is_refused(tmp_path):
+    f = tmp_path / "run"
+    f.write_text("x")
+    with pytest.raises(WorkdirError, match="run is a file"):
+        check_workdir(str(f), resume=False)
+
+
+def test_a_directory_of_other_files_is_refused_naming_them(tmp_path):
+    (tmp_path / "config.yaml").write_text("mine")
+    (tmp_path / "thesis.tex").write_text("precious")
+    with pytest.raises(WorkdirError, match="not a training run's.*thesis.tex"):
+        check_workdir(str(tmp_path), resume=True)
+
+
+def test_a_finished_run_needs_resume(tmp_path):
+    (tmp_path / "final.params").write_bytes(b"x")
+    with pytest.raises(WorkdirError, match="already holds a run.*--resume"):
+        check_workdir(str(tmp_path), resume=False)
+    check_workdir(str(tmp_path), resume=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_read_only_directory_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(WorkdirError, match="not writable|not a writable"):
+        check_workdir(str(ro / "run"), resume=False)
+
+
+def test_a_second_holder_of_the_lock_is_refused_naming_the_first(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from deeplab.workdir import WorkdirLock; "
+         "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirError, match=r"in use by another run \(pid %d" % holder.pid):
+            WorkdirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel released the dead holder's lock: no stale lock
+    WorkdirLock(str(tmp_path)).acquire().release()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.batch_size=4", "train.batch_size"),
+    ("train.lr=0.5", "train.lr"),
+    ("train.seed=3", "train.seed"),
+    ("train.freeze_bn=true", "train.freeze_bn"),
+    ("model.head=vortex", "model.head"),
+    ("data.crop_size=48", "data.crop_size"),
+    ("train.iterations=400", "train.iterations"),
+])
+def test_resume_refuses_changes_to_the_training_unless_allowed(override, key):
+    saved = load_config(TINY)
+    new = load_config(TINY, [override])
+    with pytest.raises(CheckpointError, match="%s.*--allow-config-change" % key):
+        check_resume(saved, new, 100)
+    assert any(c.startswith(key) for c in check_resume(saved, new, 100, allow_change=True))
+
+
+def test_resume_accepts_changes_that_do_not_alter_the_training():
+    saved = load_config(TINY)
+    new = load_config(TINY, ["data.num_workers=0", "train.log_every=5", "dist.backend=horovod",
+                             "train.checkpoint_every=7", "data.root=/elsewhere",
+                             "eval.flip=true", "dist.stall_timeout=30"])
+    assert check_resume(saved, new, 100) == []
+
+
+def test_resume_never_goes_below_the_checkpoint_iteration():
+    saved = load_config(TINY)
+    new = load_config(TINY, ["train.iterations=10"])
+    for allow in (False, True):
+        with pytest.raises(CheckpointError, match="train.iterations is 10.*iteration 20"):
+            check_resume(saved, new, 20, allow_change=allow)
