@@ -7,7 +7,8 @@ from deeplab.data import get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["build_model", "build_dataset", "uses_sync_bn", "bn_mode", "on_main"]
+__all__ = ["build_model", "build_dataset", "copy_parameters", "uses_sync_bn", "bn_mode",
+           "on_main"]
 
 
 def uses_sync_bn(cfg):
@@ -31,7 +32,7 @@ def bn_mode(cfg, sync_bn=None):
 
 
 def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, seed=None,
-                training=False, sync_bn=None):
+                training=False, sync_bn=None, copy_from=None):
     """COLLECTIVE. The config's model on `ctx`, the same on every worker.
 
     Parameter files are read by the main worker only and the result is broadcast, so workers
@@ -45,14 +46,25 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
             parameter anyway (evaluating a checkpoint).
         training: build for training (synchronized BN if configured).
         sync_bn: overrides `uses_sync_bn(cfg)` in training (benchmarks compare both layers).
+        copy_from: a network of the same architecture (its norm layers and output stride may
+            differ) whose parameters are copied instead of reading any file; e.g. the
+            evaluation network (plain BN) of a network in training.
     """
     m = cfg["model"]
     frozen = cfg["train"]["freeze_bn"]
     sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
     norm_layer = SyncBatchNorm if training and sync_bn and not frozen else nn.BatchNorm
     main = dist.is_main()
-    params = params if params is not None else m["params"]
-    backbone_params = m["backbone_params"] if load_backbone else None
+    if copy_from is not None:
+        params = backbone_params = None
+    else:
+        params = params if params is not None else m["params"]
+        backbone_params = None
+        if load_backbone and m["backbone_params"]:
+            from deeplab.fetch import resolve_params
+            # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
+            # reads parameter files; a failure is raised on every worker, not left in a broadcast.
+            backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
@@ -61,11 +73,21 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
         norm_kwargs={"use_global_stats": True} if frozen else None,
         backbone_params=backbone_params if main else None, params=params if main else None,
         ctx=ctx, seed=seed)
+    if copy_from is not None:
+        copy_parameters(copy_from, net)
     dist.broadcast_parameters(net.collect_params())
     if frozen:
         for p in net.collect_params(".*_gamma|.*_beta").values():
             p.grad_req = "null"
     return net
+
+
+def copy_parameters(src, dst):
+    """Sets every parameter of `dst` to `src`'s value of the same name (the names of
+    `save_parameters`, which do not depend on the norm layer's class)."""
+    theirs = src._collect_params_with_prefix()
+    for name, p in dst._collect_params_with_prefix().items():
+        p.set_data(theirs[name].data())
 
 
 def build_dataset(cfg, split):

@@ -14,15 +14,24 @@ import traceback
 COMMANDS = {
     "train": "deeplab.train",
     "eval": "deeplab.evaluate",
+    "predict": "deeplab.predict",
+    "export": "deeplab.export",
+    "plot": "deeplab.plot",
     "bench": "deeplab.bench",
     "launch": "deeplab.launch.cli",
     "k8s": "deeplab.k8s.cli",
+    "fetch": "deeplab.fetch",
 }
 
 USAGE = """usage: deeplab [--version] {%s} ...
 
-  train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume [--allow-config-change]] [--no-eval]
+  train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume [--allow-config-change]]
+        [--no-eval] [--quiet]
   eval  CONFIG --checkpoint PARAMS [--out results.json] [--set KEY=VALUE ...]
+  predict CONFIG --checkpoint PARAMS --out DIR [--batch B] [--quiet] INPUT...
+          [--set KEY=VALUE ...]
+  export CONFIG --checkpoint PARAMS --out PREFIX [--onnx] [--size H W] [--set KEY=VALUE ...]
+  plot  DIR [--out curves.png]
   bench CONFIG [--batch B] [--crop N] [--steps S] [--compare gluoncv,head,bn,hybridize]
         [--baseline ONE_WORKER.json] [--out FILE.json] [--plot FILE.png] [--set KEY=VALUE ...]
   launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench ARGS...
@@ -30,6 +39,7 @@ USAGE = """usage: deeplab [--version] {%s} ...
   k8s render CONFIG --backend horovod|ps --nodes N --gpus-per-node G --image IMG
              --data-pvc NAME --out DIR [--set KEY=VALUE ...]
   k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
+  fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)

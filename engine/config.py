@@ -50,8 +50,9 @@ SCHEMA = {
                             "Vortex Pooling: cascade the poolings (cheaper, same receptive "
                             "fields)"),
         "backbone_params": K("path", None,
-                             "ImageNet weights of the backbone (.params); empty: trains from "
-                             "random initialisation"),
+                             "ImageNet weights of the backbone: a .params file, or zoo:NAME "
+                             "(e.g. zoo:resnet50_v2, fetched into MXNet's model cache: deeplab "
+                             "fetch backbone); null: trains from random initialisation"),
         "params": K("path", None, "whole-model weights to start from (e.g. phase 1's result)"),
     },
     "data": {
@@ -76,6 +77,8 @@ SCHEMA = {
         "batch_size": K("int", 16, "global batch (all workers together)", lo=1),
         "lr": K("float", 0.007, "base learning rate of the poly schedule", lo=0, lo_open=True),
         "lr_power": K("float", 0.9, "poly schedule power", lo=0),
+        "warmup_iters": K("int", 0, "iterations of linear warmup (from lr / warmup_iters to lr) "
+                          "before the poly schedule", lo=0),
         "momentum": K("float", 0.9, "SGD momentum", lo=0, hi=1, hi_open=True),
         "weight_decay": K("float", 0.0002, "L2 weight decay (convolution weights only)", lo=0),
         "seed": K("int", 0, "seed of initialisation, sampling and augmentation", lo=0),
@@ -85,11 +88,15 @@ SCHEMA = {
         "checkpoint_every": K("int", 1000, "iterations between checkpoints", lo=1),
         "keep_checkpoints": K("int", 3, "newest checkpoints kept", lo=1),
         "log_every": K("int", 20, "iterations between log lines", lo=1),
+        "eval_every": K("int", 0, "iterations between evaluations during training, each "
+                        "keeping DIR/best.params for the best mIoU (0: only at the end)", lo=0),
     },
     "eval": {
         "output_stride": K("?int", None, "output stride at evaluation (null: model's)"),
         "scales": K("floats", [1.0], "inference scales (averaged softmax)", lo=0, lo_open=True),
         "flip": K("bool", False, "also infer the mirrored image"),
+        "max_images": K("?int", None, "evaluate on the first N validation images (null: all)",
+                        lo=1),
     },
     "dist": {
         "backend": K("choice:auto|local|horovod|ps", "auto",
@@ -288,6 +295,10 @@ def _check_relations(cfg, path):
     if stride is not None and stride not in _STRIDES:
         raise ConfigError("%s: eval.output_stride must be null or one of 8, 16, 32, got %r"
                           % (path, stride))
+    t = cfg["train"]
+    if t["warmup_iters"] >= t["iterations"]:
+        raise ConfigError("%s: train.warmup_iters (%d) must be below train.iterations (%d)"
+                          % (path, t["warmup_iters"], t["iterations"]))
     scale = cfg["data"]["scale_range"]
     if len(scale) != 2 or scale[0] > scale[1]:
         raise ConfigError("%s: data.scale_range must be [low, high] with low <= high, got %r"

@@ -6,6 +6,7 @@ over workers, scores computed and written by the main worker.
 import argparse
 import contextlib
 import os
+import sys
 
 import mxnet as mx
 import numpy as np
@@ -13,9 +14,9 @@ import numpy as np
 from deeplab import dist
 from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.data import EvalTransform, eval_samples, eval_shard
-from deeplab.metrics import confusion_matrix, scores
-
 from deeplab.logger import run_logger
+from deeplab.metrics import confusion_matrix, scores
+from deeplab.record import provenance
 from deeplab.utils import write_json
 
 from .build import build_dataset, build_model
@@ -47,29 +48,48 @@ def predict(net, image, scales=(1.0,), flip=False):
     return total
 
 
-def evaluate(net, dataset, cfg, ctx):
-    """COLLECTIVE. Confusion matrix of `net` on `dataset`, summed over workers.
+def progress(iterable, total, desc, quiet=False):
+    """A tqdm progress bar on the main worker when stderr is a terminal and not `quiet`; the
+    iterable unchanged otherwise (worker ranks, logs, pipes)."""
+    if quiet or not dist.is_main() or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+
+def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
+    """COLLECTIVE. Confusion matrix of `net` on `dataset` (or its first eval.max_images images),
+    summed over workers.
 
     Each worker takes its shard of the images (no padding, no duplicates).
+    Args:
+        watchdog: a dist.Watchdog to beat after each image (default: one of this evaluation's
+            own, allowing 4x dist.stall_timeout per image and for the wait for the others).
+        quiet: no progress bar.
     Returns:
         (int64 confusion matrix, number of images evaluated by all workers).
     """
     e = cfg["eval"]
     num_classes = cfg["model"]["num_classes"]
     conf = np.zeros((num_classes, num_classes), np.int64)
-    indices = eval_shard(len(dataset), dist.rank(), dist.size())
-    # Images differ in size (new shapes to compile) and workers finish their shares at different
-    # times: each image, and the wait for the others, may take 4x a training step's allowance.
+    n = len(dataset) if e["max_images"] is None else min(len(dataset), e["max_images"])
+    indices = eval_shard(n, dist.rank(), dist.size())
     samples = eval_samples(dataset, EvalTransform(), indices,
                            num_workers=cfg["data"]["num_workers"])
-    with contextlib.closing(samples), \
-            dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:
-        for n, (_, image, mask) in enumerate(samples, 1):
+    # Images differ in size (new shapes to compile) and workers finish their shares at different
+    # times: each image, and the wait for the others, may take 4x a training step's allowance.
+    own = None if watchdog else dist.Watchdog(4 * cfg["dist"]["stall_timeout"])
+    with contextlib.closing(samples), own or contextlib.nullcontext():
+        beat = (watchdog or own).beat
+        for i, (_, image, mask) in enumerate(
+                progress(samples, len(indices), "eval (rank 0's share)", quiet), 1):
             prob = predict(net, image.as_in_context(ctx), e["scales"], e["flip"])
             pred = prob.argmax(axis=1)[0].asnumpy().astype(np.int64)
             conf += confusion_matrix(pred, mask, num_classes)
-            watchdog.beat("evaluation image %d of %d" % (n, len(indices)))
-        counts = dist.allreduce_sum(np.concatenate([conf.ravel(), [len(indices)]]))
+            beat("evaluation image %d of %d" % (i, len(indices)))
+        counts = dist.allreduce_sum(np.concatenate([conf.ravel(), [len(indices)]]),
+                                    name="eval.counts")
     return counts[:-1].reshape(num_classes, num_classes), int(counts[-1])
 
 
@@ -79,7 +99,7 @@ def results_dict(conf, num_images, dataset, cfg, output_stride, checkpoint):
     res.update(class_names=list(dataset.class_names), confusion_matrix=conf.tolist(),
                num_images=num_images, output_stride=output_stride,
                scales=list(cfg["eval"]["scales"]), flip=cfg["eval"]["flip"],
-               checkpoint=checkpoint)
+               checkpoint=checkpoint, run=provenance())
     return res
 
 
@@ -89,13 +109,13 @@ def format_results(res):
         ",".join("%g" % s for s in res["scales"]), ", flip" if res["flip"] else "")
 
 
-def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None):
+def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None, quiet=False):
     """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`."""
     log = log or run_logger()
     dataset = build_dataset(cfg, "val")
     if cfg["train"]["hybridize"]:
         net.hybridize()
-    conf, n = evaluate(net, dataset, cfg, ctx)
+    conf, n = evaluate(net, dataset, cfg, ctx, quiet=quiet)
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
     log.info(format_results(res))
     if out and dist.is_main():
@@ -107,8 +127,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab eval", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML config (the model and data sections are used)")
     p.add_argument("--checkpoint", required=True,
-                   help="a .params file: final.params or checkpoints/iter_*.params")
+                   help="a .params file: final.params, best.params or checkpoints/iter_*.params")
     p.add_argument("--out", default=None, help="where to write the results JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_set_argument(p, example="eval.output_stride=8")
     return p.parse_args(argv)
 
@@ -118,8 +139,12 @@ def main(args):
     dist.init(cfg["dist"]["backend"])
     ctx = dist.context()
     stride = eval_stride(cfg)
+    if not os.path.isfile(args.checkpoint):
+        from deeplab.errors import ParamsError
+        raise ParamsError("--checkpoint %s does not exist" % args.checkpoint)
     # The checkpoint replaces every parameter, so the backbone file is not read.
     net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint, load_backbone=False)
     if args.out and dist.is_main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out)
+    return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,
+                          quiet=args.quiet)

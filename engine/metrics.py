@@ -5,7 +5,7 @@ per-worker scores are never averaged.
 """
 import numpy as np
 
-__all__ = ["IGNORE_LABEL", "confusion_matrix", "scores"]
+__all__ = ["IGNORE_LABEL", "confusion_matrix", "confusion_nd", "scores"]
 
 IGNORE_LABEL = 255
 
@@ -49,3 +49,18 @@ def scores(conf):
         "mIoU": float(np.nanmean(iou)) if present.any() else 0.0,
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
     }
+
+
+def confusion_nd(logits, label, num_classes):
+    """The confusion counts of a batch on its device, without a host round trip: a flat
+    float32 NDArray of num_classes**2 counts, entry i * C + j for true class i predicted j.
+
+    Pixels labelled 255 fall outside the histogram's range (255 * C + j >= C * C) and are not
+    counted; class indices times C stay exact in float32.
+    """
+    import mxnet as mx
+
+    pred = logits.argmax(axis=1)
+    idx = label.astype("float32") * num_classes + pred
+    c2 = num_classes * num_classes
+    return mx.nd.histogram(idx.reshape(-1), bins=c2, range=(0, c2))[0].astype("float32")

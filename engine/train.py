@@ -13,8 +13,10 @@ Three layers, read top-down: `train_step` (forward, backward, the step's one all
 import argparse
 import collections
 import contextlib
+import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -23,17 +25,20 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.checkpoint import Checkpointer, assert_finite, save_params
+from deeplab.checkpoint import Checkpointer, save_params
 from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
 from deeplab.errors import Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
-from deeplab.metrics import IGNORE_LABEL
+from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
+from deeplab.record import RunInfo, RunRecord, memory_bytes
+from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resume, check_workdir
-from gluoncv.utils import LRScheduler
+from gluoncv.utils import LRScheduler, LRSequential
 
-from .build import bn_mode, build_dataset, build_model, on_main, uses_sync_bn
-from .evaluate import run_evaluation
+from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
+                    uses_sync_bn)
+from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
            "prepare", "parse_args", "main"]
@@ -68,7 +73,7 @@ def make_optimizer_params(net, cfg):
     return {"learning_rate": t["lr"], "momentum": t["momentum"], "wd": t["weight_decay"]}
 
 
-StepResult = collections.namedtuple("StepResult", "loss count stop diverged")
+StepResult = collections.namedtuple("StepResult", "loss count confusion stop diverged")
 
 
 def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
@@ -86,53 +91,123 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
 
     Returns:
         StepResult: loss (NDArray, this worker's summed loss), count (global labelled pixels),
-        stop and diverged (whether any worker voted so).
+        confusion (NDArray of this worker's confusion counts, on its device), stop and diverged
+        (whether any worker voted so).
     """
     local = float((label != IGNORE_LABEL).sum().asscalar())  # on the host, before the copy
     count, stops, bad = dist.allreduce_sum(np.array([local, float(stop), float(diverged)]),
                                            name="train.step")
     if bad:
-        return StepResult(None, count, stops > 0, True)
+        return StepResult(None, count, None, stops > 0, True)
     data, label = data.as_in_context(ctx), label.as_in_context(ctx)
     trainer.set_learning_rate(lr)
     with autograd.record():
-        loss = cross_entropy_sum(mx.nd, net(data), label)
+        logits = net(data)
+        loss = cross_entropy_sum(mx.nd, logits, label)
         share = loss / max(count, 1.0)
     share.backward()
     trainer.step(1.0)
-    return StepResult(loss, count, stops > 0, False)
+    confusion = confusion_nd(logits.detach(), label, logits.shape[1])
+    return StepResult(loss, count, confusion, stops > 0, False)
 
 
 class Meter:
-    """Loss, throughput and ETA over each logging interval; logs every `every` iterations on the
-    main worker (the logger is silent elsewhere)."""
+    """Loss, training pixAcc/mIoU, throughput, data wait, memory and ETA over each logging
+    interval; logs and records every `every` iterations (on the main worker: the logger and the
+    record are silent elsewhere)."""
 
-    def __init__(self, log, start, total, every, batch_size):
-        self.log, self.total, self.every, self.batch = log, total, every, batch_size
+    def __init__(self, log, record, start, total, every, batch_size, ctx):
+        self.log, self.record, self.ctx = log, record, ctx
+        self.total, self.every, self.batch = total, every, batch_size
         self.start_iter, self.t0 = start, time.time()
         self._reset()
 
     def _reset(self):
         self.tic, self.loss, self.count, self.steps = time.time(), 0.0, 0.0, 0
+        self.confusion, self.data_s = 0, 0.0
 
-    def update(self, result):
+    def update(self, result, data_s):
         self.loss, self.count = self.loss + result.loss, self.count + result.count
+        self.confusion = self.confusion + result.confusion
         self.steps += 1
+        self.data_s += data_s
 
     def due(self, done):
         return done % self.every == 0 or done == self.total
 
     def write(self, done, lr):
-        """COLLECTIVE (the interval's loss is summed over workers)."""
-        loss = dist.allreduce_sum([self.loss.asscalar()], name="train.log")[0]
+        """COLLECTIVE (the interval's loss and confusion counts are summed over workers)."""
+        sums = dist.allreduce_sum(np.concatenate([[self.loss.asscalar()],
+                                                  self.confusion.asnumpy()]), name="train.log")
+        c = int(round(np.sqrt(sums.size - 1)))
+        s = scores(sums[1:].reshape(c, c))
         now = time.time()
         rate = (done - self.start_iter) / max(now - self.t0, 1e-9)
-        self.log.info("iter %d/%d  loss %.4f  lr %.3g  %.1f img/s  elapsed %s  eta %s",
-                      done, self.total, loss / max(self.count, 1.0), lr,
-                      self.steps * self.batch / max(now - self.tic, 1e-9),
-                      format_duration(now - self.t0),
-                      format_duration((self.total - done) / max(rate, 1e-9)))
+        row = {"kind": "train", "iter": done, "loss": sums[0] / max(self.count, 1.0), "lr": lr,
+               "img_s": self.steps * self.batch / max(now - self.tic, 1e-9),
+               "data_s": self.data_s / max(self.steps, 1),
+               "eta_s": (self.total - done) / max(rate, 1e-9),
+               "mem": memory_bytes(self.ctx), "pixAcc": s["pixAcc"], "mIoU": s["mIoU"]}
+        self.log.info("iter %d/%d  loss %.4f  pixAcc %.4f  mIoU %.4f  lr %.3g  %.1f img/s  "
+                      "data %.3fs  mem %.0fMB  elapsed %s  eta %s", done, self.total,
+                      row["loss"], row["pixAcc"], row["mIoU"], lr, row["img_s"], row["data_s"],
+                      row["mem"] / 2 ** 20, format_duration(now - self.t0),
+                      format_duration(row["eta_s"]))
+        self.record.write(row)
         self._reset()
+
+
+class PeriodicEvaluator:
+    """Evaluation during training every `train.eval_every` iterations, on the evaluation
+    network (plain BN, evaluation stride) holding the training network's current parameters;
+    keeps DIR/best.params and DIR/best.json (iteration, mIoU, pixAcc) for the best mIoU so far,
+    which a resumed run continues from."""
+
+    def __init__(self, cfg, workdir, log, record):
+        self.cfg, self.log, self.record = cfg, log, record
+        self.every = cfg["train"]["eval_every"]
+        self.best_path = os.path.join(workdir, "best.json")
+        self.params_path = os.path.join(workdir, "best.params")
+        self.net = self.dataset = None
+        self.best = on_main(self._read_best, share=True) if self.every else None
+
+    def _read_best(self):
+        try:
+            with open(self.best_path) as f:
+                return json.load(f)["mIoU"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def due(self, done, total):
+        """Whether to evaluate after `done` iterations (the end has its own evaluation)."""
+        return self.every > 0 and done % self.every == 0 and done < total
+
+    def run(self, net, done, watchdog):
+        """COLLECTIVE. Evaluates the network in training; returns the scores."""
+        cfg, ctx = self.cfg, dist.context()
+        if self.net is None:
+            self.net = build_model(cfg, ctx, output_stride=eval_stride(cfg), copy_from=net)
+            self.dataset = build_dataset(cfg, "val")
+            if cfg["train"]["hybridize"]:
+                self.net.hybridize()
+        else:
+            copy_parameters(net, self.net)
+            dist.broadcast_parameters(self.net.collect_params())  # rank 0's BN statistics
+        with watchdog.extend(4 * cfg["dist"]["stall_timeout"], "evaluation at iteration %d" % done):
+            conf, n = evaluate(self.net, self.dataset, cfg, ctx, watchdog=watchdog, quiet=True)
+        s = scores(conf)
+        best = self.best is None or s["mIoU"] > self.best
+        self.log.info("val iter %d  pixAcc %.4f  mIoU %.4f  (%d images)%s", done, s["pixAcc"],
+                      s["mIoU"], n, "  best so far" if best else "")
+        self.record.write({"kind": "val", "iter": done, "pixAcc": s["pixAcc"],
+                           "mIoU": s["mIoU"], "num_images": n})
+        if best:
+            self.best = s["mIoU"]
+            if dist.is_main():
+                save_params(self.net, self.params_path)
+                write_json(self.best_path, {"iteration": done, "mIoU": s["mIoU"],
+                                            "pixAcc": s["pixAcc"], "num_images": n})
+        return s
 
 
 class StopRequest:
@@ -167,15 +242,16 @@ def train(cfg, workdir, resume_from=None, log=None):
     t = cfg["train"]
     log = log or run_logger()
     ctx = dist.context()
-    ckpt = Checkpointer(workdir, every=t["checkpoint_every"], keep=t["keep_checkpoints"], log=log)
     net, trainer, start = build_training(cfg, ctx, resume_from, log)
-    batches = training_batches(cfg, start)
-    schedule, last = poly_schedule(cfg), None
-    meter = Meter(log, start, t["iterations"], t["log_every"], t["batch_size"])
+    ckpt = Checkpointer(workdir, every=t["checkpoint_every"], keep=t["keep_checkpoints"], log=log)
+    record = RunRecord(workdir, start)
+    meter = Meter(log, record, start, t["iterations"], t["log_every"], t["batch_size"], ctx)
+    evaluator = PeriodicEvaluator(cfg, workdir, log, record)
+    schedule, batches, last = lr_schedule(cfg), timed(training_batches(cfg, start)), None
     stall = cfg["dist"]["stall_timeout"]  # the first step builds and compiles: allowed longer
-    with contextlib.closing(batches), StopRequest() as stop, \
+    with contextlib.closing(batches), contextlib.closing(record), StopRequest() as stop, \
             dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
-        for it, data, label in batches:
+        for data_s, (it, data, label) in batches:
             r = train_step(net, trainer, data, label, ctx, schedule(it), stop.requested,
                            last is not None and not np.isfinite(last.loss.asscalar()))
             if r.diverged:
@@ -184,7 +260,7 @@ def train(cfg, workdir, resume_from=None, log=None):
                                        "intact; lower train.lr or check the data" % it)
             done, last = it + 1, r
             watchdog.beat("iteration %d" % done)
-            meter.update(r)
+            meter.update(r, data_s)
             if meter.due(done):
                 meter.write(done, schedule(it))
             if r.stop and done < t["iterations"]:
@@ -195,10 +271,42 @@ def train(cfg, workdir, resume_from=None, log=None):
                                 % done)
             if ckpt.due(done, t["iterations"]):
                 ckpt.save(done, net, trainer, cfg)
+            if evaluator.due(done, t["iterations"]):
+                evaluator.run(net, done, watchdog)
     ckpt.save(t["iterations"], net, trainer, cfg)  # checks the last loss's effect: finite
     if dist.is_main():
         save_params(net, os.path.join(workdir, "final.params"))
     return net
+
+
+def lr_schedule(cfg):
+    """Iteration -> learning rate: linear warmup over train.warmup_iters (from lr / warmup to
+    lr), then GluonCV's poly schedule over the remaining iterations."""
+    t = cfg["train"]
+    w = t["warmup_iters"]
+    if not w:
+        return poly_schedule(cfg)
+    return LRSequential([
+        LRScheduler("linear", base_lr=t["lr"] / w, target_lr=t["lr"], niters=w),
+        LRScheduler(mode="poly", base_lr=t["lr"], niters=max(t["iterations"] - w, 2),
+                    power=t["lr_power"])])
+
+
+def timed(iterable):
+    """Yields (seconds spent waiting for the item, item)."""
+    it = iter(iterable)
+    try:
+        while True:
+            tic = time.time()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            yield time.time() - tic, item
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
 
 
 def training_batches(cfg, start):
@@ -255,6 +363,9 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
         check_workdir(workdir, resume)
         for key in ("params", "backbone_params"):
             path = cfg["model"][key]
+            if key == "backbone_params":
+                from deeplab.fetch import resolve_params
+                path = resolve_params(path)  # zoo:NAME: fetched now, before the run dir is written
             if path and not os.path.isfile(path):
                 from deeplab.errors import ParamsError
                 raise ParamsError("model.%s: %s does not exist" % (key, path))
@@ -277,7 +388,11 @@ def parse_args(argv=None):
                    help="with --resume: accept a config that changes the training (model, data, "
                         "batch, schedule, seed, BN mode) against the checkpoint's")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    return p.parse_args(argv)
+    p.add_argument("--quiet", action="store_true", help="no progress bar during evaluation")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    args.argv = ["train"] + argv
+    return args
 
 
 def main(args):
@@ -293,20 +408,38 @@ def main(args):
         return lock
 
     lock = on_main(lock_and_record)
+    run = RunInfo(workdir, args.argv)
+    status = "failed"
     try:
         log = run_logger(os.path.join(workdir, "train.log"))
-        train(cfg, workdir, resume_from, log)
-        if args.no_eval:
-            return None
-        stride = eval_stride(cfg)
-        final = os.path.join(workdir, "final.params")
-        # The evaluation network: plain BatchNorm on the running statistics (the training one
-        # may hold synchronized BN, a custom operator per layer), at the evaluation stride
-        # (which changes dilations and head rates, not the parameters).
-        net = build_model(cfg, dist.context(), output_stride=stride, params=final,
-                          load_backbone=False)
-        return run_evaluation(net, cfg, dist.context(), stride, os.path.abspath(final),
-                              os.path.join(workdir, "results.json"), log=log)
+        m = cfg["model"]
+        if cfg["data"]["name"] != "synthetic" and not (m["backbone_params"] or m["params"]
+                                                       or resume_from):
+            log.warning("WARNING: neither model.backbone_params nor model.params is set: the "
+                        "backbone trains from random initialisation, far below the paper's "
+                        "results (deeplab fetch backbone NAME downloads ImageNet weights)")
+        try:
+            train(cfg, workdir, resume_from, log)
+        except (TrainingDiverged, Preempted) as stopped:
+            status = "diverged" if isinstance(stopped, TrainingDiverged) else "preempted"
+            raise
+        results = None
+        if not args.no_eval:
+            stride = eval_stride(cfg)
+            final = os.path.join(workdir, "final.params")
+            # The evaluation network: plain BatchNorm on the running statistics (the training
+            # one may hold synchronized BN, a custom operator per layer), at the evaluation
+            # stride (which changes dilations and head rates, not the parameters).
+            net = build_model(cfg, dist.context(), output_stride=stride, params=final,
+                              load_backbone=False)
+            results = run_evaluation(net, cfg, dist.context(), stride, os.path.abspath(final),
+                                     os.path.join(workdir, "results.json"), log=log,
+                                     quiet=args.quiet)
+        status = "finished"
+        log.info("done in %s; curves: deeplab plot %s", format_duration(
+            run.elapsed()), workdir)
+        return results
     finally:
+        run.finish(status)
         if lock:
             lock.release()

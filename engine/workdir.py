@@ -14,7 +14,8 @@ __all__ = ["RUN_FILES", "check_workdir", "WorkdirLock", "RESUMABLE_KEYS", "check
 # What a run writes at the top of its directory; anything else means the directory is not a
 # run's (a typo in --workdir pointing at a dataset or a home directory).
 RUN_FILES = {"config.yaml", "train.log", "checkpoints", "final.params", "results.json",
-             "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json"}
+             "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json",
+             "curves.png"}
 
 
 def _saved(path):
@@ -103,6 +104,7 @@ class WorkdirLock:
 # or the BN mode, so the resumed run would not continue the checkpoint's run.
 RESUMABLE_KEYS = {"model.params", "model.backbone_params", "data.root", "data.num_workers", "train.checkpoint_every",
                   "train.keep_checkpoints", "train.log_every", "train.hybridize",
+                  "train.eval_every", "eval.max_images",
                   "dist.backend", "dist.num_groups", "dist.stall_timeout",
                   "eval.output_stride", "eval.scales", "eval.flip"}
 

@@ -23,7 +23,7 @@ class Backbone(nn.HybridBlock):
     """Runs a ResNet's stem and four stages and returns the last stage's feature map.
 
     The children keep the names they have in the GluonCV/model-zoo network, so a classification
-    params file (e.g. `resnet50_v2-81a4e66a.params`) loads onto this block directly; only the
+    params file (e.g. `resnet50_v2-ecdde353.params`) loads onto this block directly; only the
     classifier (`output.*` / `fc.*`) is left out.
 
     Args:

@@ -60,7 +60,7 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         vortex_cascade: the Vortex head's cascaded pooling (see VortexHead).
         norm_layer, norm_kwargs: normalisation layer and its arguments, e.g. a synchronized BN.
         backbone_params: a classification `.params` file for the backbone (e.g. Gluon model zoo
-            `resnet50_v2-81a4e66a.params`, GluonCV `resnet50_v1b-0ecdba34.params`).
+            `resnet50_v2-ecdde353.params`, GluonCV `resnet50_v1b-0ecdba34.params`).
         params: a `.params` file for the whole model (e.g. phase 1's final parameters).
         ctx: context or list of contexts (default: CPU).
         seed: if given, seeds MXNet's RNG before random initialization.
