@@ -16,7 +16,7 @@ setup(
     name="deeplab-dist",
     version="0.1.0",
     description="Distributed DeepLabV3 / Vortex Pooling training with MXNet Gluon and Horovod",
-    python_requires=">=3.8",
+    python_requires=">=3.10",  # NGC MXNet images run 3.10; tests/test_python_versions.py checks
     packages=["deeplab"] + ["deeplab." + p for p in SUBPACKAGES],
     package_dir={"deeplab": "engine", **{"deeplab." + p: p for p in SUBPACKAGES}},
     # The MPI Operator's CRD schema that `deeplab k8s validate` checks MPIJobs against.
