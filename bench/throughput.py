@@ -46,13 +46,14 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.build import build_model, bn_mode, uses_sync_bn
-from deeplab.config import add_set_argument, load_config
+from deeplab.build import bn_mode, build_model, uses_sync_bn
+from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
 from deeplab.errors import UserError
+from deeplab.logger import progress
+from deeplab.metrics import IGNORE_LABEL
 from deeplab.train import cross_entropy_sum, make_optimizer_params
 from deeplab.utils import write_text
-from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
-from deeplab.metrics import IGNORE_LABEL
 
 from .costs import count_costs
 
@@ -77,6 +78,7 @@ class Variant:
         self.label_fn = label_fn or (lambda label: label)
         self.per_batch = per_batch
         self.times = []  # per timed step: [data, fwd_bwd, comm, update]
+        self.device_peak = 0  # GPU bytes this process used, the most seen after a step
 
 
 def _depth(model_name):
@@ -243,8 +245,25 @@ def _peak_rss_bytes():
 
 
 def _device_memory(ctx):
+    """GPU memory in use by this process (NVML's per-process figure over every device), or
+    None on the CPU. Without NVML, or where NVML cannot see this process (a container's PID
+    namespace), MXNet's device-wide figure: other processes and MXNet's pool included."""
     if ctx.device_type != "gpu":
         return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        used, seen = 0, False
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == os.getpid():
+                    used, seen = used + (proc.usedGpuMemory or 0), True
+        if seen:
+            return used
+    except Exception:  # noqa: BLE001 - no NVML library or driver: the fallback below
+        pass
     free, total = mx.context.gpu_memory_info(ctx.device_id)
     return total - free
 
@@ -265,23 +284,54 @@ def _machine():
             "MXNET_CPU_WORKER_NTHREADS": os.environ.get("MXNET_CPU_WORKER_NTHREADS")}
 
 
+def batch_per_worker(cfg, batch):
+    """--batch, or train.batch_size shared among the workers."""
+    if batch is not None:
+        return batch
+    if cfg["train"]["batch_size"] % dist.size():
+        raise UserError("train.batch_size %d is not divisible by the %d workers; pass "
+                        "--batch (images per worker)" % (cfg["train"]["batch_size"],
+                                                         dist.size()))
+    return cfg["train"]["batch_size"] // dist.size()
+
+
+def setup_facts(cfg, mode, batch, crop):
+    """What a run's figures depend on besides the number of workers: a baseline must match."""
+    return {"mode": mode, "model": cfg["model"]["name"], "head": cfg["model"]["head"],
+            "output_stride": eval_stride(cfg) if mode == "infer" else cfg["model"]["output_stride"],
+            "bn": bn_class(bn_mode(cfg)) if mode == "train" else "inference (running statistics)",
+            "precision": precision(cfg), "crop": crop, "batch_per_worker": batch}
+
+
+def bn_class(mode):
+    """BN modes that compute alike on one worker: 'plain' (one process) is what each worker of
+    'per-worker' BN does; synchronized and frozen BN differ from both."""
+    return "per-worker" if mode in ("plain", "per-worker") else mode
+
+
+def precision(cfg):
+    return "float32, fp16 gradient compression" if cfg["dist"]["fp16_compression"] else "float32"
+
+
 def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseline=None,
-              profile=None, command=None):
-    """COLLECTIVE. Runs the benchmark; returns the report (a JSON-able dict) on every worker."""
+              profile=None, command=None, repeat=1, quiet=False):
+    """COLLECTIVE. Runs the benchmark; returns the report (a JSON-able dict) on every worker.
+
+    The timed steps run `repeat` times (after one warm-up); each figure is the median over all
+    timed steps, and `repeats` / `spread` give each repeat's median and their min and max.
+    """
     crop = crop or cfg["data"]["crop_size"]
-    if batch is None:
-        if cfg["train"]["batch_size"] % dist.size():
-            raise UserError("train.batch_size %d is not divisible by the %d workers; pass "
-                             "--batch (images per worker)" % (cfg["train"]["batch_size"],
-                                                              dist.size()))
-        batch = cfg["train"]["batch_size"] // dist.size()
-    if steps < 1 or warmup < 1 or batch < 1 or crop < 8:
-        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1 and --crop >= 8")
+    batch = batch_per_worker(cfg, batch)
+    if steps < 1 or warmup < 1 or batch < 1 or crop < 8 or repeat < 1:
+        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1, --crop >= 8 and "
+                        "--repeat >= 1")
     _check_compare(cfg, compare)
+    facts = setup_facts(cfg, "train", batch, crop)
+    base = load_baseline(baseline, facts) if baseline else None
     ctx = dist.context()
     variants = build_variants(cfg, ctx, crop, compare)
 
-    batches = _bench_data(cfg, crop, batch, (warmup + steps) * len(variants))
+    batches = _bench_data(cfg, crop, batch, (warmup + steps * repeat) * len(variants))
     memory = {}
     for v in variants:  # warm-up one variant at a time: the first one's peak RSS is its own
         for _ in range(warmup):
@@ -292,11 +342,12 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
     if profiling:  # the configured network's timed steps only
         mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=profile)
         mx.profiler.set_state("run")
-    for _ in range(steps):
+    for _ in progress(range(steps * repeat), steps * repeat, "bench steps", quiet):
         for v in variants:
             if profiling:
                 mx.profiler.resume() if v is variants[0] else mx.profiler.pause()
             v.times.append(_step(v, batches, ctx))
+            v.device_peak = max(v.device_peak, _device_memory(ctx) or 0)
     if profiling:
         mx.nd.waitall()
         mx.profiler.set_state("stop")
@@ -318,8 +369,12 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
         "crop": crop,
         "warmup": warmup,
         "steps": steps,
+        "repeat": repeat,
+        "mode": "train",
+        "setup": facts,
         "model": dict(cfg["model"], freeze_bn=cfg["train"]["freeze_bn"],
-                      sync_bn=uses_sync_bn(cfg), hybridize=cfg["train"]["hybridize"],
+                      sync_bn=uses_sync_bn(cfg), bn_mode=bn_mode(cfg),
+                      hybridize=cfg["train"]["hybridize"],
                       fp16_compression=cfg["dist"]["fp16_compression"], **variants[0].costs),
         "variants": [],
     }
@@ -345,89 +400,157 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             "step_s_all": [float(s) for s in slowest],
             "peak_rss_bytes": int(mem.max()),
             "device_bytes_in_use": memory[v.name]["device_bytes_in_use"],
+            "device_bytes_max_sampled": _gather_rows([v.device_peak]).max().item()
+            if ctx.device_type == "gpu" else None,
             "costs": v.costs,
             "achieved_gflops_per_s": v.costs["train_gflops_per_image"] * batch
             * dist.size() / step_s,
         }
+        entry["repeats"], entry["spread"] = _repeats(times, batch, repeat)
         report["variants"].append(entry)
     ours = report["variants"][0]
     report["ratios"] = {"ours/" + e["name"]: ours["step_s"] / e["step_s"]
                         for e in report["variants"][1:]}
-    if baseline:
-        report["scaling"] = _scaling(report, baseline)
+    if base:
+        report["scaling"] = _scaling(report, base, baseline)
     return report
 
 
-def _scaling(report, path):
-    """Scaling efficiency of each variant against a one-worker run's JSON."""
+def _repeats(times, batch, repeat):
+    """Per-repeat medians of a variant's (workers, steps, phases) times, and each figure's
+    [min, max] over the repeats."""
+    rows = []
+    for chunk in np.array_split(np.arange(times.shape[1]), repeat):
+        t = times[:, chunk]
+        step = float(np.median(t.sum(axis=2).max(axis=0)))
+        rows.append({"step_s": step, "images_per_s": batch * dist.size() / step,
+                     "breakdown_s": {p: float(np.median(t[:, :, i]))
+                                     for i, p in enumerate(PHASES)}})
+    spread = {k: [min(r[k] for r in rows), max(r[k] for r in rows)]
+              for k in ("step_s", "images_per_s")}
+    spread.update({"breakdown_s." + p: [min(r["breakdown_s"][p] for r in rows),
+                                        max(r["breakdown_s"][p] for r in rows)]
+                   for p in PHASES})
+    return rows, spread
+
+
+def load_baseline(path, facts):
+    """A one-worker report to compute scaling efficiency against, refused (UserError naming
+    each difference) unless it measured the same work per worker: network, head, output
+    stride, BN mode, precision, crop and batch per worker."""
     try:
         with open(path) as f:
             base = json.load(f)
         base_variants = {e["name"]: e for e in base["variants"]}
-        base_workers, base_batch, base_crop = (base["workers"], base["batch_per_worker"],
-                                               base["crop"])
+        base_workers = base["workers"]
+        theirs = base.get("setup") or _legacy_facts(base)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise UserError("--baseline %s: not a `deeplab bench` JSON (%s)" % (path, err))
     if base_workers != 1:
         raise UserError("--baseline %s ran %d workers; it must be a one-worker run"
-                         % (path, base_workers))
-    if (base_batch, base_crop) != (report["batch_per_worker"], report["crop"]):
-        raise UserError("--baseline %s ran batch %d per worker at crop %d; this run has batch "
-                         "%d at crop %d: efficiency compares equal work per worker"
-                         % (path, base_batch, base_crop, report["batch_per_worker"],
-                            report["crop"]))
-    out = {"baseline": os.path.abspath(path), "baseline_backend": base.get("backend")}
+                        % (path, base_workers))
+    if (theirs.get("batch_per_worker"), theirs.get("crop")) != (facts["batch_per_worker"],
+                                                                facts["crop"]):
+        raise UserError("--baseline %s ran batch %s per worker at crop %s; this run has batch "
+                        "%d at crop %d: efficiency compares equal work per worker"
+                        % (path, theirs.get("batch_per_worker"), theirs.get("crop"),
+                           facts["batch_per_worker"], facts["crop"]))
+    diff = ["%s %r (baseline) vs %r (this run)" % (k, theirs.get(k), v)
+            for k, v in facts.items() if theirs.get(k) != v]
+    if diff:
+        raise UserError("--baseline %s measured other work: %s; efficiency would count the "
+                        "difference as scaling loss (run the baseline with the same settings)"
+                        % (path, "; ".join(diff)))
+    return {"path": path, "variants": base_variants, "backend": base.get("backend"),
+            "bn": theirs["bn"]}
+
+
+def _legacy_facts(base):
+    """The setup facts of a report written before reports recorded them."""
+    m = base["model"]
+    mode = "frozen" if m["freeze_bn"] else "synchronized" if m["sync_bn"] else "per-worker"
+    return {"mode": "train", "model": m["name"], "head": m["head"],
+            "output_stride": m["output_stride"], "bn": mode,
+            "precision": "float32, fp16 gradient compression" if m.get("fp16_compression")
+            else "float32", "crop": base["crop"], "batch_per_worker": base["batch_per_worker"]}
+
+
+def _scaling(report, base, path):
+    """Scaling efficiency of each variant against the one-worker baseline `base`."""
+    out = {"baseline": os.path.abspath(path), "baseline_backend": base["backend"],
+           "baseline_bn": base["bn"], "bn": report["setup"]["bn"]}
     for e in report["variants"]:
-        if e["name"] in base_variants:
-            one = base_variants[e["name"]]["images_per_s"]
+        if e["name"] in base["variants"]:
+            one = base["variants"][e["name"]]["images_per_s"]
             out[e["name"]] = {"images_per_s_1": one, "images_per_s_n": e["images_per_s"],
                               "efficiency": e["images_per_s"] / (report["workers"] * one)}
     return out
 
 
+def format_flops(gflops):
+    """'1.23 TFLOPs', '45.6 GFLOPs', '312 MFLOPs', '8.1 kFLOPs' for a count in GFLOPs."""
+    flops = gflops * 1e9
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if flops >= scale:
+            return "%.3g %s" % (flops / scale, unit)
+    return "%.3g FLOPs" % flops
+
+
 def format_report(r):
     """A plain-text table of a report."""
     m = r["model"]
-    lines = ["deeplab bench: %s, %d worker(s) (%s), %d image(s) per worker, crop %d, "
-             "%d timed steps after %d warm-up" % (m["name"], r["workers"], r["backend"],
-                                                 r["batch_per_worker"], r["crop"], r["steps"],
-                                                 r["warmup"]),
-             "model: %.1f GFLOPs/image forward, %.1f train; %.1fM parameters, %.1f MB of "
-             "gradients per step" % (m["forward_gflops_per_image"], m["train_gflops_per_image"],
-                                     m["params"] / 1e6, m["grad_bytes"] / 1e6),
+    repeat = r.get("repeat", 1)
+    lines = ["deeplab bench: %s, %d worker(s) (%s, %s BN), %d image(s) per worker, crop %d, "
+             "%d timed steps%s after %d warm-up" % (
+                 m["name"], r["workers"], r["backend"], m.get("bn_mode", "?"),
+                 r["batch_per_worker"], r["crop"], r["steps"],
+                 " x %d repeats" % repeat if repeat > 1 else "", r["warmup"]),
+             "model: %s/image forward, %s train; %.1fM parameters, %.1f MB of gradients per "
+             "step" % (format_flops(m["forward_gflops_per_image"]),
+                       format_flops(m["train_gflops_per_image"]), m["params"] / 1e6,
+                       m["grad_bytes"] / 1e6),
              "",
-             "%-20s %8s %8s %9s %8s %8s %8s %8s %9s" % (
+             "%-20s %8s %8s %9s %8s %8s %8s %8s %10s" % (
                  "variant", "step s", "img/s", "img/s/wkr", "data", "fwd_bwd", "comm", "update",
-                 "peak RSS"),
+                 "host RSS"),
              ]
     for e in r["variants"]:
         b = e["breakdown_s"]
-        lines.append("%-20s %8.3f %8.2f %9.2f %8.3f %8.3f %8.3f %8.3f %7.0fMB" % (
+        lines.append("%-20s %8.3f %8.2f %9.2f %8.3f %8.3f %8.3f %8.3f %8.0fMB" % (
             e["name"], e["step_s"], e["images_per_s"], e["images_per_s_per_worker"], b["data"],
             b["fwd_bwd"], b["comm"], b["update"], e["peak_rss_bytes"] / 2 ** 20))
     for e in r["variants"]:
-        lines.append("  %-18s %s; %.1f GFLOPs/image fwd, %.1f GFLOP/s achieved" % (
-            e["name"], e["description"], e["costs"]["forward_gflops_per_image"],
-            e["achieved_gflops_per_s"]))
+        lines.append("  %-18s %s; %s/image fwd, %s/s achieved%s%s" % (
+            e["name"], e["description"], format_flops(e["costs"]["forward_gflops_per_image"]),
+            format_flops(e["achieved_gflops_per_s"]),
+            "; step s over repeats %.3f-%.3f" % tuple(e["spread"]["step_s"])
+            if repeat > 1 else "",
+            "; GPU memory of this process %.0f MB" % (e["device_bytes_max_sampled"] / 2 ** 20)
+            if e.get("device_bytes_max_sampled") else ""))
     if r["ratios"]:
         lines.append("")
         lines.append("step time ratios: " + ", ".join("%s %.3f" % kv
                                                       for kv in r["ratios"].items()))
     if "scaling" in r:
-        lines.append("scaling efficiency vs %s (1 worker): " % r["scaling"]["baseline"] + ", ".join(
-            "%s %.3f" % (k, v["efficiency"]) for k, v in r["scaling"].items()
-            if isinstance(v, dict)))
+        s = r["scaling"]
+        lines.append("scaling efficiency vs %s (1 worker, %s BN; this run %s BN): " % (
+            s["baseline"], s.get("baseline_bn", "?"), s.get("bn", "?")) + ", ".join(
+            "%s %.3f" % (k, v["efficiency"]) for k, v in s.items() if isinstance(v, dict)))
     return "\n".join(lines)
 
 
 def plot_report(r, path):
-    """A PNG of each variant's step time split into its parts."""
+    """A PNG: each variant's step split into its parts, the spread of its step times, and the
+    scaling efficiency when the run had a baseline."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [e["name"] for e in r["variants"]]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.4 * len(names) + 2), 4))
+    panels = 3 if "scaling" in r else 2
+    fig, axes = plt.subplots(1, panels, figsize=(max(5.0, 1.4 * len(names) + 2) * panels / 1.6,
+                                                 4))
+    ax = axes[0]
     bottom = np.zeros(len(names))
     for p in PHASES:
         vals = np.array([e["breakdown_s"][p] for e in r["variants"]])
@@ -437,9 +560,18 @@ def plot_report(r, path):
         ax.text(i, bottom[i], "%.1f img/s" % e["images_per_s"], ha="center", va="bottom",
                 fontsize=8)
     ax.set_ylabel("seconds per step (median)")
-    ax.set_title("%s, %d worker(s), batch %d/worker, crop %d" % (
-        r["model"]["name"], r["workers"], r["batch_per_worker"], r["crop"]), fontsize=9)
     ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.boxplot([e["step_s_all"] for e in r["variants"]], labels=names)
+    ax.set_ylabel("step time, every timed step (s)")
+    if "scaling" in r:
+        ax = axes[2]
+        eff = [r["scaling"][n]["efficiency"] if n in r["scaling"] else 0 for n in names]
+        ax.bar(names, eff)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_ylabel("scaling efficiency vs 1 worker")
+    fig.suptitle("%s, %d worker(s), batch %d/worker, crop %d" % (
+        r["model"]["name"], r["workers"], r["batch_per_worker"], r["crop"]), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -449,17 +581,27 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab bench", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML config, e.g. configs/deeplabv3_r50v2-os16_..._513.yaml")
     add_set_argument(p, example="model.head=vortex")
+    p.add_argument("--mode", choices=("train", "infer"), default="train",
+                   help="train: training steps (default); infer: the evaluation network's "
+                        "images/s and latency (eval.scales, eval.flip, eval.output_stride)")
     p.add_argument("--batch", type=int, help="images per worker (default: train.batch_size / "
-                   "workers)")
-    p.add_argument("--crop", type=int, help="crop size (default: data.crop_size)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per variant (default 10)")
+                   "workers; --mode infer: 1)")
+    p.add_argument("--crop", type=int, help="image size (default: data.crop_size)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (images with --mode "
+                   "infer) per variant and repeat (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run the timed steps R times: medians and their spread (default 1)")
     p.add_argument("--compare", default="", help="comma-separated: " + ", ".join(COMPARISONS))
-    p.add_argument("--baseline", help="a one-worker run's JSON: report scaling efficiency")
+    p.add_argument("--baseline", help="a one-worker run's JSON of the same setup: report "
+                   "scaling efficiency (refused if network, head, stride, BN mode, precision, "
+                   "crop or batch per worker differ)")
     p.add_argument("--out", help="write the report as JSON (main worker)")
-    p.add_argument("--plot", help="write a PNG of the step breakdown (main worker)")
+    p.add_argument("--plot", help="write a PNG of the step breakdown, spread and efficiency "
+                   "(main worker)")
     p.add_argument("--profile", help="MXNet profiler trace of the timed steps (main worker), "
                    "e.g. profile.json; per-operator totals go to profile.txt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
     args.argv = argv
@@ -469,16 +611,28 @@ def parse_args(argv=None):
 def main(args):
     cfg = load_config(args.config, args.overrides)
     dist.init(cfg["dist"]["backend"])
-    compare = tuple(c.strip() for c in args.compare.split(",") if c.strip())
-    report = run_bench(cfg, batch=args.batch, crop=args.crop, steps=args.steps,
-                       warmup=args.warmup, compare=compare, baseline=args.baseline,
-                       profile=args.profile, command="deeplab bench " + " ".join(args.argv))
+    command = "deeplab bench " + " ".join(args.argv)
+    if args.mode == "infer":
+        from .infer import format_infer_report, run_infer
+
+        if args.compare or args.profile or args.plot:
+            raise UserError("--compare, --profile and --plot apply to --mode train")
+        report = run_infer(cfg, batch=args.batch or 1, crop=args.crop, steps=args.steps,
+                           warmup=args.warmup, repeat=args.repeat, baseline=args.baseline,
+                           command=command, quiet=args.quiet)
+        text = format_infer_report(report)
+    else:
+        compare = tuple(c.strip() for c in args.compare.split(",") if c.strip())
+        report = run_bench(cfg, batch=args.batch, crop=args.crop, steps=args.steps,
+                           warmup=args.warmup, compare=compare, baseline=args.baseline,
+                           profile=args.profile, command=command, repeat=args.repeat,
+                           quiet=args.quiet)
+        text = format_report(report)
     if dist.is_main():
-        print(format_report(report), flush=True)
+        print(text, flush=True)
         if args.out:
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             write_text(args.out, json.dumps(report, indent=1, allow_nan=False) + "\n")
         if args.plot:
             plot_report(report, args.plot)
     return report
-

@@ -6,7 +6,6 @@ over workers, scores computed and written by the main worker.
 import argparse
 import contextlib
 import os
-import sys
 
 import mxnet as mx
 import numpy as np
@@ -14,7 +13,7 @@ import numpy as np
 from deeplab import dist
 from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.data import EvalTransform, eval_samples, eval_shard
-from deeplab.logger import run_logger
+from deeplab.logger import progress, run_logger
 from deeplab.metrics import confusion_matrix, scores
 from deeplab.record import provenance
 from deeplab.utils import write_json
@@ -46,16 +45,6 @@ def predict(net, image, scales=(1.0,), flip=False):
                 prob = mx.nd.contrib.BilinearResize2D(prob, height=h, width=w)
             total = total + prob
     return total
-
-
-def progress(iterable, total, desc, quiet=False):
-    """A tqdm progress bar on the main worker when stderr is a terminal and not `quiet`; the
-    iterable unchanged otherwise (worker ranks, logs, pipes)."""
-    if quiet or not dist.is_main() or not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
 
 def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):

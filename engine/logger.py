@@ -9,7 +9,7 @@ import sys
 
 from deeplab import dist
 
-__all__ = ["run_logger", "format_duration"]
+__all__ = ["run_logger", "format_duration", "progress"]
 
 _FORMAT = logging.Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
@@ -50,3 +50,13 @@ def format_duration(seconds):
     m, s = divmod(rest, 60)
     text = "%d:%02d:%02d" % (h, m, s)
     return "%dd %s" % (days, text) if days else text
+
+
+def progress(iterable, total, desc, quiet=False):
+    """A tqdm progress bar on the main worker when stderr is a terminal and not `quiet`; the
+    iterable unchanged otherwise (worker ranks, logs, pipes)."""
+    if quiet or not dist.is_main() or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)

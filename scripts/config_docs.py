@@ -19,7 +19,8 @@ INTRO = """# Configuration
 Every key a config file or `--set` may set, with its type, default and meaning. A config file is
 YAML that sets some of these keys, optionally on top of another file named by `_base_`;
 `--set KEY=VALUE [KEY=VALUE ...]` overrides any of them on the command line of `train`, `eval`,
-`bench` and `k8s render` (values are YAML: `--set eval.scales=[0.5,1.0] train.lr=1e-3`).
+`predict`, `export`, `bench` and `k8s render` (values are YAML: `--set eval.scales=[0.5,1.0]
+train.lr=1e-3`).
 Unknown keys, wrong types and values out of range are refused with the key named (exit code 2).
 
 Generated from `deeplab.config.SCHEMA` by `python scripts/config_docs.py`; do not edit by hand.

@@ -55,21 +55,25 @@ def test_local_bench_with_comparisons_json_and_plot(dl, tmp_path):
 
 
 def test_horovod_and_ps_bench_report_scaling_against_one_worker(dl, tmp_path):
+    # Each run against a one-worker baseline with the same BN mode: synchronized BN under
+    # Horovod; per-worker BN (the parameter server's) against one plain-BN process.
     one, hvd, ps = tmp_path / "one.json", tmp_path / "hvd.json", tmp_path / "ps.json"
+    local = tmp_path / "local.json"
     dl.deeplab("launch", "horovod", "-np", "1", "--", "bench", dl.TINY, *TINY_BENCH,
                "--out", one)
+    dl.deeplab("bench", dl.TINY, *TINY_BENCH, "--out", local)
     dl.deeplab("launch", "horovod", "-np", "2", "--", "bench", dl.TINY, *TINY_BENCH,
                "--out", hvd, "--baseline", one)
     dl.deeplab("launch", "ps", "--workers", "2", "--servers", "1", "--", "bench", dl.TINY,
-               *TINY_BENCH, "--set", "dist.sync_bn=false", "--out", ps, "--baseline", one)
+               *TINY_BENCH, "--set", "dist.sync_bn=false", "--out", ps, "--baseline", local)
     base = _report(one)
     _check_report(base, 1, "horovod", ["ours"])
     assert base["model"]["sync_bn"] is True
-    for path, backend in ((hvd, "horovod"), (ps, "ps")):
+    for path, backend, baseline in ((hvd, "horovod", base), (ps, "ps", _report(local))):
         r = _report(path)
         _check_report(r, 2, backend, ["ours"])
         s = r["scaling"]["ours"]
-        assert s["images_per_s_1"] == pytest.approx(base["variants"][0]["images_per_s"])
+        assert s["images_per_s_1"] == pytest.approx(baseline["variants"][0]["images_per_s"])
         assert s["efficiency"] == pytest.approx(r["variants"][0]["images_per_s"]
                                                 / (2 * s["images_per_s_1"]))
 
@@ -96,3 +100,72 @@ def test_baseline_must_be_a_one_worker_run_of_the_same_work(dl, tmp_path):
                       "--baseline", one, check=False)
     assert proc.returncode == 2 and "equal work per worker" in proc.stdout
     assert os.path.exists(one)
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--set", "model.head=vortex"], "head"),
+    (["--set", "model.output_stride=16"], "output_stride"),
+    (["--set", "train.freeze_bn=true"], "bn"),
+    (["--set", "dist.fp16_compression=true"], "precision"),
+    (["--crop", "48"], "crop"),
+])
+def test_a_baseline_of_other_work_is_refused_naming_the_difference(dl, tmp_path, change, named):
+    one = tmp_path / "one.json"
+    dl.deeplab("bench", dl.TINY, *TINY_BENCH, "--out", one)
+    proc = dl.deeplab("bench", dl.TINY, *TINY_BENCH, *change, "--baseline", one, check=False)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "--baseline" in proc.stdout and named in proc.stdout
+    assert "Traceback" not in proc.stdout and "deeplab bench: deeplabv3" not in proc.stdout
+
+
+def test_synchronized_bn_against_a_plain_bn_baseline_is_refused(dl, tmp_path):
+    local = tmp_path / "local.json"
+    dl.deeplab("bench", dl.TINY, *TINY_BENCH, "--out", local)  # one process: plain BN
+    proc = dl.deeplab("launch", "horovod", "-np", "2", "--", "bench", dl.TINY, *TINY_BENCH,
+                      "--baseline", local, check=False)
+    assert proc.returncode != 0
+    assert "bn 'per-worker' (baseline) vs 'synchronized' (this run)" in proc.stdout
+
+
+def test_repeats_give_medians_and_spread(dl, tmp_path):
+    out = tmp_path / "r.json"
+    dl.deeplab("bench", dl.TINY, *TINY_BENCH, "--repeat", "3", "--out", out)
+    v = _report(out)["variants"][0]
+    assert len(v["repeats"]) == 3 and len(v["step_s_all"]) == 6
+    lo, hi = v["spread"]["step_s"]
+    assert lo == min(x["step_s"] for x in v["repeats"]) <= hi
+    assert lo <= max(v["step_s_all"]) and min(v["step_s_all"]) <= hi
+
+
+def test_inference_bench_reports_throughput_latency_and_spread(dl, tmp_path):
+    out, one, two = tmp_path / "i.json", tmp_path / "one.json", tmp_path / "two.json"
+    proc = dl.deeplab("bench", dl.TINY, "--mode", "infer", "--steps", "3", "--warmup", "1",
+                      "--repeat", "2", "--set", "eval.scales=[0.5,1.0]", "eval.flip=true",
+                      "--out", out)
+    assert "latency per batch: p50" in proc.stdout and "MFLOPs/image" in proc.stdout
+    r = _report(out)
+    assert r["mode"] == "infer" and r["model"]["scales"] == [0.5, 1.0] and r["model"]["flip"]
+    assert len(r["latency_s_all"]) == 6 and len(r["repeats"]) == 2
+    lat = r["latency_s"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= max(r["latency_s_all"])
+    assert r["images_per_s"] == pytest.approx(sum(w["images_per_s"] for w in r["per_worker"]))
+    lo, hi = r["spread"]["images_per_s"]
+    assert lo <= hi and lo == min(x["images_per_s"] for x in r["repeats"])
+    # on 2 Horovod workers against a one-worker inference baseline
+    dl.deeplab("bench", dl.TINY, "--mode", "infer", "--steps", "2", "--warmup", "1",
+               "--out", one)
+    dl.deeplab("launch", "horovod", "-np", "2", "--", "bench", dl.TINY, "--mode", "infer",
+               "--steps", "2", "--warmup", "1", "--baseline", one, "--out", two)
+    r2 = _report(two)
+    assert [w["rank"] for w in r2["per_worker"]] == [0, 1]
+    assert r2["scaling"]["infer"]["efficiency"] == pytest.approx(
+        r2["images_per_s"] / (2 * _report(one)["images_per_s"]))
+
+
+def test_flops_print_in_adaptive_units():
+    from deeplab.bench.throughput import format_flops
+
+    assert format_flops(123.4) == "123 GFLOPs"
+    assert format_flops(0.0123) == "12.3 MFLOPs"
+    assert format_flops(2500.0) == "2.5 TFLOPs"
+    assert format_flops(0.0000045) == "4.5 kFLOPs"

@@ -1,0 +1,237 @@
+"""Segmentation of image files: a class-index PNG and a colour overlay per image.
+
+    deeplab predict CONFIG --checkpoint PARAMS --out DIR [--batch B] [--quiet]
+                    INPUT... [--set KEY=VALUE ...]
+
+INPUT: image files (.jpg, .jpeg, .png, .bmp) or folders of them (not searched recursively).
+For each image writes DIR/<stem>.png, a palette PNG (VOC colours) whose pixel values are the
+predicted class indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended
+half and half with those colours. Inference is `deeplab eval`'s: the evaluation output stride,
+eval.scales and eval.flip. Under `deeplab launch` the images are split across the workers, and
+each worker writes the files of its own share.
+"""
+import argparse
+import os
+import time
+
+import mxnet as mx
+import numpy as np
+
+from deeplab import dist
+from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.data import EvalTransform, eval_shard, voc_palette
+from deeplab.data.base import read_image
+from deeplab.errors import DatasetError, ParamsError, UserError
+from deeplab.logger import format_duration, run_logger
+from deeplab.utils import atomic_write
+
+from .build import build_model, on_main
+from .evaluate import predict, progress
+
+__all__ = ["IMAGE_EXTENSIONS", "collect_images", "plan_batches", "segment", "write_outputs",
+           "parse_args", "main"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+OVERLAY_ALPHA = 0.5  # weight of the class colours in the overlay
+
+
+def _image_size(path):
+    """(height, width) from the file's header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, ValueError) as err:
+        raise DatasetError("cannot read image %s: %s" % (path, err)) from None
+    return h, w
+
+
+def collect_images(inputs):
+    """The images named by `inputs` (files, or folders whose image files are taken), sorted by
+    size then path, as (path, stem, height, width) tuples.
+
+    Raises:
+        DatasetError: an input is missing, a file is not an image of IMAGE_EXTENSIONS or cannot
+            be read, a folder holds no image, or two different files share a stem (their
+            outputs would overwrite each other).
+    """
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, n) for n in os.listdir(item)
+                           if n.lower().endswith(IMAGE_EXTENSIONS)
+                           and os.path.isfile(os.path.join(item, n)))
+            if not found:
+                raise DatasetError("input folder %s holds no images (%s)"
+                                   % (item, ", ".join(IMAGE_EXTENSIONS)))
+            paths += found
+        elif os.path.isfile(item):
+            if not item.lower().endswith(IMAGE_EXTENSIONS):
+                raise DatasetError("input %s is not an image file (%s)"
+                                   % (item, ", ".join(IMAGE_EXTENSIONS)))
+            paths.append(item)
+        else:
+            raise DatasetError("input %s does not exist" % item)
+    by_stem, seen = {}, set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:  # the same file named twice (e.g. alone and through its folder)
+            continue
+        seen.add(real)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in by_stem:
+            raise DatasetError("inputs %s and %s have the same name %r: both would be written "
+                               "to %s.png; rename one or predict them separately"
+                               % (by_stem[stem], path, stem, stem))
+        by_stem[stem] = path
+    images = [(path, stem) + _image_size(path) for stem, path in by_stem.items()]
+    # Sorted by size, so that a worker's contiguous share has long runs of one size to batch.
+    return sorted(images, key=lambda im: (im[2], im[3], im[0]))
+
+
+def plan_batches(images, batch_size):
+    """Splits `images` (sorted by size) into lists of at most `batch_size` images of one size.
+
+    Every image of a batch has the same height and width, so a batch is one (B, 3, H, W)
+    array; multi-scale and flip inference then resize and mirror the whole batch at once.
+    """
+    batches = []
+    for im in images:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and last[0][2:] == im[2:]:
+            last.append(im)
+        else:
+            batches.append([im])
+    return batches
+
+
+def segment(net, images, ctx, scales=(1.0,), flip=False, transform=None):
+    """Predicted class indices for RGB uint8 images of one size.
+
+    Args:
+        images: list of (H, W, 3) arrays, all the same size.
+    Returns:
+        uint8 (B, H, W) class indices (argmax of the averaged softmax, see evaluate.predict).
+    """
+    transform = transform or EvalTransform()
+    data = mx.nd.array(np.stack([transform(im) for im in images]), ctx=ctx)
+    prob = predict(net, data, scales, flip)
+    return prob.argmax(axis=1).asnumpy().astype(np.uint8)
+
+
+def write_outputs(out_dir, stem, image, pred, palette):
+    """Writes out_dir/<stem>.png (class indices, palette mode) and out_dir/<stem>_overlay.jpg.
+
+    Each file is written atomically (a reader sees it whole or not at all).
+    """
+    from PIL import Image
+
+    mask = Image.fromarray(pred, mode="P")
+    mask.putpalette(palette)
+    colours = np.asarray(palette, np.float32).reshape(-1, 3)[pred]
+    blend = (1 - OVERLAY_ALPHA) * image.astype(np.float32) + OVERLAY_ALPHA * colours
+    overlay = Image.fromarray(np.clip(np.round(blend), 0, 255).astype(np.uint8), mode="RGB")
+    # Temporary names end in .tmp-PID: PIL is told the format instead of guessing it.
+    atomic_write(os.path.join(out_dir, stem + ".png"), lambda p: mask.save(p, format="PNG"))
+    # Full-resolution colour (no 4:2:0 subsampling): class boundaries stay sharp.
+    atomic_write(os.path.join(out_dir, stem + "_overlay.jpg"),
+                 lambda p: overlay.save(p, format="JPEG", quality=90, subsampling=0))
+
+
+def _check_paths(args):
+    """Inputs and output folder as the main worker sees them (raises UserError)."""
+    if not os.path.isfile(args.checkpoint):
+        raise ParamsError("params file %s does not exist" % args.checkpoint)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError("--out %s is a file; expected a folder for the outputs" % args.out)
+    return collect_images(args.inputs)
+
+
+def _predictions(net, batches, ctx, e):
+    """Yields (stem, RGB image, uint8 class indices) for each image of `batches`, in order.
+
+    Args:
+        batches: lists of (path, stem, height, width) of one size (see plan_batches).
+        e: the config's eval section (scales, flip).
+    """
+    transform = EvalTransform()
+    for batch in batches:
+        pixels = [read_image(path) for path, *_ in batch]
+        for (path, _, h, w), im in zip(batch, pixels):
+            if im.shape[:2] != (h, w):
+                raise DatasetError("image %s decodes to %dx%d pixels but its header says %dx%d"
+                                   % (path, im.shape[0], im.shape[1], h, w))
+        preds = segment(net, pixels, ctx, e["scales"], e["flip"], transform)
+        for (_, stem, _, _), im, pred in zip(batch, pixels, preds):
+            yield stem, im, pred
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected an integer >= 1, got %r" % text)
+    return value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="deeplab predict", description=__doc__.split("\n\n")[0],
+        epilog="Images of the same size are inferred together, --batch at a time, with any "
+               "eval.scales and eval.flip. --set takes every value that follows it: put it "
+               "last, or end it with --.")
+    p.add_argument("config", help="YAML config (the model and eval sections are used)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (%s) or folders of them" % ", ".join(IMAGE_EXTENSIONS))
+    p.add_argument("--checkpoint", required=True,
+                   help="a .params file: final.params or checkpoints/iter_*.params")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for <stem>.png and <stem>_overlay.jpg (created if missing)")
+    p.add_argument("--batch", type=_positive_int, default=1,
+                   help="images of one size inferred together (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_set_argument(p, example="eval.flip=true")
+    # Inputs may come before, between or after the options.
+    return p.parse_intermixed_args(argv)
+
+
+def main(args):
+    """COLLECTIVE. Predicts this worker's share of the images; rank 0 logs a summary.
+
+    Returns:
+        {'images': number written by all workers, 'out': the output folder}.
+    """
+    cfg = load_config(args.config, args.overrides)
+    dist.init(cfg["dist"]["backend"])
+    log = run_logger()
+    images = on_main(lambda: _check_paths(args), share=True)
+    ctx = dist.context()
+    stride = eval_stride(cfg)
+    # The checkpoint replaces every parameter, so the backbone file is not read.
+    net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint,
+                      load_backbone=False)
+    if cfg["train"]["hybridize"]:
+        net.hybridize()
+    os.makedirs(args.out, exist_ok=True)  # by every worker: hosts need not share a file system
+    mine = [images[i] for i in eval_shard(len(images), dist.rank(), dist.size())]
+    start = time.monotonic()
+    results = _predictions(net, plan_batches(mine, args.batch), ctx, cfg["eval"])
+    palette = voc_palette()
+    # A worker that stops would leave the others waiting in the final sum forever; the stall
+    # allowance per image is evaluation's (new shapes compile, shares finish at different times).
+    with dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:
+        for i, (stem, image, pred) in enumerate(
+                progress(results, len(mine), "predict (rank 0's share)", args.quiet), 1):
+            write_outputs(args.out, stem, image, pred, palette)
+            watchdog.beat("image %d of %d" % (i, len(mine)))
+        total = int(dist.allreduce_sum([len(mine)], name="predict.count")[0])
+    e = cfg["eval"]
+    log.info("wrote %d segmentations and overlays to %s in %s (%d worker%s, output stride %d, "
+             "scales %s%s)", total, os.path.abspath(args.out),
+             format_duration(time.monotonic() - start), dist.size(),
+             "s" if dist.size() > 1 else "", stride, ",".join("%g" % s for s in e["scales"]),
+             ", flip" if e["flip"] else "")
+    return {"images": total, "out": os.path.abspath(args.out)}

@@ -1,0 +1,105 @@
+"""`deeplab export`: the MXNet symbol and the ONNX model compute the Gluon network's logits."""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from conftest import TINY
+from deeplab import cli, export, train
+from deeplab.build import build_model
+from deeplab.config import eval_stride, load_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    train.main(train.parse_args([TINY, "--workdir", str(d), "--no-eval", "--set",
+                                 "train.iterations=4", "data.num_workers=0",
+                                 "data.synthetic.train_size=16", "data.synthetic.val_size=4"]))
+    return str(d / "final.params")
+
+
+def run_export(ckpt, prefix, extra=(), overrides=()):
+    args = [TINY, "--checkpoint", ckpt, "--out", str(prefix)] + list(extra)
+    if overrides:
+        args += ["--set"] + list(overrides)
+    return export.main(export.parse_args(args))
+
+
+def gluon_logits(ckpt, x, overrides=()):
+    """The logits of the evaluation network built as `deeplab eval` builds it."""
+    cfg = load_config(TINY, list(overrides))
+    net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=ckpt,
+                      load_backbone=False)
+    return net(mx.nd.array(x)).asnumpy()
+
+
+def image(h, w, seed=0):
+    return np.random.RandomState(seed).normal(size=(1, 3, h, w)).astype(np.float32)
+
+
+def test_symbol_gives_the_gluon_logits_at_any_size(checkpoint, tmp_path):
+    prefix = tmp_path / "out" / "tiny"
+    overrides = ["eval.output_stride=16"]
+    files = run_export(checkpoint, prefix, overrides=overrides)
+    assert files == [str(prefix) + "-symbol.json", str(prefix) + "-0000.params"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["tiny-0000.params", "tiny-symbol.json"]
+    net = mx.gluon.SymbolBlock.imports(str(prefix) + "-symbol.json", ["data"],
+                                       str(prefix) + "-0000.params")
+    # Traced at the crop size (64 x 64); the symbol takes any size, odd ones included.
+    for h, w in ((64, 64), (37, 53)):
+        x = image(h, w)
+        got, want = net(mx.nd.array(x)).asnumpy(), gluon_logits(checkpoint, x, overrides)
+        assert got.shape == (1, 5, h, w)
+        assert np.abs(got - want).max() <= 1e-5
+    # The evaluation stride is exported, not the model's 8: the logits differ from stride 8's.
+    assert np.abs(got - gluon_logits(checkpoint, x)).max() > 1e-3
+
+
+def reference_logits(path, x):
+    """Runs an ONNX file with onnx's own reference evaluator (onnxruntime is not installable
+    alongside MXNet 1.9.1's numpy)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = onnx.load(path)
+    for node in model.graph.node:
+        # The evaluator indexes Resize's optional roi even when it is the empty tensor mx.onnx
+        # writes; roi only matters for tf_crop_and_resize, so leaving it out is equivalent.
+        if node.op_type == "Resize":
+            node.input[1] = ""
+    return ReferenceEvaluator(model).run(None, {"data": x})[0]
+
+
+@pytest.mark.parametrize("head", ["aspp", "vortex"])
+def test_onnx_at_an_odd_static_size(head, checkpoint, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    overrides = ["model.head=%s" % head]
+    if head != "aspp":  # the trained checkpoint is an ASPP model
+        cfg = load_config(TINY, overrides)
+        checkpoint = str(tmp_path / "vortex.params")
+        build_model(cfg, mx.cpu(), load_backbone=False, seed=0).save_parameters(checkpoint)
+    prefix = str(tmp_path / "tiny")
+    files = run_export(checkpoint, prefix, ["--onnx", "--size", "19", "27"], overrides)
+    assert files[-1] == prefix + ".onnx"
+    model = onnx.load(prefix + ".onnx")
+    onnx.checker.check_model(model, full_check=True)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, 19, 27]
+    x = image(19, 27, seed=1)
+    got = reference_logits(prefix + ".onnx", x)
+    assert got.shape == (1, 5, 19, 27)
+    assert np.abs(got - gluon_logits(checkpoint, x, overrides)).max() <= 1e-4
+
+
+def test_bad_output_prefix_and_checkpoint_fail_in_one_line(checkpoint, tmp_path, capsys):
+    base = ["export", TINY, "--checkpoint", checkpoint, "--out"]
+    assert cli.main(base + [str(tmp_path)]) == 2
+    assert "expected a file name prefix" in capsys.readouterr().err
+    missing = str(tmp_path / "none.params")
+    assert cli.main(["export", TINY, "--checkpoint", missing, "--out",
+                     str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "deeplab export: error: params file %s does not exist" % missing
+    assert os.listdir(tmp_path) == []
