@@ -21,6 +21,7 @@ COMMANDS = {
     "launch": "deeplab.launch.cli",
     "k8s": "deeplab.k8s.cli",
     "fetch": "deeplab.fetch",
+    "doctor": "deeplab.doctor",
 }
 
 USAGE = """usage: deeplab [--version] {%s} ...
@@ -40,6 +41,7 @@ USAGE = """usage: deeplab [--version] {%s} ...
              --data-pvc NAME --out DIR [--set KEY=VALUE ...]
   k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
   fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
+  doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)
@@ -84,10 +86,9 @@ def main(argv=None):
     except BaseException:  # noqa: B902 - reported, then the process ends with code 1
         traceback.print_exc()
         code = 1
-    if code:
+    if code and "deeplab.dist" in sys.modules:
         # Under the parameter server a failing worker must not wait in ps-lite's shutdown.
-        from deeplab import dist
-        dist.exit_after_failure(code)
+        sys.modules["deeplab.dist"].exit_after_failure(code)
     return code
 
 

@@ -85,6 +85,8 @@ SCHEMA = {
         "freeze_bn": K("bool", False,
                        "BN frozen: running statistics, gamma and beta not updated (phase 2)"),
         "hybridize": K("bool", True, "compile the network with MXNet's hybridize"),
+        "amp": K("bool", False, "automatic mixed precision (MXNet AMP): float16 with dynamic "
+                 "loss scaling on GPUs, bfloat16 on the CPU"),
         "checkpoint_every": K("int", 1000, "iterations between checkpoints", lo=1),
         "keep_checkpoints": K("int", 3, "newest checkpoints kept", lo=1),
         "log_every": K("int", 20, "iterations between log lines", lo=1),

@@ -76,6 +76,32 @@ def make_optimizer_params(net, cfg):
 StepResult = collections.namedtuple("StepResult", "loss count confusion stop diverged")
 
 
+_AMP = {"dtype": None}
+
+
+def enable_amp(ctx):
+    """Turns on MXNet's automatic mixed precision for this process, before any network is
+    built: float16 with dynamic loss scaling on a GPU, bfloat16 (MKL-DNN) on the CPU. Returns
+    the low-precision type. Idempotent."""
+    if _AMP["dtype"]:
+        return _AMP["dtype"]
+    from mxnet.contrib import amp
+    from mxnet.contrib.amp.lists import symbol_bf16
+
+    dtype = "float16" if ctx.device_type == "gpu" else "bfloat16"
+    if dtype == "bfloat16":
+        # MXNet 1.9's bfloat16 lists call Concat type-neutral, so ASPP's concat of bfloat16
+        # convolution outputs with its float32 image-pooling branch fails; float16's lists cast
+        # Concat's inputs to the widest type, which is what this network needs.
+        for name in ("Concat", "concat"):
+            if name in symbol_bf16.BF16_FP32_FUNCS:
+                symbol_bf16.BF16_FP32_FUNCS.remove(name)
+                symbol_bf16.WIDEST_TYPE_CASTS.append(name)
+    amp.init(target_dtype=dtype)
+    _AMP["dtype"] = dtype
+    return dtype
+
+
 def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
     """COLLECTIVE. One SGD step on this worker's slice of the global batch.
 
@@ -105,7 +131,13 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
         logits = net(data)
         loss = cross_entropy_sum(mx.nd, logits, label)
         share = loss / max(count, 1.0)
-    share.backward()
+    if _AMP["dtype"] == "float16":  # dynamic loss scaling: float16 gradients underflow
+        from mxnet.contrib import amp
+
+        with amp.scale_loss(share, trainer.trainer) as scaled:
+            scaled.backward()
+    else:
+        share.backward()
     trainer.step(1.0)
     confusion = confusion_nd(logits.detach(), label, logits.shape[1])
     return StepResult(loss, count, confusion, stops > 0, False)
@@ -331,6 +363,10 @@ def build_training(cfg, ctx, resume_from, log):
     trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
                                 fp16_compression=cfg["dist"]["fp16_compression"],
                                 num_groups=cfg["dist"]["num_groups"])
+    if _AMP["dtype"] == "float16":
+        from mxnet.contrib import amp
+
+        amp.init_trainer(trainer.trainer)
     start = 0
     if resume_from:
         for warning in resume_from["warnings"]:
@@ -338,8 +374,9 @@ def build_training(cfg, ctx, resume_from, log):
         trainer.load_states(resume_from["states"])
         start = resume_from["iteration"]
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
-    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN",
-             dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg))
+    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s",
+             dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
+             ", mixed precision (%s)" % _AMP["dtype"] if _AMP["dtype"] else "")
     if t["hybridize"]:
         # MXNet's static allocation does not support custom operators (SyncBatchNorm's).
         net.hybridize(static_alloc=not uses_sync_bn(cfg))
@@ -398,6 +435,8 @@ def parse_args(argv=None):
 def main(args):
     cfg = load_config(args.config, args.overrides)
     dist.init(cfg["dist"]["backend"])
+    if cfg["train"]["amp"]:
+        enable_amp(dist.context())
     workdir = args.workdir
     resume_from = prepare(cfg, workdir, args.resume, args.allow_config_change)
 

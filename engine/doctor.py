@@ -1,0 +1,794 @@
+"""`deeplab doctor`: what a cluster run needs, printed and checked against each other.
+
+    deeplab doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
+
+Each check is one line, `ok`, `warn` or `FAIL` first (with --json, one JSON report instead):
+
+    mxnet      MXNet's version, build features (mxnet.runtime.Features) and libmxnet.so's path
+    kernels    the GPU architectures libmxnet.so carries: cubins (sm_XY) and PTX
+    gpus       the visible GPUs: name, memory, compute capability (NVML, else nvidia-smi)
+    gpu        per kind of visible GPU: whether this MXNet build has kernels it can run
+    horovod    Horovod's version and what it was built with (MXNet, Gloo, MPI, NCCL)
+
+and with CONFIG (the same CONFIG and --set as the training run):
+
+    config                 the config and its overrides load
+    dataset                data.name / data.root: the train and val datasets, their sizes
+    model.backbone_params  the file exists; zoo:NAME: found in MXNet's cache (never downloaded)
+    model.params           the file exists
+    batch                  train.batch_size against the number of workers (--workers N, else
+                           one per visible GPU)
+
+Exit code 0 when no check failed (warnings allowed), 1 when one did, 2 for bad flags.
+
+A GPU of compute capability X.Y runs a cubin built for sm_XZ with Z <= Y (binary compatibility
+holds within a major version only), or PTX of any architecture up to X.Y, which the driver
+compiles when the process starts.
+
+Testing aids, for machines without a GPU (CI): DEEPLAB_DOCTOR_FAKE_GPUS replaces the GPU probe
+with GPUs given as NAME:MAJOR.MINOR:MEMORY_GB, comma-separated ("NVIDIA H100 80GB HBM3:9.0:80";
+empty: no GPU), and DEEPLAB_DOCTOR_LIBRARY=FILE is read instead of the installed libmxnet.so.
+In-process tests monkeypatch `gpu_list`, `library_archs` and `horovod_info` instead.
+"""
+import argparse
+import collections
+import concurrent.futures
+import csv
+import importlib.util
+import json
+import mmap
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+
+from deeplab.errors import UserError
+
+__all__ = ["Check", "GPU", "Kernels", "FAKE_GPUS_ENV", "LIBRARY_ENV", "NGC_HINT", "cuda_elf_sm",
+           "scan_cuda_binary", "library_archs", "gpu_list", "horovod_info", "mxnet_info",
+           "runs_on", "run_checks", "format_text", "report", "parse_args", "main"]
+
+FAKE_GPUS_ENV = "DEEPLAB_DOCTOR_FAKE_GPUS"
+LIBRARY_ENV = "DEEPLAB_DOCTOR_LIBRARY"
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+# Where to go when the installed MXNet has no kernels for a GPU: the CUDA 11.2 wheel stops at
+# sm_86; NVIDIA's NGC MXNet containers (MXNet 1.9.1 on CUDA 12) run Hopper and newer.
+NGC_IMAGE = ("the image built on NVIDIA's NGC MXNet container (docker build -f k8s/Dockerfile "
+             "--build-arg BASE=ngc -t IMAGE .; see docs/kubernetes.md)")
+NGC_HINT = "use " + NGC_IMAGE
+GPU_WHEEL = "mxnet-cu112==1.9.1 (DEEPLAB_VARIANT=gpu bash scripts/setup_env.sh)"
+GPU_WHEEL_MAJORS = (5, 6, 7, 8)  # its cubins: sm_50, 60, 70, 80, 86; no PTX
+
+Check = collections.namedtuple("Check", "name status message notes data")
+Check.__doc__ = """One finding: its name, OK / WARN / FAIL, a one-line message, further lines
+(notes) and the facts behind it for the JSON report (data, a dict)."""
+
+GPU = collections.namedtuple("GPU", "index name memory_mib capability uuid")
+GPU.__doc__ = """A GPU as the driver lists it: index (nvidia-smi's), name, memory in MiB,
+compute capability as (major, minor) or None when the driver does not say, UUID or None."""
+
+Kernels = collections.namedtuple("Kernels", "cubins ptx source")
+Kernels.__doc__ = """The GPU code in a library: SM numbers (major * 10 + minor, e.g. 86) of its
+cubins and of its PTX, sorted tuples; source says how they were read ('cuobjdump' or 'scan')."""
+
+
+def _check(name, status, message, notes=(), /, **data):
+    return Check(name, status, message, list(notes), data)
+
+
+# --- GPU code in libmxnet.so -----------------------------------------------------------------
+
+# A CUDA ELF image (cubin) names its SM in e_flags, as LLVM's llvm/BinaryFormat/ELF.h defines it:
+# its number in the low byte (EF_CUDA_SM = 0xff; EF_CUDA_SM80 = 0x50, the decimal 80 for sm_80)
+# under ELFABIVERSION_CUDA_V1 (e_ident[EI_ABIVERSION] 7: CUDA 11.2's cubins in mxnet-cu112), in
+# bits 8-15 (EF_CUDA_SM_MASK = 0xff00) under ELFABIVERSION_CUDA_V2 (8: nvcc 13.0's cubins, sm_80
+# included), whose low byte holds other flags.
+EM_CUDA = 190
+ELFABIVERSION_CUDA_V2 = 8
+EF_CUDA_SM = 0xff
+EF_CUDA_SM_MASK, EF_CUDA_SM_OFFSET = 0xff00, 8
+
+# nvcc embeds device code in fat binary containers (NVIDIA does not document the layout; this is
+# what cuobjdump reads, checked against mxnet-cu112 1.9.1's libmxnet.so and nvcc 13.0's output):
+# a 16-byte header (magic, version 1, header size, size of the entries) and entries, each a
+# header (kind at byte 0: 1 PTX, 2 ELF; its own size at byte 4; the payload's size at byte 8;
+# the SM at byte 28) followed by its payload, often compressed: all 990 cubins of mxnet-cu112
+# are, so scanning that file for ELF headers finds none; the entry headers still name them.
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_PTX, FATBIN_ELF = 1, 2
+FATBIN_ENTRY = 64  # the smallest entry header
+
+_PTX_TEXT = re.compile(rb"\.version\s+\d+\.\d+\s+\.target\s+sm_(\d+)")
+
+
+def _plausible_sm(sm):
+    return 10 <= sm <= 250
+
+
+def cuda_elf_sm(header):
+    """The SM number (major * 10 + minor) of the CUDA ELF image whose first bytes are `header`,
+    or None if they are not those of a CUDA ELF image."""
+    header = bytes(header[:64])
+    if len(header) < 52 or header[:4] != b"\x7fELF" or header[5] != 1:  # little-endian only
+        return None
+    flags_at = {1: 36, 2: 48}.get(header[4])  # ELF32 / ELF64
+    if flags_at is None or struct.unpack_from("<H", header, 18)[0] != EM_CUDA:
+        return None
+    flags = struct.unpack_from("<I", header, flags_at)[0]
+    if header[8] >= ELFABIVERSION_CUDA_V2:
+        sm = (flags & EF_CUDA_SM_MASK) >> EF_CUDA_SM_OFFSET
+    else:
+        sm = flags & EF_CUDA_SM
+    return sm if _plausible_sm(sm) else None
+
+
+def _read_fatbin(m, at, cubins, ptx):
+    """Adds the SMs of the container at offset `at` of `m`; returns its end, or None if `at`
+    does not start a container."""
+    if at + 16 > len(m):
+        return None
+    _, version, header_size, size = struct.unpack_from("<IHHQ", m, at)
+    end = at + header_size + size
+    if version != 1 or header_size < 16 or end > len(m):
+        return None
+    entry = at + header_size
+    while entry + FATBIN_ENTRY <= end:
+        kind, _, entry_size, payload_size = struct.unpack_from("<HHIQ", m, entry)
+        sm = struct.unpack_from("<I", m, entry + 28)[0]
+        payload = entry + entry_size
+        if entry_size < FATBIN_ENTRY or payload + payload_size > end:
+            break  # not an entry header: the rest of this container is not readable
+        if kind == FATBIN_PTX and _plausible_sm(sm):
+            ptx.add(sm)
+        elif kind == FATBIN_ELF:
+            # An uncompressed cubin names its SM itself; a compressed one only in the entry.
+            sm = cuda_elf_sm(m[payload:payload + 64]) or sm
+            if _plausible_sm(sm):
+                cubins.add(sm)
+        entry = payload + payload_size
+    return end
+
+
+def scan_cuda_binary(path):
+    """The GPU code in the file `path`, read without NVIDIA's tools: the entries of its fat
+    binary containers, CUDA ELF images outside them, and plain PTX text (`.version` then
+    `.target sm_XY`). Returns Kernels; raises OSError if the file cannot be read."""
+    cubins, ptx = set(), set()
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return Kernels((), (), "scan")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            magic = struct.pack("<I", FATBIN_MAGIC)
+            at = m.find(magic)
+            while at != -1:
+                end = _read_fatbin(m, at, cubins, ptx)
+                at = m.find(magic, end if end else at + 4)
+            at = m.find(b"\x7fELF")
+            while at != -1:
+                sm = cuda_elf_sm(m[at:at + 64])
+                if sm:
+                    cubins.add(sm)
+                at = m.find(b"\x7fELF", at + 4)
+            at = m.find(b".version")
+            while at != -1:
+                match = _PTX_TEXT.match(m, at)
+                if match and _plausible_sm(int(match.group(1))):
+                    ptx.add(int(match.group(1)))
+                at = m.find(b".version", at + 8)
+    return Kernels(tuple(sorted(cubins)), tuple(sorted(ptx)), "scan")
+
+
+def _cuobjdump(path, exe):
+    """Kernels as `cuobjdump --list-elf` / `--list-ptx` name them (FILE.N.sm_XY.cubin / .ptx),
+    or None if cuobjdump fails."""
+    found = {"--list-elf": set(), "--list-ptx": set()}
+    for flag, sms in found.items():
+        try:
+            proc = subprocess.run([exe, flag, path], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0 and "does not contain device code" not in proc.stdout:
+            return None
+        sms.update(int(n) for n in re.findall(r"\.sm_(\d+)[a-z]?\.(?:cubin|ptx)\b",
+                                              proc.stdout))
+    return Kernels(tuple(sorted(found["--list-elf"])), tuple(sorted(found["--list-ptx"])),
+                   "cuobjdump")
+
+
+def library_archs(path):
+    """The GPU code libmxnet.so (or any CUDA binary) at `path` carries: `cuobjdump` when it is
+    on the PATH, else `scan_cuda_binary`. Raises OSError if the file cannot be read."""
+    exe = shutil.which("cuobjdump")
+    if exe:
+        kernels = _cuobjdump(path, exe)
+        if kernels is not None:
+            return kernels
+    return scan_cuda_binary(path)
+
+
+def _sm_names(sms, prefix="sm_"):
+    return ", ".join("%s%d" % (prefix, s) for s in sms)
+
+
+def describe_kernels(kernels):
+    """'kernels for sm_80, sm_86; PTX for compute_80' / '...; no PTX'."""
+    text = "kernels for %s" % (_sm_names(kernels.cubins) or "no architecture")
+    return text + ("; PTX for %s" % _sm_names(kernels.ptx, "compute_") if kernels.ptx
+                   else "; no PTX")
+
+
+def supported_text(kernels):
+    """The compute capabilities a build runs on, e.g. '5.x, 6.x, 7.x, 8.x; nothing newer'."""
+    parts = []
+    for major in sorted({s // 10 for s in kernels.cubins}):
+        low = min(s % 10 for s in kernels.cubins if s // 10 == major)
+        parts.append("%d.x" % major if low == 0 else "%d.%d-%d.x" % (major, low, major))
+    if kernels.ptx:
+        low = min(kernels.ptx)
+        parts.append("any of %d.%d or newer through PTX" % (low // 10, low % 10))
+    elif kernels.cubins:
+        parts[-1] += "; nothing newer (no PTX)"
+    return "runs on compute capability " + ", ".join(parts)
+
+
+def runs_on(capability, kernels):
+    """How a GPU of `capability` (major, minor) runs this code: 'sm_XY' (a cubin of its major
+    with a minor up to its own), 'compute_XY' (PTX up to its capability, compiled by the
+    driver), or None (it cannot)."""
+    major, minor = capability
+    same = [s for s in kernels.cubins if s // 10 == major and s % 10 <= minor]
+    if same:
+        return "sm_%d" % max(same)
+    lower = [s for s in kernels.ptx if s <= major * 10 + minor]
+    return "compute_%d" % max(lower) if lower else None
+
+
+# --- probes ----------------------------------------------------------------------------------
+
+def mxnet_info():
+    """MXNet in this process: {'version', 'library' (libmxnet.so's path), 'features' (name ->
+    built)}, or {'error': ...} when it cannot be imported (a CUDA build without a driver)."""
+    try:
+        import mxnet
+        from mxnet import runtime
+        from mxnet.base import _LIB
+    except Exception as err:  # noqa: B902 - OSError for a missing libcuda.so.1, ImportError, ...
+        return {"error": "%s: %s" % (type(err).__name__, err)}
+    features = {name: bool(f.enabled) for name, f in runtime.Features().items()}
+    return {"version": mxnet.__version__, "library": os.path.realpath(_LIB._name),
+            "features": features}
+
+
+def find_library():
+    """libmxnet.so's path without importing MXNet (which fails for a CUDA build where no driver
+    is installed): $MXNET_LIBRARY_PATH, else the one in the mxnet package; None if not found."""
+    env = os.environ.get("MXNET_LIBRARY_PATH")
+    if env and os.path.isfile(env):
+        return env
+    spec = importlib.util.find_spec("mxnet")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "libmxnet.so")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _parse_fake_gpus(text):
+    gpus = []
+    for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        try:
+            name, cap, mem = item.rsplit(":", 2)
+            major, minor = (int(x) for x in cap.split("."))
+            memory = int(float(mem) * 1024)
+        except ValueError:
+            raise UserError("$%s: %r must look like NAME:MAJOR.MINOR:MEMORY_GB, e.g. "
+                            "'NVIDIA H100 80GB HBM3:9.0:80'" % (FAKE_GPUS_ENV, item)) from None
+        gpus.append(GPU(i, name, memory, (major, minor), None))
+    return gpus
+
+
+def _nvml_gpus():
+    """GPUs through NVML (the nvidia-ml-py package's pynvml), or None if it is not usable."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: B902 - not installed, no driver (NVMLError_LibraryNotFound), ...
+        return None
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name, uuid = pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h)
+            gpus.append(GPU(i, name.decode() if isinstance(name, bytes) else name,
+                            pynvml.nvmlDeviceGetMemoryInfo(h).total // 2 ** 20,
+                            tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)),
+                            uuid.decode() if isinstance(uuid, bytes) else uuid))
+        return gpus
+    except Exception:  # noqa: B902 - a driver that fails a query: let nvidia-smi try
+        return None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:  # noqa: B902
+            pass
+
+
+def _smi_gpus():
+    """GPUs as `nvidia-smi --query-gpu` lists them, or None without nvidia-smi. Drivers before
+    510 know no compute_cap field: then the capability is None."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    for fields in ("index,name,memory.total,uuid,compute_cap", "index,name,memory.total,uuid"):
+        try:
+            proc = subprocess.run([exe, "--query-gpu=" + fields, "--format=csv,noheader,nounits"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode == 0:
+            break
+    else:
+        return None
+    gpus = []
+    for row in csv.reader(proc.stdout.splitlines(), skipinitialspace=True):
+        if len(row) < 4 or not row[0].strip().isdigit():
+            continue
+        cap = row[4].strip() if len(row) > 4 else ""
+        capability = (tuple(int(x) for x in cap.split("."))
+                      if re.fullmatch(r"\d+\.\d+", cap) else None)
+        memory = int(row[2]) if row[2].strip().isdigit() else None
+        gpus.append(GPU(int(row[0]), row[1].strip(), memory, capability, row[3].strip()))
+    return gpus
+
+
+def _visible(gpus):
+    """The GPUs CUDA_VISIBLE_DEVICES leaves visible (indices or UUIDs; CUDA stops at the first
+    entry that names no GPU)."""
+    spec = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if spec is None:
+        return gpus
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        match = [g for g in gpus if (str(g.index) == item if item.isdigit()
+                                     else bool(item) and (g.uuid or "").startswith(item))]
+        if not match:
+            break
+        out.append(match[0])
+    return out
+
+
+def gpu_list():
+    """The GPUs this process can see: $DEEPLAB_DOCTOR_FAKE_GPUS if set, else NVML, else
+    nvidia-smi; [] when neither is there (no driver)."""
+    fake = os.environ.get(FAKE_GPUS_ENV)
+    if fake is not None:
+        return _parse_fake_gpus(fake)
+    gpus = _nvml_gpus()
+    if gpus is None:
+        gpus = _smi_gpus()
+    return _visible(gpus or [])
+
+
+def _gpu_sources():
+    """Where the GPU probe looked, for the message when it found none."""
+    if os.environ.get(FAKE_GPUS_ENV) is not None:
+        return "$%s" % FAKE_GPUS_ENV
+    nvml = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
+            else "nvidia-ml-py not installed")
+    smi = "nvidia-smi lists none" if shutil.which("nvidia-smi") else "nvidia-smi not on the PATH"
+    hidden = ("; CUDA_VISIBLE_DEVICES=%r" % os.environ["CUDA_VISIBLE_DEVICES"]
+              if "CUDA_VISIBLE_DEVICES" in os.environ else "")
+    return "%s, %s%s" % (nvml, smi, hidden)
+
+
+# Run in a child process: a Horovod whose MXNet extension was built against another MXNet can
+# crash the interpreter on import. Prints its findings before that import too.
+_HOROVOD_PROBE = r"""
+import json
+report = {"installed": False}
+try:
+    import horovod
+except ImportError as err:
+    report["error"] = str(err)
+else:
+    report.update(installed=True, version=getattr(horovod, "__version__", "unknown"))
+    print("DOCTOR " + json.dumps(report), flush=True)
+    try:
+        import horovod.mxnet as hvd
+        report.update(mxnet=True, mpi=bool(hvd.mpi_built()), gloo=bool(hvd.gloo_built()),
+                      nccl=int(hvd.nccl_built() or 0), cuda=bool(hvd.cuda_built()))
+    except Exception as err:
+        report.update(mxnet=False, mxnet_error="%s: %s" % (type(err).__name__, err))
+        from horovod.common import util  # asks each extension that loads (None: none does)
+        report.update(mpi=util.mpi_built(), gloo=util.gloo_built(), nccl=util.nccl_built())
+print("DOCTOR " + json.dumps(report), flush=True)
+"""
+
+
+def horovod_info():
+    """Horovod as this Python sees it: {'installed', 'version', 'mxnet' (its MXNet extension
+    loads), 'mxnet_error', 'gloo', 'mpi', 'nccl' (NCCL's version code, 0 without), 'cuda'};
+    None where no extension of Horovod loads to tell. Probed in a child process, so that a
+    broken build cannot take the doctor down."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _HOROVOD_PROBE], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"installed": None, "error": "the probe importing horovod.mxnet hung (300 s)"}
+    lines = [ln[len("DOCTOR "):] for ln in proc.stdout.splitlines() if ln.startswith("DOCTOR ")]
+    info = json.loads(lines[-1]) if lines else {"installed": None}
+    if proc.returncode != 0:
+        how = ("was killed by signal %d" % -proc.returncode if proc.returncode < 0
+               else "exited with %d" % proc.returncode)
+        detail = (proc.stderr.strip().splitlines() or [""])[-1]
+        error = "the probe importing horovod.mxnet %s%s" % (how, ": " + detail if detail else "")
+        if info.get("installed"):
+            info.update(mxnet=False, mxnet_error=error)
+        else:
+            info["error"] = error
+    return info
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+_KEY_FEATURES = ("CUDA", "CUDNN", "NCCL", "MKLDNN", "DIST_KVSTORE")
+# What libmxnet.so of mxnet-cu112 links besides the driver (readelf -d: NEEDED).
+_CUDA_LIBRARIES = ("libcudart", "libcudnn", "libcublas", "libcufft", "libcusolver", "libcurand",
+                   "libnvrtc", "libnccl", "libnvToolsExt")
+
+
+def _mxnet_check(mx):
+    if "error" in mx:
+        err = mx["error"]
+        missing = re.search(r"(lib[\w+-]+)\.so[\w.]*: cannot open shared object", err)
+        missing = missing.group(1) if missing else None
+        if missing == "libcuda":
+            hint = ("this is a CUDA build of MXNet, which needs the NVIDIA driver (libcuda.so.1), "
+                    "present only where a GPU is attached: run the doctor on a GPU node, or "
+                    "install the CPU build (mxnet==1.9.1) here")
+        elif missing in _CUDA_LIBRARIES:
+            hint = ("this is a CUDA build of MXNet: mxnet-cu112 needs CUDA 11.2, cuDNN 8 and "
+                    "NCCL 2 on the library path (LD_LIBRARY_PATH), as the image of k8s/Dockerfile "
+                    "has them")
+        elif err.startswith("ModuleNotFoundError"):
+            hint = "MXNet is not installed: bash scripts/setup_env.sh"
+        else:
+            hint = "reinstall it: bash scripts/setup_env.sh"
+        return _check("mxnet", FAIL, "cannot import MXNet (%s): %s" % (err, hint), error=err)
+    f = mx["features"]
+    kind = "CUDA build" if f.get("CUDA") else "CPU build"
+    notes = ["features: " + ", ".join("%s %s" % (k, "yes" if f.get(k) else "no")
+                                      for k in _KEY_FEATURES),
+             "built with: " + ", ".join(k for k, on in f.items() if on)]
+    status, warning = OK, ""
+    if mx["version"] != "1.9.1":
+        status, warning = WARN, "; the project is tested with 1.9.1 (requirements/)"
+    if f.get("CUDA") and not f.get("CUDNN"):
+        status, warning = WARN, warning + "; built without cuDNN: convolutions run slowly"
+    return _check("mxnet", status, "MXNet %s, %s, %s%s" % (mx["version"], kind, mx["library"],
+                                                            warning),
+                  notes, version=mx["version"], library=mx["library"], features=f)
+
+
+def _kernels_check(path, mx, overridden):
+    cuda = (mx.get("features") or {}).get("CUDA")
+    if path is None:
+        return None, _check("kernels", WARN, "not checked: libmxnet.so not found")
+    try:
+        kernels = library_archs(path)
+    except OSError as err:
+        status = FAIL if overridden else WARN
+        return None, _check("kernels", status, "cannot read %s: %s" % (path, err.strerror or err),
+                            library=path)
+    data = dict(library=path, cubins=["sm_%d" % s for s in kernels.cubins],
+                ptx=["compute_%d" % s for s in kernels.ptx], source=kernels.source)
+    if not kernels.cubins and not kernels.ptx:
+        if cuda and not overridden:
+            return None, _check("kernels", WARN, "MXNet reports CUDA, but no GPU code was found "
+                                "in %s; GPUs are not checked against it" % path, **data)
+        return kernels, _check("kernels", OK, "CPU build: no GPU code in %s" % path, **data)
+    via = ("by cuobjdump" if kernels.source == "cuobjdump"
+           else "from its fat binary and ELF headers (cuobjdump is not on the PATH)")
+    notes = [supported_text(kernels), "%s, read %s" % (path, via)]
+    if cuda is False and not overridden:
+        return kernels, _check("kernels", WARN, "%s, but MXNet reports no CUDA"
+                               % describe_kernels(kernels), notes, **data)
+    return kernels, _check("kernels", OK, describe_kernels(kernels), notes, **data)
+
+
+def _gpu_label(group):
+    indices = [g.index for g in group]
+    if len(indices) == 1:
+        which = "GPU %d" % indices[0]
+    elif indices == list(range(indices[0], indices[-1] + 1)):
+        which = "GPUs %d-%d" % (indices[0], indices[-1])
+    else:
+        which = "GPUs " + ", ".join(str(i) for i in indices)
+    cap = group[0].capability
+    return "%s (%s, compute capability %s)" % (which, group[0].name,
+                                               "%d.%d" % cap if cap else "unknown")
+
+
+def _gpu_checks(gpus, kernels, cuda_build):
+    """One check per kind of GPU (name and capability): can this MXNet build run on it."""
+    groups = collections.OrderedDict()
+    for g in gpus:
+        groups.setdefault((g.name, g.capability), []).append(g)
+    checks = []
+    for (name, cap), group in groups.items():
+        label = _gpu_label(group)
+        data = dict(gpus=[g.index for g in group], name=name,
+                    compute_capability="%d.%d" % cap if cap else None)
+        if cap is None:
+            checks.append(_check("gpu", WARN, "%s: not checked, the driver does not report the "
+                                 "compute capability" % label, **data))
+        elif kernels is None:
+            checks.append(_check("gpu", WARN, "%s: not checked, the GPU code of libmxnet.so is "
+                                 "unknown" % label, **data))
+        elif not kernels.cubins and not kernels.ptx and not cuda_build:
+            hint = ("install the CUDA build, %s, or %s" % (GPU_WHEEL, NGC_IMAGE)
+                    if cap[0] in GPU_WHEEL_MAJORS else NGC_HINT)
+            checks.append(_check("gpu", FAIL, "%s: this MXNet is a CPU build, training would run "
+                                 "on the CPU: %s" % (label, hint), **data))
+        else:
+            how = runs_on(cap, kernels)
+            if how is None:
+                oldest = min(kernels.cubins + kernels.ptx)
+                wheel = GPU_WHEEL + " runs 5.x-8.x"
+                if cap[0] * 10 + cap[1] < oldest:
+                    hint = "this build needs compute capability %d.%d or newer" % (
+                        oldest // 10, oldest % 10)
+                    if cap[0] in GPU_WHEEL_MAJORS:
+                        hint += "; " + wheel
+                else:
+                    hint = wheel if cap[0] in GPU_WHEEL_MAJORS else NGC_HINT
+                checks.append(_check("gpu", FAIL, "%s cannot run this MXNet build (%s): %s"
+                                     % (label, describe_kernels(kernels), hint), **data))
+            elif how.startswith("compute_"):
+                checks.append(_check(
+                    "gpu", OK, "%s runs this build through PTX %s" % (label, how),
+                    ["the driver compiles the kernels when a process starts (slow the first "
+                     "time; cached in ~/.nv/ComputeCache up to $CUDA_CACHE_MAXSIZE bytes)"],
+                    runs=how, **data))
+            else:
+                checks.append(_check("gpu", OK, "%s runs the %s kernels" % (label, how),
+                                     runs=how, **data))
+    return checks
+
+
+def _nccl_version(code):
+    if code >= 10000:  # NCCL 2.9 and newer: major * 10000 + minor * 100 + patch
+        return "%d.%d.%d" % (code // 10000, code // 100 % 100, code % 100)
+    return "%d.%d.%d" % (code // 1000, code // 100 % 10, code % 100)
+
+
+def _horovod_check(info, gpus):
+    if not info.get("installed"):
+        why = info.get("error") or "not installed"
+        return _check("horovod", WARN, "Horovod is not usable (%s): `deeplab launch horovod` "
+                      "will not start; scripts/setup_env.sh builds it" % why, **info)
+    def yes(key):
+        value = info.get(key)
+        return "unknown" if value is None else "yes" if value else "no"
+
+    facts = "Horovod %s: MXNet %s, Gloo %s, MPI %s, NCCL %s" % (
+        info.get("version"), yes("mxnet"), yes("gloo"), yes("mpi"),
+        _nccl_version(info["nccl"]) if info.get("nccl") else yes("nccl"))
+    problems = []
+    if not info.get("mxnet"):
+        problems.append("its MXNet extension does not load (%s): rebuild Horovod against this "
+                        "MXNet with HOROVOD_WITH_MXNET=1 (scripts/setup_env.sh)"
+                        % info.get("mxnet_error", "not built"))
+    if info.get("gloo") is False and info.get("mpi") is False:
+        problems.append("built with neither Gloo nor MPI: horovodrun cannot start workers")
+    elif info.get("gloo") is False:
+        problems.append("built without Gloo: launch with `deeplab launch horovod --mpi`")
+    if gpus and info.get("nccl") == 0:
+        problems.append("built without NCCL: GPU gradients are reduced through host memory; "
+                        "rebuild with HOROVOD_GPU_OPERATIONS=NCCL")
+    if problems:
+        return _check("horovod", WARN, "; ".join(problems), [facts], **info)
+    return _check("horovod", OK, facts, **info)
+
+
+def _dataset_check(cfg):
+    from deeplab.build import build_dataset
+
+    d = cfg["data"]
+    splits = {"train": d["train_split"], "val": d["val_split"]} if d["name"] == "voc" else {}
+    sizes, errors = {}, []
+    for split in ("train", "val"):
+        try:
+            sizes[split] = len(build_dataset(cfg, split))
+        except (UserError, ValueError, OSError) as err:
+            errors.append((split, str(err)))
+    where = "%s at %s" % (d["name"], d["root"]) if d["name"] == "voc" else d["name"]
+    if errors:
+        if len(errors) == 2 and errors[0][1] == errors[1][1]:
+            text = errors[0][1]
+        else:
+            text = "; ".join("%s split%s: %s" % (split, " %r" % splits[split] if splits else "",
+                                                 err) for split, err in errors)
+        hint = (" (deeplab fetch voc --root DIR downloads VOC 2012 + SBD)"
+                if d["name"] == "voc" else "")
+        return _check("dataset", FAIL, "%s: %s%s" % (where, text, hint), sizes=sizes,
+                      errors=dict(errors))
+    names = {s: " (%s)" % splits[s] if splits else "" for s in ("train", "val")}
+    return _check("dataset", OK, "%s: train%s %d images, val%s %d images"
+                  % (where, names["train"], sizes["train"], names["val"], sizes["val"]),
+                  sizes=sizes)
+
+
+def _weights_check(key, value):
+    name = "model." + key
+    if value is None:
+        return _check(name, OK, "none (random initialisation)" if key == "backbone_params"
+                      else "none", value=None)
+    if key == "backbone_params" and value.startswith("zoo:"):
+        from deeplab import fetch
+
+        backbone = value[len(fetch.ZOO_PREFIX):]
+        if backbone not in fetch.backbone_names():
+            valid = ", ".join(fetch.ZOO_PREFIX + n for n in fetch.backbone_names())
+            return _check(name, FAIL, "%s: no model-zoo weights for backbone %r; valid: %s"
+                          % (value, backbone, valid), value=value)
+        row = fetch.TABLE[backbone]
+        path = os.path.join(fetch.default_root(), "%s-%s.params" % (backbone, row.sha1[:8]))
+        if not os.path.isfile(path):
+            return _check(name, WARN, "%s is not in MXNet's cache (%s): the main worker downloads "
+                          "it when training starts; where nodes have no internet access, run "
+                          "`deeplab fetch backbone %s` first ($MXNET_HOME on shared storage) or "
+                          "set a .params path" % (value, path, backbone), value=value, path=path,
+                          cached=False)
+        if fetch.sha1_of(path) != row.sha1:
+            return _check(name, WARN, "%s: %s does not have the zoo's sha1 %s: training "
+                          "downloads it again" % (value, path, row.sha1), value=value, path=path,
+                          cached=False)
+        return _check(name, OK, "%s: %s (sha1 checked)" % (value, path), value=value, path=path,
+                      cached=True)
+    if not os.path.isfile(value):
+        return _check(name, FAIL, "%s does not exist%s" % (
+            value, "" if os.path.isabs(value) else " (relative to %s)" % os.getcwd()),
+            value=value)
+    return _check(name, OK, "%s (%.1f MB)" % (value, os.path.getsize(value) / 1e6), value=value)
+
+
+def _divisors(n):
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _batch_check(cfg, workers, gpus):
+    t, dist = cfg["train"], cfg["dist"]
+    batch = t["batch_size"]
+    counts = ", ".join(str(d) for d in _divisors(batch))
+    if workers is None and not gpus:
+        return _check("batch", OK, "global batch %d: runs on %s workers (train.batch_size must "
+                      "be divisible by their number)" % (batch, counts), batch_size=batch)
+    n, source = (workers, "--workers") if workers else (len(gpus), "one per visible GPU")
+    if batch % n:
+        return _check("batch", FAIL if workers else WARN,
+                      "train.batch_size %d is not divisible by %d workers (%s): training refuses "
+                      "it; use %s workers or another batch" % (batch, n, source, counts),
+                      batch_size=batch, workers=n)
+    per = batch // n
+    notes = []
+    status = OK
+    if per == 1 and not t["freeze_bn"] and (not dist["sync_bn"] or dist["backend"] == "ps"):
+        status = WARN
+        notes.append("BN trained on 1 image per worker without synchronized BN: set "
+                     "dist.sync_bn=true and run under Horovod")
+    return _check("batch", status, "global batch %d on %d workers (%s): %d image%s each"
+                  % (batch, n, source, per, "" if per == 1 else "s"), notes, batch_size=batch,
+                  workers=n, per_worker=per)
+
+
+def _gpus_check(gpus, cuda):
+    if not gpus:
+        return _check("gpus", WARN if cuda else OK, "no GPU visible (%s)%s" % (
+            _gpu_sources(), ": this CUDA build of MXNet would train on the CPU" if cuda else ""),
+            gpus=[])
+    data = [dict(index=g.index, name=g.name, memory_mib=g.memory_mib, uuid=g.uuid,
+                 compute_capability="%d.%d" % g.capability if g.capability else None)
+            for g in gpus]
+    notes = ["GPU %d: %s, %s MiB, compute capability %s" % (
+        g.index, g.name, "?" if g.memory_mib is None else g.memory_mib,
+        "%d.%d" % g.capability if g.capability else "unknown") for g in gpus]
+    return _check("gpus", OK, "%d visible" % len(gpus), notes, gpus=data)
+
+
+def run_checks(config=None, overrides=(), workers=None):
+    """Every check, in order; see the module docstring. Returns a list of Check."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        # The Horovod probe, a child process that imports MXNet too, runs meanwhile.
+        horovod = pool.submit(horovod_info)
+        mx = mxnet_info()
+        cuda = bool((mx.get("features") or {}).get("CUDA"))
+        overridden = os.environ.get(LIBRARY_ENV)
+        library = overridden or mx.get("library") or find_library()
+        kernels, kernels_check = _kernels_check(library, mx, bool(overridden))
+        gpus = gpu_list()
+        checks = [_mxnet_check(mx), kernels_check, _gpus_check(gpus, cuda)]
+        # MXNet's features describe the installed library, not $DEEPLAB_DOCTOR_LIBRARY's.
+        checks += _gpu_checks(gpus, kernels, cuda and not overridden)
+        checks.append(_horovod_check(horovod.result(), gpus))
+    if config is not None:
+        checks += _config_checks(config, overrides, workers, gpus, mx)
+    return checks
+
+
+def _config_checks(config, overrides, workers, gpus, mx):
+    if "error" in mx:
+        return [_check("config", WARN, "%s: not checked, MXNet cannot be imported" % config)]
+    from deeplab.config import load_config
+
+    try:
+        cfg = load_config(config, overrides)
+    except UserError as err:
+        return [_check("config", FAIL, str(err))]
+    m, t = cfg["model"], cfg["train"]
+    checks = [_check("config", OK, "%s%s: %s (%s head, output stride %d), data %s, %d iterations"
+                     % (config, " + %d override(s)" % len(overrides) if overrides else "",
+                        m["name"], m["head"], m["output_stride"], cfg["data"]["name"],
+                        t["iterations"]), config=config, overrides=list(overrides))]
+    checks.append(_dataset_check(cfg))
+    checks.append(_weights_check("backbone_params", m["backbone_params"]))
+    checks.append(_weights_check("params", m["params"]))
+    checks.append(_batch_check(cfg, workers, gpus))
+    return checks
+
+
+def format_text(checks):
+    """The checks as lines: STATUS  NAME: MESSAGE, notes indented below, a summary last."""
+    lines = []
+    for c in checks:
+        lines.append("%-4s  %s: %s" % (c.status, c.name, c.message))
+        lines.extend("      " + n for n in c.notes)
+    failed = sum(c.status == FAIL for c in checks)
+    warned = sum(c.status == WARN for c in checks)
+    summary = "%d check%s failed" % (failed, "" if failed == 1 else "s") if failed else \
+        "no check failed"
+    lines.append("deeplab doctor: %s, %d warning%s" % (summary, warned, "" if warned == 1 else "s"))
+    return "\n".join(lines)
+
+
+def report(checks):
+    """The checks as a JSON-serializable dict."""
+    return {"ok": not any(c.status == FAIL for c in checks),
+            "failed": sum(c.status == FAIL for c in checks),
+            "warnings": sum(c.status == WARN for c in checks),
+            "checks": [{"name": c.name, "status": c.status, "message": c.message,
+                        "notes": c.notes, "data": c.data} for c in checks]}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="deeplab doctor", description=__doc__.split("\n\n")[0])
+    p.add_argument("config", nargs="?", help="the training config to check, e.g. "
+                   "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
+    p.add_argument("--workers", type=int, default=None,
+                   help="number of workers the run will have (checks train.batch_size against "
+                        "it; default: one per visible GPU)")
+    p.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    from deeplab.config import add_set_argument
+    add_set_argument(p, example="data.root=/data/voc")
+    args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers must be a positive integer")
+    if args.overrides and args.config is None:
+        p.error("--set needs a CONFIG")
+    return args
+
+
+def main(args):
+    checks = run_checks(args.config, args.overrides, args.workers)
+    if args.json:
+        print(json.dumps(report(checks), indent=2))
+    else:
+        print(format_text(checks))
+    if any(c.status == FAIL for c in checks):
+        raise SystemExit(1)
