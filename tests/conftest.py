@@ -35,6 +35,30 @@ def deeplab(*args, **kw):
     return run([sys.executable, "-m", "deeplab.cli"] + [str(a) for a in args], **kw)
 
 
+def horovod(n):
+    """`deeplab launch horovod -np N --`, to put before a subcommand."""
+    return ["launch", "horovod", "-np", str(n), "--"]
+
+
+def ps(workers, servers):
+    """`deeplab launch ps --workers W --servers S --`."""
+    return ["launch", "ps", "--workers", str(workers), "--servers", str(servers), "--"]
+
+
+def assert_params_close(a, b, rel):
+    """Every array of the .params files `a` and `b` agrees: max |x - y| <= rel * max |x| + 1e-7
+    (float32; summation order differs with the number of workers)."""
+    import mxnet as mx
+    import numpy as np
+
+    pa, pb = mx.nd.load(str(a)), mx.nd.load(str(b))
+    assert sorted(pa) == sorted(pb)
+    for k in pa:
+        x, y = pa[k].asnumpy(), pb[k].asnumpy()
+        bound = rel * np.abs(x).max() + 1e-7
+        assert np.abs(x - y).max() <= bound, "%s: %g > %g" % (k, np.abs(x - y).max(), bound)
+
+
 def sets(*overrides):
     """['--set', o1, '--set', o2, ...]"""
     return [a for o in overrides for a in ("--set", o)]

@@ -11,35 +11,20 @@ Evaluation must give the very same confusion matrix on any number of workers.
 """
 import json
 
-import mxnet as mx
 import numpy as np
 import pytest
 
-COMMON = ["train.iterations=5", "data.synthetic.train_size=24", "data.synthetic.val_size=7", "data.num_workers=0",
-          "train.batch_size=6", "train.log_every=1", "train.checkpoint_every=1000"]
+from conftest import assert_params_close, horovod, ps
+
+COMMON = ["train.iterations=5", "data.synthetic.train_size=24", "data.synthetic.val_size=7",
+          "data.num_workers=0", "train.batch_size=6", "train.log_every=1",
+          "train.checkpoint_every=1000"]
 
 
 def train(dl, workdir, launcher=(), overrides=(), no_eval=True):
     args = list(launcher) + ["train", dl.TINY, "--workdir", workdir] + dl.sets(
         *COMMON, *overrides) + (["--no-eval"] if no_eval else [])
     return dl.deeplab(*args, timeout=240)
-
-
-def horovod(n):
-    return ["launch", "horovod", "-np", str(n), "--"]
-
-
-def ps(workers, servers):
-    return ["launch", "ps", "--workers", str(workers), "--servers", str(servers), "--"]
-
-
-def assert_params_close(a, b, rel):
-    pa, pb = mx.nd.load(str(a)), mx.nd.load(str(b))
-    assert sorted(pa) == sorted(pb)
-    for k in pa:
-        x, y = pa[k].asnumpy(), pb[k].asnumpy()
-        bound = rel * np.abs(x).max() + 1e-7
-        assert np.abs(x - y).max() <= bound, "%s: %g > %g" % (k, np.abs(x - y).max(), bound)
 
 
 def test_synchronized_bn_training_is_the_same_on_1_2_and_3_workers(tmp_path, dl):
