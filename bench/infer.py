@@ -16,13 +16,12 @@ from deeplab import dist
 from deeplab.build import build_model
 from deeplab.config import eval_stride
 from deeplab.data import EvalTransform, get_dataset
-from deeplab.errors import UserError
 from deeplab.evaluate import predict
 from deeplab.logger import progress
 
 from .costs import count_costs
-from .throughput import (_gather_rows, _machine, _peak_rss_bytes, format_flops, load_baseline,
-                         setup_facts)
+from .throughput import (_gather_rows, _machine, _peak_rss_bytes, check_counts, format_flops,
+                         load_baseline, setup_facts)
 
 __all__ = ["run_infer", "format_infer_report"]
 
@@ -56,9 +55,7 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
     """COLLECTIVE (building the network and gathering the figures; not the timed loop).
     Returns the report on every worker."""
     crop = crop or cfg["data"]["crop_size"]
-    if steps < 1 or warmup < 1 or batch < 1 or crop < 8 or repeat < 1:
-        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1, --crop >= 8 and "
-                        "--repeat >= 1")
+    check_counts(steps, warmup, batch, crop, repeat)
     facts = setup_facts(cfg, "infer", batch, crop)
     base = load_baseline(baseline, facts) if baseline else None
     ctx = dist.context()

@@ -295,6 +295,12 @@ def batch_per_worker(cfg, batch):
     return cfg["train"]["batch_size"] // dist.size()
 
 
+def check_counts(steps, warmup, batch, crop, repeat):
+    if steps < 1 or warmup < 1 or batch < 1 or crop < 8 or repeat < 1:
+        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1, --crop >= 8 and "
+                        "--repeat >= 1")
+
+
 def setup_facts(cfg, mode, batch, crop):
     """What a run's figures depend on besides the number of workers: a baseline must match."""
     return {"mode": mode, "model": cfg["model"]["name"], "head": cfg["model"]["head"],
@@ -322,9 +328,7 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
     """
     crop = crop or cfg["data"]["crop_size"]
     batch = batch_per_worker(cfg, batch)
-    if steps < 1 or warmup < 1 or batch < 1 or crop < 8 or repeat < 1:
-        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1, --crop >= 8 and "
-                        "--repeat >= 1")
+    check_counts(steps, warmup, batch, crop, repeat)
     _check_compare(cfg, compare)
     facts = setup_facts(cfg, "train", batch, crop)
     base = load_baseline(baseline, facts) if baseline else None

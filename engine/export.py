@@ -19,6 +19,7 @@ from mxnet.gluon import nn
 
 from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.errors import UserError
+from deeplab.utils import positive_int
 
 from .build import build_model
 
@@ -115,16 +116,6 @@ def _export_onnx(net, tmp, prefix, size):
     return prefix + ".onnx"
 
 
-def _size(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected a size in pixels >= 1, got %r" % text)
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="deeplab export", description=__doc__.split("\n\n")[0],
@@ -139,7 +130,7 @@ def parse_args(argv=None):
                         "(and PREFIX.onnx)")
     p.add_argument("--onnx", action="store_true",
                    help="also write PREFIX.onnx (ONNX opset of mx.onnx; static input shape)")
-    p.add_argument("--size", nargs=2, type=_size, metavar=("H", "W"), default=None,
+    p.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
                    help="input height and width the graphs are traced at and the fixed input "
                         "size of the ONNX model (default: data.crop_size square)")
     add_set_argument(p, example="eval.output_stride=8")

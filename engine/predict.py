@@ -23,7 +23,7 @@ from deeplab.data import EvalTransform, eval_shard, voc_palette
 from deeplab.data.base import read_image
 from deeplab.errors import DatasetError, ParamsError, UserError
 from deeplab.logger import format_duration, run_logger
-from deeplab.utils import atomic_write
+from deeplab.utils import atomic_write, positive_int
 
 from .build import build_model, on_main
 from .evaluate import predict, progress
@@ -167,16 +167,6 @@ def _predictions(net, batches, ctx, e):
             yield stem, im, pred
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected an integer >= 1, got %r" % text)
-    return value
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="deeplab predict", description=__doc__.split("\n\n")[0],
@@ -190,7 +180,7 @@ def parse_args(argv=None):
                    help="a .params file: final.params or checkpoints/iter_*.params")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for <stem>.png and <stem>_overlay.jpg (created if missing)")
-    p.add_argument("--batch", type=_positive_int, default=1,
+    p.add_argument("--batch", type=positive_int, default=1,
                    help="images of one size inferred together (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_set_argument(p, example="eval.flip=true")

@@ -3,7 +3,7 @@ import json
 import os
 import socket
 
-__all__ = ["atomic_write", "write_json", "write_text", "free_port"]
+__all__ = ["atomic_write", "write_json", "write_text", "free_port", "positive_int"]
 
 
 def atomic_write(path, write):
@@ -32,6 +32,19 @@ def write_text(path, text):
 def write_json(path, obj, indent=1):
     """Writes `obj` as JSON to `path` atomically."""
     write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def positive_int(text):
+    """An argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected an integer >= 1, got %r" % text)
+    return value
 
 
 def free_port(host="127.0.0.1"):

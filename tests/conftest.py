@@ -59,6 +59,17 @@ def assert_params_close(a, b, rel):
         assert np.abs(x - y).max() <= bound, "%s: %g > %g" % (k, np.abs(x - y).max(), bound)
 
 
+def train_tiny(workdir, iterations):
+    """final.params of a one-process run of the tiny config on 16 synthetic images."""
+    from deeplab import train
+
+    train.main(train.parse_args([TINY, "--workdir", str(workdir), "--no-eval", "--quiet",
+                                 "--set", "train.iterations=%d" % iterations,
+                                 "data.num_workers=0", "data.synthetic.train_size=16",
+                                 "data.synthetic.val_size=4"]))
+    return os.path.join(str(workdir), "final.params")
+
+
 def sets(*overrides):
     """['--set', o1, '--set', o2, ...]"""
     return [a for o in overrides for a in ("--set", o)]

@@ -5,19 +5,15 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import TINY
-from deeplab import cli, export, train
+from conftest import TINY, train_tiny
+from deeplab import cli, export
 from deeplab.build import build_model
 from deeplab.config import eval_stride, load_config
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("run")
-    train.main(train.parse_args([TINY, "--workdir", str(d), "--no-eval", "--set",
-                                 "train.iterations=4", "data.num_workers=0",
-                                 "data.synthetic.train_size=16", "data.synthetic.val_size=4"]))
-    return str(d / "final.params")
+    return train_tiny(tmp_path_factory.mktemp("run"), 4)
 
 
 def run_export(ckpt, prefix, extra=(), overrides=()):

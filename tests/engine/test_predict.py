@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY
-from deeplab import cli, evaluate, predict, train
+from conftest import TINY, train_tiny
+from deeplab import cli, evaluate, predict
 from deeplab.build import build_dataset, build_model
 from deeplab.config import eval_stride, load_config
 from deeplab.data import EvalTransform, voc_palette
@@ -22,11 +22,7 @@ FAST = ["data.num_workers=0"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """final.params of a 40-iteration run: enough for predictions of several classes."""
-    d = tmp_path_factory.mktemp("run")
-    train.main(train.parse_args([TINY, "--workdir", str(d), "--no-eval", "--set",
-                                 "train.iterations=40", "data.num_workers=0",
-                                 "data.synthetic.train_size=16", "data.synthetic.val_size=4"]))
-    return str(d / "final.params")
+    return train_tiny(tmp_path_factory.mktemp("run"), 40)
 
 
 def synthetic_image(index, size=None):
