@@ -19,7 +19,8 @@ setup(
     python_requires=">=3.10",  # NGC MXNet images run 3.10; tests/test_python_versions.py checks
     packages=["deeplab"] + ["deeplab." + p for p in SUBPACKAGES],
     package_dir={"deeplab": "engine", **{"deeplab." + p: p for p in SUBPACKAGES}},
-    # The MPI Operator's CRD schema that `deeplab k8s validate` checks MPIJobs against.
-    package_data={"deeplab.k8s": ["schemas/*.yaml"]},
+    # The MPI Operator's CRD schema that `deeplab k8s validate` checks MPIJobs against, and the
+    # C++ source of synchronized BN's fused CPU kernels (compiled at first use).
+    package_data={"deeplab.k8s": ["schemas/*.yaml"], "deeplab.dist": ["csrc/*.cc"]},
     entry_points={"console_scripts": ["deeplab = deeplab.cli:main"]},
 )

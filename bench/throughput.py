@@ -46,7 +46,7 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.build import bn_mode, build_model, uses_sync_bn
+from deeplab.build import bn_mode, build_model, start_workers, uses_sync_bn
 from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
 from deeplab.errors import UserError
@@ -614,7 +614,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
-    dist.init(cfg["dist"]["backend"])
+    start_workers(cfg)
     command = "deeplab bench " + " ".join(args.argv)
     if args.mode == "infer":
         from .infer import format_infer_report, run_infer

@@ -148,6 +148,8 @@ def _provenance(r):
     busy = ra.get("cpu_busy_before")
     flag = "; **machine busy before the run: %.0f%% of the CPUs**" % (100 * busy) \
         if busy is not None and busy > 0.25 else ""
+    if ra.get("note"):  # a run made outside run_all, with what it was
+        flag += "; %s" % ra["note"]
     return "`%s` (%s%s)" % (ra.get("command", r.get("command", "?")),
                             ra.get("finished", r.get("date", "?"))[:10], flag)
 
@@ -175,6 +177,8 @@ def _target(value, op, limit):
 
 # Operator groups of a profile, by name prefix (first match wins).
 PROFILE_GROUPS = (
+    ("SyncBN fused kernels: moments, normalisation, their gradients",
+     ("deeplab_bn_", "_backward_deeplab_bn_", "Reshape", "_backward_reshape")),
     ("SyncBN collective op: Python, allgather/allreduce, its small ops",
      ("deeplab_sync_bn_moments", "_backward_deeplab_sync_bn_moments")),
     ("SyncBN moments: mean, square, reshape, their gradients",

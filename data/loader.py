@@ -9,17 +9,35 @@ reassembles them in order and builds NDArrays. Workers never touch MXNet, so for
 An exception in a worker is re-raised in the caller with its type and message unchanged (the
 worker's traceback is attached as the cause); a worker that dies (e.g. killed for memory) raises
 RuntimeError instead of hanging the job.
+
+Loader processes never outlive the process that forked them, however it ends (SIGKILL
+included): the kernel kills them when it dies (PR_SET_PDEATHSIG), and each also checks that its
+parent is still there. Nor do they hold what their parent shares with the rest of the job: their
+output reaches the parent's stderr through a pipe of their own, not the parent's stdout/stderr
+(which a launcher reads until end-of-file), and they drop the parent's network connections (so
+that a dead worker's peers see its connections close). They are named `LOADER_NAME` in
+/proc/PID/comm, so that tools that signal training processes can leave them out.
 """
 import contextlib
+import ctypes
 import functools
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
+import stat
 import sys
+import threading
+import time
 import traceback
 
 import numpy as np
+
+__all__ = ["LOADER_NAME", "train_batches", "eval_samples"]
+
+# /proc/PID/comm of a loader process (at most 15 characters).
+LOADER_NAME = "deeplab-loader"
 
 
 def train_batches(dataset, transform, sampler, start_iter, num_iters, rank=0, world_size=1,
@@ -138,16 +156,25 @@ def _ordered_map(fn, items, num_workers, max_pending):
     ctx = multiprocessing.get_context("fork")
     tasks = ctx.SimpleQueue()
     workers, readers = [], []
+    # The loader processes' stdout and stderr: copied to ours by a thread, so that they never
+    # hold our own stdout/stderr open.
+    output_r, output_w = os.pipe()
+    relay = threading.Thread(target=_relay_output, args=(output_r,),
+                             name="deeplab-loader-output", daemon=True)
+    relay.start()
     try:
         with _opencv_without_threads():
             for _ in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)
                 _enlarge_pipe(writer)
-                proc = ctx.Process(target=_worker_loop, args=(fn, tasks, writer), daemon=True)
+                proc = ctx.Process(target=_worker_main,
+                                   args=(fn, tasks, writer, os.getpid(), output_w), daemon=True)
                 proc.start()
                 writer.close()  # the child holds the write end: EOF on reader means it died
                 workers.append(proc)
                 readers.append(reader)
+        os.close(output_w)  # the relay ends when the last child has exited
+        output_w = None
         items = iter(items)
         done = {}
         sent = received = 0
@@ -180,6 +207,9 @@ def _ordered_map(fn, items, num_workers, max_pending):
             if proc.is_alive():
                 proc.terminate()
             proc.join()
+        if output_w is not None:
+            os.close(output_w)
+        relay.join(timeout=5)
         for reader in readers:
             reader.close()
         tasks.close()
@@ -240,6 +270,88 @@ def _collect(readers, workers):
                        " (killed by a signal, e.g. the out-of-memory killer)"
                        if proc.exitcode is not None and proc.exitcode < 0 else ""))
     return results
+
+
+def _relay_output(fd):
+    """Copies what the loader processes print (read end `fd`) to our stderr until they all exit.
+
+    Raw descriptor writes only: a lock of sys.stderr held by this thread while the parent forks
+    would stay locked in the child.
+    """
+    try:
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            try:
+                os.write(2, data)
+            except OSError:
+                pass  # nowhere to print: keep draining so that the children never block
+    finally:
+        os.close(fd)
+
+
+_PR_SET_PDEATHSIG, _PR_SET_NAME = 1, 15
+
+
+def _prctl(option, arg):
+    """Linux prctl(2); returns False where it is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, arg, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _detach_from_parent(parent_pid, output_fd):
+    """Makes a freshly forked loader process die with its parent and let go of what the
+    parent shares with the rest of the job (see the module docstring)."""
+    # The kernel sends SIGKILL when the thread that forked us ends (the training loop's thread,
+    # which lives as long as the process). Checked once set: the parent may have died before.
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    _prctl(_PR_SET_NAME, ctypes.c_char_p(LOADER_NAME.encode()))
+    # Where prctl is missing (or the parent ends in an unusual way), a thread notices that we
+    # were re-parented.
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    for fd in (1, 2):
+        os.dup2(output_fd, fd)
+    os.close(output_fd)
+    _drop_sockets()
+
+
+def _exit_when_orphaned(parent_pid, interval=1.0):
+    while os.getppid() == parent_pid:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _drop_sockets():
+    """Points every inherited socket descriptor (the parent's Gloo, ps-lite and rendezvous
+    connections) at /dev/null, so that the connections close as soon as the parent dies, not when
+    its last loader process does. The descriptor numbers stay taken: objects of the parent that
+    still name them close /dev/null, never a file of ours."""
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in fds:
+            try:
+                if fd != null and stat.S_ISSOCK(os.fstat(fd).st_mode):
+                    os.dup2(null, fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+    finally:
+        os.close(null)
+
+
+def _worker_main(fn, tasks, writer, parent_pid, output_fd):
+    """Entry point of a loader process."""
+    _detach_from_parent(parent_pid, output_fd)
+    _worker_loop(fn, tasks, writer)
 
 
 def _worker_loop(fn, tasks, writer):

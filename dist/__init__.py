@@ -7,4 +7,5 @@ from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broad
                    broadcast_parameters, context, exit_after_failure, init, is_main, local_rank,
                    make_trainer, nd_allgather, nd_allreduce_sum, rank, resolve_backend, size,
                    stall_hint)
+from .syncbn import configure_sync_bn, sync_bn_group
 from .watchdog import EXIT_STALLED, Watchdog

@@ -16,6 +16,7 @@ DEEPLAB_DIST_BACKEND overrides it.
 """
 import os
 import pickle
+import socket
 import sys
 import tempfile
 
@@ -25,7 +26,7 @@ import numpy as np
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
            "broadcast_parameters", "context", "stall_hint",
-           "make_trainer", "DistTrainer"]
+           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
 
@@ -79,11 +80,20 @@ class LocalBackend:
     def broadcast_parameters(self, params):
         pass
 
-    def nd_allreduce_sum(self, array, name):
+    def nd_allreduce_sum(self, array, name, group=None):
         return array.copy()
 
-    def nd_allgather(self, array, name):
+    def nd_allgather(self, array, name, group=None):
         return array.copy()
+
+    def new_groups(self, rank_lists):
+        """Makes the groups of `rank_lists` (a partition of the workers) usable by collectives;
+        returns {ranks tuple: backend handle} (None: all workers, or one alone)."""
+        return {tuple(r): None for r in rank_lists}
+
+    def host(self):
+        """A name of this worker's machine, the same for the workers of one machine."""
+        return socket.gethostname()
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
                      prefix):
@@ -111,6 +121,7 @@ class HorovodBackend(LocalBackend):
         hvd.init()
         self.hvd = hvd
         self._broadcasts = 0
+        self._process_sets = {}  # ranks tuple -> hvd.ProcessSet, in registration order
 
     def rank(self):
         return self.hvd.rank()
@@ -139,11 +150,57 @@ class HorovodBackend(LocalBackend):
     def broadcast_parameters(self, params):
         self.hvd.broadcast_parameters(params, root_rank=0)
 
-    def nd_allreduce_sum(self, array, name):
-        return self.hvd.allreduce(array, average=False, name=name)
+    def nd_allreduce_sum(self, array, name, group=None):
+        if group is None or group.handle is None:
+            return self.hvd.allreduce(array, average=False, name=name)
+        return self.hvd.allreduce(array, average=False, name=name, process_set=group.handle)
 
-    def nd_allgather(self, array, name):
-        return self.hvd.allgather(array, name=name)
+    def nd_allgather(self, array, name, group=None):
+        if group is None or group.handle is None:
+            return self.hvd.allgather(array, name=name)
+        return self.hvd.allgather(array, name=name, process_set=group.handle)
+
+    def new_groups(self, rank_lists):
+        """Horovod process sets for the groups (all workers use the global one; a worker alone
+        needs none).
+
+        Horovod registers process sets when it starts, unless started with
+        HOROVOD_DYNAMIC_PROCESS_SETS=1 (then `add_process_set` works at any time, but every
+        cycle of its background thread pays for one more negotiation). Without it, Horovod over
+        Gloo is shut down and started again with every process set asked for so far (in-flight
+        collectives would be lost: hence `new_group`'s rule, before any model or trainer); over
+        MPI it cannot restart (MPI is finalized), so the launcher must set
+        HOROVOD_DYNAMIC_PROCESS_SETS=1.
+        """
+        hvd = self.hvd
+        handles, added = {}, []
+        for ranks in map(tuple, rank_lists):
+            if len(ranks) in (1, self.size()):
+                handles[ranks] = None
+                continue
+            if ranks not in self._process_sets:
+                self._process_sets[ranks] = hvd.ProcessSet(list(ranks))
+                added.append(ranks)
+            handles[ranks] = self._process_sets[ranks]
+        if not added:
+            return handles
+        if os.environ.get("HOROVOD_DYNAMIC_PROCESS_SETS", "0") not in ("", "0"):
+            for ranks in added:  # the same sets in the same order on every worker
+                hvd.add_process_set(self._process_sets[ranks])
+        elif hvd.gloo_enabled():
+            hvd.shutdown()
+            hvd.init(process_sets=list(self._process_sets.values()))
+        else:
+            for ranks in added:
+                del self._process_sets[ranks]
+            raise RuntimeError("worker groups under Horovod over MPI need "
+                               "HOROVOD_DYNAMIC_PROCESS_SETS=1 in the workers' environment "
+                               "(Horovod over Gloo, `deeplab launch horovod`'s default, does not)")
+        return handles
+
+    def host(self):
+        # horovodrun names each worker's host in HOROVOD_HOSTNAME; Horovod's local ranks follow it
+        return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
                      prefix):
@@ -236,10 +293,10 @@ class PSBackend(LocalBackend):
         for (_, p), a in zip(items, arrays):
             p.set_data(a)
 
-    def nd_allreduce_sum(self, array, name):
+    def nd_allreduce_sum(self, array, name, group=None):
         raise RuntimeError(_NO_SYNC_BN)
 
-    def nd_allgather(self, array, name):
+    def nd_allgather(self, array, name, group=None):
         raise RuntimeError(_NO_SYNC_BN)
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
@@ -330,22 +387,102 @@ def exit_after_failure(code):
     _backend.exit_after_failure(code)
 
 
-def nd_allreduce_sum(array, name):
+def nd_allreduce_sum(array, name, group=None):
     """COLLECTIVE. Sum of an NDArray over workers, asynchronous (a new NDArray).
 
     `name` must be the same on every worker for the same call (Horovod matches calls by name).
     Supported under local and horovod; the parameter server has no worker-to-worker path fast
     enough to run inside a layer.
+
+    Args:
+        group: a `Group` from `new_group`: sum over its workers only (COLLECTIVE for them).
+            Default: all workers.
     """
-    return _backend.nd_allreduce_sum(array, name)
+    return _backend.nd_allreduce_sum(array, name, group)
 
 
-def nd_allgather(array, name):
+def nd_allgather(array, name, group=None):
     """COLLECTIVE. The workers' NDArrays concatenated along axis 0 in rank order (asynchronous).
 
-    Same contract as `nd_allreduce_sum`.
+    Same contract as `nd_allreduce_sum`; with `group`, its workers' arrays in rank order.
     """
-    return _backend.nd_allgather(array, name)
+    return _backend.nd_allgather(array, name, group)
+
+
+class Group:
+    """The workers one collective runs among: `ranks` (sorted global ranks, this worker's
+    included), `size`, `rank` (this worker's index in `ranks`) and `spec`, what `new_group` was
+    asked for. `handle` is the backend's object for it (None: all workers, or this one alone,
+    which needs no communication)."""
+
+    def __init__(self, spec, ranks, handle=None):
+        self.spec, self.ranks, self.handle = spec, tuple(ranks), handle
+        self.size = len(self.ranks)
+        self.rank = self.ranks.index(rank())
+
+    def __repr__(self):
+        return "Group(%r, ranks=%s)" % (self.spec, list(self.ranks))
+
+
+def group_ranks(spec, world, hosts=None):
+    """The partition of ranks 0..world-1 that `spec` describes, as a list of rank lists.
+
+    Args:
+        spec: 'all' (one group), 'node' (the ranks of one host, by `hosts`), or an int k (or
+            its string) >= 1: consecutive ranks in groups of k; world must be divisible by k.
+        hosts: the host of each rank (for 'node').
+    """
+    if spec == "all":
+        return [list(range(world))]
+    if spec == "node":
+        if hosts is None or len(hosts) != world:
+            raise ValueError("group 'node' needs the host of each of the %d workers" % world)
+        by_host = {}
+        for r, h in enumerate(hosts):
+            by_host.setdefault(h, []).append(r)
+        return sorted(by_host.values())
+    try:
+        if isinstance(spec, bool) or isinstance(spec, float):
+            raise ValueError
+        k = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError("group %r: expected 'all', 'node' or a number of workers k >= 1"
+                         % (spec,)) from None
+    if k < 1 or world % k:
+        raise ValueError("group of %d workers: the %d workers cannot be split into groups of %d "
+                         "(k must be >= 1 and divide the number of workers)" % (k, world, k))
+    return [list(range(i, i + k)) for i in range(0, world, k)]
+
+
+def new_group(spec="all"):
+    """COLLECTIVE. This worker's group in the partition `spec` describes (see `group_ranks`),
+    ready for `nd_allreduce_sum` / `nd_allgather` with `group=`.
+
+    Under Horovod over Gloo, a partition with groups of 2 or more workers (other than all)
+    restarts Horovod with process sets for them (see `HorovodBackend.new_groups`): call it right
+    after `init()`, before any model, trainer or other collective exists.
+    """
+    world = size()
+    hosts = None
+    if spec == "node":
+        hosts = _gather_strings(_backend.host())
+    partition = group_ranks(spec, world, hosts)
+    handles = _backend.new_groups(partition)
+    mine = next(r for r in partition if rank() in r)
+    return Group(spec, mine, handles[tuple(mine)])
+
+
+def _gather_strings(text, max_bytes=256):
+    """COLLECTIVE. Every worker's short string, in rank order (one allreduce: each worker fills
+    its own row, so this works on every backend)."""
+    data = text.encode("utf-8")
+    if len(data) > max_bytes:
+        raise ValueError("%r is longer than %d bytes" % (text, max_bytes))
+    rows = np.zeros((size(), max_bytes + 1))
+    rows[rank(), 0] = len(data)
+    rows[rank(), 1:1 + len(data)] = np.frombuffer(data, np.uint8)
+    rows = allreduce_sum(rows, name="comm.gather_strings")
+    return [bytes(row[1:1 + int(row[0])].astype(np.uint8)).decode("utf-8") for row in rows]
 
 
 def allreduce_sum(x, name=None):
@@ -403,11 +540,27 @@ class DistTrainer:
         self.trainer.set_learning_rate(lr)
 
     def save_states(self, path):
-        """Writes the optimizer state (call on the main worker)."""
-        self.trainer.save_states(path)
+        """Writes the optimizer state (call on the main worker), with every array on the CPU.
+
+        MXNet pickles each state array with its device and unpickles it there: states saved
+        from rank 0's gpu(0) would make every worker of a node open a CUDA context on GPU 0 and
+        park a copy there when resuming. Saved from the host, they load on the host and are
+        then moved to each worker's own device (`load_states`). The file is MXNet's format.
+        """
+        updaters = self.trainer._updaters
+        on_device = [u.states for u in updaters]
+        try:
+            for u in updaters:
+                u.states = {i: _map_arrays(s, lambda a: a.as_in_context(mx.cpu()))
+                            for i, s in u.states.items()}
+            self.trainer.save_states(path)
+        finally:
+            for u, states in zip(updaters, on_device):
+                u.states = states
 
     def load_states(self, path):
-        """COLLECTIVE. Worker 0 reads `path`; every worker receives its content."""
+        """COLLECTIVE. Worker 0 reads `path`; every worker receives its content and places each
+        state array on the device of the parameter it belongs to."""
         data = None
         if is_main():
             with open(path, "rb") as f:
@@ -418,6 +571,19 @@ class DistTrainer:
             with open(local, "wb") as f:
                 f.write(data)
             self.trainer.load_states(local)
+        for u, ctx in zip(self.trainer._updaters, self.trainer._contexts):
+            for i in list(u.states):
+                u.states[i] = _map_arrays(u.states[i], lambda a, c=ctx: a.as_in_context(c))
+                u.states_synced[i] = True
+
+
+def _map_arrays(state, fn):
+    """`state` (an NDArray, None, or nested tuples/lists of them) with fn applied to arrays."""
+    if isinstance(state, mx.nd.NDArray):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_arrays(s, fn) for s in state)
+    return state
 
 
 def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0,

@@ -7,8 +7,8 @@ from deeplab.data import get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["build_model", "build_dataset", "copy_parameters", "uses_sync_bn", "bn_mode",
-           "on_main"]
+__all__ = ["start_workers", "build_model", "build_dataset", "copy_parameters", "uses_sync_bn",
+           "bn_mode", "on_main"]
 
 
 def uses_sync_bn(cfg):
@@ -20,6 +20,19 @@ def uses_sync_bn(cfg):
             and dist.backend() == "horovod")
 
 
+def start_workers(cfg):
+    """COLLECTIVE. Starts the config's backend and, with synchronized BN, its BN groups (both
+    before any network or trainer exists)."""
+    from deeplab.errors import ConfigError
+
+    dist.init(cfg["dist"]["backend"])
+    if uses_sync_bn(cfg):
+        try:
+            dist.configure_sync_bn(cfg["dist"]["sync_bn_group"])
+        except ValueError as err:
+            raise ConfigError("dist.sync_bn_group: %s" % err) from None
+
+
 def bn_mode(cfg, sync_bn=None):
     """How training normalizes: 'frozen', 'synchronized', 'per-worker' (several workers, each
     its own statistics) or 'plain' (one process)."""
@@ -27,7 +40,8 @@ def bn_mode(cfg, sync_bn=None):
     if cfg["train"]["freeze_bn"]:
         return "frozen"
     if sync_bn:
-        return "synchronized"
+        group = cfg["dist"]["sync_bn_group"]
+        return "synchronized" if group == "all" else "synchronized (groups: %s)" % group
     return "per-worker" if dist.size() > 1 else "plain"
 
 

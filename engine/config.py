@@ -104,6 +104,10 @@ SCHEMA = {
         "backend": K("choice:auto|local|horovod|ps", "auto",
                      "auto: horovod under horovodrun, ps under DMLC_ROLE=worker, else local"),
         "sync_bn": K("bool", True, "synchronize BN statistics across Horovod workers"),
+        "sync_bn_group": K("group", "all",
+                           "workers whose batches synchronized BN normalises together: all, "
+                           "node (those of one machine) or k (consecutive ranks; k divides the "
+                           "number of workers)", lo=1),
         "fp16_compression": K("bool", False, "Horovod: allreduce gradients in float16"),
         "num_groups": K("int", 0, "Horovod: gradients allreduced in this many groups (0: one call "
                         "per gradient, batched by Horovod's tensor fusion)",
@@ -177,6 +181,12 @@ def _check(name, key, value, source, tag=None):
         if str(value) not in choices or isinstance(value, bool):
             fail("one of %s" % ", ".join(choices))
         return int(value) if all(c.isdigit() for c in choices) else value
+    if tag == "group":  # a name or a group size
+        if value in ("all", "node"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("all, node or an integer")
+        tag = "int"
     if tag == "bool":
         if not isinstance(value, bool):
             fail("true or false")

@@ -37,7 +37,7 @@ from deeplab.workdir import WorkdirLock, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
 from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
-                    uses_sync_bn)
+                    start_workers, uses_sync_bn)
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
@@ -297,6 +297,9 @@ def train(cfg, workdir, resume_from=None, log=None):
                 meter.write(done, schedule(it))
             if r.stop and done < t["iterations"]:
                 ckpt.save(done, net, trainer, cfg)
+                # No worker exits before rank 0 has saved: a launcher that sees one worker end
+                # may signal the others again, and must not catch rank 0 mid-write.
+                dist.barrier()
                 log.info("stopped by SIGTERM after iteration %d; checkpoint saved, continue "
                          "with --resume", done)
                 raise Preempted("stopped by SIGTERM after iteration %d; continue with --resume"
@@ -434,7 +437,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
-    dist.init(cfg["dist"]["backend"])
+    start_workers(cfg)
     if cfg["train"]["amp"]:
         enable_amp(dist.context())
     workdir = args.workdir

@@ -102,8 +102,9 @@ class WorkdirLock:
 # how often to log or save, loader processes, the world size through dist.backend, timeouts,
 # evaluation). Every other key changes the model, the data, the batch, the schedule, the seed
 # or the BN mode, so the resumed run would not continue the checkpoint's run.
-RESUMABLE_KEYS = {"model.params", "model.backbone_params", "data.root", "data.num_workers", "train.checkpoint_every",
-                  "train.keep_checkpoints", "train.log_every", "train.hybridize",
+RESUMABLE_KEYS = {"model.params", "model.backbone_params", "data.root", "data.num_workers",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                  "train.hybridize",
                   "train.eval_every", "eval.max_images",
                   "dist.backend", "dist.num_groups", "dist.stall_timeout",
                   "eval.output_stride", "eval.scales", "eval.flip"}

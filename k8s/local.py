@@ -4,7 +4,8 @@ that the pods of a rendered job would run, to exercise them without a cluster.
 What is mapped, and nothing else:
 - the image's repository (working directory IMAGE_SOURCE) -> the local checkout (`source`);
 - paths on the PVC (MOUNT/...) in arguments and environment values -> `data_dir`/...;
-- `deeplab` -> this Python's `-m deeplab.cli`;
+- `python -m deeplab.k8s.entrypoint` (PID 1 of each pod) -> this Python's, run as an ordinary
+  process, and `deeplab` -> this Python's `-m deeplab.cli`;
 - pod DNS names (the scheduler's <hostname>.<subdomain>) and the downward-API pod IP -> 127.0.0.1,
   the ps-lite root port -> a free local port;
 - Horovod: the MPI Operator's hostfile -> `-H localhost:SLOTS*WORKERS`, since horovodrun would
@@ -12,17 +13,22 @@ What is mapped, and nothing else:
 - GPUs -> CPU (CUDA_VISIBLE_DEVICES is emptied), and for several local processes
   OMP_NUM_THREADS = cores / processes unless already set.
 Init containers (the parameter server's wait for the scheduler's DNS name) are not run.
+
+SIGTERM or SIGINT to run-local does what deleting the pods does: each pod's PID 1 gets SIGTERM,
+and what still runs after the pods' terminationGracePeriodSeconds is killed.
 """
 import os
 import shlex
-import socket
+import signal
 import subprocess
 import sys
 import time
 
+from deeplab.launch import procs as job_procs
 from deeplab.launch.ps import stop_all, wait_for_exit
+from deeplab.utils import free_port
 
-from .render import HOSTFILE, IMAGE_SOURCE, MOUNT, PS_PORT
+from .render import ENTRYPOINT, HOSTFILE, IMAGE_SOURCE, MOUNT, PS_PORT
 from .validate import load_documents
 
 __all__ = ["LocalProcess", "plan", "run_plan", "run_local"]
@@ -31,17 +37,12 @@ __all__ = ["LocalProcess", "plan", "run_plan", "run_local"]
 class LocalProcess:
     """One local process standing for one pod's container."""
 
-    def __init__(self, name, role, argv, env, cwd):
+    def __init__(self, name, role, argv, env, cwd, grace=30):
         self.name, self.role, self.argv, self.env, self.cwd = name, role, argv, env, cwd
+        self.grace = grace  # the pod's terminationGracePeriodSeconds
 
     def __repr__(self):
         return "LocalProcess(%s: %s)" % (self.name, " ".join(self.argv))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Mapper:
@@ -92,9 +93,14 @@ class _Mapper:
         if not cmd:
             raise ValueError("container %s has no command: run-local needs the command the image "
                              "would run" % container.get("name"))
-        if cmd[0] == "deeplab":
+        head = []
+        if cmd[:len(ENTRYPOINT)] == ENTRYPOINT and "--" in cmd:
+            cut = cmd.index("--") + 1
+            head = [sys.executable] + cmd[1:cut]
+            cmd = cmd[cut:]
+        if cmd and cmd[0] == "deeplab":
             cmd = [sys.executable, "-m", "deeplab.cli"] + cmd[1:]
-        return [self.arg(t) for t in cmd]
+        return head + [self.arg(t) for t in cmd]
 
     def cwd(self, container):
         return self.path(container.get("workingDir") or IMAGE_SOURCE)
@@ -134,7 +140,8 @@ def _plan_mpijob(job, mapper, environ):
     notes = ["MPIJob %s: %d worker pod(s) x %d slot(s) -> horovodrun -H localhost:%d (no ssh; "
              "the workers' sshd is not started)" % (job["metadata"]["name"], workers, slots,
                                                      slots * workers)]
-    return [LocalProcess(name, "launcher", argv, env, mapper.cwd(launcher))], notes
+    grace = replicas["Launcher"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    return [LocalProcess(name, "launcher", argv, env, mapper.cwd(launcher), grace)], notes
 
 
 def _plan_ps(docs, mapper_args, environ):
@@ -156,7 +163,7 @@ def _plan_ps(docs, mapper_args, environ):
     if sched_pod.get("hostname") and sched_pod.get("subdomain"):
         short = "%s.%s" % (sched_pod["hostname"], sched_pod["subdomain"])
         hosts = {short, short + ".svc", short + ".svc.cluster.local"}
-    mapper = _Mapper(*mapper_args, hosts=hosts, port=_free_port())
+    mapper = _Mapper(*mapper_args, hosts=hosts, port=free_port())
     workers = int(roles["worker"][0]["spec"].get("completions", 1))
     procs, notes = [], []
     for role in ("scheduler", "server", "worker"):
@@ -171,7 +178,8 @@ def _plan_ps(docs, mapper_args, environ):
                 env["JOB_COMPLETION_INDEX"] = str(index)
             env.update(mapper.env(container, name))
             procs.append(LocalProcess(name, role, mapper.argv(container), env,
-                                      mapper.cwd(container)))
+                                      mapper.cwd(container),
+                                      pod.get("terminationGracePeriodSeconds", 30)))
     notes.append("parameter server: %s -> 127.0.0.1, port %s -> %d, pod IPs -> 127.0.0.1"
                  % (" / ".join(sorted(hosts)) or "(no scheduler DNS name)", PS_PORT, mapper.port))
     if any(roles[r][1].get("initContainers") for r in roles):
@@ -208,39 +216,66 @@ def plan(directory, data_dir, source, environ=None):
 
 def run_plan(procs, timeout=None, finish_grace=30.0, poll=0.2, log=sys.stderr):
     """Runs `procs` until the training processes (launcher, or ps workers) finish; returns 0 on
-    success, 1 if a process failed, 124 on timeout. Stops every process before returning."""
+    success, 1 if a process failed, 124 on timeout, 128 + N after signal N (SIGTERM, SIGINT).
+    Stops every process before returning."""
     running = []
-    try:
-        for proc in procs:
-            print("run-local: %s: %s" % (proc.name, " ".join(shlex.quote(t) for t in proc.argv)),
+    # Every process of the run carries it, whichever session or parent it ends up with.
+    marker = job_procs.new_job_id()
+    with job_procs.StopSignals() as stop:
+        try:
+            for proc in procs:
+                print("run-local: %s: %s" % (proc.name,
+                                             " ".join(shlex.quote(t) for t in proc.argv)),
+                      file=log, flush=True)
+                env = dict(proc.env, DEEPLAB_RUN_LOCAL=marker)
+                # Own session, as a pod has its own PID namespace.
+                running.append((proc, subprocess.Popen(proc.argv, env=env, cwd=proc.cwd,
+                                                       start_new_session=True)))
+            return _supervise(running, stop, timeout, finish_grace, poll, log)
+        finally:
+            stop_all(running)
+            job_procs.kill_processes(lambda: [
+                pid for pid in job_procs.all_pids() if job_procs.alive(pid)
+                and job_procs.environ(pid).get("DEEPLAB_RUN_LOCAL") == marker])
+
+
+def _supervise(running, stop, timeout, finish_grace, poll, log):
+    """The supervision loop of run_plan; returns its exit code."""
+    trainers = [(pr, p) for pr, p in running if pr.role in ("launcher", "worker")]
+    start = time.monotonic()
+    stopping = False
+    while True:
+        if stop.count and not stopping:
+            stopping = True
+            grace = max(pr.grace for pr, _ in running)
+            print("run-local: %s: stopping the pods as their deletion would (SIGTERM to each "
+                  "PID 1, SIGKILL after %s s)" % (signal.Signals(stop.signum).name, grace),
                   file=log, flush=True)
-            # Own session: a signal reaches the whole tree (horovodrun's workers, ...).
-            running.append((proc, subprocess.Popen(proc.argv, env=proc.env, cwd=proc.cwd,
-                                                   start_new_session=True)))
-        trainers = [(pr, p) for pr, p in running if pr.role in ("launcher", "worker")]
-        start = time.time()
-        while True:
-            for proc, p in running:
-                code = p.poll()
-                # A scheduler or server may leave as soon as the workers finalize, before they
-                # exit; a lost one that exits 0 early leaves the workers waiting: the timeout.
-                if code not in (None, 0):
-                    how = "killed by signal %d" % -code if code < 0 else "exit code %d" % code
-                    print("run-local: %s failed (%s); stopping the job" % (proc.name, how),
-                          file=log, flush=True)
-                    return 1
-            if all(p.poll() is not None for _, p in trainers):
-                break
-            if timeout is not None and time.time() - start > timeout:
-                print("run-local: timed out after %.0f s; stopping the job" % timeout, file=log,
-                      flush=True)
-                return 124
-            time.sleep(poll)
-        # ps-lite's scheduler and servers leave once every worker has finalized.
-        wait_for_exit(running, finish_grace, poll)
-        return 0
-    finally:
-        stop_all(running)
+            for _, p in running:
+                if p.poll() is None:
+                    os.kill(p.pid, signal.SIGTERM)
+        if stop.count > 1 or (stopping and time.monotonic() - stop.first_time > grace):
+            return stop.exit_code
+        for proc, p in running:
+            code = p.poll()
+            # A scheduler or server may leave as soon as the workers finalize, before they
+            # exit; a lost one that exits 0 early leaves the workers waiting: the timeout.
+            if code not in (None, 0) and not stopping:
+                print("run-local: %s failed (%s); stopping the job"
+                      % (proc.name, job_procs.describe_status(code)), file=log, flush=True)
+                return 1
+        if all(p.poll() is not None for _, p in trainers):
+            break
+        if timeout is not None and time.monotonic() - start > timeout:
+            print("run-local: timed out after %.0f s; stopping the job" % timeout, file=log,
+                  flush=True)
+            return 124
+        time.sleep(poll)
+    if stopping:
+        return stop.exit_code
+    # ps-lite's scheduler and servers leave once every worker has finalized.
+    wait_for_exit(running, finish_grace, poll)
+    return 0
 
 
 def run_local(directory, data_dir, source, timeout=None, dry_run=False, log=sys.stderr):

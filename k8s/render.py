@@ -11,8 +11,11 @@ and workers as Indexed Jobs), every pod running `deeplab launch ps -- train ...`
 DMLC_ROLE. One worker pod per GPU, since a parameter-server worker is one process.
 
 The pods that train mount one PersistentVolumeClaim at MOUNT (dataset, pretrained weights, run
-directory) and a memory-backed /dev/shm for the loader processes. The output is deterministic:
-the same arguments give the same bytes.
+directory) and a memory-backed /dev/shm for the loader processes. Every pod's PID 1 is
+deeplab.k8s.entrypoint, which reaps zombies and, when the pod is deleted, makes the training
+processes save a checkpoint before the grace period ends: in MPIJob worker pods it signals them
+itself (horovodrun started them through sshd), elsewhere `deeplab launch` does. The output is
+deterministic: the same arguments give the same bytes.
 """
 import os
 import re
@@ -31,6 +34,12 @@ HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI Operator into the launcher
 SSH_DIR = "/root/.ssh"  # where the MPI Operator mounts the job's ssh keys
 PS_PORT = 9091  # the ps-lite scheduler's port
 LAUNCH_TIMEOUT = 300  # seconds for horovodrun to reach every worker and rendezvous
+# PID 1 of every pod (k8s/entrypoint.py), before the pod's own command.
+ENTRYPOINT = ["python", "-m", "deeplab.k8s.entrypoint"]
+# Of the pod's terminationGracePeriodSeconds, the entrypoint keeps ENTRYPOINT_MARGIN seconds to
+# kill what is left and exit before the kubelet's SIGKILL, and `deeplab launch` another
+# LAUNCH_MARGIN - ENTRYPOINT_MARGIN to do the same with its workers.
+ENTRYPOINT_MARGIN, LAUNCH_MARGIN = 5, 10
 MANIFEST = "job.yaml"  # the file render_to_dir writes
 # Config keys that name files: in a pod only the PVC exists, so they must point into it.
 PATH_KEYS = ("data.root", "model.backbone_params", "model.params")
@@ -122,8 +131,8 @@ def _train_args(a, cfg, config_rel):
 
     overrides = list(a["overrides"])
     for text in overrides:
-        sec, key, value = parse_override(text)
-        dotted = "%s.%s" % (sec, key)
+        parts, value = parse_override(text)
+        dotted = ".".join(parts)
         if dotted in PATH_KEYS and value is not None and not (
                 isinstance(value, str) and value.startswith(MOUNT + "/")):
             raise RenderError("--set %s: the pods see only the PVC, mounted at %s; give a path "
@@ -175,14 +184,27 @@ def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=N
     return c
 
 
+def _entrypoint(a, workers=False):
+    """The container `command`: PID 1 of the pod, to which the pod's own command (`args`) is
+    given; `workers` for pods whose training processes are not its children (sshd)."""
+    grace = max(1, a["grace_period"] - ENTRYPOINT_MARGIN)
+    return ENTRYPOINT + ["--grace", str(grace)] + (["--workers"] if workers else []) + ["--"]
+
+
+def _launch(a, backend, *options):
+    """`deeplab launch BACKEND OPTIONS... --grace S --` (the train arguments follow)."""
+    grace = max(1, a["grace_period"] - LAUNCH_MARGIN)
+    return ["deeplab", "launch", backend] + list(options) + ["--grace", str(grace), "--"]
+
+
 def _mpijob(a, train_args):
     slots = a["gpus_per_node"] or 1
-    launch = ["launch", "horovod", "-np", str(a["nodes"] * slots), "--hostfile", HOSTFILE,
-              "--start-timeout", str(LAUNCH_TIMEOUT), "--"] + train_args
-    launcher = {"containers": [_container(a, "launcher", ["deeplab"], launch, mounts=False)],
+    launch = _launch(a, "horovod", "-np", str(a["nodes"] * slots), "--hostfile", HOSTFILE,
+                     "--start-timeout", str(LAUNCH_TIMEOUT)) + train_args
+    launcher = {"containers": [_container(a, "launcher", _entrypoint(a), launch, mounts=False)],
                 "terminationGracePeriodSeconds": a["grace_period"]}
-    worker = {"containers": [_container(a, "worker", ["/usr/sbin/sshd", "-De"],
-                                        gpus=a["gpus_per_node"])],
+    worker = {"containers": [_container(a, "worker", _entrypoint(a, workers=True),
+                                        ["/usr/sbin/sshd", "-De"], gpus=a["gpus_per_node"])],
               "volumes": _volumes(a), "terminationGracePeriodSeconds": a["grace_period"]}
     return {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
@@ -215,7 +237,7 @@ def _ps_objects(a, train_args):
               # ps-lite's scheduler then binds 0.0.0.0 rather than its DNS name.
               ("DMLC_USE_KUBERNETES", 1)]
     pod_ip = {"name": "DMLC_NODE_HOST", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    launch = ["launch", "ps", "--"] + train_args
+    launch = _launch(a, "ps") + train_args
     service = {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": a["name"], "labels": _labels(a, "scheduler")},
@@ -253,13 +275,13 @@ def _ps_objects(a, train_args):
                     '>/dev/null && exit 0; sleep 1; done; echo "$DMLC_PS_ROOT_URI does not '
                     'resolve" >&2; exit 1' % LAUNCH_TIMEOUT],
         "env": _env([("DMLC_PS_ROOT_URI", root)])}
-    scheduler = _container(a, "scheduler", ["deeplab"], launch,
+    scheduler = _container(a, "scheduler", _entrypoint(a), launch,
                            env=_env([("DMLC_ROLE", "scheduler")] + common), mounts=False,
                            ports=[{"name": "ps-root", "containerPort": PS_PORT,
                                    "protocol": "TCP"}])
-    server = _container(a, "server", ["deeplab"], launch,
+    server = _container(a, "server", _entrypoint(a), launch,
                         env=_env([("DMLC_ROLE", "server")] + common) + [pod_ip], mounts=False)
-    worker = _container(a, "worker", ["deeplab"], launch,
+    worker = _container(a, "worker", _entrypoint(a), launch,
                         env=_env([("DMLC_ROLE", "worker")] + common
                                  # each worker pod sees its one GPU as device 0
                                  + [("DEEPLAB_LOCAL_RANK", 0)]) + [pod_ip],

@@ -1,45 +1,106 @@
 """`deeplab launch`: start a deeplab subcommand on many workers.
 
-    deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench ARGS...
-    deeplab launch ps --workers N --servers M -- train|eval|bench ARGS...
+    deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] [--grace S] -- CMD ARGS...
+    deeplab launch ps [--workers N --servers M] [--grace S] -- CMD ARGS...
+
+CMD is train, eval, bench or predict.
 """
 import argparse
+import os
 import sys
 
 from . import horovod, ps
 
-__all__ = ["parse_args", "main"]
+__all__ = ["parse_args", "main", "DEFAULT_GRACE"]
+
+# Seconds the workers get to checkpoint and exit after the launcher receives SIGTERM.
+DEFAULT_GRACE = float(os.environ.get("DEEPLAB_LAUNCH_GRACE", "120"))
+SUBCOMMANDS = ("train", "eval", "bench", "predict")
+_EXAMPLE = "deeplab launch horovod -np 2 -- train configs/tiny_synthetic.yaml --workdir runs/demo"
+_STOPPING = ("SIGTERM or Ctrl-C: every worker is asked to stop after its current step (rank 0 "
+             "saves a checkpoint); what still runs after --grace seconds is killed; exit code "
+             "128 + the signal.")
 
 
-def parse_args(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--" not in argv:
-        raise SystemExit("deeplab launch: put the deeplab command after '--', e.g. "
-                         "deeplab launch horovod -np 2 -- train configs/tiny_synthetic.yaml "
-                         "--workdir runs/demo")
-    cut = argv.index("--")
-    own, command = argv[:cut], argv[cut + 1:]
-    p = argparse.ArgumentParser(prog="deeplab launch", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="backend", required=True)
-    h = sub.add_parser("horovod", help="through horovodrun (Gloo, or MPI with --mpi)")
-    h.add_argument("-np", dest="np", type=int, required=True, help="number of workers")
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected an integer >= 1, got %r" % text)
+    return value
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds >= 0, got %r" % text)
+    return value
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="deeplab launch", description=__doc__.split("\n\n")[0],
+        epilog="The deeplab command follows '--', e.g. %s. %s" % (_EXAMPLE, _STOPPING))
+    sub = p.add_subparsers(dest="backend", required=True, metavar="{horovod,ps}")
+    h = sub.add_parser(
+        "horovod", help="through horovodrun (Gloo, or MPI with --mpi)",
+        usage="deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] "
+              "[--start-timeout S] [--grace S] -- train|eval|bench|predict ARGS...",
+        description="Runs `deeplab ARGS...` on N workers through horovodrun. When a worker "
+                    "fails, the job stops and the rank that failed first is named. " + _STOPPING)
+    h.add_argument("-np", dest="np", type=_positive_int, required=True, help="number of workers")
     hosts = h.add_mutually_exclusive_group()
     hosts.add_argument("-H", "--hosts", help="host:slots,... (default localhost:NP)")
     hosts.add_argument("--hostfile", help="file of 'host slots=N' lines")
     h.add_argument("--mpi", action="store_true", help="MPI controller instead of Gloo")
-    h.add_argument("--start-timeout", type=int, default=120,
+    h.add_argument("--start-timeout", type=_positive_int, default=120,
                    help="seconds for workers to start and to rendezvous (default 120)")
-    s = sub.add_parser("ps", help="MXNet parameter server (kvstore dist_sync)")
-    s.add_argument("--workers", type=int, default=2, help="worker processes (one machine)")
-    s.add_argument("--servers", type=int, default=1, help="server processes (one machine)")
-    args = p.parse_args(own)
-    if not command or command[0] not in ("train", "eval", "bench"):
-        p.error("the command after '--' must be a deeplab subcommand: train, eval or bench")
+    s = sub.add_parser(
+        "ps", help="MXNet parameter server (kvstore dist_sync)",
+        usage="deeplab launch ps [--workers N --servers M] [--grace S] -- "
+              "train|eval|bench|predict ARGS...",
+        description="Runs a scheduler, M servers and N workers on this machine, or this node's "
+                    "role only when DMLC_ROLE is set (a cluster). When a process fails, the job "
+                    "stops and the worker that failed first is named. " + _STOPPING + " The "
+                    "servers and the scheduler are stopped after the workers.")
+    s.add_argument("--workers", type=_positive_int, default=2,
+                   help="worker processes (one machine; default 2)")
+    s.add_argument("--servers", type=_positive_int, default=1,
+                   help="server processes (one machine; default 1)")
+    for sp in (h, s):
+        sp.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
+                        help="seconds the workers get to checkpoint and exit after SIGTERM "
+                             "(default %g, or $DEEPLAB_LAUNCH_GRACE)" % DEFAULT_GRACE)
+    return p, {"horovod": h, "ps": s}
+
+
+def parse_args(argv=None):
+    """Launcher options before '--', the deeplab command after it (as `args.command`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    own, command = argv[:cut], argv[cut + 1:]
+    p, subparsers = _parser()
+    args, extra = p.parse_known_args(own)  # prints the help for -h and stops there
+    sp = subparsers[args.backend]
+    if cut == len(argv):
+        sp.error("put the deeplab command after '--', e.g. %s" % _EXAMPLE)
+    if extra:
+        sp.error("unrecognized arguments before '--': %s" % " ".join(extra))
+    if not command or command[0] not in SUBCOMMANDS:
+        sp.error("the command after '--' must be a deeplab subcommand: train, eval, bench or "
+                 "predict%s"
+                 % (", got %r" % command[0] if command else ""))
     args.command = command
     return args
 
 
 def main(args):
+    """Runs the job; exits with its code (see horovod.run and ps.run)."""
     code = horovod.run(args) if args.backend == "horovod" else ps.run(args)
     if code:
         raise SystemExit(code)

@@ -1,17 +1,47 @@
-"""`deeplab launch horovod`: runs a `deeplab` subcommand on every worker through `horovodrun`.
+"""`deeplab launch horovod`: runs a `deeplab` subcommand on every worker through `horovodrun`,
+and supervises the job.
 
-Thin by design: it builds the horovodrun command line (Gloo controller unless --mpi; timeouts
-raised for slow machines; this Python and package on every host), sets the workers' backend in
-their environment, and after a failure names the rank that was lost.
+It builds the horovodrun command line (Gloo controller unless --mpi; timeouts raised for slow
+machines; this Python and package on every host), sets the workers' backend and a job id
+(procs.JOB_ENV) in their environment, and then:
+- passes the output through and, after a failure, names the rank that failed first with its
+  exit status (stalled, diverged, killed by a signal, ...) and repeats what Horovod said about
+  missing ranks; horovodrun's own traceback about it is left out;
+- bounds a failure: if horovodrun has not stopped the job FAILURE_GRACE seconds after the first
+  worker failed, everything of the job is killed;
+- on SIGTERM or SIGINT, sends one SIGTERM to each training process of the job on this machine
+  (they stop after the same step and rank 0 saves a checkpoint; see deeplab.train), waits up to
+  --grace seconds for them, kills what is left and exits with 128 + the signal. horovodrun is
+  not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused meanwhile, since
+  it would SIGTERM the other workers again as soon as the first one exits. Workers on other
+  hosts are not signalled from here (on Kubernetes, each worker pod's PID 1 stops its own; see
+  deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
+Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
+every process carrying the job id on this machine is killed at the end.
 """
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 
-__all__ = ["horovod_command", "worker_env", "run"]
+from deeplab.errors import LaunchError
 
-_FAILED = re.compile(r"Process (\d+) exit with status code (-?\d+)")
+from . import procs
+
+__all__ = ["horovod_command", "worker_env", "check_hosts", "run", "supervise",
+           "FAILURE_GRACE"]
+
+FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
+
+_FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
+# horovodrun's prefix on each line a worker prints: "[rank]<stdout>:" or "[rank]<stderr>:".
+_PREFIXED = re.compile(r"^(?:.*?)\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
+_USER_ERROR = re.compile(r"^deeplab \w+: error: ")
+_HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-zero status"
 
 
 def _slots(hosts):
@@ -19,17 +49,34 @@ def _slots(hosts):
     out = {}
     for item in hosts.split(","):
         host, _, n = item.strip().partition(":")
+        if not host or (n and not (n.isdigit() and int(n) > 0)):
+            raise LaunchError("-H %s: expected host:slots,... with slots >= 1, e.g. "
+                              "node1:4,node2:4" % hosts)
         out[host] = int(n) if n else 1
     return out
+
+
+def check_hosts(np, hosts=None, hostfile=None):
+    """Raises LaunchError if the hosts cannot hold `np` workers or the hostfile is missing."""
+    if hostfile:
+        if not os.path.isfile(hostfile):
+            raise LaunchError("--hostfile %s does not exist" % hostfile)
+        return
+    slots = sum(_slots(hosts).values()) if hosts else np
+    if slots < np:
+        raise LaunchError("-np %d needs %d slots, but -H %s gives %d" % (np, np, hosts, slots))
+
+
+def _horovodrun(python):
+    beside = os.path.join(os.path.dirname(python), "horovodrun")
+    return beside if os.path.exists(beside) else "horovodrun"
 
 
 def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, start_timeout=120,
                     python=None):
     """The horovodrun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers."""
     python = python or sys.executable
-    horovodrun = os.path.join(os.path.dirname(python), "horovodrun")
-    cmd = [horovodrun if os.path.exists(horovodrun) else "horovodrun", "-np", str(np),
-           "--start-timeout", str(start_timeout)]
+    cmd = [_horovodrun(python), "-np", str(np), "--start-timeout", str(start_timeout)]
     if hostfile:
         cmd += ["--hostfile", hostfile]
     else:
@@ -41,11 +88,12 @@ def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, star
     return cmd + [python, "-m", "deeplab.cli"] + list(deeplab_args)
 
 
-def worker_env(np, hosts=None, hostfile=None, environ=None):
-    """The environment for horovodrun (passed on to the workers): the backend, and on a single
-    machine one share of the cores per worker unless OMP_NUM_THREADS is already set."""
+def worker_env(np, hosts=None, hostfile=None, environ=None, job_id=None):
+    """The environment for horovodrun (passed on to the workers): the backend, the job id, and
+    on a single machine one share of the cores per worker unless OMP_NUM_THREADS is already set."""
     env = dict(os.environ if environ is None else environ)
     env["DEEPLAB_DIST_BACKEND"] = "horovod"
+    env[procs.JOB_ENV] = job_id or procs.new_job_id()
     local = not hostfile and set(_slots(hosts or "localhost:%d" % np)) <= {"localhost",
                                                                            "127.0.0.1"}
     if local and "OMP_NUM_THREADS" not in env:
@@ -53,27 +101,175 @@ def worker_env(np, hosts=None, hostfile=None, environ=None):
     return env
 
 
+class _Output:
+    """Passes horovodrun's output through and reads what it says about the workers."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.failures = []  # (rank, status, monotonic time), in the order horovodrun saw them
+        self.missing = []  # Horovod's lines about ranks that did not submit a collective
+        self.errors = {}  # rank -> its one-line "deeplab CMD: error: ..." message
+        self._missing_from = None  # rank whose "Missing ranks:" list is being read
+
+    def line(self, text):
+        """Reads one line of horovodrun's output."""
+        m = _PREFIXED.match(text)
+        with self.lock:
+            if m is None:
+                f = _FAILED.match(text)
+                if f:
+                    self.failures.append((int(f.group(1)), int(f.group(2)), time.monotonic()))
+                return
+            rank, body = int(m.group(1)), m.group(3).strip()
+            if _USER_ERROR.match(body):
+                self.errors.setdefault(rank, body)
+            if "Missing ranks:" in body:
+                self._missing_from = rank
+                self.missing.append(body)
+            elif self._missing_from == rank:
+                # the list that follows, one "RANK: [tensor names]" line per missing rank
+                if re.match(r"^\d+: ", body) and len(self.missing) < 8:
+                    self.missing.append(body)
+                else:
+                    self._missing_from = None
+
+    def pump(self, stream, out):
+        """Copies `stream` to `out` line by line until end-of-file. horovodrun's own traceback
+        for a failed worker (reported by the launcher instead) is dropped; any other is kept."""
+        held = []
+        for text in stream:
+            prefixed = _PREFIXED.match(text) is not None
+            if not prefixed and (held or text.startswith("Traceback (most recent call last)")):
+                held.append(text)
+                continue
+            self.line(text)
+            out.write(text)
+            out.flush()
+        if held and not any(_HOROVOD_FAILED in t for t in held):
+            out.write("".join(held))
+            out.flush()
+
+
+def _kill(pid, sig):
+    """Sends `sig` to `pid`; returns False if the process is gone."""
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _say(text):
+    print("deeplab launch: %s" % text, file=sys.stderr, flush=True)
+
+
+def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
+    """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
+    the job ends; returns the launcher's exit code. See the module docstring."""
+    job_id = env[procs.JOB_ENV]
+    output = _Output()
+    signalled = set()
+    killed = paused = False
+
+    def job_processes():
+        return procs.job_processes(job_id)
+
+    with procs.StopSignals() as stop:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+                                    bufsize=1, start_new_session=True)
+        except OSError as err:
+            raise LaunchError("cannot run %s: %s" % (cmd[0], err)) from err
+        pumps = [threading.Thread(target=output.pump, args=(stream, out), daemon=True)
+                 for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+        for t in pumps:
+            t.start()
+        try:
+            while proc.poll() is None:
+                now = time.monotonic()
+                if stop.count > 1:
+                    _say("%s again: killing the job" % signal.Signals(stop.signum).name)
+                    break
+                if stop.count:
+                    training = procs.training_processes(job_id)
+                    fresh = [pid for pid in training if pid not in signalled]
+                    if fresh and not paused:
+                        # As soon as one worker exits, horovodrun would SIGTERM the others (a
+                        # second SIGTERM, which ends rank 0 even while it writes the checkpoint)
+                        # and SIGKILL them 5 s later: it waits, paused, until they have exited.
+                        paused = _kill(proc.pid, signal.SIGSTOP)
+                    for pid in fresh:  # one SIGTERM each: a second would end it at once
+                        signalled.add(pid)
+                        _kill(pid, signal.SIGTERM)
+                    if paused and not training:
+                        paused = not _kill(proc.pid, signal.SIGCONT)
+                    if now - stop.first_time > grace:
+                        _say("the workers did not stop within --grace %g s: killing the job"
+                             % grace)
+                        break
+                with output.lock:
+                    first = output.failures[0] if output.failures else None
+                if first and not stop.count and now - first[2] > failure_grace:
+                    _say("horovodrun did not stop the job within %g s of the failure of worker "
+                         "rank %d: killing it" % (failure_grace, first[0]))
+                    break
+                time.sleep(poll)
+        finally:
+            # Whatever happened: nothing of the job outlives the launcher.
+            if paused:
+                _kill(proc.pid, signal.SIGCONT)
+            if proc.poll() is None:
+                killed = True
+            procs.signal_group(proc.pid, signal.SIGKILL)
+            procs.kill_processes(job_processes)
+            code = proc.wait()
+            for t in pumps:
+                t.join(timeout=5)
+    return _report(output, code, stop, killed, signalled)
+
+
+def _report(output, code, stop, killed, signalled):
+    """Prints what happened to the job; returns the launcher's exit code."""
+    failures = output.failures
+    if code == 0 and not killed:
+        return 0
+    if stop.count:
+        name = signal.Signals(stop.signum).name
+        _say("stopped by %s: %s" % (name, "SIGTERM sent to %d local worker(s), which save a "
+                                    "checkpoint after their current step" % len(signalled)
+                                    if signalled else "no worker ran on this machine"))
+        return stop.exit_code
+    if failures:
+        rank, status, _ = failures[0]
+        detail = procs.describe_status(status)
+        if rank in output.errors:
+            detail += ": %s" % output.errors[rank]
+        later = ", ".join("rank %d %s" % (r, procs.describe_status(s))
+                          for r, s, _ in failures[1:])
+        verb = "was lost" if procs.killed_by_signal(status) else \
+            "exited" if procs.describe_status(status).startswith("stopped") else "failed"
+        _say("worker rank %d %s first: %s; %s" % (
+            rank, verb, detail,
+            "the others were killed" if killed else
+            "later: %s" % later if later else "the others were stopped"))
+        for text in output.missing:
+            _say("Horovod reported: %s" % text)
+        return status if 0 < status < 256 else 1
+    if code:
+        _say("horovodrun failed with exit code %d%s" % (code, " (killed)" if killed else ""))
+        return code if code > 0 else 128 - code
+    return 0
+
+
 def run(args):
-    """Runs horovodrun; returns its exit code, after naming a lost worker if there was one."""
+    """Runs the job described by `deeplab launch horovod` arguments; returns its exit code."""
+    check_hosts(args.np, args.hosts, args.hostfile)
     cmd = horovod_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
                           mpi=args.mpi, start_timeout=args.start_timeout)
+    if not os.path.exists(cmd[0]) and shutil.which(cmd[0]) is None:
+        raise LaunchError("horovodrun is neither beside %s nor on the PATH: install Horovod "
+                          "(scripts/setup_env.sh)" % sys.executable)
     env = worker_env(args.np, args.hosts, args.hostfile)
-    print("deeplab launch: %s" % " ".join(cmd), file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1)
-    lost = None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        m = _FAILED.search(line)
-        if m and lost is None:
-            lost = (int(m.group(1)), int(m.group(2)))
-    code = proc.wait()
-    if code != 0:
-        if lost is not None:
-            rank, status = lost
-            how = ("killed by signal %d" % -status) if status < 0 else "exit code %d" % status
-            print("deeplab launch: worker rank %d was lost (%s); horovodrun stopped the other "
-                  "workers" % (rank, how), file=sys.stderr, flush=True)
-        else:
-            print("deeplab launch: horovodrun failed with exit code %d" % code, file=sys.stderr)
-    return code
+    _say(" ".join(cmd))
+    return supervise(cmd, env, grace=args.grace)

@@ -9,28 +9,35 @@ Two modes:
 
 ps-lite hazards handled here: an exported PORT variable makes every node bind that port (it is
 removed); a node that dies leaves the others waiting forever (ps-lite heartbeats are off by
-default): the local supervisor stops the whole job as soon as any process fails and names it;
-a scheduler may outlive SIGTERM: the supervisor escalates to SIGKILL on each process group.
+default): the local supervisor stops the whole job as soon as any process fails and names the
+one that failed first; a scheduler may outlive SIGTERM: the supervisor escalates to SIGKILL.
+
+Stopping (SIGTERM or SIGINT to the launcher, or a worker that exits after SIGTERM): the workers
+go first, each sent one SIGTERM (a second would end it without a checkpoint); they stop after
+the same step and rank 0 saves a checkpoint, which needs the servers: the servers and the
+scheduler are stopped only once the workers have exited, or after --grace seconds.
+
+Each node runs in a session of its own, and every process carries the job id (procs.JOB_ENV):
+nothing of the job outlives the launcher, not even the loader processes of a worker that died.
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-__all__ = ["node_env", "role_command", "run"]
+from deeplab.utils import free_port
+
+from . import procs
+
+__all__ = ["node_env", "role_command", "run", "run_local", "run_node", "stop_all",
+           "wait_for_exit"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
 # ends (mxnet/kvstore/kvstore_server.py).
 _SERVER_CODE = "import mxnet"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 
 def node_env(role, workers, servers, root_uri, root_port, environ=None, local_rank=0):
@@ -51,38 +58,35 @@ def role_command(role, deeplab_args, python=None):
     return [python, "-c", _SERVER_CODE]
 
 
-def _signal_group(proc, sig):
-    """Sends `sig` to a node's process group (its whole process tree) if it still runs."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def wait_for_exit(procs, timeout, poll=0.2):
-    """Waits up to `timeout` seconds for every (name, Popen) in `procs` to exit."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(p.poll() is None for _, p in procs):
+def wait_for_exit(procs_, timeout, poll=0.2):
+    """Waits up to `timeout` seconds for every (name, Popen) in `procs_` to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for _, p in procs_):
         time.sleep(poll)
 
 
-def stop_all(procs, grace=5.0):
-    """SIGTERM every process group, then SIGKILL what is left after `grace` seconds."""
-    for _, p in procs:
-        _signal_group(p, signal.SIGTERM)
-    wait_for_exit(procs, grace, poll=0.05)
-    for _, p in procs:
-        _signal_group(p, signal.SIGKILL)
+def stop_all(procs_, grace=STOP_GRACE):
+    """SIGTERM every (name, Popen)'s process group, SIGKILL after `grace` seconds.
+
+    Each Popen must lead its own process group (start_new_session). Groups whose leader has
+    already exited are killed too: its children (a dead worker's loaders) may still be there.
+    """
+    for _, p in procs_:
+        if p.poll() is None:
+            procs.signal_group(p.pid, signal.SIGTERM)
+    wait_for_exit(procs_, grace, poll=0.05)
+    for _, p in procs_:
+        procs.signal_group(p.pid, signal.SIGKILL)
         p.wait()
 
 
-def _raise_exit(signum, frame):
-    raise SystemExit(128 + signum)
+def _exit_status(code):
+    """A Popen return code as a shell reports it (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
 
 
-def _describe(code):
-    return "killed by signal %d" % -code if code < 0 else "exit code %d" % code
+def _say(text):
+    print("deeplab launch ps: %s" % text, file=sys.stderr, flush=True)
 
 
 def _who(name, proc, rank_dir):
@@ -98,24 +102,28 @@ def _who(name, proc, rank_dir):
     return "worker rank %s (%s, pid %d)" % (rank, name, proc.pid)
 
 
-def run_local(workers, servers, deeplab_args, poll=0.2, finish_grace=30.0):
-    """Runs the job on this machine; returns 0 if every worker succeeded.
+def _stopped_by_sigterm(code):
+    return code in (-signal.SIGTERM, 128 + signal.SIGTERM)
+
+
+def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grace=30.0):
+    """Runs the job on this machine; returns 0 if every worker succeeded, else the exit status
+    of the process that failed first (128 + N if killed by signal N; 143 when stopped).
 
     A process that dies with a non-zero code (a worker, a server or the scheduler) stops the
     whole job at once: ps-lite would leave the others waiting forever.
     """
     port = free_port()
     cores = os.cpu_count() or 1
-    procs = []
-    # SIGTERM (a job scheduler, `timeout`) must not orphan the nodes: raise, so `finally` stops
-    # them.
-    signal.signal(signal.SIGTERM, _raise_exit)
-    with tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
+    job_id = procs.new_job_id()
+    nodes = []  # (name, Popen), scheduler first, workers last
+    with procs.StopSignals() as stop, tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
         try:
             for role, count in (("scheduler", 1), ("server", servers), ("worker", workers)):
                 for i in range(count):
                     env = node_env(role, workers, servers, "127.0.0.1", port, local_rank=i)
                     env["DMLC_NODE_HOST"] = "127.0.0.1"
+                    env[procs.JOB_ENV] = job_id
                     if role == "worker":
                         env["DEEPLAB_RANK_DIR"] = rank_dir
                         if "OMP_NUM_THREADS" not in os.environ:
@@ -123,32 +131,70 @@ def run_local(workers, servers, deeplab_args, poll=0.2, finish_grace=30.0):
                     # Each node in its own session: signals reach its whole process tree.
                     p = subprocess.Popen(role_command(role, deeplab_args), env=env,
                                          start_new_session=True)
-                    procs.append((role if role == "scheduler" else "%s %d" % (role, i), p))
-            worker_procs = [p for name, p in procs if name.startswith("worker")]
-            while any(p.poll() is None for p in worker_procs):
-                for name, p in procs:
-                    code = p.poll()
-                    if code:  # None (running) and 0 (ps-lite finalized) are fine
-                        print("deeplab launch ps: %s was lost (%s); stopping the job"
-                              % (_who(name, p, rank_dir), _describe(code)), file=sys.stderr,
-                              flush=True)
-                        return 1
-                time.sleep(poll)
-            failed = [(name, p) for name, p in procs if name.startswith("worker") and p.returncode]
-            for name, p in failed:
-                print("deeplab launch ps: %s failed (%s)" % (
-                    _who(name, p, rank_dir), _describe(p.returncode)), file=sys.stderr, flush=True)
-            if failed:
-                return 1
-            # Workers done: the servers and the scheduler leave when ps-lite finalizes.
-            wait_for_exit(procs, finish_grace, poll)
-            return 0
+                    nodes.append((role if role == "scheduler" else "%s %d" % (role, i), p))
+            return _supervise(nodes, stop, rank_dir, grace, poll, finish_grace)
         finally:
-            stop_all(procs)
+            stop_all(nodes)
+            procs.kill_processes(lambda: procs.job_processes(job_id))
 
 
-def run_node(deeplab_args):
-    """Runs this node's role from DMLC_* in the environment (cluster mode); returns its code."""
+def _supervise(nodes, stop, rank_dir, grace, poll, finish_grace):
+    """The supervision loop of run_local; returns its exit code."""
+    workers = [(name, p) for name, p in nodes if name.startswith("worker")]
+    stopping = None  # (monotonic time, why) once the workers were asked to stop
+    signalled = set()
+    while True:
+        now = time.monotonic()
+        if stop.count > 1:
+            _say("%s again: killing the job" % signal.Signals(stop.signum).name)
+            return stop.exit_code
+        if stop.count and stopping is None:
+            stopping = (stop.first_time, signal.Signals(stop.signum).name)
+        if stop.count:
+            for name, p in workers:
+                if p.pid not in signalled and p.poll() is None:
+                    signalled.add(p.pid)  # the worker only: its loaders must not get one
+                    try:
+                        os.kill(p.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+        for name, p in nodes:
+            code = p.poll()
+            if code in (None, 0):  # running, or ps-lite finalized
+                continue
+            if name.startswith("worker") and _stopped_by_sigterm(code):
+                if stopping is None:  # SIGTERM sent to a worker directly: all stop together
+                    stopping = (now, "SIGTERM to %s" % _who(name, p, rank_dir))
+                continue
+            if stopping is not None and not name.startswith("worker"):
+                continue
+            _say("%s was %s first: %s; stopping the job" % (
+                _who(name, p, rank_dir), "lost" if procs.killed_by_signal(code) else "failed",
+                procs.describe_status(code)))
+            return _exit_status(code)
+        if all(p.poll() is not None for _, p in workers):
+            break
+        if stopping is not None and now - stopping[0] > grace:
+            _say("the workers did not stop within --grace %g s of %s: killing the job"
+                 % (grace, stopping[1]))
+            return stop.exit_code or 128 + signal.SIGTERM
+        time.sleep(poll)
+    if stopping is not None:
+        _say("stopped by %s: the workers saved a checkpoint and exited; stopping the servers "
+             "and the scheduler" % stopping[1])
+        return stop.exit_code or 128 + signal.SIGTERM
+    # Every worker exited 0: the servers and the scheduler leave when ps-lite finalizes.
+    wait_for_exit(nodes, finish_grace, poll)
+    return 0
+
+
+def run_node(deeplab_args, grace=120.0, poll=0.2):
+    """Runs this node's role from DMLC_* in the environment (cluster mode); returns its code.
+
+    On SIGTERM a worker is sent one SIGTERM (it checkpoints and exits); a scheduler or server
+    keeps serving until it exits or `grace` seconds pass, since the workers, told to stop at the
+    same moment, still need it for their last step.
+    """
     missing = [k for k in ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT",
                            "DMLC_NUM_WORKER", "DMLC_NUM_SERVER") if not os.environ.get(k)]
     if missing:
@@ -163,10 +209,33 @@ def run_node(deeplab_args):
     env = dict(os.environ)
     env.pop("PORT", None)
     env["DEEPLAB_DIST_BACKEND"] = "ps"
-    return subprocess.call(role_command(role, deeplab_args), env=env)
+    env[procs.JOB_ENV] = procs.new_job_id()
+    with procs.StopSignals() as stop:
+        p = subprocess.Popen(role_command(role, deeplab_args), env=env, start_new_session=True)
+        try:
+            signalled = False
+            while p.poll() is None and stop.count < 2:
+                if stop.count:
+                    if role == "worker" and not signalled:
+                        signalled = True  # the worker only: its loaders must not get one
+                        try:
+                            os.kill(p.pid, signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+                    if time.monotonic() - stop.first_time > grace:
+                        break
+                time.sleep(poll)
+        finally:
+            stop_all([(role, p)])
+            procs.kill_processes(lambda: procs.job_processes(env[procs.JOB_ENV]))
+    code = _exit_status(p.returncode)
+    return stop.exit_code if stop.count and code else code
 
 
 def run(args):
+    """Runs `deeplab launch ps` arguments: this node's role if DMLC_ROLE is set, else the whole
+    job on this machine; returns the exit code."""
+    grace = getattr(args, "grace", 120.0)
     if os.environ.get("DMLC_ROLE"):
-        return run_node(args.command)
-    return run_local(args.workers, args.servers, args.command)
+        return run_node(args.command, grace=grace)
+    return run_local(args.workers, args.servers, args.command, grace=grace)

@@ -71,6 +71,9 @@ fi
   echo "[setup] horovod.mxnet does not import: the Horovod build lacks the MXNet extension" >&2; exit 1; }
 
 "${pip[@]}" install --no-deps -e "$root"
+# Synchronized BN's fused CPU kernels: compiled once here (g++ with OpenMP) into $DEEPLAB_CACHE;
+# without them the layer falls back to its slower composed form.
+"$venv/bin/python" -W ignore::RuntimeWarning -m deeplab.dist.fastbn >/dev/null || echo "[setup] warning: synchronized BN's fused CPU kernels did not compile (g++ with OpenMP needed); it will use its slower composed form" >&2
 rm -f "$venv"/.deeplab-setup-*
 touch "$stamp"
 echo "[setup] ready: $venv" >&2

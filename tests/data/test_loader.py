@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import mxnet as mx
 import numpy as np
@@ -234,3 +235,76 @@ def test_stopping_early_stops_the_workers_when_the_parent_handles_sigterm():
         pytest.fail("the loader waited forever for workers that ignored SIGTERM")
     assert proc.returncode == 0, err
     assert out.split() == ["0"]
+
+
+_ORPHAN_SCRIPT = textwrap.dedent("""
+    import multiprocessing, os, socket, sys, time
+    from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
+
+    class Chatty(TrainTransform):
+        def __call__(self, image, mask, epoch, index):
+            print("loader %d says hello" % os.getpid(), file=sys.stderr, flush=True)
+            return super().__call__(image, mask, epoch, index)
+
+    # A connection the parent shares with its peers (as Gloo's or ps-lite's would be).
+    server = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(server.getsockname())
+    ds = get_dataset("synthetic", size=8, num_classes=3, image_size=(24, 32))
+    batches = train_batches(ds, Chatty(24, 0), GlobalBatchSampler(8, 4, 0), 0, 1000,
+                            num_workers=2)
+    next(batches)
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    time.sleep(600)
+""")
+
+
+def _fd_targets(pid):
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            out[int(fd)] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            pass
+    return out
+
+
+def _alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_loader_processes_die_with_their_parent_and_hold_none_of_its_files():
+    """A training process killed with SIGKILL takes its loader processes with it; while they
+    run they hold neither its stdout/stderr (a launcher waits for end-of-file there) nor its
+    network connections (its peers wait for those to close), and what they print reaches the
+    parent's stderr."""
+    from deeplab.data.loader import LOADER_NAME
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        loaders = [int(p) for p in proc.stdout.readline().split()]
+        assert len(loaders) == 2, proc.stderr.read() if proc.poll() is not None else loaders
+        parent = _fd_targets(proc.pid)
+        for pid in loaders:
+            with open("/proc/%d/comm" % pid) as f:
+                assert f.read().strip() == LOADER_NAME
+            held = set(_fd_targets(pid).values())
+            assert parent[1] not in held and parent[2] not in held, (parent, held)
+            assert not any(t.startswith("socket:") for t in held), held
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.time() + 5
+        while any(_alive(p) for p in loaders) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in loaders), "loader processes outlived their parent"
+        # End-of-file on the parent's output as soon as it is dead: nothing else holds it.
+        err = proc.stderr.read()
+        assert "says hello" in err, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -2,12 +2,14 @@
 
 Started by tests/dist/test_syncbn.py, once per worker under `horovodrun` (or once, alone):
 
-    python syncbn_worker.py OUT_DIR GLOBAL_BATCH HYBRIDIZE
+    python syncbn_worker.py OUT_DIR GLOBAL_BATCH HYBRIDIZE [GROUP]
 
-For two training steps it writes, per rank, the layer's output, the input gradient, the gamma
-and beta gradients (this worker's share: the global gradient is their sum) and the running
-statistics after the step; then one predict-mode output. The loss is sum(y * W) for a fixed
-random W, so every output element gets its own gradient.
+GROUP is `dist.sync_bn_group`'s value ('all' by default, 'node' or a number k). For each
+implementation (fused C++ kernels, composed MXNet operators), with the same parameters, it runs
+two training steps and writes, per rank, the layer's output, the input gradient, the gamma and
+beta gradients (this worker's share: the group's gradient is their sum) and the running
+statistics after the step; then one predict-mode output. Keys are "IMPLEMENTATION.NAME". The
+loss is sum(y * W) for a fixed random W, so every output element gets its own gradient.
 """
 import os
 import sys
@@ -16,9 +18,10 @@ import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.dist.syncbn import SyncBatchNorm
+from deeplab.dist.syncbn import SyncBatchNorm, configure_sync_bn
 
 C, H, W = 4, 5, 6
+IMPLEMENTATIONS = ("fused", "composed")
 
 
 def global_inputs(batch, step):
@@ -29,11 +32,10 @@ def global_inputs(batch, step):
     return x.astype(np.float32), w.astype(np.float32)
 
 
-def main(out_dir, batch, hybridize):
-    dist.init("auto")
+def run_layer(implementation, batch, hybridize):
     r, n = dist.rank(), dist.size()
     per = batch // n
-    layer = SyncBatchNorm(in_channels=C, momentum=0.9)
+    layer = SyncBatchNorm(in_channels=C, momentum=0.9, implementation=implementation)
     layer.initialize()
     rng = np.random.RandomState(7)  # gamma, beta away from 1, 0
     layer.gamma.set_data(mx.nd.array(rng.uniform(0.5, 1.5, C)))
@@ -60,8 +62,20 @@ def main(out_dir, batch, hybridize):
     out["predict"] = layer(mx.nd.array(x[r * per:(r + 1) * per])).asnumpy()
     out["gamma"] = layer.gamma.data().asnumpy()
     out["beta"] = layer.beta.data().asnumpy()
-    np.savez(os.path.join(out_dir, "rank%d.npz" % r), size=n, **out)
+    out["fused"] = np.array(layer.fused)
+    return out
+
+
+def main(out_dir, batch, hybridize, group="all"):
+    dist.init("auto")
+    g = configure_sync_bn(int(group) if group.isdigit() else group)
+    out = {"size": dist.size(),
+           "group": np.array(g.ranks if g is not None else range(dist.size()))}
+    for impl in IMPLEMENTATIONS:
+        out.update({"%s.%s" % (impl, k): v for k, v in run_layer(impl, batch, hybridize).items()})
+    np.savez(os.path.join(out_dir, "rank%d.npz" % dist.rank()), **out)
+    dist.barrier()  # a worker that exits shuts Horovod down for all: wait for the other groups
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", *sys.argv[4:5])

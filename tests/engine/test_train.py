@@ -43,7 +43,8 @@ def test_tiny_model_learns_the_synthetic_data(tmp_path):
     # of five, IoU 0.86, the rest 0). The config's 300 iterations reached mIoU 0.546, 0.594 and
     # 0.630 with seeds 0, 1, 2 (pixAcc 0.931-0.943).
     res = run_train(tmp_path, ["train.iterations=300", "data.synthetic.train_size=256",
-                               "data.synthetic.val_size=48", "train.checkpoint_every=1000"], no_eval=False)
+                               "data.synthetic.val_size=48", "train.checkpoint_every=1000"],
+                    no_eval=False)
     assert res["mIoU"] > 0.45, res
     assert res["pixAcc"] > 0.9, res
 

@@ -53,3 +53,12 @@ def test_workers_can_run_sshd_as_the_mpi_operator_expects():
     docker = read("k8s", "Dockerfile")
     assert "openssh-server" in docker and "mkdir -p /var/run/sshd" in docker
     assert "StrictModes" in docker and "UserKnownHostsFile /dev/null" in docker
+
+
+def test_the_image_runs_the_pods_pid_1():
+    """The rendered pods start `python -m deeplab.k8s.entrypoint`: the image's `python` is the
+    environment's, and the build checks that the entrypoint runs."""
+    docker = read("k8s", "Dockerfile")
+    assert "ENV PATH=/opt/venv/bin:$PATH" in docker
+    assert "python -m deeplab.k8s.entrypoint --grace 1 -- true" in docker
+    assert render.ENTRYPOINT == ["python", "-m", "deeplab.k8s.entrypoint"]

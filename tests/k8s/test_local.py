@@ -2,18 +2,22 @@
 loopback, train the tiny model for both backends."""
 import json
 import os
+import signal
+import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 import yaml
 
 from deeplab.k8s import cli, local, render
+from deeplab.launch import procs
 
 ROOT = render.source_root()
 TINY = os.path.join(ROOT, "configs", "tiny_synthetic.yaml")
-FEW_STEPS = ["train.iterations=4", "data.train_size=16", "data.val_size=4",
-             "data.num_workers=0", "train.log_every=2"]
+FEW_STEPS = ["train.iterations=4", "data.synthetic.train_size=16", "data.synthetic.val_size=4",
+             "train.log_every=2"]
 
 
 def rendered(tmp_path, backend, **kw):
@@ -28,8 +32,11 @@ def rendered(tmp_path, backend, **kw):
 def test_horovod_plan_replaces_the_hostfile_and_maps_paths(tmp_path):
     procs, notes = local.plan(rendered(tmp_path, "horovod"), str(tmp_path / "pvc"), ROOT)
     (launcher,) = procs
-    assert launcher.argv[:3] == [sys.executable, "-m", "deeplab.cli"]
-    argv = launcher.argv[3:]
+    # The pod's PID 1, then the launcher, both run by this Python.
+    assert launcher.argv[:3] == [sys.executable, "-m", "deeplab.k8s.entrypoint"]
+    pod_command = launcher.argv[launcher.argv.index("--") + 1:]
+    assert pod_command[:3] == [sys.executable, "-m", "deeplab.cli"]
+    argv = pod_command[3:]
     assert argv[:6] == ["launch", "horovod", "-np", "2", "-H", "localhost:2"]
     assert render.HOSTFILE not in argv
     assert argv[argv.index("--workdir") + 1] == str(tmp_path / "pvc" / "runs" / "tiny")
@@ -104,3 +111,45 @@ def test_manifests_run_local_cannot_stand_in_for_are_refused(tmp_path):
         local.plan(out, str(tmp_path / "pvc"), ROOT)
     with pytest.raises(ValueError, match="holds no"):
         local.plan(str(tmp_path / "nothing"), str(tmp_path / "pvc"), ROOT)
+
+
+_STOP_PLAN = textwrap.dedent("""
+    import os, sys
+    from deeplab.k8s import local
+    pod = local.LocalProcess("tiny-launcher", "launcher", [
+        sys.executable, "-m", "deeplab.k8s.entrypoint", "--grace", "20", "--",
+        sys.executable, "-c", "import os, signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.5), "
+        "open(os.environ['STOPPED'], 'w').close(), sys.exit(143))); "
+        "open(os.environ['READY'], 'w').close(); time.sleep(600)"],
+        dict(os.environ), os.getcwd(), grace=30)
+    sys.exit(local.run_plan([pod]))
+""")
+
+
+def test_sigterm_to_run_local_stops_the_pods_as_their_deletion_would(tmp_path):
+    """run-local's SIGTERM reaches each pod's PID 1 (the entrypoint), which stops the pod's
+    command; the run ends with 143 and leaves nothing behind."""
+    ready, stopped = tmp_path / "ready", tmp_path / "stopped"
+    marker = "run-local-%d" % os.getpid()
+    env = dict(os.environ, READY=str(ready), STOPPED=str(stopped), LOCAL_TEST=marker)
+    proc = subprocess.Popen([sys.executable, "-c", _STOP_PLAN], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), proc.stdout.read() if proc.poll() is not None else "not ready"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, out
+    assert stopped.exists(), out
+    assert "stopping the pods as their deletion would" in out
+    time.sleep(0.5)
+    assert not [pid for pid in procs.all_pids() if procs.alive(pid)
+                and procs.environ(pid).get("LOCAL_TEST") == marker]

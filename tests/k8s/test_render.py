@@ -7,7 +7,7 @@ import shlex
 import pytest
 import yaml
 
-from deeplab.k8s import cli, render
+from deeplab.k8s import cli, entrypoint, render
 from deeplab.launch import cli as launch_cli
 from deeplab import train
 
@@ -24,12 +24,19 @@ def args(**kw):
     return base
 
 
+def entrypoint_args(container):
+    """The pod's PID 1 (deeplab.k8s.entrypoint) parsed from the container's `command`, with
+    the pod's own command (the container's `args`) as `.command`."""
+    cmd = container["command"]
+    assert cmd[:3] == ["python", "-m", "deeplab.k8s.entrypoint"] and cmd[-1] == "--"
+    return entrypoint.parse_args(cmd[3:] + container["args"])
+
+
 def pod_command(container):
     """(launch args, train args) of a pod's `deeplab launch ... -- train ...` command."""
-    assert container["command"] == ["deeplab"]
-    a = container["args"]
-    assert a[0] == "launch"
-    return a[1:], a[a.index("--") + 1:]
+    a = entrypoint_args(container).command
+    assert a[:2] == ["deeplab", "launch"]
+    return a[2:], a[a.index("--") + 1:]
 
 
 def test_examples_exist_for_both_backends():
@@ -70,7 +77,8 @@ def test_mpijob_shape():
     assert launcher["replicas"] == 1 and worker["replicas"] == 2
     wpod = worker["template"]["spec"]
     (wc,) = wpod["containers"]
-    assert wc["command"] == ["/usr/sbin/sshd", "-De"]
+    worker_pid1 = entrypoint_args(wc)
+    assert worker_pid1.command == ["/usr/sbin/sshd", "-De"] and worker_pid1.workers
     assert wc["resources"] == {"limits": {"nvidia.com/gpu": 4}}
     assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/data", "/dev/shm"}
     volumes = {v["name"]: v for v in wpod["volumes"]}
@@ -78,6 +86,27 @@ def test_mpijob_shape():
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
     assert wpod["terminationGracePeriodSeconds"] == 300
     assert launcher["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    (lc,) = launcher["template"]["spec"]["containers"]
+    assert not entrypoint_args(lc).workers  # `deeplab launch` stops its own processes
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+def test_every_pod_stops_within_its_grace_period(backend):
+    """PID 1 of every pod is the entrypoint; it kills what is left before the kubelet does,
+    and `deeplab launch` kills its workers before the entrypoint does."""
+    docs = render.render(args(backend=backend, grace_period=120))
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Job"] + [
+        r["template"]["spec"] for d in docs if d["kind"] == "MPIJob"
+        for r in d["spec"]["mpiReplicaSpecs"].values()]
+    assert len(pods) == (2 if backend == "horovod" else 3)
+    for pod in pods:
+        assert pod["terminationGracePeriodSeconds"] == 120
+        (c,) = pod["containers"]
+        pid1 = entrypoint_args(c)
+        assert pid1.grace == 120 - render.ENTRYPOINT_MARGIN
+        if pid1.command[0] == "deeplab":
+            launch = launch_cli.parse_args(pid1.command[2:])
+            assert launch.grace == 120 - render.LAUNCH_MARGIN < pid1.grace
 
 
 def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():

@@ -1,21 +1,63 @@
-"""`deeplab launch`: argument checks, the horovodrun command line and the environments the
-launchers give their processes (no process is started here)."""
+"""`deeplab launch`: help and argument checks, the horovodrun command line, the environments the
+launchers give their processes, how a launcher tells training processes from the rest in /proc
+and words for exit statuses (no training process is started here)."""
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 
-from deeplab.launch import cli, horovod, ps
+from deeplab.launch import cli, horovod, procs, ps
 
 
-def test_command_must_follow_a_double_dash():
-    with pytest.raises(SystemExit, match="after '--'"):
+def test_command_must_follow_a_double_dash(capsys):
+    with pytest.raises(SystemExit) as exit_:
         cli.parse_args(["horovod", "-np", "2", "train", "c.yaml"])
+    assert exit_.value.code == 2
+    assert "deeplab launch horovod: error: put the deeplab command after '--'" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, shown", [
+    (["-h"], "{horovod,ps}"),
+    (["horovod", "-h"], "usage: deeplab launch horovod -np N"),
+    (["ps", "--help"], "usage: deeplab launch ps"),
+])
+def test_help_needs_no_double_dash(argv, shown):
+    proc = subprocess.run([sys.executable, "-m", "deeplab.cli", "launch", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert shown in proc.stdout and "--grace" in proc.stdout and not proc.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["horovod", "-np", "0", "--", "train", "c.yaml"],
+     "deeplab launch horovod: error: argument -np: expected an integer >= 1, got '0'"),
+    (["horovod", "-np", "4", "-H", "a:1,b:2", "--", "train", "c.yaml"],
+     "deeplab launch: error: -np 4 needs 4 slots, but -H a:1,b:2 gives 3"),
+    (["horovod", "-np", "2", "-H", "a:x", "--", "train", "c.yaml"],
+     "deeplab launch: error: -H a:x: expected host:slots,... with slots >= 1"),
+    (["horovod", "-np", "2", "--hostfile", "/nonexistent/hosts", "--", "train", "c.yaml"],
+     "deeplab launch: error: --hostfile /nonexistent/hosts does not exist"),
+    (["ps", "--workers", "2", "--grace", "-1", "--", "train", "c.yaml"],
+     "deeplab launch ps: error: argument --grace: expected a number of seconds >= 0"),
+    (["ps", "--", "k8s"],
+     "must be a deeplab subcommand: train, eval, bench or predict, got 'k8s'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message):
+    proc = subprocess.run([sys.executable, "-m", "deeplab.cli", "launch", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("usage:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "horovodrun" not in proc.stderr
 
 
 def test_only_train_and_eval_can_be_launched(capsys):
     with pytest.raises(SystemExit):
         cli.parse_args(["horovod", "-np", "2", "--", "k8s", "render"])
-    assert "must be a deeplab subcommand: train, eval or bench" in capsys.readouterr().err
+    assert "must be a deeplab subcommand: train, eval, bench or predict" in capsys.readouterr().err
 
 
 def test_hosts_and_hostfile_exclude_each_other():
@@ -66,3 +108,68 @@ def test_cluster_node_rejects_an_unknown_role(monkeypatch, capsys):
         monkeypatch.setenv(k, v)
     assert ps.run_node(["train"]) == 2
     assert "DMLC_ROLE must be scheduler, server or worker, got 'boss'" in capsys.readouterr().err
+
+
+def test_worker_env_marks_every_process_of_the_job():
+    env = horovod.worker_env(2, environ={}, job_id="job-1")
+    assert env[procs.JOB_ENV] == "job-1"
+    assert horovod.worker_env(2, environ={})[procs.JOB_ENV] != \
+        horovod.worker_env(2, environ={})[procs.JOB_ENV]
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["/env/bin/python", "-m", "deeplab.cli", "train", "c.yaml"], "train"),
+    (["python3", "-u", "-X", "dev", "-m", "deeplab.cli", "eval"], "eval"),
+    (["/env/bin/python", "/env/bin/deeplab", "bench", "c.yaml"], "bench"),
+    (["/env/bin/python", "-m", "deeplab.cli", "launch", "horovod"], "launch"),
+    # horovodrun and the shell it starts workers with end with a deeplab command line
+    (["/env/bin/python", "/env/bin/horovodrun", "-np", "2", "python", "-m", "deeplab.cli",
+      "train"], None),
+    (["/bin/sh", "-c", "env HOROVOD_RANK=0 python -m deeplab.cli train c.yaml"], None),
+    (["env", "A=1", "python", "-m", "deeplab.cli", "train"], None),
+    (["python", "-c", "import deeplab"], None),
+])
+def test_deeplab_commands_are_recognised_from_the_command_line(argv, command):
+    assert procs._deeplab_command(argv) == command
+
+
+def test_a_forked_copy_is_a_loader_not_a_training_process(tmp_path):
+    """A training process is recognised; its forked copies (loader processes) are not, even
+    before they rename themselves."""
+    code = ("import os, sys, time\n"
+            "if os.fork() == 0:\n"
+            "    time.sleep(60)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    fake = tmp_path / "deeplab"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "cli.py").write_text(code)
+    proc = subprocess.Popen([sys.executable, "-m", "deeplab.cli", "train", "c.yaml"],
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        (child,) = procs.descendants(proc.pid)
+        assert procs.is_training_process(proc.pid)
+        assert not procs.is_training_process(child)
+        assert procs.training_processes(among=[proc.pid, child]) == [proc.pid]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_the_loader_name_is_the_one_the_loader_sets():
+    from deeplab.data import loader
+
+    assert procs.LOADER_NAME == loader.LOADER_NAME and len(procs.LOADER_NAME) <= 15
+
+
+@pytest.mark.parametrize("code, words", [
+    (4, "stalled (exit code 4)"), (3, "diverged (non-finite loss) (exit code 3)"),
+    (2, "bad input (exit code 2)"), (143, "stopped by SIGTERM (exit code 143)"),
+    (-15, "stopped by SIGTERM"), (137, "killed by SIGKILL (signal 9, exit code 137)"),
+    (-9, "killed by SIGKILL (signal 9)"), (1, "exit code 1"),
+])
+def test_exit_statuses_are_described(code, words):
+    assert procs.describe_status(code) == words

@@ -1,14 +1,26 @@
-"""A worker killed mid-run: the job stops within 60 s naming the lost rank, the last checkpoint
-is intact, and resuming it gives the parameters of a run that never stopped.
+"""Faults users hit, with the shipped defaults (data.num_workers: 2 loader processes per worker):
+Horovod (synchronized BN) and the parameter server (frozen BN), 2 workers each, tiny model.
 
-Horovod (synchronized BN) and the parameter server (frozen BN), 2 workers each, on the tiny
-model; the worker is killed with SIGKILL right after the first checkpoint appears.
+- A worker killed with SIGKILL right after the first checkpoint: the job stops within 60 s,
+  naming the rank.
+- SIGTERM to one worker, or to the launcher (a job scheduler, `kubectl delete`): every worker
+  stops after the same step and rank 0 saves it; under the parameter server the servers are
+  stopped after the workers.
+- SIGTERM during the end-of-training evaluation.
+
+After each: the exit code, the message, the time from the signal to the end of the job, that
+no process of the job is left (every process of a job carries the test's marker in its
+environment, whatever its parent, group or session; found through /proc), and where a
+checkpoint is involved, that resuming it reaches bitwise the final.params of a run that never
+stopped.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import mxnet as mx
 import numpy as np
@@ -16,8 +28,13 @@ import pytest
 
 from deeplab.checkpoint import Checkpointer
 
-RUN = ["train.iterations=80", "train.checkpoint_every=4", "data.train_size=24",
-       "data.val_size=4", "data.num_workers=0", "train.batch_size=6", "train.log_every=4"]
+RUN = ["train.iterations=80", "train.checkpoint_every=4", "data.synthetic.train_size=24",
+       "data.synthetic.val_size=4", "train.batch_size=6", "train.log_every=4"]
+HOROVOD = ["launch", "horovod", "-np", "2", "--"]
+PS = ["launch", "ps", "--workers", "2", "--servers", "1", "--"]
+PS_RUN = ["train.freeze_bn=true"]  # BN statistics are per worker under the parameter server
+STOPPED = 128 + signal.SIGTERM
+BOUND = 60  # seconds from the fault to the end of the job
 
 
 def proc_info(pid):
@@ -33,30 +50,71 @@ def proc_info(pid):
         return None
 
 
+def _state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
 def processes_of(workdir):
     """{pid: (argv, environ)} of live processes whose command line names `workdir`."""
     out = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             info = proc_info(int(entry))
-            if info and str(workdir) in info[0]:
-                with open("/proc/%s/stat" % entry) as f:
-                    if f.read().split(")")[-1].split()[0] == "Z":  # zombie: already dead
-                        continue
+            if info and str(workdir) in info[0] and _state(int(entry)) not in (None, "Z"):
                 out[int(entry)] = info
     return out
 
 
+def marked(marker):
+    """{pid: argv} of live processes carrying the test's marker (FAULT_TEST) in their
+    environment: every process a job started, its loader processes included."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = proc_info(int(entry))
+            if info and info[1].get("FAULT_TEST") == marker \
+                    and _state(int(entry)) not in (None, "Z"):
+                out[int(entry)] = info[0]
+    return out
+
+
+def comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def train_workers(workdir, rank_of):
-    """{rank: pid} of the Python training workers (not the launchers, not shells)."""
+    """{rank: pid} of the Python training workers (not the launchers, shells or loaders)."""
     found = {}
     for pid, (argv, env) in processes_of(workdir).items():
         if os.path.basename(argv[0]).startswith("python") and "deeplab.cli" in argv \
-                and "launch" not in argv:
+                and "launch" not in argv and comm(pid) != "deeplab-loader":
             rank = rank_of(pid, env)
             if rank is not None:
                 found[rank] = pid
     return found
+
+
+def horovod_rank(pid, env):
+    return int(env["HOROVOD_RANK"]) if "HOROVOD_RANK" in env else None
+
+
+def ps_rank(pid, env):
+    """The rank the worker reported to `deeplab launch ps`."""
+    if env.get("DMLC_ROLE") != "worker":
+        return None
+    try:
+        with open(os.path.join(env["DEEPLAB_RANK_DIR"], str(pid))) as f:
+            return int(f.read())
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def wait_for(predicate, timeout, what):
@@ -77,30 +135,101 @@ def assert_same_final_params(a, b):
         np.testing.assert_array_equal(pa[k].asnumpy(), pb[k].asnumpy(), err_msg=k)
 
 
-def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of):
+class Job:
+    """A `deeplab launch ... -- train` job started in the background, every process marked."""
+
+    def __init__(self, dl, workdir, launcher, overrides, evaluate=False):
+        self.workdir, self.marker = workdir, uuid.uuid4().hex
+        cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
+               str(workdir), *([] if evaluate else ["--no-eval"]), *dl.sets(*overrides)]
+        self.proc = subprocess.Popen(cmd, env=dl.environ(FAULT_TEST=self.marker), cwd=dl.ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.signalled = None
+
+    def signal(self, pid, sig):
+        """Sends `sig` to `pid` while the job runs; the clock of the time bound starts."""
+        assert self.proc.poll() is None, "the run ended before the signal"
+        os.kill(pid, sig)
+        self.signalled = time.time()
+
+    def finish(self, timeout=180):
+        """Waits for the job; returns (exit code, output, seconds since the signal), after
+        checking that nothing of it is left."""
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.communicate()
+        elapsed = time.time() - self.signalled
+        print("job ended with %s, %.1f s after the signal" % (self.proc.returncode, elapsed))
+        time.sleep(1)  # a zombie's parent reaps it
+        left = marked(self.marker)
+        assert not left, "processes outlived the job: %s\n%s" % (left, out[-3000:])
+        assert not processes_of(self.workdir)
+        return self.proc.returncode, out, elapsed
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+        for pid in marked(self.marker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def jobs():
+    started = []
+
+    def start(*args, **kw):
+        started.append(Job(*args, **kw))
+        return started[-1]
+    yield start
+    for job in started:
+        job.kill()
+
+
+_STRAIGHT = {}
+
+
+@pytest.fixture
+def straight(tmp_path_factory, dl):
+    """final.params of an uninterrupted run, one per launcher and config (computed once)."""
+    def run(launcher, overrides):
+        key = (tuple(launcher), tuple(overrides))
+        if key not in _STRAIGHT:
+            workdir = tmp_path_factory.mktemp("straight")
+            dl.deeplab(*launcher, "train", dl.TINY, "--workdir", workdir, "--no-eval",
+                       *dl.sets(*overrides), timeout=300)
+            _STRAIGHT[key] = workdir
+        return _STRAIGHT[key]
+    return run
+
+
+def resume_equals_straight(dl, straight, workdir, launcher, overrides, reference):
+    """Resuming `workdir` (run with `overrides`) reaches the final.params of a run with
+    `reference` that never stopped (the checkpoint interval does not change what is trained)."""
+    dl.deeplab(*launcher, "train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume",
+               *dl.sets(*overrides), timeout=300)
+    assert_same_final_params(workdir, straight(launcher, reference))
+
+
+def kill_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, rank_of):
     workdir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
-           str(workdir), "--no-eval", *dl.sets(*RUN, *overrides)]
-    job = subprocess.Popen(cmd, env=dl.environ(), cwd=dl.ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        ckpt = Checkpointer(str(workdir))
-        wait_for(ckpt.iterations, 180, "the first checkpoint")
-        workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(
-            train_workers(workdir, rank_of)), 30, "both workers")
-        assert job.poll() is None, "the run ended before a worker could be killed"
-        os.kill(workers[1], signal.SIGKILL)
-        killed = time.time()
-        out, _ = job.communicate(timeout=120)
-        elapsed = time.time() - killed
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode != 0, out
-    assert elapsed < 60, "the job took %.0f s to stop" % elapsed
-    assert "worker rank 1" in out and "lost" in out, out[-3000:]
-    time.sleep(1)
-    assert not processes_of(workdir), "processes outlived the job: %s" % processes_of(workdir)
+    job = jobs(dl, workdir, launcher, [*RUN, *overrides])
+    ckpt = Checkpointer(str(workdir))
+    wait_for(ckpt.iterations, 180, "the first checkpoint")
+    workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(
+        train_workers(workdir, rank_of)), 30, "both workers")
+    job.signal(workers[1], signal.SIGKILL)
+    code, out, elapsed = job.finish()
+    assert code == 128 + signal.SIGKILL, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert "worker rank 1" in out and "was lost first: killed by SIGKILL" in out, out[-3000:]
 
     # The last checkpoint is complete and readable ...
     state = Checkpointer(str(workdir)).latest()
@@ -108,60 +237,84 @@ def kill_resume_compare(tmp_path, dl, launcher, overrides, rank_of):
     assert len(mx.nd.load(state["params"])) > 0
 
     # ... and resuming from it reaches the parameters of an uninterrupted run.
-    dl.deeplab(*launcher, "train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume",
-               *dl.sets(*RUN, *overrides), timeout=300)
-    dl.deeplab(*launcher, "train", dl.TINY, "--workdir", tmp_path / "straight", "--no-eval",
-               *dl.sets(*RUN, *overrides), timeout=300)
-    assert_same_final_params(workdir, tmp_path / "straight")
-    return state["iteration"]
+    resume_equals_straight(dl, straight, workdir, launcher, [*RUN, *overrides],
+                           [*RUN, *overrides])
+    return elapsed
 
 
-def test_horovod_worker_killed_then_resumed(tmp_path, dl):
-    kill_resume_compare(tmp_path, dl, ["launch", "horovod", "-np", "2", "--"], [],
-                        lambda pid, env: int(env["HOROVOD_RANK"]) if "HOROVOD_RANK" in env
-                        else None)
+def test_horovod_worker_killed_then_resumed(tmp_path, dl, jobs, straight):
+    kill_resume_compare(tmp_path, dl, jobs, straight, HOROVOD, [], horovod_rank)
 
 
-def test_parameter_server_worker_killed_then_resumed(tmp_path, dl):
-    def rank_of(pid, env):  # the rank the worker reported to `deeplab launch ps`
-        if env.get("DMLC_ROLE") != "worker":
-            return None
-        try:
-            with open(os.path.join(env["DEEPLAB_RANK_DIR"], str(pid))) as f:
-                return int(f.read())
-        except (OSError, KeyError, ValueError):
-            return None
-    kill_resume_compare(tmp_path, dl, ["launch", "ps", "--workers", "2", "--servers", "1", "--"],
-                        ["train.freeze_bn=true"], rank_of)
+def test_parameter_server_worker_killed_then_resumed(tmp_path, dl, jobs, straight):
+    kill_resume_compare(tmp_path, dl, jobs, straight, PS, PS_RUN, ps_rank)
 
 
-def test_horovod_sigterm_to_one_worker_stops_all_with_a_checkpoint(tmp_path, dl):
-    """A preempted worker (SIGTERM to rank 1 only): every worker stops after the same step,
-    rank 0 saves that step, and --resume reaches the parameters of a run never stopped."""
-    run = ["train.checkpoint_every=1000"]
+def stop_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, target):
+    """SIGTERM to `target(job, workers)` once training runs: every worker stops after the same
+    step, rank 0 saves that step, the job ends with 143, and --resume reaches the parameters of
+    a run never stopped. Returns the job's output."""
+    run = [*RUN, *overrides, "train.checkpoint_every=1000"]
     workdir = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "deeplab.cli", "launch", "horovod", "-np", "2", "--", "train",
-           dl.TINY, "--workdir", str(workdir), "--no-eval", *dl.sets(*RUN, *run)]
-    job = subprocess.Popen(cmd, env=dl.environ(), cwd=dl.ROOT, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    job = jobs(dl, workdir, launcher, run)
     log = workdir / "train.log"
-    try:
-        wait_for(lambda: log.exists() and "iter " in log.read_text(), 180, "the first log line")
-        workers = train_workers(workdir, lambda pid, env: int(env["HOROVOD_RANK"])
-                                if "HOROVOD_RANK" in env else None)
-        assert job.poll() is None and 1 in workers, "the run ended before the signal"
-        os.kill(workers[1], signal.SIGTERM)
-        out, _ = job.communicate(timeout=120)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-    assert job.returncode != 0, out
+    wait_for(lambda: log.exists() and "iter " in log.read_text(), 180, "the first log line")
+    rank_of = horovod_rank if launcher == HOROVOD else ps_rank
+    workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(
+        train_workers(workdir, rank_of)), 30, "both workers")
+    job.signal(target(job, workers), signal.SIGTERM)
+    code, out, elapsed = job.finish()
+    assert code == STOPPED, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
     saved = Checkpointer(str(workdir)).iterations()
     assert len(saved) == 1 and saved[0] < 80, (saved, out[-3000:])
     assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
+    resume_equals_straight(dl, straight, workdir, launcher, run, [*RUN, *overrides])
+    return out
 
-    dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir", workdir,
-               "--no-eval", "--resume", *dl.sets(*RUN, *run), timeout=300)
-    dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
-               tmp_path / "straight", "--no-eval", *dl.sets(*RUN, *run), timeout=300)
-    assert_same_final_params(workdir, tmp_path / "straight")
+
+def test_horovod_sigterm_to_one_worker_stops_all_with_a_checkpoint(tmp_path, dl, jobs,
+                                                                   straight):
+    """A preempted worker (SIGTERM to rank 1 only)."""
+    out = stop_resume_compare(tmp_path, dl, jobs, straight, HOROVOD, [],
+                              lambda job, workers: workers[1])
+    # Both stop after the same step; either may exit first.
+    assert re.search(r"worker rank [01] exited first: stopped by SIGTERM \(exit code 143\)",
+                     out), out[-3000:]
+
+
+def test_horovod_launcher_sigterm_stops_the_workers_with_a_checkpoint(tmp_path, dl, jobs,
+                                                                      straight):
+    """SIGTERM to `deeplab launch horovod` (a job scheduler, `kubectl delete`)."""
+    out = stop_resume_compare(tmp_path, dl, jobs, straight, HOROVOD, [],
+                              lambda job, workers: job.proc.pid)
+    assert "deeplab launch: stopped by SIGTERM: SIGTERM sent to 2 local worker(s)" in out, \
+        out[-3000:]
+
+
+def test_ps_launcher_sigterm_stops_the_workers_first_with_a_checkpoint(tmp_path, dl, jobs,
+                                                                       straight):
+    """SIGTERM to `deeplab launch ps`: the workers stop after the same step (which needs the
+    servers), then the servers and the scheduler."""
+    out = stop_resume_compare(tmp_path, dl, jobs, straight, PS, PS_RUN,
+                              lambda job, workers: job.proc.pid)
+    assert "stopped by SIGTERM: the workers saved a checkpoint and exited; stopping the " \
+           "servers and the scheduler" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("launcher", [HOROVOD, PS], ids=["horovod", "ps"])
+def test_sigterm_during_evaluation_leaves_no_process(tmp_path, dl, jobs, launcher):
+    """SIGTERM to the launcher while the workers and their loader processes evaluate."""
+    workdir = tmp_path / "evaluating"
+    job = jobs(dl, workdir, launcher, ["train.iterations=8", "train.batch_size=6",
+                                       "data.synthetic.train_size=24",
+                                       "data.synthetic.val_size=400",
+                                       *(PS_RUN if launcher == PS else [])], evaluate=True)
+    wait_for(lambda: (workdir / "final.params").exists(), 180, "the end of training")
+    wait_for(lambda: [pid for pid in marked(job.marker) if comm(pid) == "deeplab-loader"], 30,
+             "the evaluation's loader processes")
+    job.signal(job.proc.pid, signal.SIGTERM)
+    code, out, elapsed = job.finish()
+    assert code == STOPPED, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert not (workdir / "results.json").exists()

@@ -83,6 +83,62 @@ def test_box_average_equals_square_average_pooling(size):
                                rtol=1e-5, atol=1e-6)
 
 
+class _BoxAverage(nn.HybridBlock):
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def hybrid_forward(self, F, x):
+        return box_average(F, x, self.size)
+
+
+def _value_and_grad(block, x, head_grad):
+    x = x.copy()
+    x.attach_grad()
+    with mx.autograd.record():
+        y = block(x)
+    y.backward(head_grad)
+    return y.asnumpy(), x.grad.asnumpy()
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("size, shape", [
+    (3, (2, 3, 33, 33)),
+    (9, (1, 4, 33, 20)),
+    (27, (1, 3, 24, 33)),  # window wider than the map
+    (7, (1, 2, 65, 41)),
+    (19, (2, 2, 17, 65)),
+    (55, (1, 2, 65, 65)),
+    (27, (1, 2, 5, 8)),  # window larger than the map in both axes
+])
+def test_box_average_equals_average_pooling_without_padding_counted(size, shape, hybridize):
+    """Forward and gradient equal nn.AvgPool2D(count_include_pad=False): the mean over the
+    in-image part of each window, on odd and non-square maps, imperative and hybridized."""
+    rng = np.random.RandomState(size)
+    x = mx.nd.array(rng.standard_normal(shape))
+    head_grad = mx.nd.array(rng.standard_normal(shape))
+    direct = nn.AvgPool2D(pool_size=size, strides=1, padding=size // 2, count_include_pad=False)
+    ours = _BoxAverage(size)
+    if hybridize:
+        direct.hybridize()
+        ours.hybridize()
+    y_ref, g_ref = _value_and_grad(direct, x, head_grad)
+    y, g = _value_and_grad(ours, x, head_grad)
+    assert y.shape == shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_one_vortex_graph_serves_every_input_size():
+    head = HEADS["vortex"](4, 2, 3, 8)
+    head.initialize()
+    head.hybridize()
+    for size in [(65, 65), (33, 20), (7, 12)]:
+        x = mx.nd.random.normal(shape=(1, 4) + size)
+        with mx.autograd.predict_mode():
+            assert head(x).shape == (1, 3) + size
+
+
 def test_vortex_cascade_equals_direct_pooling_inside_the_image_at_os16():
     direct = HEADS["vortex"](4, 2, 3, 16)
     cascade = HEADS["vortex"](4, 2, 3, 16, cascade=True)
