@@ -50,7 +50,8 @@ def _parser():
     h = sub.add_parser(
         "horovod", help="through horovodrun (Gloo, or MPI with --mpi)",
         usage="deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] "
-              "[--start-timeout S] [--grace S] -- train|eval|bench|predict ARGS...",
+              "[--start-timeout S] [--grace S] [--timeline FILE] [--autotune [LOG]] "
+              "[--horovodrun-arg ARG ...] -- train|eval|bench|predict ARGS...",
         description="Runs `deeplab ARGS...` on N workers through horovodrun. When a worker "
                     "fails, the job stops and the rank that failed first is named. " + _STOPPING)
     h.add_argument("-np", dest="np", type=_positive_int, required=True, help="number of workers")
@@ -60,6 +61,16 @@ def _parser():
     h.add_argument("--mpi", action="store_true", help="MPI controller instead of Gloo")
     h.add_argument("--start-timeout", type=_positive_int, default=120,
                    help="seconds for workers to start and to rendezvous (default 120)")
+    h.add_argument("--timeline", metavar="FILE",
+                   help="Horovod's timeline (horovodrun --timeline-filename): a Chrome trace "
+                        "(chrome://tracing) of every collective, e.g. of synchronized BN")
+    h.add_argument("--autotune", nargs="?", const=True, metavar="LOG",
+                   help="Horovod's autotuner (fusion buffer, cycle time, ...), logging its "
+                        "trials to LOG if given (horovodrun --autotune [--autotune-log-file])")
+    h.add_argument("--horovodrun-arg", dest="horovodrun_args", action="append", default=[],
+                   metavar="ARG", help="any other horovodrun argument, passed as given "
+                   "(repeatable; an argument with a value: --horovodrun-arg=--cycle-time-ms "
+                   "--horovodrun-arg=5)")
     s = sub.add_parser(
         "ps", help="MXNet parameter server (kvstore dist_sync)",
         usage="deeplab launch ps [--workers N --servers M] [--grace S] -- "

@@ -36,6 +36,10 @@ __all__ = ["horovod_command", "worker_env", "check_hosts", "run", "supervise",
            "FAILURE_GRACE"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
+# Gloo's timeout for a collective. Above the workers' own stall watchdog (dist.stall_timeout,
+# 600 s by default, 4x for the first step and evaluation), so that a stopped or hung worker is
+# reported by the watchdog's line, not by Gloo's error on whichever rank waited for it.
+GLOO_TIMEOUT = 3600
 
 _FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
 # horovodrun's prefix on each line a worker prints: "[rank]<stdout>:" or "[rank]<stderr>:".
@@ -73,8 +77,14 @@ def _horovodrun(python):
 
 
 def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, start_timeout=120,
-                    python=None):
-    """The horovodrun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers."""
+                    python=None, timeline=None, autotune=None, extra=()):
+    """The horovodrun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers.
+
+    Args:
+        timeline: Horovod timeline file (--timeline-filename; Chrome trace of every collective).
+        autotune: True, or a log file, for Horovod's autotuner (--autotune [--autotune-log-file]).
+        extra: other horovodrun arguments, passed as given.
+    """
     python = python or sys.executable
     cmd = [_horovodrun(python), "-np", str(np), "--start-timeout", str(start_timeout)]
     if hostfile:
@@ -84,8 +94,13 @@ def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, star
     if mpi:
         cmd += ["--mpi"]
     else:
-        cmd += ["--gloo", "--gloo-timeout-seconds", str(start_timeout)]
-    return cmd + [python, "-m", "deeplab.cli"] + list(deeplab_args)
+        cmd += ["--gloo", "--gloo-timeout-seconds", str(max(start_timeout, GLOO_TIMEOUT))]
+    if timeline:
+        cmd += ["--timeline-filename", timeline]
+    if autotune:
+        cmd += ["--autotune"] + (["--autotune-log-file", autotune] if autotune is not True
+                                  else [])
+    return cmd + list(extra) + [python, "-m", "deeplab.cli"] + list(deeplab_args)
 
 
 def worker_env(np, hosts=None, hostfile=None, environ=None, job_id=None):
@@ -170,6 +185,7 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
     output = _Output()
     signalled = set()
     killed = paused = False
+    stalled = None
 
     def job_processes():
         return procs.job_processes(job_id)
@@ -210,6 +226,8 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
                         break
                 with output.lock:
                     first = output.failures[0] if output.failures else None
+                if first and stalled is None:  # before the job is torn down: who is stopped
+                    stalled = procs.stopped_workers(job_id, _rank_of)
                 if first and not stop.count and now - first[2] > failure_grace:
                     _say("horovodrun did not stop the job within %g s of the failure of worker "
                          "rank %d: killing it" % (failure_grace, first[0]))
@@ -226,10 +244,15 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
             code = proc.wait()
             for t in pumps:
                 t.join(timeout=5)
-    return _report(output, code, stop, killed, signalled)
+    return _report(output, code, stop, killed, signalled, stalled or [])
 
 
-def _report(output, code, stop, killed, signalled):
+def _rank_of(pid):
+    rank = procs.environ(pid).get("HOROVOD_RANK")
+    return int(rank) if rank is not None and rank.isdigit() else None
+
+
+def _report(output, code, stop, killed, signalled, stalled=()):
     """Prints what happened to the job; returns the launcher's exit code."""
     failures = output.failures
     if code == 0 and not killed:
@@ -255,6 +278,8 @@ def _report(output, code, stop, killed, signalled):
             "later: %s" % later if later else "the others were stopped"))
         for text in output.missing:
             _say("Horovod reported: %s" % text)
+        for text in procs.describe_stopped(stalled):
+            _say(text)
         return status if 0 < status < 256 else 1
     if code:
         _say("horovodrun failed with exit code %d%s" % (code, " (killed)" if killed else ""))
@@ -266,7 +291,9 @@ def run(args):
     """Runs the job described by `deeplab launch horovod` arguments; returns its exit code."""
     check_hosts(args.np, args.hosts, args.hostfile)
     cmd = horovod_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
-                          mpi=args.mpi, start_timeout=args.start_timeout)
+                          mpi=args.mpi, start_timeout=args.start_timeout,
+                          timeline=args.timeline, autotune=args.autotune,
+                          extra=args.horovodrun_args)
     if not os.path.exists(cmd[0]) and shutil.which(cmd[0]) is None:
         raise LaunchError("horovodrun is neither beside %s nor on the PATH: install Horovod "
                           "(scripts/setup_env.sh)" % sys.executable)

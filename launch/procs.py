@@ -19,7 +19,7 @@ from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
            "training_processes", "signal_group", "kill_processes", "killed_by_signal",
-           "describe_status", "StopSignals"]
+           "describe_status", "StopSignals", "stopped_workers", "describe_stopped"]
 
 JOB_ENV = "DEEPLAB_JOB"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
@@ -140,6 +140,25 @@ def training_processes(job_id=None, among=None):
     pids = all_pids() if among is None else among
     return [pid for pid in pids if pid != os.getpid() and is_training_process(pid)
             and (job_id is None or environ(pid).get(JOB_ENV) == job_id)]
+
+
+def stopped_workers(job_id, rank_of):
+    """[(rank, pid)] of the job's training processes on this machine that are stopped (state T:
+    SIGSTOP, a debugger) or blocked in the kernel (state D: a dead file system): the likely
+    cause when the others report a stall. `rank_of(pid)` gives a process's rank or None."""
+    out = []
+    for pid in training_processes(job_id):
+        s = stat(pid)
+        if s and s[0] in ("T", "t", "D"):
+            out.append((rank_of(pid), pid, "stopped" if s[0] in ("T", "t") else
+                        "blocked in the kernel (state D)"))
+    return sorted(out, key=lambda r: (r[0] is None, r[0]))
+
+
+def describe_stopped(stopped):
+    """'worker rank 1 (pid 123) is stopped' lines for `stopped_workers`' result."""
+    return ["worker rank %s (pid %d) on this machine is %s: the workers waiting for it stalled"
+            % ("?" if rank is None else rank, pid, how) for rank, pid, how in stopped]
 
 
 def signal_group(pgid, sig):

@@ -102,6 +102,15 @@ def _who(name, proc, rank_dir):
     return "worker rank %s (%s, pid %d)" % (rank, name, proc.pid)
 
 
+def _rank(pid, rank_dir):
+    """The rank worker process `pid` reported, or None."""
+    try:
+        with open(os.path.join(rank_dir, str(pid))) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _stopped_by_sigterm(code):
     return code in (-signal.SIGTERM, 128 + signal.SIGTERM)
 
@@ -132,13 +141,13 @@ def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grac
                     p = subprocess.Popen(role_command(role, deeplab_args), env=env,
                                          start_new_session=True)
                     nodes.append((role if role == "scheduler" else "%s %d" % (role, i), p))
-            return _supervise(nodes, stop, rank_dir, grace, poll, finish_grace)
+            return _supervise(nodes, stop, rank_dir, grace, poll, finish_grace, job_id)
         finally:
             stop_all(nodes)
             procs.kill_processes(lambda: procs.job_processes(job_id))
 
 
-def _supervise(nodes, stop, rank_dir, grace, poll, finish_grace):
+def _supervise(nodes, stop, rank_dir, grace, poll, finish_grace, job_id=None):
     """The supervision loop of run_local; returns its exit code."""
     workers = [(name, p) for name, p in nodes if name.startswith("worker")]
     stopping = None  # (monotonic time, why) once the workers were asked to stop
@@ -171,6 +180,9 @@ def _supervise(nodes, stop, rank_dir, grace, poll, finish_grace):
             _say("%s was %s first: %s; stopping the job" % (
                 _who(name, p, rank_dir), "lost" if procs.killed_by_signal(code) else "failed",
                 procs.describe_status(code)))
+            for text in procs.describe_stopped(procs.stopped_workers(
+                    job_id, lambda pid: _rank(pid, rank_dir))):
+                _say(text)
             return _exit_status(code)
         if all(p.poll() is not None for _, p in workers):
             break

@@ -318,3 +318,34 @@ def test_sigterm_during_evaluation_leaves_no_process(tmp_path, dl, jobs, launche
     assert code == STOPPED, out[-3000:]
     assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
     assert not (workdir / "results.json").exists()
+
+
+STALL = 20  # dist.stall_timeout lowered from 600 s only so the test ends in seconds
+
+
+@pytest.mark.parametrize("launcher", [HOROVOD, PS], ids=["horovod", "ps"])
+def test_a_stopped_worker_stalls_the_job_which_ends_naming_it(tmp_path, dl, jobs, straight,
+                                                               launcher):
+    """SIGSTOP of rank 1 (a frozen process, a node that stopped answering): the other worker's
+    watchdog ends it after dist.stall_timeout with the stall's line, the launcher names the
+    stopped rank and ends the job (exit 4), nothing is left, and the last checkpoint resumes
+    to an uninterrupted run's parameters. Defaults otherwise (2 loader processes per worker)."""
+    overrides = [*RUN, *(PS_RUN if launcher == PS else []), "dist.stall_timeout=%d" % STALL]
+    workdir = tmp_path / "stalled"
+    job = jobs(dl, workdir, launcher, overrides)
+    wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
+    rank_of = horovod_rank if launcher == HOROVOD else ps_rank
+    workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(
+        train_workers(workdir, rank_of)), 30, "both workers")
+    job.signal(workers[1], signal.SIGSTOP)
+    code, out, elapsed = job.finish()
+    assert code == 4, out[-3000:]
+    assert STALL <= elapsed < STALL + BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab: stalled: no progress for 20 s after iteration \d+ "
+                     r"\(rank 0 of 2", out), out[-3000:]
+    assert "worker rank 1 (pid %d) on this machine is stopped" % workers[1] in out, out[-3000:]
+    assert "stalled" in out.split("deeplab launch")[-1], out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] < 80
+    resume_equals_straight(dl, straight, workdir, launcher, overrides,
+                           [*RUN, *(PS_RUN if launcher == PS else [])])
