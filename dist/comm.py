@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
-           "broadcast_parameters", "context", "stall_hint",
+           "broadcast_parameters", "context", "contexts", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
@@ -97,8 +97,13 @@ class LocalBackend:
 
     def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
                      prefix):
-        # kvstore=None: nothing to sum; step(n) divides the gradients by n.
-        return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None), 1)
+        # One device: nothing to sum (kvstore None). Several: MXNet's 'device' kvstore sums
+        # their gradients; the optimizer runs here (update_on_kvstore=False), so its state is
+        # in the trainer and can be checkpointed. step(n) divides the sum by n.
+        several = len({c for p in params.values() for c in p.list_ctx()}) > 1
+        return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params,
+                                            kvstore="device" if several else None,
+                                            update_on_kvstore=False if several else None), 1)
 
     def exit_after_failure(self, code):
         pass
@@ -374,6 +379,17 @@ def is_main():
 def context():
     """The device this worker computes on: GPU `local_rank()` if MXNet sees GPUs, else CPU."""
     return mx.gpu(local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
+
+
+def contexts(count=1):
+    """The `count` devices this worker computes on: GPUs local_rank() * count, ... when MXNet
+    sees GPUs (one process per node drives all of them with local rank 0), else CPU device ids
+    0 .. count - 1 (logical devices sharing the CPU: what tests and development run on)."""
+    if count == 1:
+        return [context()]
+    if mx.context.num_gpus() > 0:
+        return [mx.gpu(local_rank() * count + i) for i in range(count)]
+    return [mx.cpu(i) for i in range(count)]
 
 
 def stall_hint():

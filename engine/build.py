@@ -1,6 +1,8 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
+import mxnet as mx
 from mxnet.gluon import nn
+from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
 from deeplab import dist
 from deeplab.data import get_dataset
@@ -26,6 +28,22 @@ def start_workers(cfg):
     from deeplab.errors import ConfigError
 
     dist.init(cfg["dist"]["backend"])
+    devices = cfg["dist"]["devices_per_worker"]
+    if devices > 1 and dist.backend() == "horovod":
+        raise ConfigError("dist.devices_per_worker is %d, but Horovod's trainer reduces the "
+                          "gradients of one device per worker: under Horovod run one worker "
+                          "per device, or use dist.backend local or ps" % devices)
+    if devices > 1 and cfg["train"]["batch_size"] % (devices * dist.size()):
+        raise ConfigError("train.batch_size (%d) must be divisible by the %d device(s) of the "
+                          "%d worker(s)" % (cfg["train"]["batch_size"], devices * dist.size(),
+                                            dist.size()))
+    if devices > 1 and not cfg["train"]["freeze_bn"] and not uses_sync_bn(cfg) \
+            and not mx.context.num_gpus():
+        # Measured: MXNet 1.9's contrib SyncBatchNorm never completes across CPU device ids
+        # (forward and backward are queued, the engine waits forever).
+        raise ConfigError("dist.devices_per_worker %d with BN trained needs GPUs: MXNet's "
+                          "SyncBatchNorm across devices deadlocks on CPU device ids; on CPUs "
+                          "use it with train.freeze_bn: true" % devices)
     if uses_sync_bn(cfg):
         try:
             dist.configure_sync_bn(cfg["dist"]["sync_bn_group"])
@@ -42,6 +60,9 @@ def bn_mode(cfg, sync_bn=None):
     if sync_bn:
         group = cfg["dist"]["sync_bn_group"]
         return "synchronized" if group == "all" else "synchronized (groups: %s)" % group
+    if cfg["dist"]["devices_per_worker"] > 1:
+        return "synchronized across each worker's devices" if dist.size() > 1 \
+            else "synchronized across the devices"
     return "per-worker" if dist.size() > 1 else "plain"
 
 
@@ -67,7 +88,13 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
     m = cfg["model"]
     frozen = cfg["train"]["freeze_bn"]
     sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
-    norm_layer = SyncBatchNorm if training and sync_bn and not frozen else nn.BatchNorm
+    norm_layer, norm_kwargs = nn.BatchNorm, {"use_global_stats": True} if frozen else None
+    devices = len(ctx) if isinstance(ctx, (list, tuple)) else 1
+    if training and not frozen and sync_bn:
+        norm_layer = SyncBatchNorm
+    elif training and not frozen and devices > 1:
+        # The devices of one process: MXNet's own SyncBatchNorm, synchronized in-process.
+        norm_layer, norm_kwargs = DeviceSyncBatchNorm, {"num_devices": devices}
     main = dist.is_main()
     if copy_from is not None:
         params = backbone_params = None
@@ -83,8 +110,7 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
         head_channels=m["head_channels"], dropout=m["dropout"],
-        vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer,
-        norm_kwargs={"use_global_stats": True} if frozen else None,
+        vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer, norm_kwargs=norm_kwargs,
         backbone_params=backbone_params if main else None, params=params if main else None,
         ctx=ctx, seed=seed)
     if copy_from is not None:

@@ -112,6 +112,10 @@ SCHEMA = {
         "num_groups": K("int", 0, "Horovod: gradients allreduced in this many groups (0: one call "
                         "per gradient, batched by Horovod's tensor fusion)",
                         lo=0),
+        "devices_per_worker": K("int", 1, "devices one worker process drives (a node's GPUs, "
+                                "or CPU device ids on a CPU); its batch is split over them, "
+                                "their gradients summed in-process and BN synchronized across "
+                                "them (local and ps backends)", lo=1),
         "stall_timeout": K("float", 600.0,
                            "seconds without a completed step before a worker exits as "
                            "stalled (0: never); the first step and evaluation get 4x", lo=0),

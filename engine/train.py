@@ -103,7 +103,8 @@ def enable_amp(ctx):
 
 
 def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
-    """COLLECTIVE. One SGD step on this worker's slice of the global batch.
+    """COLLECTIVE. One SGD step on this worker's slice of the global batch, on device `ctx` or
+    split evenly over the devices of the list `ctx` (their gradients are summed in-process).
 
     The step's one allreduce carries the global count of labelled pixels, and every worker's
     votes to stop (SIGTERM) and that its previous loss was not finite, so that all workers take
@@ -125,21 +126,26 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
                                            name="train.step")
     if bad:
         return StepResult(None, count, None, stops > 0, True)
-    data, label = data.as_in_context(ctx), label.as_in_context(ctx)
+    ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+    datas = mx.gluon.utils.split_and_load(data, ctxs)
+    labels = mx.gluon.utils.split_and_load(label, ctxs)
     trainer.set_learning_rate(lr)
     with autograd.record():
-        logits = net(data)
-        loss = cross_entropy_sum(mx.nd, logits, label)
-        share = loss / max(count, 1.0)
+        logits = [net(x) for x in datas]
+        losses = [cross_entropy_sum(mx.nd, z, y) for z, y in zip(logits, labels)]
+        shares = [loss / max(count, 1.0) for loss in losses]
     if _AMP["dtype"] == "float16":  # dynamic loss scaling: float16 gradients underflow
         from mxnet.contrib import amp
 
-        with amp.scale_loss(share, trainer.trainer) as scaled:
-            scaled.backward()
+        with amp.scale_loss(shares, trainer.trainer) as scaled:
+            autograd.backward(scaled)
     else:
-        share.backward()
+        autograd.backward(shares)
     trainer.step(1.0)
-    confusion = confusion_nd(logits.detach(), label, logits.shape[1])
+    first = ctxs[0]
+    loss = mx.nd.add_n(*[x.as_in_context(first) for x in losses])
+    confusion = mx.nd.add_n(*[confusion_nd(z.detach(), y, z.shape[1]).as_in_context(first)
+                              for z, y in zip(logits, labels)])
     return StepResult(loss, count, confusion, stops > 0, False)
 
 
@@ -273,11 +279,11 @@ def train(cfg, workdir, resume_from=None, log=None):
     `resume_from` (see `prepare`); returns the trained network."""
     t = cfg["train"]
     log = log or run_logger()
-    ctx = dist.context()
+    ctx = dist.contexts(cfg["dist"]["devices_per_worker"])
     net, trainer, start = build_training(cfg, ctx, resume_from, log)
     ckpt = Checkpointer(workdir, every=t["checkpoint_every"], keep=t["keep_checkpoints"], log=log)
     record = RunRecord(workdir, start)
-    meter = Meter(log, record, start, t["iterations"], t["log_every"], t["batch_size"], ctx)
+    meter = Meter(log, record, start, t["iterations"], t["log_every"], t["batch_size"], ctx[0])
     evaluator = PeriodicEvaluator(cfg, workdir, log, record)
     schedule, batches, last = lr_schedule(cfg), timed(training_batches(cfg, start)), None
     stall = cfg["dist"]["stall_timeout"]  # the first step builds and compiles: allowed longer

@@ -1,7 +1,12 @@
 """`deeplab k8s`: Kubernetes jobs for a training config.
 
     deeplab k8s render CONFIG --backend horovod|ps --nodes N --gpus-per-node G --image IMG
-                       --data-pvc NAME --out DIR [--name JOB] [--servers M] [--set KEY=VALUE ...]
+                       --data-pvc NAME --out DIR [--name JOB] [--servers M]
+                       [--command train|bench|eval|predict] [--checkpoint P] [--input P ...]
+                       [--command-arg=ARG ...] [--resume-from JOB] [--env K=V ...]
+                       [--node-selector K=V ...] [--toleration KEY[=VALUE]:EFFECT ...]
+                       [--cpu N] [--memory Q] [--image-pull-secret NAME ...]
+                       [--priority-class NAME] [--set KEY=VALUE ...]
     deeplab k8s validate DIR
     deeplab k8s run-local DIR --data-dir LOCAL_DIR [--source REPO] [--timeout S] [--dry-run]
 """
@@ -17,12 +22,21 @@ from .render import MOUNT
 
 __all__ = ["parse_args", "main"]
 
+IMAGES = """Which image (--image) for which GPUs:
+  docker build -f k8s/Dockerfile [--build-arg BASE=cuda112] -t IMAGE .
+      CUDA 11.2, mxnet-cu112==1.9.1 (cubins sm_50..sm_86): Maxwell to Ampere and Ada; CPU
+  docker build -f k8s/Dockerfile --build-arg BASE=ngc -t IMAGE .
+      NVIDIA's NGC MXNet container (MXNet 1.9.1, CUDA 12): Hopper (H100, H200) and newer
+See docs/kubernetes.md; `deeplab doctor` on a GPU node says which one the node needs."""
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab k8s", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
 
-    r = sub.add_parser("render", help="write the manifests of a training run")
+    r = sub.add_parser(
+        "render", help="write the manifests of a training run (or bench, eval, predict)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=IMAGES)
     r.add_argument("config", help="training config inside the repository, e.g. "
                                   "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
     r.add_argument("--backend", required=True, choices=("horovod", "ps"),
@@ -32,7 +46,10 @@ def parse_args(argv=None):
                         "ps runs one worker pod per GPU")
     r.add_argument("--gpus-per-node", type=int, required=True,
                    help="GPUs per node (0: CPU nodes, one training process each)")
-    r.add_argument("--image", required=True, help="container image built from k8s/Dockerfile")
+    r.add_argument("--image", required=True,
+                   help="container image built from k8s/Dockerfile: --build-arg BASE=cuda112 "
+                        "(default) for Maxwell to Ampere/Ada, BASE=ngc for Hopper (H100/H200) "
+                        "and newer")
     r.add_argument("--data-pvc", required=True,
                    help="PersistentVolumeClaim (ReadWriteMany) mounted at %s in the training "
                         "pods: dataset, weights and the run directory %s/runs/JOB"
@@ -53,6 +70,40 @@ def parse_args(argv=None):
     r.add_argument("--backoff-limit", type=int, default=None,
                    help="--backend horovod: MPIJob runPolicy.backoffLimit, launcher restarts that "
                         "each resume from the newest checkpoint (default 3)")
+    r.add_argument("--command", default="train", choices=render_mod.COMMANDS,
+                   help="what the pods run (default train); bench writes %s/runs/JOB/bench.json, "
+                        "eval %s/runs/JOB/results.json, predict %s/runs/JOB/predictions/"
+                        % (MOUNT, MOUNT, MOUNT))
+    r.add_argument("--checkpoint",
+                   help="--command eval|predict: the .params file on the PVC, e.g. "
+                        "%s/runs/JOB/final.params" % MOUNT)
+    r.add_argument("--input", dest="inputs", action="append", default=[], metavar="PATH",
+                   help="--command predict: image or folder of images on the PVC (repeatable)")
+    r.add_argument("--command-arg", dest="command_args", action="append", default=[],
+                   metavar="ARG",
+                   help="one more argument for the command, e.g. --command-arg=--steps "
+                        "--command-arg=50 (repeatable; use '=' for values starting with '-')")
+    r.add_argument("--resume-from", metavar="JOB",
+                   help="--command train: continue the run directory %s/runs/JOB of an earlier "
+                        "job (any --nodes whose world size divides train.batch_size)" % MOUNT)
+    r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment variable of every container, e.g. NCCL_DEBUG=INFO "
+                        "(repeatable)")
+    r.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                   help="nodeSelector of every pod (repeatable)")
+    r.add_argument("--toleration", dest="tolerations", action="append", default=[],
+                   metavar="KEY[=VALUE]:EFFECT",
+                   help="toleration of every pod, EFFECT one of %s; operator Equal with a "
+                        "VALUE, Exists without (repeatable)"
+                        % ", ".join(render_mod.TOLERATION_EFFECTS))
+    r.add_argument("--cpu", help="CPU request of each training (GPU) pod, e.g. 16 or 7500m")
+    r.add_argument("--memory", help="memory request of each training (GPU) pod, e.g. 64Gi "
+                                    "(the memory-backed /dev/shm counts towards it)")
+    r.add_argument("--image-pull-secret", dest="image_pull_secrets", action="append",
+                   default=[], metavar="NAME",
+                   help="imagePullSecrets entry of every pod (repeatable)")
+    r.add_argument("--priority-class", metavar="NAME",
+                   help="priorityClassName of every pod")
     add_set_argument(r, example="model.backbone_params=%s/models/resnet50_v2.params" % MOUNT)
 
     v = sub.add_parser("validate", help="validate manifests offline (strict)")
@@ -78,7 +129,11 @@ def _render(args):
         "gpus_per_node": args.gpus_per_node, "image": args.image, "data_pvc": args.data_pvc,
         "name": args.name, "servers": args.servers, "overrides": args.overrides,
         "data_subdir": args.data_subdir, "shm_size": args.shm_size,
-        "grace_period": args.grace_period, "backoff_limit": args.backoff_limit}, args.out)
+        "grace_period": args.grace_period, "backoff_limit": args.backoff_limit,
+        **{key: getattr(args, key) for key in (
+            "command", "checkpoint", "inputs", "command_args", "resume_from", "env",
+            "node_selector", "tolerations", "cpu", "memory", "image_pull_secrets",
+            "priority_class")}}, args.out)
     print("wrote %s" % path)
 
 

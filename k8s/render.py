@@ -16,6 +16,11 @@ deeplab.k8s.entrypoint, which reaps zombies and, when the pod is deleted, makes 
 processes save a checkpoint before the grace period ends: in MPIJob worker pods it signals them
 itself (horovodrun started them through sshd), elsewhere `deeplab launch` does. The output is
 deterministic: the same arguments give the same bytes.
+
+The same jobs run `deeplab bench`, `eval` or `predict` instead of `train` (--command), writing
+their output under the run directory on the PVC. Pods without a GPU (MPIJob launcher, ps-lite
+scheduler and servers) get the CUDA driver stub at the end of LD_LIBRARY_PATH (STUB_LD_PATH): the
+CUDA build of MXNet links libcuda.so.1, which only GPU pods receive from the node.
 """
 import os
 import re
@@ -25,7 +30,8 @@ import yaml
 
 from deeplab.errors import RenderError
 
-__all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "source_root",
+__all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "COMMANDS",
+           "CUDA_STUB_DIR", "STUB_LD_PATH", "TOLERATION_EFFECTS", "source_root",
            "default_name", "render", "render_to_dir", "render_command", "dump_documents"]
 
 MOUNT = "/data"  # where every pod mounts the PVC
@@ -43,10 +49,26 @@ ENTRYPOINT_MARGIN, LAUNCH_MARGIN = 5, 10
 MANIFEST = "job.yaml"  # the file render_to_dir writes
 # Config keys that name files: in a pod only the PVC exists, so they must point into it.
 PATH_KEYS = ("data.root", "model.backbone_params", "model.params")
+# The `deeplab` commands a job can run, and the file or folder each writes in the run directory.
+COMMANDS = ("train", "bench", "eval", "predict")
+OUTPUTS = {"bench": "bench.json", "eval": "results.json", "predict": "predictions"}
+# k8s/Dockerfile links the CUDA toolkit's driver stub as CUDA_STUB_DIR/libcuda.so.1. Pods without
+# a GPU get STUB_LD_PATH (the CUDA base image's LD_LIBRARY_PATH, then the stub). horovodrun passes
+# the launcher's environment on to the training processes, so the value also reaches GPU pods:
+# there an empty volume hides CUDA_STUB_DIR, and the real libcuda.so.1 is loaded.
+CUDA_STUB_DIR = "/opt/cuda-stub"
+STUB_LD_PATH = "/usr/local/nvidia/lib:/usr/local/nvidia/lib64:" + CUDA_STUB_DIR
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# Environment variables the pods' commands depend on: not settable with --env.
+RESERVED_ENV = ("PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "DEEPLAB_LOCAL_RANK")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+# A label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters.
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 # NAME-scheduler, NAME-worker and their pods' names must stay within 63 characters.
 MAX_NAME = 40
 
@@ -123,10 +145,121 @@ def _check_args(a):
     sub = a["data_subdir"]
     if not sub or sub.startswith("/") or ".." in sub.split("/"):
         raise RenderError("--data-subdir must be a relative path inside the PVC, got %r" % (sub,))
+    _check_command(a)
+    _check_cluster(a)
 
 
-def _train_args(a, cfg, config_rel):
-    """The `train ...` arguments every pod runs (after `deeplab launch ... --`)."""
+def _on_pvc(flag, path):
+    if not isinstance(path, str) or not path.startswith(MOUNT + "/") or ".." in path.split("/"):
+        raise RenderError("%s must be a path on the PVC, under %s/ (the only storage the pods "
+                          "see), got %r" % (flag, MOUNT, path))
+
+
+def _check_command(a):
+    command = a["command"]
+    if command not in COMMANDS:
+        raise RenderError("--command must be one of %s, got %r" % (", ".join(COMMANDS), command))
+    if command in ("eval", "predict"):
+        if not a["checkpoint"]:
+            raise RenderError("--command %s needs --checkpoint, a .params file on the PVC "
+                              "(e.g. %s/runs/JOB/final.params)" % (command, MOUNT))
+        _on_pvc("--checkpoint", a["checkpoint"])
+    elif a["checkpoint"]:
+        raise RenderError("--checkpoint applies to --command eval and predict only")
+    if command == "predict":
+        if not a["inputs"]:
+            raise RenderError("--command predict needs --input, an image or folder on the PVC "
+                              "(repeatable)")
+        for path in a["inputs"]:
+            _on_pvc("--input", path)
+    elif a["inputs"]:
+        raise RenderError("--input applies to --command predict only")
+    if a["resume_from"] is not None:
+        if command != "train":
+            raise RenderError("--resume-from applies to --command train only")
+        if not _DNS_LABEL.match(a["resume_from"]) or len(a["resume_from"]) > MAX_NAME:
+            raise RenderError("--resume-from %r must be the --name of an earlier job (a DNS "
+                              "label of at most %d characters)" % (a["resume_from"], MAX_NAME))
+    for arg in a["command_args"]:
+        if not isinstance(arg, str) or not arg:
+            raise RenderError("--command-arg must be a non-empty string, got %r" % (arg,))
+
+
+def _pair(flag, text, expected):
+    """KEY=VALUE -> (KEY, VALUE), else a RenderError naming `flag` and `expected`."""
+    if not isinstance(text, str) or "=" not in text or not text.split("=", 1)[0]:
+        raise RenderError("%s must be %s, got %r" % (flag, expected, text))
+    return tuple(text.split("=", 1))
+
+
+def _label_key(key):
+    prefix, _, name = key.rpartition("/")
+    return bool(_LABEL_NAME.match(name)) and (not prefix or (
+        len(prefix) <= 253 and bool(_DNS_SUBDOMAIN.match(prefix))))
+
+
+def _label_value(value):
+    return value == "" or bool(_LABEL_NAME.match(value))
+
+
+def _check_cluster(a):
+    """--env, --node-selector, --toleration, --cpu, --memory, --image-pull-secret,
+    --priority-class."""
+    for text in a["env"]:
+        key, _ = _pair("--env", text, "NAME=VALUE")
+        if not _ENV_NAME.match(key):
+            raise RenderError("--env %r: %r is not a valid environment variable name (letters, "
+                              "digits, '_', '-', '.', not starting with a digit)" % (text, key))
+        if key in RESERVED_ENV or key.startswith("DMLC_"):
+            raise RenderError("--env %r: %s is set by the renderer" % (text, key))
+    for text in a["node_selector"]:
+        key, value = _pair("--node-selector", text, "LABEL=VALUE, e.g. "
+                           "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3")
+        if not _label_key(key) or not _label_value(value):
+            raise RenderError("--node-selector %r is not LABEL=VALUE with a valid label key and "
+                              "value (at most 63 characters of letters, digits, '-', '_', '.')"
+                              % (text,))
+    for text in a["tolerations"]:
+        _toleration(text)
+    if a["cpu"] is not None and not _CPU.match(str(a["cpu"])):
+        raise RenderError("--cpu must be a CPU quantity such as 8 or 7500m, got %r" % (a["cpu"],))
+    if a["memory"] is not None and not _QUANTITY.match(str(a["memory"])):
+        raise RenderError("--memory must be a Kubernetes quantity such as 64Gi, got %r"
+                          % (a["memory"],))
+    for flag, names in (("--image-pull-secret", a["image_pull_secrets"]),
+                        ("--priority-class", [a["priority_class"]] if a["priority_class"]
+                         is not None else [])):
+        for name in names:
+            if not _DNS_SUBDOMAIN.match(name or "") or len(name) > 253:
+                raise RenderError("%s %r is not a valid object name (lower-case letters, digits, "
+                                  "'-' and '.')" % (flag, name))
+
+
+def _toleration(text):
+    """KEY[=VALUE]:EFFECT -> a pod toleration (operator Equal with a value, Exists without)."""
+    expected = ("KEY[=VALUE]:EFFECT with EFFECT one of %s, e.g. nvidia.com/gpu:NoSchedule"
+                % ", ".join(TOLERATION_EFFECTS))
+    if not isinstance(text, str) or ":" not in text:
+        raise RenderError("--toleration must be %s, got %r" % (expected, text))
+    head, effect = text.rsplit(":", 1)
+    if effect not in TOLERATION_EFFECTS:
+        raise RenderError("--toleration %r: effect %r is not one of %s" % (
+            text, effect, ", ".join(TOLERATION_EFFECTS)))
+    key, eq, value = head.partition("=")
+    if not _label_key(key) or (eq and not _label_value(value)):
+        raise RenderError("--toleration must be %s, got %r" % (expected, text))
+    if eq:
+        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    return {"key": key, "operator": "Exists", "effect": effect}
+
+
+def _run_dir(a):
+    """The run directory on the PVC: the job's own, or the earlier job's with --resume-from."""
+    return "%s/runs/%s" % (MOUNT, a["resume_from"] or a["name"])
+
+
+def _command_args(a, cfg, config_rel):
+    """The `COMMAND ...` arguments every pod runs (after `deeplab launch ... --`)."""
     from deeplab.config import parse_override
 
     overrides = list(a["overrides"])
@@ -137,12 +270,23 @@ def _train_args(a, cfg, config_rel):
                 isinstance(value, str) and value.startswith(MOUNT + "/")):
             raise RenderError("--set %s: the pods see only the PVC, mounted at %s; give a path "
                               "under %s/" % (text, MOUNT, MOUNT))
-    if cfg["data"]["name"] != "synthetic" and not any(
+    # bench times synthetic batches: it reads no dataset.
+    if a["command"] != "bench" and cfg["data"]["name"] != "synthetic" and not any(
             t.split("=", 1)[0] == "data.root" for t in overrides):
         overrides.insert(0, "data.root=%s/%s" % (MOUNT, a["data_subdir"].strip("/")))
-    args = ["train", config_rel, "--workdir", "%s/runs/%s" % (MOUNT, a["name"]),
-            # A restarted pod continues from the newest checkpoint (none on the first run).
-            "--resume"]
+    command, run_dir = a["command"], _run_dir(a)
+    args = [command, config_rel]
+    if command == "predict":
+        args += list(a["inputs"])
+    if command == "train":
+        # A restarted pod continues from the newest checkpoint (none on the first run).
+        args += ["--workdir", run_dir, "--resume"]
+    if command in ("eval", "predict"):
+        args += ["--checkpoint", a["checkpoint"]]
+    if command in OUTPUTS:
+        args += ["--out", "%s/%s" % (run_dir, OUTPUTS[command])]
+    args += list(a["command_args"])
+    # Last: predict's --set takes every value that follows it.
     for text in overrides:
         args += ["--set", text]
     return args
@@ -158,30 +302,62 @@ def _env(pairs):
     return [{"name": k, "value": str(v)} for k, v in pairs]
 
 
-def _volumes(a):
-    return [{"name": "data", "persistentVolumeClaim": {"claimName": a["data_pvc"]}},
-            # The loader's worker processes pass batches through shared memory; the container
-            # runtime's default /dev/shm is 64 MiB.
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": a["shm_size"]}}]
+def _volumes(a, gpus=0):
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": a["data_pvc"]}},
+               # The loader's worker processes pass batches through shared memory; the container
+               # runtime's default /dev/shm is 64 MiB.
+               {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": a["shm_size"]}}]
+    if gpus:  # hides the image's CUDA driver stub from GPU processes (see STUB_LD_PATH)
+        volumes.append({"name": "no-cuda-stub", "emptyDir": {"sizeLimit": "1Mi"}})
+    return volumes
 
 
 _MOUNTS = [{"name": "data", "mountPath": MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
 
 
-def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=None):
+def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=None,
+               trains=False):
+    """A container of the job's image; `trains` for the pods that hold the GPUs (--cpu,
+    --memory), `gpus` the GPUs it gets (none: the CUDA driver stub goes on its library path)."""
     c = {"name": name, "image": a["image"], "imagePullPolicy": "IfNotPresent",
          "workingDir": IMAGE_SOURCE, "command": list(command)}
     if args is not None:
         c["args"] = list(args)
         # Python's output reaches `kubectl logs` as it is written.
-        c["env"] = _env([("PYTHONUNBUFFERED", "1")]) + list(env)
+        c["env"] = (_env([("PYTHONUNBUFFERED", "1")]) + list(env)
+                    + _env(text.split("=", 1) for text in a["env"]))
+        if not gpus:
+            c["env"] += _env([("LD_LIBRARY_PATH", STUB_LD_PATH)])
     if ports:
         c["ports"] = ports
+    resources = {}
+    if trains:
+        requests = {k: str(a[k]) for k in ("cpu", "memory") if a[k] is not None}
+        if requests:
+            resources["requests"] = requests
     if gpus:
-        c["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+        resources["limits"] = {"nvidia.com/gpu": gpus}
+    if resources:
+        c["resources"] = resources
     if mounts:
         c["volumeMounts"] = [dict(m) for m in _MOUNTS]
+    if gpus:
+        c.setdefault("volumeMounts", []).append({"name": "no-cuda-stub",
+                                                 "mountPath": CUDA_STUB_DIR, "readOnly": True})
     return c
+
+
+def _pod(a, spec):
+    """Pod `spec` with the scheduling options every pod of the job shares."""
+    if a["node_selector"]:
+        spec["nodeSelector"] = dict(text.split("=", 1) for text in a["node_selector"])
+    if a["tolerations"]:
+        spec["tolerations"] = [_toleration(text) for text in a["tolerations"]]
+    if a["image_pull_secrets"]:
+        spec["imagePullSecrets"] = [{"name": n} for n in a["image_pull_secrets"]]
+    if a["priority_class"]:
+        spec["priorityClassName"] = a["priority_class"]
+    return spec
 
 
 def _entrypoint(a, workers=False):
@@ -201,11 +377,14 @@ def _mpijob(a, train_args):
     slots = a["gpus_per_node"] or 1
     launch = _launch(a, "horovod", "-np", str(a["nodes"] * slots), "--hostfile", HOSTFILE,
                      "--start-timeout", str(LAUNCH_TIMEOUT)) + train_args
-    launcher = {"containers": [_container(a, "launcher", _entrypoint(a), launch, mounts=False)],
-                "terminationGracePeriodSeconds": a["grace_period"]}
-    worker = {"containers": [_container(a, "worker", _entrypoint(a, workers=True),
-                                        ["/usr/sbin/sshd", "-De"], gpus=a["gpus_per_node"])],
-              "volumes": _volumes(a), "terminationGracePeriodSeconds": a["grace_period"]}
+    launcher = _pod(a, {"containers": [_container(a, "launcher", _entrypoint(a), launch,
+                                                  mounts=False)],
+                        "terminationGracePeriodSeconds": a["grace_period"]})
+    worker = _pod(a, {"containers": [_container(a, "worker", _entrypoint(a, workers=True),
+                                                ["/usr/sbin/sshd", "-De"],
+                                                gpus=a["gpus_per_node"], trains=True)],
+                      "volumes": _volumes(a, a["gpus_per_node"]),
+                      "terminationGracePeriodSeconds": a["grace_period"]})
     return {
         "apiVersion": "kubeflow.org/v2beta1", "kind": "MPIJob",
         "metadata": {"name": a["name"], "labels": _labels(a, "training")},
@@ -256,7 +435,8 @@ def _ps_objects(a, train_args):
         else:
             pod["initContainers"] = [wait_for_scheduler]
         if volumes:
-            pod["volumes"] = _volumes(a)
+            pod["volumes"] = _volumes(a, container.get("resources", {}).get("limits"))
+        _pod(a, pod)
         spec = {"completions": count, "parallelism": count}
         if indexed:
             spec["completionMode"] = "Indexed"
@@ -285,7 +465,7 @@ def _ps_objects(a, train_args):
                         env=_env([("DMLC_ROLE", "worker")] + common
                                  # each worker pod sees its one GPU as device 0
                                  + [("DEEPLAB_LOCAL_RANK", 0)]) + [pod_ip],
-                        gpus=1 if a["gpus_per_node"] else 0)
+                        gpus=1 if a["gpus_per_node"] else 0, trains=True)
     return [service, job("scheduler", 1, scheduler, False, False),
             job("server", a["servers"], server, True, False),
             job("worker", workers, worker, True, True)]
@@ -294,27 +474,59 @@ def _ps_objects(a, train_args):
 def _normalize(args):
     """Render arguments as a dict with every option filled in."""
     a = dict(args)
+    for key, default in DEFAULTS.items():
+        if a.get(key) is None:
+            a[key] = default
     a.setdefault("name", None)
     a.setdefault("servers", None)
-    a.setdefault("overrides", [])
-    a.setdefault("data_subdir", "voc")
-    a.setdefault("shm_size", "8Gi")
-    a.setdefault("grace_period", 300)
-    if a.get("backoff_limit") is None and a["backend"] == "horovod":
-        a["backoff_limit"] = 3
     a.setdefault("backoff_limit", None)
+    for key in ("resume_from", "checkpoint", "cpu", "memory", "priority_class"):
+        a.setdefault(key, None)
+    for key in LISTS:
+        a[key] = list(a.get(key) or [])
+    if a["backoff_limit"] is None and a["backend"] == "horovod":
+        a["backoff_limit"] = 3
     if a["name"] is None:
         a["name"] = default_name(a["config"])
     if a["backend"] == "ps" and a["servers"] is None:
         a["servers"] = a["nodes"]
-    a["overrides"] = list(a["overrides"] or [])
     return a
+
+
+DEFAULTS = {"command": "train", "data_subdir": "voc", "shm_size": "8Gi", "grace_period": 300}
+LISTS = ("overrides", "inputs", "command_args", "env", "node_selector", "tolerations",
+         "image_pull_secrets")
+
+
+# The module whose parse_args reads each command's arguments (as `deeplab COMMAND` does).
+PARSERS = {"train": "deeplab.train", "bench": "deeplab.bench", "eval": "deeplab.evaluate",
+           "predict": "deeplab.predict"}
+
+
+def _parse_command(a, args):
+    """Parses the pods' `COMMAND ARGS` with the command's own parser, so that a bad
+    --command-arg fails here rather than in every pod."""
+    import contextlib
+    import importlib
+    import io
+
+    parser = importlib.import_module(PARSERS[args[0]]).parse_args
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parser(args[1:])
+    except SystemExit:
+        lines = err.getvalue().strip().splitlines()
+        raise RenderError("--command-arg: `deeplab %s` rejects its arguments: %s" % (
+            args[0], lines[-1] if lines else "invalid arguments")) from None
 
 
 def render(args, root=None):
     """The manifests (a list of dicts) for render arguments `args` (a dict with the keys of
     `deeplab k8s render`'s options: config, backend, nodes, gpus_per_node, image, data_pvc and
-    optionally name, servers, overrides, data_subdir, shm_size, grace_period, backoff_limit).
+    optionally name, servers, overrides, data_subdir, shm_size, grace_period, backoff_limit,
+    command, checkpoint, inputs, command_args, resume_from, env, node_selector, tolerations, cpu,
+    memory, image_pull_secrets, priority_class; the list-valued ones are lists of strings).
 
     Raises:
         RenderError (or ConfigError) naming the flag or config key that is wrong.
@@ -327,14 +539,16 @@ def render(args, root=None):
     config_rel = _config_in_image(a["config"], root)
     cfg = load_config(a["config"], a["overrides"])
     world = a["nodes"] * (a["gpus_per_node"] or 1)
-    if cfg["train"]["batch_size"] % world:
+    # bench's default batch per worker, like training's, is train.batch_size / workers.
+    if a["command"] in ("train", "bench") and cfg["train"]["batch_size"] % world:
         raise RenderError("train.batch_size (%d, the global batch) must be divisible by the number "
                           "of workers, --nodes x --gpus-per-node = %d" % (
                               cfg["train"]["batch_size"], world))
     if cfg["dist"]["backend"] not in ("auto", a["backend"]):
         raise RenderError("dist.backend is %r in the config but --backend is %r"
                           % (cfg["dist"]["backend"], a["backend"]))
-    train_args = _train_args(a, cfg, config_rel)
+    train_args = _command_args(a, cfg, config_rel)
+    _parse_command(a, train_args)
     if a["backend"] == "horovod":
         return [_mpijob(a, train_args)]
     return _ps_objects(a, train_args)
@@ -354,9 +568,21 @@ def render_command(args, root=None):
                                ("--shm-size", "shm_size", "8Gi"),
                                ("--grace-period", "grace_period", 300),
                                ("--backoff-limit", "backoff_limit", 3 if a["backend"] == "horovod"
-                                else None)):
+                                else None),
+                               ("--command", "command", "train"),
+                               ("--checkpoint", "checkpoint", None),
+                               ("--resume-from", "resume_from", None),
+                               ("--cpu", "cpu", None), ("--memory", "memory", None),
+                               ("--priority-class", "priority_class", None)):
         if a[key] != default:
             cmd += [flag, str(a[key])]
+    for flag, key in (("--input", "inputs"), ("--env", "env"),
+                      ("--node-selector", "node_selector"), ("--toleration", "tolerations"),
+                      ("--image-pull-secret", "image_pull_secrets")):
+        for text in a[key]:
+            cmd += [flag, text]
+    # '=' form: a value such as '--quiet' would otherwise be read as an option.
+    cmd += ["--command-arg=%s" % text for text in a["command_args"]]
     for text in a["overrides"]:
         cmd += ["--set", text]
     return cmd
@@ -374,7 +600,8 @@ def render_to_dir(args, out, root=None):
     """Renders and writes `out`/job.yaml (creating `out`); returns its path."""
     docs = render(args, root=root)
     header = ["Rendered by: %s" % " ".join(shlex.quote(t) for t in render_command(args, root)),
-              "Do not edit: change the config or the flags and render again."]
+              "Generated by the command above (plus --out DIR). You may edit this file; run the "
+              "command again to regenerate it (edits are then lost)."]
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, MANIFEST)
     tmp = "%s.tmp-%d" % (path, os.getpid())

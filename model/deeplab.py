@@ -85,13 +85,14 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         mx.random.seed(seed)
     # He initialization for convolutions; BN layers keep their own (gamma 1, beta 0).
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=ctx)
-    first = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
     # Training mode, not predict mode: an inference pass lets MKL-DNN (MXNet's CPU backend)
     # reorder convolution weights into its blocked layout in place, which code reading the raw
     # arrays (e.g. Horovod's broadcast) cannot handle. Nothing is recorded, so BN statistics
-    # (updated in MXNet's backward pass) do not change.
+    # (updated in MXNet's backward pass) do not change. On every device: a norm layer that
+    # synchronizes the devices of a process (MXNet's contrib SyncBatchNorm) waits for all.
     with mx.autograd.train_mode():
-        net(mx.nd.zeros((1, 3, 64, 64), ctx=first))
+        for c in ctx if isinstance(ctx, (list, tuple)) else [ctx]:
+            net(mx.nd.zeros((1, 3, 64, 64), ctx=c))
     if params:  # replaces every parameter: no need to read the backbone file
         load_params(net, params)
     elif backbone_params:

@@ -40,7 +40,7 @@ def pod_command(container):
 
 
 def test_examples_exist_for_both_backends():
-    assert {os.path.basename(os.path.dirname(p)) for p in EXAMPLES} == {"horovod", "ps"}
+    assert {os.path.basename(os.path.dirname(p)) for p in EXAMPLES} >= {"horovod", "ps"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(os.path.dirname(p)))
@@ -80,7 +80,8 @@ def test_mpijob_shape():
     worker_pid1 = entrypoint_args(wc)
     assert worker_pid1.command == ["/usr/sbin/sshd", "-De"] and worker_pid1.workers
     assert wc["resources"] == {"limits": {"nvidia.com/gpu": 4}}
-    assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/data", "/dev/shm"}
+    assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/data", "/dev/shm",
+                                                             render.CUDA_STUB_DIR}
     volumes = {v["name"]: v for v in wpod["volumes"]}
     assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "voc-data"}
     assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
@@ -210,5 +211,213 @@ def test_manifest_header_and_documents_parse(tmp_path):
     path = render.render_to_dir(args(backend="ps"), str(tmp_path))
     text = open(path).read()
     assert text.startswith("# Rendered by: deeplab k8s render ")
+    second = text.splitlines()[1]
+    assert "Do not edit" not in text and "You may edit this file" in second
+    assert "run the command again to regenerate it" in second
     kinds = [d["kind"] for d in yaml.safe_load_all(text)]
     assert kinds == ["Service", "Job", "Job", "Job"]
+
+
+# --- commands other than train, cluster settings, resuming, pods without a GPU ---------------
+
+from deeplab import evaluate, predict  # noqa: E402
+from deeplab.bench import throughput  # noqa: E402
+from deeplab.k8s import validate  # noqa: E402
+
+PARSERS = {"train": train.parse_args, "bench": throughput.parse_args,
+           "eval": evaluate.parse_args, "predict": predict.parse_args}
+CKPT = "/data/runs/old/final.params"
+COMMAND_ARGS = {
+    "train": {},
+    "bench": dict(command_args=["--steps", "5", "--repeat=2"]),
+    "eval": dict(checkpoint=CKPT, command_args=["--quiet"]),
+    "predict": dict(checkpoint=CKPT, inputs=["/data/images", "/data/more/a.jpg"]),
+}
+CLUSTER = dict(env=["NCCL_DEBUG=INFO", "HOROVOD_FUSION_THRESHOLD=67108864", "EMPTY="],
+               node_selector=["nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3", "pool=gpu"],
+               tolerations=["nvidia.com/gpu:NoSchedule", "dedicated=ml:NoExecute"],
+               cpu="7500m", memory="64Gi", image_pull_secrets=["regcred"],
+               priority_class="high-priority")
+
+
+def containers(docs):
+    """(pod spec, container) of every main container of the rendered objects."""
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Job"] + [
+        r["template"]["spec"] for d in docs if d["kind"] == "MPIJob"
+        for r in d["spec"]["mpiReplicaSpecs"].values()]
+    return [(pod, c) for pod in pods for c in pod["containers"]]
+
+
+def command_of(docs):
+    """The `COMMAND ARGS...` that the pods run (after `deeplab launch ... --`)."""
+    for _, c in containers(docs):
+        if c["args"][0] == "deeplab":
+            return c["args"][c["args"].index("--") + 1:]
+    raise AssertionError("no pod runs deeplab")
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+@pytest.mark.parametrize("command", render.COMMANDS)
+def test_every_command_renders_runs_its_own_flags_and_validates(command, backend, tmp_path):
+    a = args(backend=backend, name="job1", command=command, **COMMAND_ARGS[command])
+    path = render.render_to_dir(a, str(tmp_path))
+    count, problems = validate.validate_dir(str(tmp_path))
+    assert problems == [] and count == (1 if backend == "horovod" else 4)
+    docs = list(yaml.safe_load_all(open(path)))
+    cmd = command_of(docs)
+    assert cmd[0] == command
+    parsed = PARSERS[command](cmd[1:])
+    assert parsed.config == REAL
+    if command == "train":
+        assert parsed.workdir == "/data/runs/job1" and parsed.resume
+    elif command == "bench":
+        assert parsed.out == "/data/runs/job1/bench.json"
+        assert (parsed.steps, parsed.repeat) == (5, 2)
+        assert not any(o.startswith("data.root=") for o in parsed.overrides)  # synthetic
+    elif command == "eval":
+        assert (parsed.checkpoint, parsed.out) == (CKPT, "/data/runs/job1/results.json")
+        assert parsed.quiet and parsed.overrides == ["data.root=/data/voc"]
+    else:
+        assert parsed.checkpoint == CKPT and parsed.out == "/data/runs/job1/predictions"
+        assert parsed.inputs == ["/data/images", "/data/more/a.jpg"]
+        assert parsed.overrides == ["data.root=/data/voc"]
+    # The header's command line renders the same bytes.
+    argv = shlex.split(open(path).readline()[len("# Rendered by: "):])
+    out2 = tmp_path / "again"
+    cwd = os.getcwd()
+    try:
+        os.chdir(ROOT)
+        cli.main(cli.parse_args(argv[2:] + ["--out", str(out2)]))
+    finally:
+        os.chdir(cwd)
+    assert open(out2 / render.MANIFEST).read() == open(path).read()
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+def test_cluster_settings_reach_every_pod_and_validate(backend, tmp_path):
+    render.render_to_dir(args(backend=backend, **CLUSTER), str(tmp_path))
+    count, problems = validate.validate_dir(str(tmp_path))
+    assert problems == []
+    docs = validate.load_documents(str(tmp_path / render.MANIFEST))
+    pairs = containers(docs)
+    assert len(pairs) == (2 if backend == "horovod" else 3)
+    for pod, c in pairs:
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                                       "pool": "gpu"}
+        assert pod["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["priorityClassName"] == "high-priority"
+        env = env_of(c)
+        assert (env["NCCL_DEBUG"], env["HOROVOD_FUSION_THRESHOLD"], env["EMPTY"]) == (
+            "INFO", "67108864", "")
+        # Requests on the pods that train (they hold the GPUs) only; no CPU limit (throttling
+        # would slow the loader), no memory limit (the memory-backed /dev/shm counts towards it).
+        gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+        if gpus:
+            assert c["resources"] == {"requests": {"cpu": "7500m", "memory": "64Gi"},
+                                      "limits": {"nvidia.com/gpu": gpus}}
+        else:
+            assert "resources" not in c
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+@pytest.mark.parametrize("gpus", [4, 0])
+def test_cuda_driver_stub_only_where_no_gpu_is_attached(backend, gpus):
+    """Pods without a GPU find libcuda.so.1 in the image's stub directory; pods with one see that
+    directory empty, even when the launcher's LD_LIBRARY_PATH reaches them through horovodrun."""
+    docs = render.render(args(backend=backend, gpus_per_node=gpus))
+    roles = {}
+    for pod, c in containers(docs):
+        has_gpu = "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        if has_gpu:
+            assert "LD_LIBRARY_PATH" not in env_of(c)
+            assert volumes[mounts[render.CUDA_STUB_DIR]]["emptyDir"]
+        else:
+            assert env_of(c)["LD_LIBRARY_PATH"] == render.STUB_LD_PATH
+            assert render.STUB_LD_PATH.split(":")[-1] == render.CUDA_STUB_DIR  # searched last
+            assert render.CUDA_STUB_DIR not in mounts
+        roles[c["name"]] = has_gpu
+    expected = ({"launcher": False, "worker": bool(gpus)} if backend == "horovod" else
+                {"scheduler": False, "server": False, "worker": bool(gpus)})
+    assert roles == expected
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+def test_resume_from_continues_an_earlier_run_directory_on_another_world_size(backend):
+    docs = render.render(args(backend=backend, name="second", resume_from="first", nodes=1,
+                              gpus_per_node=2))
+    t = train.parse_args(command_of(docs)[1:])
+    assert t.workdir == "/data/runs/first" and t.resume
+    assert [d["metadata"]["name"] for d in docs][0] == "second"
+    cmd = render.render_command(args(backend=backend, name="second", resume_from="first"))
+    assert cmd[cmd.index("--resume-from") + 1] == "first"
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(command="serve"), "--command must be one of train, bench, eval, predict, got 'serve'"),
+    (dict(command="eval"), "--command eval needs --checkpoint"),
+    (dict(command="eval", checkpoint="runs/x.params"), "--checkpoint must be a path on the PVC"),
+    (dict(command="predict", checkpoint=CKPT), "--command predict needs --input"),
+    (dict(command="predict", checkpoint=CKPT, inputs=["/home/me/a.jpg"]),
+     "--input must be a path on the PVC"),
+    (dict(checkpoint=CKPT), "--checkpoint applies to --command eval and predict only"),
+    (dict(inputs=["/data/a.jpg"]), "--input applies to --command predict only"),
+    (dict(command="bench", resume_from="old"), "--resume-from applies to --command train only"),
+    (dict(resume_from="Old_Run"), "--resume-from 'Old_Run' must be the --name of an earlier job"),
+    (dict(command="bench", command_args=["--stepz", "5"]),
+     "--command-arg: `deeplab bench` rejects its arguments"),
+    (dict(env=["NCCL_DEBUG"]), "--env must be NAME=VALUE, got 'NCCL_DEBUG'"),
+    (dict(env=["=x"]), "--env must be NAME=VALUE"),
+    (dict(env=["1BAD=x"]), "is not a valid environment variable name"),
+    (dict(env=["DMLC_ROLE=worker"]), "--env 'DMLC_ROLE=worker': DMLC_ROLE is set by the renderer"),
+    (dict(env=["LD_LIBRARY_PATH=/x"]), "LD_LIBRARY_PATH is set by the renderer"),
+    (dict(node_selector=["pool"]), "--node-selector must be LABEL=VALUE"),
+    (dict(node_selector=["pool=a b"]), "--node-selector 'pool=a b' is not LABEL=VALUE"),
+    (dict(tolerations=["nvidia.com/gpu:NoSchedul"]),
+     "--toleration 'nvidia.com/gpu:NoSchedul': effect 'NoSchedul' is not one of NoSchedule, "
+     "PreferNoSchedule, NoExecute"),
+    (dict(tolerations=["nvidia.com/gpu"]), "--toleration must be KEY[=VALUE]:EFFECT"),
+    (dict(tolerations=["a b=c:NoSchedule"]), "--toleration must be KEY[=VALUE]:EFFECT"),
+    (dict(cpu="lots"), "--cpu must be a CPU quantity such as 8 or 7500m, got 'lots'"),
+    (dict(memory="64GB"), "--memory must be a Kubernetes quantity such as 64Gi, got '64GB'"),
+    (dict(image_pull_secrets=["Reg Cred"]), "--image-pull-secret 'Reg Cred' is not a valid"),
+    (dict(priority_class="High"), "--priority-class 'High' is not a valid object name"),
+])
+def test_bad_command_and_cluster_flags_name_the_flag(change, message):
+    with pytest.raises(render.RenderError) as err:
+        render.render(args(**change))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--toleration", "nvidia.com/gpu:Sometimes"], "--toleration"),
+    (["--env", "NCCL_DEBUG"], "--env"),
+    (["--node-selector", "pool"], "--node-selector"),
+    (["--command", "serve"], "--command"),
+    (["--cpu", "-1"], "--cpu"),
+])
+def test_cli_rejects_bad_flags_with_exit_code_2_naming_the_flag(flags, named, capsys, tmp_path):
+    from deeplab.cli import main
+
+    code = main(["k8s", "render", os.path.join(ROOT, REAL), "--backend", "horovod", "--nodes",
+                 "2", "--gpus-per-node", "4", "--image", "i", "--data-pvc", "p",
+                 "--out", str(tmp_path)] + flags)
+    err = capsys.readouterr().err
+    assert code == 2 and named in err, err
+    assert not (tmp_path / render.MANIFEST).exists()
+
+
+def test_help_says_which_image_for_which_gpus(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["render", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "docker build -f k8s/Dockerfile --build-arg BASE=ngc" in out
+    assert "Hopper (H100, H200)" in out and "--command-arg=" in out

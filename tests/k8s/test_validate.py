@@ -24,11 +24,24 @@ def worker_pod(mpijob):
     return mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
 
 
-@pytest.mark.parametrize("backend", ["horovod", "ps"])
+@pytest.mark.parametrize("backend", sorted(EXAMPLES))
 def test_examples_are_valid(backend):
     count, problems = validate.validate_dir(EXAMPLES[backend])
     assert problems == []
-    assert count == (1 if backend == "horovod" else 4)
+    assert count == (4 if backend.startswith("ps") else 1)
+
+
+def test_cluster_settings_are_checked_by_the_schemas():
+    """A misspelt toleration field or a non-string node selector fails validation."""
+    doc = example("horovod-eval-h100", "MPIJob")
+    assert validate.validate_document(doc) == []
+    pod = worker_pod(doc)
+    assert pod["tolerations"] and pod["nodeSelector"] and pod["priorityClassName"]
+    pod["tolerations"][0]["efect"] = "NoSchedule"
+    pod["nodeSelector"]["pool"] = 3
+    problems = validate.validate_document(doc)
+    assert any("'efect' was unexpected" in p for p in problems), problems
+    assert any("nodeSelector.pool: 3 is not of type 'string'" in p for p in problems), problems
 
 
 MPIJOB_BREAKS = {
