@@ -82,6 +82,14 @@ def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
     return counts[:-1].reshape(num_classes, num_classes), int(counts[-1])
 
 
+def no_cudnn_autotune():
+    """Turns cuDNN's convolution autotuning off for networks built from now on, unless the user
+    set it: VOC's images differ in size, and with several scales and flips nearly every image
+    brings new shapes, each of which autotuning would benchmark (MXNet reads
+    MXNET_CUDNN_AUTOTUNE_DEFAULT when an operator is created). No effect on the CPU."""
+    os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "0")
+
+
 def results_dict(conf, num_images, dataset, cfg, output_stride, checkpoint):
     """The results JSON: scores, the confusion matrix and what produced them."""
     res = scores(conf)
@@ -101,6 +109,7 @@ def format_results(res):
 def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None, quiet=False):
     """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`."""
     log = log or run_logger()
+    no_cudnn_autotune()
     dataset = build_dataset(cfg, "val")
     if cfg["train"]["hybridize"]:
         net.hybridize()
@@ -128,6 +137,7 @@ def main(args):
     dist.init(cfg["dist"]["backend"])
     ctx = dist.context()
     stride = eval_stride(cfg)
+    no_cudnn_autotune()
     if not os.path.isfile(args.checkpoint):
         from deeplab.errors import ParamsError
         raise ParamsError("--checkpoint %s does not exist" % args.checkpoint)

@@ -29,6 +29,7 @@ import shlex
 import yaml
 
 from deeplab.errors import RenderError
+from deeplab.utils import write_text
 
 __all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "COMMANDS",
            "CUDA_STUB_DIR", "STUB_LD_PATH", "TOLERATION_EFFECTS", "source_root",
@@ -604,8 +605,5 @@ def render_to_dir(args, out, root=None):
               "command again to regenerate it (edits are then lost)."]
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, MANIFEST)
-    tmp = "%s.tmp-%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(dump_documents(docs, header))
-    os.replace(tmp, path)
+    write_text(path, dump_documents(docs, header))
     return path
