@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from deeplab.utils import positive_int
+
 from . import horovod, ps
 
 __all__ = ["parse_args", "main", "DEFAULT_GRACE"]
@@ -20,16 +22,6 @@ _EXAMPLE = "deeplab launch horovod -np 2 -- train configs/tiny_synthetic.yaml --
 _STOPPING = ("SIGTERM or Ctrl-C: every worker is asked to stop after its current step (rank 0 "
              "saves a checkpoint); what still runs after --grace seconds is killed; exit code "
              "128 + the signal.")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("expected an integer >= 1, got %r" % text)
-    return value
 
 
 def _seconds(text):
@@ -54,12 +46,12 @@ def _parser():
               "[--horovodrun-arg ARG ...] -- train|eval|bench|predict ARGS...",
         description="Runs `deeplab ARGS...` on N workers through horovodrun. When a worker "
                     "fails, the job stops and the rank that failed first is named. " + _STOPPING)
-    h.add_argument("-np", dest="np", type=_positive_int, required=True, help="number of workers")
+    h.add_argument("-np", dest="np", type=positive_int, required=True, help="number of workers")
     hosts = h.add_mutually_exclusive_group()
     hosts.add_argument("-H", "--hosts", help="host:slots,... (default localhost:NP)")
     hosts.add_argument("--hostfile", help="file of 'host slots=N' lines")
     h.add_argument("--mpi", action="store_true", help="MPI controller instead of Gloo")
-    h.add_argument("--start-timeout", type=_positive_int, default=120,
+    h.add_argument("--start-timeout", type=positive_int, default=120,
                    help="seconds for workers to start and to rendezvous (default 120)")
     h.add_argument("--timeline", metavar="FILE",
                    help="Horovod's timeline (horovodrun --timeline-filename): a Chrome trace "
@@ -79,9 +71,9 @@ def _parser():
                     "role only when DMLC_ROLE is set (a cluster). When a process fails, the job "
                     "stops and the worker that failed first is named. " + _STOPPING + " The "
                     "servers and the scheduler are stopped after the workers.")
-    s.add_argument("--workers", type=_positive_int, default=2,
+    s.add_argument("--workers", type=positive_int, default=2,
                    help="worker processes (one machine; default 2)")
-    s.add_argument("--servers", type=_positive_int, default=1,
+    s.add_argument("--servers", type=positive_int, default=1,
                    help="server processes (one machine; default 1)")
     for sp in (h, s):
         sp.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
