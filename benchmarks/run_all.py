@@ -1,7 +1,7 @@
 """Runs every benchmark of the repository, one after the other, and regenerates
 benchmarks/RESULTS.md (and benchmarks/SCALING.md) from their JSON output.
 
-    .venv/bin/python benchmarks/run_all.py              # everything (about 40 minutes on 2 cores)
+    .venv/bin/python benchmarks/run_all.py              # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/run_all.py --only gluoncv_os8,data_pipeline
     .venv/bin/python benchmarks/run_all.py --render     # only rewrite the markdown from the JSON
 
@@ -70,6 +70,9 @@ RUNS = {
                                          *SCALING, *BASELINE, "--out", "{out}")),
     "data_pipeline": (ONE, [PY, "benchmarks/data_pipeline.py", "--out", "{out}"]),
     "vortex_pooling": (TWO, [PY, "benchmarks/vortex_pooling.py", "--out", "{out}"]),
+    # The seed project's network beside ours: needs DEEPLAB_SEED_REPO, a checkout (or bare git
+    # directory) of github.com/MTCloudVision/deeplabv3-mxnet_gluon.
+    "vortex_seed": (TWO, [PY, "benchmarks/seed_network.py", "--out", "{out}"]),
     "allreduce": (ONE, [os.path.join(os.path.dirname(PY), "horovodrun"), "-np", "2", "-H",
                         "localhost:2", "--gloo", PY, "benchmarks/allreduce.py", "--out", "{out}"]),
 }
@@ -357,20 +360,74 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
                   "PIL), pads the mask with background instead of ignore and normalises with "
                   "MXNet operators; ours decodes with OpenCV and normalises in numpy.", ""]
     r = _load("vortex_pooling")
+    if r and "network" in r:
+        parts += ["## Vortex Pooling: the head's average poolings", "", _provenance(r), "",
+                  "The three pooled maps, each the mean over the in-image part of every window "
+                  "(*ours*: valid poolings of the explicitly zero-padded map, scaled by the "
+                  "in-image counts, the head's formulation; *separable*: the previous one, "
+                  "poolings padded by the operator; *direct*: one square pooling with "
+                  "count_include_pad=False, the definition), or a different function near the "
+                  "borders (*seed*: square pooling counting the padding, the seed project's "
+                  "rule; *cascade*: the paper's cascaded 3x3 averages, `model.vortex_cascade`). "
+                  "Variants alternate, %d rounds after warm-up; ratios are taken per round: "
+                  "median [quartiles]. Wall-clock ratios are noisy on a shared machine; "
+                  "CPU-time ratios much less so." % r["rounds"], "",
+                  "Whole training step (forward, loss, backward) of ResNet-50 v2, BN trained, "
+                  "crop %d, batch 1, hybridized:" % r["crop"], "",
+                  "| OS | variant | s/step | CPU s/step | / ASPP (wall) | / ASPP (CPU) |",
+                  "|---|---|---|---|---|---|"]
+        for row in r["network"]:
+            for name, v in row["variants"].items():
+                parts.append("| %d | %s | %.3f | %.3f | %s | %s |" % (
+                    row["output_stride"], name, v["wall_s"], v["cpu_s"],
+                    *(("%.3f [%.3f-%.3f]" % (v[k]["median"], v[k]["q25"], v[k]["q75"])
+                       if k in v else "1") for k in ("wall_ratio", "cpu_ratio"))))
+        parts.append("")
+        for row in r["network"]:
+            v = row["variants"].get("ours")
+            if v and "wall_ratio" in v:
+                parts.append("- OS%d, Vortex (ours) / ASPP step: %s; CPU time %.3f" % (
+                    row["output_stride"], _target(v["wall_ratio"]["median"], "<=", 1.1),
+                    v["cpu_ratio"]["median"]))
+        if r["pooling"]:
+            parts += ["", "The pooled maps alone, forward + backward, on one 2048-channel map "
+                      "in MKL-DNN's blocked layout (as the head receives it), %d rounds; the "
+                      "largest difference from the definition (float64). On this layout "
+                      "MKL-DNN runs *direct* and *seed* in its reference kernel; they are not "
+                      "run at OS8:" % r["pooling_rounds"], "",
+                      "| OS | features | pool sizes | formulation | s | CPU s | / %s (CPU) | "
+                      "max difference |" % r["pooling"][0]["baseline"],
+                      "|---|---|---|---|---|---|---|---|"]
+            for row in r["pooling"]:
+                for name, v in row["formulations"].items():
+                    parts.append("| %d | %dx%d | %s | %s | %.3f | %.3f | %s | %.1e |" % (
+                        row["output_stride"], row["feature"][0], row["feature"][1],
+                        ", ".join(map(str, row["pool_sizes"])), name, v["wall_s"], v["cpu_s"],
+                        "%.2f" % v["cpu_ratio"]["median"] if "cpu_ratio" in v else "1",
+                        v["max_abs_diff_vs_definition"]))
+        parts.append("")
+    r = _load("vortex_seed")
     if r:
-        parts += ["## Vortex Pooling: square vs separable vs cascaded pooling", "",
-                  _provenance(r), "",
-                  "Batch %d, 2048-channel features of a 513x513 crop, medians of %d." % (
-                      r["batch"], r.get("repeat", 3)), "",
-                  "| OS | features | pool sizes | square | separable (ours, exact) | cascade | "
-                  "square / separable | head fwd+bwd separable / cascade |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for row in r["rows"]:
-            parts.append("| %d | %dx%d | %s | %.3f s | %.3f s | %.3f s | %.2fx | %.2fx |" % (
-                row["output_stride"], row["feature"], row["feature"],
-                ", ".join(map(str, row["pool_sizes"])), row["pool_square_s"],
-                row["pool_separable_s"], row["pool_cascade_s"],
-                row["pool_square_over_separable"], row["head_separable_over_cascade"]))
+        seed = r["seed"]
+        parts += ["## Against the seed project's network", "", _provenance(r), "",
+                  "The seed's %s (%s, commit %s) loaded at run time and run imperatively, as its "
+                  "train.py runs it (its blocks read shapes in hybrid_forward); ours hybridized "
+                  "with static allocation, as our training runs it. ResNet-50 v2, OS16, crop %d, "
+                  "batch 1, same input and loss, forward + backward; %d rounds, variants "
+                  "alternating; ratios per round, median [quartiles]." % (
+                      seed["file"], seed["repository"], (seed.get("commit") or "?")[:10],
+                      r["crop"], r["rounds"]), "",
+                  "| network | s/step | CPU s/step |", "|---|---|---|"]
+        for name, v in r["variants"].items():
+            parts.append("| %s | %.3f | %.3f |" % (name, v["wall_s"], v["cpu_s"]))
+        parts.append("")
+        targets = {"ours-vortex/seed-vortex": 0.9, "ours-vortex/ours-aspp": 1.1}
+        for name, q in r["ratios"].items():
+            w, c = q["wall"], q["cpu"]
+            value = (_target(w["median"], "<=", targets[name]) if name in targets
+                     else "%.3f" % w["median"])
+            parts.append("- %s step: %s [%.3f-%.3f]; CPU time %.3f [%.3f-%.3f]" % (
+                name, value, w["q25"], w["q75"], c["median"], c["q25"], c["q75"]))
         parts.append("")
     r = _load("allreduce")
     if r:

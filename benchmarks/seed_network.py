@@ -3,14 +3,15 @@ one training step's forward + backward of each, same input, one process (so the 
 alternating.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/seed_network.py --seed-repo PATH [--crop 512]
-        [--rounds 8] [--warmup 2] [--ours-imperative] [--out FILE.json]
+        [--rounds 12] [--warmup 2] [--ours-imperative] [--out FILE.json]
 
-PATH (default: $DEEPLAB_SEED_REPO) is a checkout of github.com/MTCloudVision/deeplabv3-mxnet_gluon or its bare git directory
-(then its HEAD is read with git). Its resnet/network.py is loaded from there at run time; none of
-its code is copied here. The seed's networks are built as its train.py builds them, ResNet-50 v2
-at output stride 16: ResNet(BottleneckV2, [3, 4, 6, 3], [64, 256, 512, 1024, 2048], 16, 1 for
-ASPP or 2 for Vortex Pooling). Its Vortex module averages with plain square AvgPool2D (3, 9, 27),
-counting the zero padding (MXNet's default); ours averages over the in-image part of each window.
+PATH (default: $DEEPLAB_SEED_REPO) is a checkout of
+github.com/MTCloudVision/deeplabv3-mxnet_gluon or its bare git directory (then its HEAD is read
+with git). Its resnet/network.py is loaded from there at run time; none of its code is copied
+here. The seed's networks are built as its train.py builds them, ResNet-50 v2 at output stride
+16: ResNet(BottleneckV2, [3, 4, 6, 3], [64, 256, 512, 1024, 2048], 16, 1 for ASPP or 2 for
+Vortex Pooling). Its Vortex module averages with plain square AvgPool2D (3, 9, 27), counting the
+zero padding (MXNet's default); ours averages over the in-image part of each window.
 
 What this script adapts, and why:
 - the seed's network resizes its logits to a fixed 512x512 (ResNet.hybrid_forward): the crop
@@ -34,7 +35,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import types
 
 import mxnet as mx
@@ -42,7 +42,9 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab.model import get_model
-from vortex_pooling import MODEL, machine, ratio_stats, time_rounds, training_step
+# benchmarks/, this script's folder, is first on sys.path
+from vortex_pooling import (MODEL, command_line, machine, ratio_stats, time_rounds,
+                            training_step)
 
 SEED_URL = "https://github.com/MTCloudVision/deeplabv3-mxnet_gluon"
 SEED_FILE = "resnet/network.py"
@@ -72,10 +74,9 @@ def load_seed(path):
         source = _git(path, "show", "HEAD:" + SEED_FILE)
         commit = _git(path, "rev-parse", "HEAD").strip()
     except (OSError, subprocess.CalledProcessError) as err:
+        detail = (getattr(err, "stderr", None) or str(err)).strip()
         raise SystemExit("--seed-repo %s: neither a checkout with %s nor a git directory whose "
-                         "HEAD has it (%s); get it from %s" % (path, SEED_FILE,
-                                                              getattr(err, "stderr", err),
-                                                              SEED_URL))
+                         "HEAD has it (%s); get it from %s" % (path, SEED_FILE, detail, SEED_URL))
     origin = "%s:HEAD:%s" % (path, SEED_FILE)
     module = types.ModuleType("seed_resnet_network")
     module.__file__ = origin
@@ -135,7 +136,7 @@ def main(args):
     ratios = {"%s/%s" % (a, b): {"wall": ratio_stats(times[a]["wall_s"], times[b]["wall_s"]),
                                  "cpu": ratio_stats(times[a]["cpu_s"], times[b]["cpu_s"])}
               for a, b in RATIOS}
-    report = {"benchmark": "seed_network", "command": " ".join(sys.argv),
+    report = {"benchmark": "seed_network", "command": command_line(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(),
               "seed": dict(provenance, repository=SEED_URL, file=SEED_FILE),
@@ -160,7 +161,7 @@ def parse_args(argv=None):
                    help="checkout or bare git directory of %s (default: $DEEPLAB_SEED_REPO)"
                    % SEED_URL)
     p.add_argument("--crop", type=int, default=SEED_CROP)
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--ours-imperative", action="store_true",
                    help="also time ours imperatively (as the seed runs)")

@@ -115,11 +115,11 @@ def box_average(F, x, size):
     Computed one axis at a time, as window averages of the explicitly zero-padded map scaled by
     size^2 over the window's in-image pixel count: exact, since both the window sum and the
     count factor over the two axes. The padding is an explicit `pad`, not the pooling's own:
-    with a pad of half a large window, MKL-DNN (v2) runs the pooling, or its backward, in a
-    generic kernel instead of its vectorized one (a reference kernel for a 27-wide window on a
-    24x24 map), which made a training step several times slower; a valid pooling takes the
-    vectorized kernel. Size 3 (pad 1) keeps the direct pooling, which is vectorized.
-    benchmarks/vortex_pooling.py measures this against the other formulations.
+    with a pad of half a large window (13 for 27, 27 for 55), MKL-DNN leaves its vectorized
+    kernel for a generic one (on the blocked layout the backbone hands over, its reference
+    kernel), which made a whole training step 1.6x (output stride 16) to 3.5x (8) slower; a
+    valid pooling took the vectorized kernel at every size measured. Size 3 (pad 1) keeps the
+    direct pooling, also vectorized. benchmarks/vortex_pooling.py compares the formulations.
     """
     if size <= 3:
         return F.Pooling(x, kernel=(size, size), stride=(1, 1), pad=(size // 2, size // 2),
@@ -168,7 +168,7 @@ class VortexHead(DecodeHead):
                 + [ConvBNReLU(c_in, c, 3, dilation=r, **self._norm) for r in self.rates])
 
     def branch_inputs(self, F, x):
-        pooled, prev = [], None
+        pooled, prev, prev_k = [], None, None
         for k in self.pool_sizes:
             if self.cascade and prev is not None:
                 d = (k - prev_k) // 2
