@@ -29,6 +29,10 @@ trainer, timed in the same processes:
     head       the other decoder head (ASPP <-> Vortex Pooling).
     bn         synchronized BN <-> per-worker BN (MXNet's BatchNorm).
     hybridize  ours run imperatively (if the config hybridizes), the way the seed project had to.
+    amp        ours in mixed precision (MXNet AMP, as train.amp: float16 with loss scaling on
+               GPUs, bfloat16 on CPUs). AMP patches MXNet's operators for the whole process, so
+               this variant is built last, after the others have traced their graphs; it needs
+               hybridized float32 networks (train.hybridize true, train.amp false).
 """
 import argparse
 import copy
@@ -52,7 +56,7 @@ from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_
 from deeplab.errors import UserError
 from deeplab.logger import progress
 from deeplab.metrics import IGNORE_LABEL
-from deeplab.train import cross_entropy_sum, make_optimizer_params
+from deeplab.train import amp_dtype, cross_entropy_sum, enable_amp, make_optimizer_params
 from deeplab.utils import write_text
 
 from .costs import count_costs
@@ -60,7 +64,7 @@ from .costs import count_costs
 __all__ = ["parse_args", "main", "run_bench", "COMPARISONS", "PHASES"]
 
 PHASES = ("data", "fwd_bwd", "comm", "update")
-COMPARISONS = ("gluoncv", "head", "bn", "hybridize")
+COMPARISONS = ("gluoncv", "head", "bn", "hybridize", "amp")
 
 
 class Variant:
@@ -71,12 +75,13 @@ class Variant:
     """
 
     def __init__(self, name, description, net, trainer, loss, costs, label_fn=None,
-                 per_batch=False):
+                 per_batch=False, scale_loss=False):
         self.name, self.description = name, description
         self.net, self.trainer, self.loss = net, trainer, loss
         self.costs = costs
         self.label_fn = label_fn or (lambda label: label)
         self.per_batch = per_batch
+        self.scale_loss = scale_loss  # float16 AMP: dynamic loss scaling
         self.times = []  # per timed step: [data, fwd_bwd, comm, update]
         self.device_peak = 0  # GPU bytes this process used, the most seen after a step
 
@@ -111,8 +116,14 @@ def _our_variant(name, description, cfg, ctx, crop, sync_bn, hybridize, index):
     costs = _costs(net, cfg, crop, ctx)
     if hybridize:
         net.hybridize(static_alloc=not sync_bn)
+    scale_loss = amp_dtype() == "float16"
+    if scale_loss:
+        from mxnet.contrib import amp
+
+        amp.init_trainer(trainer.trainer)
     return Variant(name, description, net, trainer,
-                   lambda out, label: cross_entropy_sum(mx.nd, out, label), costs)
+                   lambda out, label: cross_entropy_sum(mx.nd, out, label), costs,
+                   scale_loss=scale_loss)
 
 
 def _gluoncv_variant(name, description, cfg, ctx, crop, hybridize, index):
@@ -197,6 +208,12 @@ def _check_compare(cfg, compare):
     if "bn" in compare and (cfg["train"]["freeze_bn"] or dist.backend() == "ps"):
         raise UserError("--compare bn needs BN trained (train.freeze_bn false) and the local or "
                          "horovod backend (the parameter server keeps per-worker BN)")
+    if "amp" in compare and (cfg["train"]["amp"] or not cfg["train"]["hybridize"]
+                             or "hybridize" in compare or "gluoncv" in compare):
+        raise UserError("--compare amp needs hybridized float32 networks (train.amp false, "
+                        "train.hybridize true, and neither 'hybridize' nor 'gluoncv' in "
+                        "--compare): AMP patches MXNet's operators for the whole process, so "
+                        "any network running imperatively would turn mixed precision too")
     if compare and dist.backend() == "ps":
         raise UserError("--compare runs several networks in one process, whose trainers would "
                          "share the parameter server's keys; compare under local or horovod")
@@ -228,7 +245,13 @@ def _step(v, batches, ctx):
     t2 = time.perf_counter()
     with autograd.record():
         loss = v.loss(v.net(data), label)
-    loss.backward()
+    if v.scale_loss:
+        from mxnet.contrib import amp
+
+        with amp.scale_loss(loss, v.trainer.trainer) as scaled:
+            autograd.backward(scaled)
+    else:
+        loss.backward()
     mx.nd.waitall()
     t3 = time.perf_counter()
     v.trainer.allreduce_grads()
@@ -281,7 +304,9 @@ def _machine():
             "processor": platform.processor(), "python": platform.python_version(),
             "mxnet": mx.__version__, "gpus": mx.context.num_gpus(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "MXNET_CPU_WORKER_NTHREADS": os.environ.get("MXNET_CPU_WORKER_NTHREADS")}
+            "MXNET_CPU_WORKER_NTHREADS": os.environ.get("MXNET_CPU_WORKER_NTHREADS"),
+            "HOROVOD_CYCLE_TIME": os.environ.get("HOROVOD_CYCLE_TIME")
+            if dist.backend() == "horovod" else None}
 
 
 def batch_per_worker(cfg, batch):
@@ -306,7 +331,7 @@ def setup_facts(cfg, mode, batch, crop):
     return {"mode": mode, "model": cfg["model"]["name"], "head": cfg["model"]["head"],
             "output_stride": eval_stride(cfg) if mode == "infer" else cfg["model"]["output_stride"],
             "bn": bn_class(bn_mode(cfg)) if mode == "train" else "inference (running statistics)",
-            "precision": precision(cfg), "crop": crop, "batch_per_worker": batch}
+            "precision": precision(cfg, mode), "crop": crop, "batch_per_worker": batch}
 
 
 def bn_class(mode):
@@ -315,8 +340,11 @@ def bn_class(mode):
     return "per-worker" if mode in ("plain", "per-worker") else mode
 
 
-def precision(cfg):
-    return "float32, fp16 gradient compression" if cfg["dist"]["fp16_compression"] else "float32"
+def precision(cfg, mode="train"):
+    amp = cfg["train"]["amp"] and mode == "train"  # the inference bench runs float32
+    return ", ".join(filter(None, ["mixed (AMP)" if amp else "float32",
+                                   cfg["dist"]["fp16_compression"]
+                                   and "fp16 gradient compression"]))
 
 
 def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseline=None,
@@ -333,15 +361,26 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
     facts = setup_facts(cfg, "train", batch, crop)
     base = load_baseline(baseline, facts) if baseline else None
     ctx = dist.context()
-    variants = build_variants(cfg, ctx, crop, compare)
-
-    batches = _bench_data(cfg, crop, batch, (warmup + steps * repeat) * len(variants))
+    if cfg["train"]["amp"]:
+        enable_amp(ctx)
+    variants = build_variants(cfg, ctx, crop, [c for c in compare if c != "amp"])
+    count = len(variants) + ("amp" in compare)
+    batches = _bench_data(cfg, crop, batch, (warmup + steps * repeat) * count)
     memory = {}
-    for v in variants:  # warm-up one variant at a time: the first one's peak RSS is its own
+
+    def warm_up(v):  # one variant at a time: the first one's peak RSS is its own
         for _ in range(warmup):
             _step(v, batches, ctx)
         memory[v.name] = {"peak_rss_bytes": _peak_rss_bytes(),
                           "device_bytes_in_use": _device_memory(ctx)}
+
+    for v in variants:
+        warm_up(v)
+    if "amp" in compare:  # last: the others' graphs are traced in float32 by now
+        dtype = enable_amp(ctx)
+        variants.append(_our_variant("ours-amp", "ours in mixed precision (AMP, %s)" % dtype,
+                                     cfg, ctx, crop, uses_sync_bn(cfg), True, len(variants)))
+        warm_up(variants[-1])
     profiling = profile and dist.is_main()
     if profiling:  # the configured network's timed steps only
         mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=profile)

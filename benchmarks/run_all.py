@@ -60,11 +60,13 @@ RUNS = {
     "scaling_1worker": (ONE, _launch(["horovod", "-np", "1"], R50, *SCALING, "--out", "{out}")),
     # The machine's own ceiling: two processes that never communicate, side by side.
     "scaling_2independent": (ONE, _bench(R50, *SCALING, "--out", "{out}"), 2),
+    # With the worker's defaults: without synchronized BN on CPUs, a 25 ms negotiation cycle
+    # (dist.horovod_cycle_time).
     "scaling_horovod_2workers": (ONE, _launch(["horovod", "-np", "2"], R50, *SCALING, *BASELINE,
                                               "--out", "{out}")),
-    # Horovod's background thread wakes every HOROVOD_CYCLE_TIME ms (default 1) to negotiate,
-    # taking CPU from the compute thread when every core computes.
-    "scaling_horovod_2workers_cycle100": (dict(ONE, HOROVOD_CYCLE_TIME="100"), _launch(
+    # Horovod's own default cycle, 1 ms: its background thread, waking every cycle to
+    # negotiate, takes CPU from the compute threads when every core computes.
+    "scaling_horovod_2workers_cycle1": (dict(ONE, HOROVOD_CYCLE_TIME="1"), _launch(
         ["horovod", "-np", "2"], R50, *SCALING, *BASELINE, "--out", "{out}")),
     "scaling_ps_2workers": (ONE, _launch(["ps", "--workers", "2", "--servers", "1"], R50,
                                          *SCALING, *BASELINE, "--out", "{out}")),
@@ -159,6 +161,11 @@ def _provenance(r):
 
 def _variant(r, name):
     return next(v for v in r["variants"] if v["name"] == name)
+
+
+def _cycle(r):
+    """The HOROVOD_CYCLE_TIME a Horovod bench ran with (recorded since the worker sets it)."""
+    return r.get("machine", {}).get("HOROVOD_CYCLE_TIME") or "?"
 
 
 def _bench_table(r):
@@ -299,8 +306,9 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
     runs = [(label, _load(name)) for label, name in (
         ("1 worker (Horovod, 1 process)", "scaling_1worker"),
         ("2 independent processes, no communication", "scaling_2independent"),
-        ("Horovod, 2 workers", "scaling_horovod_2workers"),
-        ("Horovod, 2 workers, HOROVOD_CYCLE_TIME=100", "scaling_horovod_2workers_cycle100"),
+        ("Horovod, 2 workers (the worker's default cycle)", "scaling_horovod_2workers"),
+        ("Horovod, 2 workers, HOROVOD_CYCLE_TIME=1 (Horovod's default)",
+         "scaling_horovod_2workers_cycle1"),
         ("parameter server, 2 workers + 1 server", "scaling_ps_2workers"))]
     if one and all(r for _, r in runs):
         parts += ["## Scaling from 1 to 2 workers (one thread each)", ""]
@@ -327,8 +335,9 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
                 label, img_s, per("fwd_bwd"), per("comm"), per("update"), eff[label]))
         labels = [label for label, _ in runs]
         parts += ["", "(fwd+bwd, comm, update: medians of each worker, in seconds.)", "",
-                  "- Horovod scaling efficiency: " + _target(eff[labels[2]], ">=", 0.95) +
-                  "; with HOROVOD_CYCLE_TIME=100: %.3f; the machine's ceiling (no "
+                  "- Horovod scaling efficiency with the worker's defaults (negotiation cycle "
+                  "%s ms): " % _cycle(runs[2][1]) + _target(eff[labels[2]], ">=", 0.85) +
+                  "; with Horovod's default 1 ms cycle: %.3f; the machine's ceiling (no "
                   "communication at all): %.3f" % (eff[labels[3]], eff[labels[1]]),
                   "- parameter server: %.3f" % eff[labels[4]], ""]
     r = _load("syncbn_profile")
@@ -442,9 +451,13 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
 
 
 def scaling_md():
-    if os.path.exists(os.path.join(RESULTS, "allreduce.json")):
-        subprocess.check_call([PY, "benchmarks/scaling_model.py", "--allreduce",
-                               os.path.join(RESULTS, "allreduce.json")], cwd=ROOT)
+    """SCALING.md from the allreduce and collective-latency reports (skipped without them)."""
+    # Relative to the checkout (the command is recorded in SCALING.md).
+    inputs = {"--allreduce": "benchmarks/results/allreduce.json",
+              "--collective-latency": "benchmarks/results/collective_latency.json"}
+    if all(os.path.exists(os.path.join(ROOT, path)) for path in inputs.values()):
+        subprocess.check_call([PY, "benchmarks/scaling_model.py"]
+                              + [a for kv in inputs.items() for a in kv], cwd=ROOT)
 
 
 def parse_args(argv=None):

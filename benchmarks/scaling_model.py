@@ -1,17 +1,24 @@
 """Predicted data-parallel scaling efficiency of the DeepLabV3 recipe on GPU clusters, from measured
 terms (model FLOPs, gradient bytes, BN layers: counted on the networks; Horovod's software cost per
-allreduce: `benchmarks/allreduce.py`) and published figures (GPU throughput, link bandwidths and
-latencies). Writes benchmarks/SCALING.md.
+allreduce: `benchmarks/allreduce.py`; per call of a synchronized-BN-sized collective as a function
+of HOROVOD_CYCLE_TIME: `benchmarks/collective_latency.py`) and published figures (GPU throughput,
+link bandwidths and latencies). Writes benchmarks/SCALING.md.
 
     .venv/bin/python benchmarks/scaling_model.py --allreduce benchmarks/results/allreduce.json \
-        [--bench BENCH.json ...] [--costs COSTS.json] [--out benchmarks/SCALING.md]
+        --collective-latency benchmarks/results/collective_latency.json \
+        [--bench BENCH.json ...] [--costs COSTS.json] [--out benchmarks/SCALING.md] \
+        [--print-recommended]
 
 Every published constant is in CONSTANTS below with its source; the formulas are the functions
 `ring_allreduce_s`, `hierarchical_allreduce_s`, `ring_allgather_s`, `ps_pushpull_s`,
-`step_terms` and `efficiency`, each stating its model. Nothing in the markdown is typed by hand:
-tables and the closing observations are generated from the same numbers.
+`inprocess_reduce_s`, `step_terms`, `inprocess_terms`, `design_terms` and `efficiency`, each
+stating its model. The designs compared for synchronized BN (all workers, Horovod process sets of
+one node, a tuned Horovod cycle, one process per node synchronizing its devices in-process) are
+DESIGNS. Nothing in the markdown is typed by hand: tables, the recommended settings and the
+closing observations are generated from the same numbers (--print-recommended also prints the
+recommended-settings table, for the README and docs/distributed.md).
 
---costs replaces building the networks (about a minute here) with a JSON of the same shape as
+--costs replaces building the networks (about half a minute here) with a JSON of the same shape as
 `model_costs()` returns; the tests use it. --bench adds the CPU measurements of `deeplab bench`
 for comparison only (this machine has no GPU: they do not enter the predictions).
 """
@@ -79,10 +86,29 @@ CONSTANTS = {
                   "docs/tensor-fusion.rst still says 64 MB"},
     "horovod_cycle_time": {
         "value": 1e-3, "text": "1 ms",
-        "what": "Horovod's background loop period: a call waits for the next cycle to be "
-                "negotiated (used only in the software-cost sensitivity table)",
+        "what": "Horovod's background loop period (HOROVOD_CYCLE_TIME default): a call waits "
+                "for the next cycle to be negotiated; the designs at this cycle use the per-call "
+                "cost measured at it",
         "source": "horovod/common/operations.cc (`SetCycleTimeMs(1)`); Horovod CHANGELOG "
                   "v0.21.0 (#2468: 5 ms -> 1 ms)"},
+    "tuned_cycle_time": {
+        "value": 1e-4, "text": "0.1 ms",
+        "what": "HOROVOD_CYCLE_TIME of the tuned-cycle designs: the shortest cycle "
+                "benchmarks/collective_latency.py measured",
+        "source": "choice; per-call costs at it measured in "
+                  "benchmarks/results/collective_latency.json"},
+    "inprocess_sync_s": {
+        "value": 50e-6, "text": "50 us per BN layer and pass",
+        "what": "MXNet's SyncBatchNorm across the devices of one process, forward and backward "
+                "each: the C-sized statistics copied GPU -> host (a copy that waits for the "
+                "device's stream), a barrier of the device threads, their mean on the host, the "
+                "copy back",
+        "source": "assumption, not measured (MXNet 1.9's SyncBatchNorm deadlocks across CPU "
+                  "device ids, so it has not run in this repository, which has no GPU): a few "
+                  "small synchronous "
+                  "copies and one condition-variable barrier, tens of microseconds; mechanism: "
+                  "apache/mxnet src/operator/contrib/sync_batch_norm-inl.h (Forward, Backward: "
+                  "mshadow::Copy to a host SharedND, Barrier::Wait, Pop)"},
     "reference_gpus": {
         "value": 8, "text": "8",
         "what": "GPUs the recipe's global batch is spread over; the per-GPU batch is then kept "
@@ -96,6 +122,37 @@ GPUS = (8, 64, 512)
 VARIANTS = (("ring", 4), ("ring", 2), ("hierarchical", 4), ("hierarchical", 2))  # bytes per value
 SHORT = {"deeplabv3_resnet50_v2": "R50", "deeplabv3_resnet101_v2": "R101"}
 
+# The ways to train phase 1 compared in the design tables. backend: horovod (one worker per GPU,
+# ring allreduce, fp32 gradients: the defaults), ps (MXNet dist_sync, one server per node) or
+# node (one process per node driving its GPUs: `local` on one node, `ps` beyond); bn: whose
+# statistics a BN layer normalises with (all workers, the GPUs of one node through a Horovod
+# process set, each GPU alone, or the node's GPUs synchronized in-process by MXNet's
+# SyncBatchNorm); cycle: HOROVOD_CYCLE_TIME, the default or the tuned one.
+DESIGNS = (
+    {"key": "all", "backend": "horovod", "bn": "all", "cycle": "horovod_cycle_time",
+     "column": "Horovod, SyncBN all, 1 ms (today)",
+     "label": "Horovod, SyncBN over all workers, default cycle (today)"},
+    {"key": "all-tuned", "backend": "horovod", "bn": "all", "cycle": "tuned_cycle_time",
+     "column": "Horovod, SyncBN all, 0.1 ms",
+     "label": "Horovod, SyncBN over all workers, tuned cycle"},
+    {"key": "node", "backend": "horovod", "bn": "node", "cycle": "horovod_cycle_time",
+     "column": "Horovod, SyncBN node, 1 ms",
+     "label": "Horovod, SyncBN in process sets of one node, default cycle"},
+    {"key": "node-tuned", "backend": "horovod", "bn": "node", "cycle": "tuned_cycle_time",
+     "column": "Horovod, SyncBN node, 0.1 ms",
+     "label": "Horovod, SyncBN in process sets of one node, tuned cycle"},
+    {"key": "gpu", "backend": "horovod", "bn": "gpu", "cycle": "horovod_cycle_time",
+     "column": "Horovod, per-GPU BN, 1 ms",
+     "label": "Horovod, per-GPU BN (no SyncBN), default cycle: reference"},
+    {"key": "ps", "backend": "ps", "bn": "gpu", "cycle": None,
+     "column": "PS, 1 worker per GPU",
+     "label": "parameter server, one worker per GPU, one server per node, per-GPU BN"},
+    {"key": "inprocess", "backend": "node", "bn": "inprocess", "cycle": None,
+     "column": "1 process per node, D = 8",
+     "label": "one process per node driving its 8 GPUs: in-process SyncBN across the node, "
+              "gradients summed in-process, one push/pull per node"},
+)
+
 
 def c(name):
     return CONSTANTS[name]["value"]
@@ -104,11 +161,17 @@ def c(name):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--allreduce", required=True,
-                   help="JSON of benchmarks/allreduce.py: its alpha is the software cost per call")
+                   help="JSON of benchmarks/allreduce.py: its alpha is the software cost per "
+                        "gradient allreduce")
+    p.add_argument("--collective-latency", required=True,
+                   help="JSON of benchmarks/collective_latency.py: the software cost per "
+                        "synchronized-BN call at each HOROVOD_CYCLE_TIME")
     p.add_argument("--bench", nargs="*", default=[],
                    help="JSON reports of `deeplab bench` (CPU), shown for comparison")
     p.add_argument("--costs", help="model costs JSON instead of building the networks")
     p.add_argument("--out", default="benchmarks/SCALING.md")
+    p.add_argument("--print-recommended", action="store_true",
+                   help="also print the recommended-settings table (markdown)")
     args = p.parse_args(argv)
     args.command = [os.path.relpath(sys.executable), os.path.relpath(sys.argv[0])] + (
         sys.argv[1:] if argv is None else list(argv))
@@ -241,34 +304,148 @@ def utilization(reference):
     return c("rn50_images_per_s") * flops / c("peak_tf32_flops")
 
 
-def step_terms(costs, n, gbps, algorithm, value_bytes, software_s, sync_bn, reference):
-    """Seconds per step on n GPUs: compute, gradient communication, SyncBN's collectives.
+def inprocess_reduce_s(nbytes, devices, nvlink_bw):
+    """Sum of nbytes of gradients over the `devices` GPUs of one process, the result on every
+    device: MXNet's 'device' kvstore (also inside dist_device_sync), whose CommDevice gives each
+    key a merge buffer on one of the devices (spread by size), copies the other devices' gradients
+    there over NVLink (peer to peer), sums, and copies the sum back. Each device sends and receives
+    (D-1)/D of the bytes in each half: 2 (D-1)/D x nbytes / B_nv, at the NCCL bus bandwidth;
+    copies of different keys overlap, so no per-copy latency is counted."""
+    if devices == 1:
+        return 0.0
+    return 2 * (devices - 1) / devices * nbytes / nvlink_bw
+
+
+def step_terms(costs, n, gbps, algorithm, value_bytes, software_s, sync_bn, reference,
+               sync_call_s=None, sync_group=None, coordination_s=0.0):
+    """Seconds per step on n GPUs under Horovod: compute, gradient communication, SyncBN's
+    collectives.
 
     Gradients (value_bytes per value: 4, or 2 with fp16 compression) go in ceil(bytes / fusion
-    threshold) allreduces, each paying the measured software cost. SyncBN (if on): per BN layer
-    of C channels one allgather of 3C float32 (forward) and one allreduce of 2C (backward), each
-    a separate Horovod call with the same software cost; they sit between layers, so they are
-    never hidden behind computation.
+    threshold) allreduces, each paying the software cost software_s. SyncBN (if on): per BN layer
+    of C channels one allgather of 3C float32 (forward) and one allreduce of 2C (backward) over
+    the sync_group GPUs of the layer's process set (default: all n), each a separate Horovod call
+    with the software costs sync_call_s = (allgather, allreduce) (default: software_s each); they
+    sit between layers, so they are never hidden behind computation. coordination_s is added to
+    every call when the job spans nodes: each Horovod cycle coordinates every process set, the
+    global one included, across the network (horovod/common/operations.cc, RunLoopOnce;
+    controller.cc, CoordinateCacheAndState).
     """
     batch = costs["global_batch"] // c("reference_gpus")
     net_bw = gbps * 1e9 / 8
     hw = dict(net_bw=net_bw, gpus_per_node=c("gpus_per_node"), nvlink_bw=c("nvlink_busbw"))
+    extra = coordination_s if n > c("gpus_per_node") else 0.0
 
-    def allreduce(nbytes, lat):
+    def allreduce(nbytes, lat, m):
         if algorithm == "ring":
-            return ring_allreduce_s(nbytes, n, lat=lat, **hw)
-        return hierarchical_allreduce_s(nbytes, n, pcie_bw=c("pcie_bw"), lat=lat, **hw)
+            return ring_allreduce_s(nbytes, m, lat=lat, **hw)
+        return hierarchical_allreduce_s(nbytes, m, pcie_bw=c("pcie_bw"), lat=lat, **hw)
 
     wire = costs["grad_bytes"] * value_bytes // 4
     calls = math.ceil(wire / c("fusion_threshold"))
-    grad = calls * (software_s + allreduce(wire / calls, c("lat_large")))
+    grad = calls * (software_s + extra + allreduce(wire / calls, c("lat_large"), n))
     sync = 0.0
     if sync_bn:
+        gather_s, reduce_s = (software_s, software_s) if sync_call_s is None else sync_call_s
+        group = n if sync_group is None else sync_group
         for ch in costs["syncbn_channels"]:
-            sync += 2 * software_s + allreduce(2 * ch * 4, c("lat_small")) + ring_allgather_s(
-                3 * ch * 4, n, lat=c("lat_small"), **hw)
+            sync += (gather_s + reduce_s + 2 * extra + allreduce(2 * ch * 4, c("lat_small"), group)
+                     + ring_allgather_s(3 * ch * 4, group, lat=c("lat_small"), **hw))
     return {"compute": compute_s(costs["train_gflops_per_image"], batch, reference),
             "grad": grad, "syncbn": sync, "calls": calls}
+
+
+def inprocess_terms(costs, n, gbps, reference):
+    """Seconds per step with one process per node driving its L GPUs (dist.devices_per_worker =
+    L; `local` backend on one node, `ps` beyond). Gradients: summed over the node's GPUs in-process
+    (`inprocess_reduce_s`), then, with several nodes, one push/pull of the node's sum per node
+    (`ps_pushpull_s` with one worker per node and one server per node). BN trained: MXNet's
+    SyncBatchNorm synchronizes each layer across the node's devices in-process, forward and
+    backward, at CONSTANTS inprocess_sync_s each, exposed like SyncBN; no Horovod call at all."""
+    batch = costs["global_batch"] // c("reference_gpus")
+    nodes, local = nodes_and_local(n, c("gpus_per_node"))
+    grad = inprocess_reduce_s(costs["grad_bytes"], local, c("nvlink_busbw"))
+    if nodes > 1:
+        grad += ps_pushpull_s(costs["grad_bytes"], nodes, nodes, gbps * 1e9 / 8, 1,
+                              c("lat_large"))
+    sync = 0.0 if costs["freeze_bn"] else (
+        2 * len(costs["syncbn_channels"]) * c("inprocess_sync_s"))
+    return {"compute": compute_s(costs["train_gflops_per_image"], batch, reference),
+            "grad": grad, "syncbn": sync, "calls": 0}
+
+
+def sync_call_costs(latency):
+    """Software cost per synchronized-BN call, from benchmarks/collective_latency.py's report:
+    {cycle in seconds: {"allgather": s, "allreduce": s}}, each the median per-call latency of a
+    (3, C) float32 collective on 2 workers over all workers with Horovod's response cache on (its
+    default), averaged over the C measured (the size barely matters)."""
+    out = {}
+    for r in latency["results"]:
+        env = r.get("environment", {})
+        if (r["workers"] != 2 or r.get("sets", "none") != "none"
+                or "HOROVOD_CACHE_CAPACITY" in env or "HOROVOD_CYCLE_TIME" not in env):
+            continue
+        ops = {}
+        for key, v in r["calls"].items():
+            op, _, group = key.split(" ")
+            if group == "all":
+                ops.setdefault(op, []).append(v["median_us"] * 1e-6)
+        out[float(env["HOROVOD_CYCLE_TIME"]) * 1e-3] = {op: sum(v) / len(v)
+                                                          for op, v in ops.items()}
+    return out
+
+
+def calls_at(calls, cycle_s):
+    """The measured per-call costs at cycle_s seconds (KeyError if that cycle was not run)."""
+    for cycle, costs in calls.items():
+        if math.isclose(cycle, cycle_s, rel_tol=1e-6):
+            return costs
+    raise KeyError("no per-call latency measured at HOROVOD_CYCLE_TIME = %g ms: %s"
+                   % (cycle_s * 1e3, ", ".join("%g" % (k * 1e3) for k in sorted(calls))))
+
+
+def coordination_s():
+    """Cross-node negotiation added to each Horovod call in a job of several nodes: one network
+    round trip (the coordinator's exchange of cache bits each cycle), a lower bound."""
+    return 2 * c("lat_large")["net"]
+
+
+def design_terms(costs, n, gbps, design, alpha_s, calls, reference):
+    """Seconds per step of one of DESIGNS (ring allreduce, fp32 gradients under Horovod).
+
+    Horovod: SyncBN calls cost what collective_latency.py measured at the design's cycle;
+    gradient calls cost the allreduce benchmark's alpha (measured at the default cycle) plus the
+    change the cycle made to the measured small allreduce; SyncBN over all n GPUs or over the
+    min(n, L) of one node. PS: `ps_pushpull_s` with one server per node (one server when n <= L).
+    One process per node: `inprocess_terms`. With BN frozen no design has SyncBN collectives.
+    """
+    if design["backend"] == "node":
+        return inprocess_terms(costs, n, gbps, reference)
+    if design["backend"] == "ps":
+        batch = costs["global_batch"] // c("reference_gpus")
+        nodes, _ = nodes_and_local(n, c("gpus_per_node"))
+        return {"compute": compute_s(costs["train_gflops_per_image"], batch, reference),
+                "grad": ps_pushpull_s(costs["grad_bytes"], n, nodes, gbps * 1e9 / 8,
+                                      c("gpus_per_node"), c("lat_large")),
+                "syncbn": 0.0, "calls": 0}
+    per_call = calls_at(calls, c(design["cycle"]))
+    grad_s = alpha_s + per_call["allreduce"] - calls_at(calls, c("horovod_cycle_time"))[
+        "allreduce"]
+    sync = not costs["freeze_bn"] and design["bn"] in ("all", "node")
+    group = n if design["bn"] == "all" else min(n, c("gpus_per_node"))
+    return step_terms(costs, n, gbps, "ring", 4, grad_s, sync, reference,
+                      sync_call_s=(per_call["allgather"], per_call["allreduce"]),
+                      sync_group=group, coordination_s=coordination_s())
+
+
+def bn_images(design, n, costs):
+    """Images one BN layer's statistics come from (None with BN frozen: running statistics)."""
+    if costs["freeze_bn"]:
+        return None
+    batch = costs["global_batch"] // c("reference_gpus")
+    spans = {"all": n, "node": min(n, c("gpus_per_node")), "gpu": 1,
+             "inprocess": min(n, c("gpus_per_node"))}
+    return batch * spans[design["bn"]]
 
 
 def efficiency(terms, overlap):
@@ -284,8 +461,15 @@ def efficiency(terms, overlap):
 # ---------------------------------------------------------------------------------------------
 # The report
 
-def predictions(costs, software_s):
-    """Every table cell: {(phase, model, n, gbps, algorithm, value_bytes, sync_bn): terms}."""
+def predictions(costs, software_s, calls=None):
+    """Every table cell: {(phase, model, n, gbps, algorithm, value_bytes, sync_bn): terms}.
+    Gradient calls cost software_s; SyncBN calls what `calls` (sync_call_costs) measured at the
+    default cycle, or software_s too without it; multi-node jobs add the coordination round trip
+    to every call (none without `calls`)."""
+    sync_call = extra = None
+    if calls is not None:
+        default = calls_at(calls, c("horovod_cycle_time"))
+        sync_call, extra = (default["allgather"], default["allreduce"]), coordination_s()
     out = {}
     for entry in costs["phases"]:
         sync_options = (False,) if entry["freeze_bn"] else (True, False)
@@ -295,8 +479,77 @@ def predictions(costs, software_s):
                     for sync in sync_options:
                         key = (entry["phase"], entry["model"], n, gbps, algorithm, vb, sync)
                         out[key] = step_terms(entry, n, gbps, algorithm, vb, software_s, sync,
-                                              costs["reference"])
+                                              costs["reference"], sync_call_s=sync_call,
+                                              coordination_s=extra or 0.0)
     return out
+
+
+def design_predictions(costs, alpha_s, calls):
+    """Every design cell: {(phase, model, n, gbps, design key): terms}."""
+    out = {}
+    for entry in costs["phases"]:
+        for n in GPUS:
+            for gbps in c("network_gbps"):
+                for d in DESIGNS:
+                    out[(entry["phase"], entry["model"], n, gbps, d["key"])] = design_terms(
+                        entry, n, gbps, d, alpha_s, calls, costs["reference"])
+    return out
+
+
+def design_groups(dp, phase):
+    """DESIGNS grouped by identical predictions in `phase` over every model and cluster (with BN
+    frozen several coincide): [[design, ...], ...] in DESIGNS order."""
+    groups = []
+    for d in DESIGNS:
+        cells = [(efficiency(t, False), efficiency(t, True)) for (p, _, _, _, k), t in
+                 sorted(dp.items()) if p == phase and k == d["key"]]
+        for g in groups:
+            if g[0] == cells:
+                g[1].append(d)
+                break
+        else:
+            groups.append((cells, [d]))
+    return [members for _, members in groups]
+
+
+def settings(design, n, phase):
+    """What to set for a design: config keys, Horovod's environment, the launch."""
+    nodes = n // min(n, c("gpus_per_node"))
+    if design["backend"] == "node":
+        if nodes == 1:
+            return "`dist.backend: local`, `dist.devices_per_worker: %d`" % c("gpus_per_node")
+        return ("`dist.backend: ps`, `dist.devices_per_worker: %d`, one worker and one server "
+                "per node" % c("gpus_per_node"))
+    if design["backend"] == "ps":
+        return "`dist.backend: ps`, one worker per GPU, %s" % (
+            "one server" if nodes == 1 else "one server per node")
+    parts = ["`dist.backend: horovod`"]
+    if phase == 1:
+        parts.append("`dist.sync_bn: false`" if design["bn"] == "gpu"
+                     else "`dist.sync_bn_group: %s`" % design["bn"])
+    cycle = c(design["cycle"])
+    parts.append("`HOROVOD_CYCLE_TIME=%g`" % (cycle * 1e3)
+                 if design["cycle"] != "horovod_cycle_time"
+                 else "HOROVOD_CYCLE_TIME default (%g ms)" % (cycle * 1e3))
+    return ", ".join(parts)
+
+
+def recommend(dp, costs, phase, model, n, gbps):
+    """The design with the best predicted efficiency (no overlap, then full overlap) among those
+    whose BN statistics span at least the recipe's phase-1 global batch (the paper's 16 images);
+    with BN frozen every design qualifies."""
+    need = phase_entry(costs, 1, model)["global_batch"]
+    entry = phase_entry(costs, phase, model)
+    best = None
+    for d in DESIGNS:
+        images = bn_images(d, n, entry)
+        if images is not None and images < need:
+            continue
+        t = dp[(phase, model, n, gbps, d["key"])]
+        score = (round(efficiency(t, False), 6), round(efficiency(t, True), 6))
+        if best is None or score > best[0]:
+            best = (score, d)
+    return best[1]
 
 
 def ps_predictions(costs):
@@ -360,7 +613,7 @@ def sensitivity_table(costs, model, software_s):
     """Phase 1, ring fp32, with the software cost per call at the measured value, one Horovod
     cycle, and zero (the network alone)."""
     entry = phase_entry(costs, 1, model)
-    levels = (("%.2f ms (measured)" % (1e3 * software_s), software_s),
+    levels = (("%.2f ms (alpha)" % (1e3 * software_s), software_s),
               ("1 ms (1 cycle)", c("horovod_cycle_time")), ("0", 0.0))
     head = ["%s, s = %s" % (what, name) for what in ("SyncBN", "gradients only")
             for name, _ in levels]
@@ -432,11 +685,211 @@ def allreduce_section(ar):
         "This is Gloo over loopback on a CPU: it measures Horovod's *software* cost per call "
         "(negotiation, the cycle wait, fusion copies, the reduction on the CPU) and checks that "
         "time is affine in bytes; it is not a network. Only alpha enters the predictions, as the "
-        "software cost of every Horovod call; it also contains two loopback hops, so it errs "
-        "high. Bandwidths come from the published figures below. The float16 bytes cost more "
-        "here than float32 bytes (Horovod sums float16 on the CPU in software); NCCL sums float16 "
-        "natively on GPUs, so fp16 compression is modelled as halving the bytes only.",
+        "software cost of every gradient allreduce (synchronized BN's calls: next section); it "
+        "also contains two loopback hops, so it errs high. Bandwidths come from the published "
+        "figures below. The float16 bytes cost more here than float32 bytes (Horovod sums "
+        "float16 on the CPU in software); NCCL sums float16 natively on GPUs, so fp16 "
+        "compression is modelled as halving the bytes only.",
     ])
+
+
+def latency_section(latency, calls):
+    """The per-call latencies of benchmarks/collective_latency.py and what the model takes."""
+    keys = []
+    for r in latency["results"]:
+        for k in r["calls"]:
+            op, ch, _ = k.split(" ")
+            if (op, ch) not in keys:
+                keys.append((op, ch))
+    keys.sort(key=lambda k: (int(k[1][2:]), k[0]))
+    rows = ["| configuration | Horovod thread's idle CPU (cores) | calls over | " + " | ".join(
+        "%s %s" % k for k in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for r in latency["results"]:
+        for group in ("all", "pair"):
+            if not any(k.endswith(" " + group) for k in r["calls"]):
+                continue
+            rows.append("| %s | %.2f | %s | %s |" % (
+                r["label"], r["idle_cpu_cores"],
+                "all %d workers" % r["workers"] if group == "all" else "a process set of 2",
+                " | ".join("%.2f" % (r["calls"]["%s %s %s" % (op, ch, group)]["median_us"] / 1e3)
+                           for op, ch in keys)))
+    used = "; ".join("HOROVOD_CYCLE_TIME %g ms: allgather %.2f ms, allreduce %.2f ms" % (
+        cycle * 1e3, 1e3 * v["allgather"], 1e3 * v["allreduce"]) for cycle, v in sorted(
+        calls.items()))
+    return "\n".join([
+        "`%s` (%s, %s CPUs), one `horovodrun --gloo` job per configuration; milliseconds per "
+        "call, medians of rank 0's %s timed calls, each waited for, of a (3, C) float32 "
+        "collective (the size synchronized BN sends per layer):" % (
+            latency["command"], latency["date"], latency["machine"]["cpus"],
+            "/".join(sorted({str(v["n"]) for r in latency["results"]
+                             for v in r["calls"].values()}))),
+        "",
+        *rows,
+        "",
+        "Taken as the software cost of one synchronized-BN call (2 workers, all of them, "
+        "response cache on as by default, mean over C): %s. A call costs about one cycle: it "
+        "waits for the next negotiation. These are CPU processes over loopback; on a cluster the "
+        "coordination crosses the network (one round trip added per call, see Assumptions) "
+        "and involves every worker, so they are a lower bound there." % used,
+    ])
+
+
+def designs_overview(costs, alpha_s, calls):
+    """One row per design: its settings, whose statistics BN uses, its software costs."""
+    p1 = phase_entry(costs, 1, MODELS[0])
+    default = calls_at(calls, c("horovod_cycle_time"))
+    rows = ["| design | settings | BN statistics over (images, at %s GPUs) | software cost per "
+            "SyncBN layer (forward + backward) | gradient communication |"
+            % " / ".join(map(str, GPUS)), "|---|---|---|---|---|"]
+    for d in DESIGNS:
+        how = settings(d, GPUS[-1], 1)
+        one_node = settings(d, GPUS[0], 1)
+        if one_node != how:
+            how += " (on one node: %s)" % one_node
+        images = " / ".join(str(bn_images(d, n, p1)) for n in GPUS)
+        if d["backend"] == "horovod":
+            per = calls_at(calls, c(d["cycle"]))
+            sync = ("%.2f + %.2f ms (measured at %g ms), + 2 x %.0f us beyond one node" % (
+                1e3 * per["allgather"], 1e3 * per["allreduce"], 1e3 * c(d["cycle"]),
+                1e6 * coordination_s()) if d["bn"] in ("all", "node") else "none")
+            grad_s = alpha_s + per["allreduce"] - default["allreduce"]
+            grad = "ring allreduce, k x %.2f ms per call%s" % (
+                1e3 * grad_s, "" if d["cycle"] == "horovod_cycle_time"
+                else " (alpha %.2f ms, %+.2f ms: the cycle's effect on the measured small "
+                "allreduce)" % (1e3 * alpha_s, 1e3 * (per["allreduce"] - default["allreduce"])))
+        elif d["backend"] == "ps":
+            sync, grad = "none", "every GPU's worker pushes and pulls the whole gradient"
+        else:
+            sync = "2 x %.0f us (assumed, in-process)" % (1e6 * c("inprocess_sync_s"))
+            grad = "summed over the node's GPUs in-process (NVLink), then one push/pull per node"
+        rows.append("| %s | %s | %s | %s | %s |" % (d["label"], how, images, sync, grad))
+    return "\n".join(rows)
+
+
+def design_table(dp, phase, model, columns):
+    """Efficiency cells of `columns` ([(header, design key)]) for every cluster."""
+    rows = ["| GPUs | network | " + " | ".join(h for h, _ in columns) + " |",
+            "|---|---|" + "---|" * len(columns)]
+    for n in GPUS:
+        for gbps in c("network_gbps"):
+            rows.append("| %d | %d Gb/s | " % (n, gbps) + " | ".join(
+                cell(dp[(phase, model, n, gbps, k)]) for _, k in columns) + " |")
+    return "\n".join(rows)
+
+
+def phase2_columns(dp):
+    """[(header, design key)] of the distinct phase-2 designs, and the sentence saying which
+    designs coincide there."""
+    groups = design_groups(dp, 2)
+    columns, merged = [], []
+    for g in groups:
+        d = g[0]
+        if d["backend"] == "horovod":
+            header = "Horovod, %g ms cycle" % (1e3 * c(d["cycle"]))
+        else:
+            header = d["column"]
+        columns.append((header, d["key"]))
+        if len(g) > 1:
+            merged.append("%s: %s" % (header, ", ".join("*%s*" % m["column"] for m in g)))
+    text = ("With BN frozen no design has synchronized-BN collectives, so designs that differ "
+            "only in BN coincide: %s." % "; ".join(merged)) if merged else ""
+    return columns, text
+
+
+def _where(cases):
+    """'R50 at 25/100 Gb/s; R101 at 400 Gb/s', or 'at 25 Gb/s' when every model agrees, or ''."""
+    per_model = {}
+    for model, gbps in cases:
+        per_model.setdefault(model, []).append(gbps)
+    sets = {tuple(sorted(v)) for v in per_model.values()}
+    if len(per_model) == len(MODELS) and len(sets) == 1:
+        nets = sets.pop()
+        return "" if len(nets) == len(c("network_gbps")) else "at %s Gb/s" % "/".join(
+            map(str, nets))
+    return "; ".join("%s at %s Gb/s" % (SHORT[m], "/".join(map(str, sorted(g))))
+                     for m, g in per_model.items())
+
+
+def recommendations(dp, costs):
+    """{(phase, n): {(model, gbps): design}}."""
+    return {(phase, n): {(model, gbps): recommend(dp, costs, phase, model, n, gbps)
+                         for model in MODELS for gbps in c("network_gbps")}
+            for phase in (1, 2) for n in GPUS}
+
+
+def recommended_table(dp, costs):
+    """Markdown: per scale, the recommended settings of both phases and their predicted
+    efficiency (no overlap), generated from the design predictions."""
+    rec = recommendations(dp, costs)
+    nets = " / ".join(map(str, c("network_gbps")))
+    rows = ["| GPUs | phase 1 (BN trained): settings | phase 1: predicted efficiency | "
+            "phase 2 (BN frozen): settings | phase 2: predicted efficiency |",
+            "|---|---|---|---|---|"]
+    for n in GPUS:
+        nodes = n // min(n, c("gpus_per_node"))
+        cells = []
+        for phase in (1, 2):
+            by_setting = {}
+            for (model, gbps), d in rec[(phase, n)].items():
+                by_setting.setdefault(settings(d, n, phase), []).append((model, gbps))
+            if len(by_setting) == 1:
+                cells.append(next(iter(by_setting)))
+            else:
+                cells.append("; ".join("%s: %s" % (_where(cases), how)
+                                       for how, cases in by_setting.items()))
+            effs = []
+            for model in MODELS:
+                vals = ["%.2f" % efficiency(dp[(phase, model, n, gbps,
+                                                rec[(phase, n)][(model, gbps)]["key"])], False)
+                        for gbps in c("network_gbps")]
+                effs.append("%s %s" % (SHORT[model], vals[0] if len(set(vals)) == 1
+                                       else " / ".join(vals)))
+            cells.append("; ".join(effs))
+        rows.append("| %d (%d node%s) | %s |" % (n, nodes, "s" if nodes > 1 else "",
+                                                 " | ".join(cells)))
+    return "\n".join(rows + [
+        "",
+        "Efficiency without overlap of the gradient communication, at %s Gb/s where the "
+        "network matters (one value: the same on every network). Phase 1 keeps BN statistics "
+        "over at least the recipe's %d images per normalisation." % (
+            nets, phase_entry(costs, 1, MODELS[0])["global_batch"])])
+
+
+def recommendation_notes(dp, costs, alpha_s):
+    """Where a recommendation rests on software costs the model does not count: the parameter
+    server's and the in-process reduction's per-call costs are not measured (zero here), while
+    Horovod's are. Charged Horovod's per-call cost for each 128 MiB of gradient, does the
+    recommended design still beat the best other qualifying design?"""
+    rec = recommendations(dp, costs)
+    close = {}
+    for (phase, n), cases in rec.items():
+        for (model, gbps), d in cases.items():
+            if d["backend"] == "horovod":
+                continue
+            t = dict(dp[(phase, model, n, gbps, d["key"])])
+            entry = phase_entry(costs, phase, model)
+            t["grad"] += math.ceil(entry["grad_bytes"] / c("fusion_threshold")) * alpha_s
+            need = phase_entry(costs, 1, model)["global_batch"]
+            others = [(efficiency(dp[(phase, model, n, gbps, o["key"])], False), o)
+                      for o in DESIGNS if o is not d and (bn_images(o, n, entry) is None
+                                                          or bn_images(o, n, entry) >= need)]
+            best, other = max(others, key=lambda x: x[0])
+            if efficiency(t, False) < best:
+                close.setdefault((phase, n, other["key"]), []).append((model, gbps))
+    if not close:
+        return ("Every recommendation holds if the parameter server's and the in-process "
+                "reduction's unmeasured software costs matched Horovod's measured %.2f ms per "
+                "128 MiB call." % (1e3 * alpha_s))
+    items = []
+    for (phase, n, key), cases in sorted(close.items()):
+        other = next(d for d in DESIGNS if d["key"] == key)
+        items.append("phase %d at %d GPUs%s (%s)" % (
+            phase, n, (" " + _where(cases)) if _where(cases) else "",
+            settings(other, n, phase)))
+    return ("Close calls: the parameter server's and the in-process reduction's software "
+            "costs are not measured (zero here) while Horovod's are; charged Horovod's %.2f ms "
+            "per 128 MiB of gradient, the recommended design would fall behind the next best "
+            "in %s." % (1e3 * alpha_s, "; ".join(items)))
 
 
 def bench_section(benches, ar):
@@ -457,7 +910,7 @@ def bench_section(benches, ar):
     return "\n".join(rows)
 
 
-def observations(pred, ps, costs, software_s):
+def observations(pred, ps, costs, dp, calls):
     """The 'What this says' bullets, computed from the predictions."""
     lines = []
     for model in MODELS:
@@ -473,22 +926,10 @@ def observations(pred, ps, costs, software_s):
                             with_overlap.setdefault((n, gbps), []).append(variant_name(a, vb))
             lines.append("- %s, phase %d%s: efficiency >= 0.9 without overlap: %s; only with "
                          "full overlap: %s." % (
-                             SHORT[model], phase, ", SyncBN" if sync else ", no SyncBN",
+                             SHORT[model], phase, ", SyncBN over all workers (default cycle)"
+                             if sync else ", no SyncBN",
                              _configs(strict), _configs(with_overlap)))
-    for model in MODELS:
-        entry = phase_entry(costs, 1, model)
-        calls = 2 * len(entry["syncbn_channels"])
-        t8 = pred[(1, model, 8, 100, "ring", 4, True)]
-        bare = step_terms(entry, 512, 25, "ring", 4, 0.0, True, costs["reference"])
-        gathered = 511 * 3 * 4 * sum(entry["syncbn_channels"])
-        lines.append(
-            "- %s: SyncBN's %d Horovod calls per step cost %.0f ms on one node against %.1f ms "
-            "of compute, %.1f%% of it the measured software cost per call (%.2f ms). Without "
-            "any software cost, at 512 GPUs on 25 Gb/s they would still cost %.1f ms: each GPU "
-            "receives %.0f MB of allgathered statistics per step (the gradient is %.0f MB)."
-            % (SHORT[model], calls, 1e3 * t8["syncbn"], 1e3 * t8["compute"],
-               100 * calls * software_s / t8["syncbn"], 1e3 * software_s, 1e3 * bare["syncbn"],
-               gathered / 1e6, entry["grad_bytes"] / 1e6))
+    lines += design_observations(dp, costs, calls)
     for model in MODELS:
         a = pred[(1, model, 512, 25, "ring", 4, False)]
         b = pred[(1, model, 512, 25, "ring", 2, False)]
@@ -521,6 +962,88 @@ def observations(pred, ps, costs, software_s):
     return "\n".join(lines)
 
 
+def _effs(dp, phase, model, key, gpus=GPUS):
+    """'0.16 at 8 GPUs, 0.09 / 0.13 / 0.14 at 64, ...': no overlap, one value per network."""
+    out = []
+    for n in gpus:
+        vals = ["%.2f" % efficiency(dp[(phase, model, n, gbps, key)], False)
+                for gbps in c("network_gbps")]
+        out.append("%s at %d%s" % (vals[0] if len(set(vals)) == 1 else " / ".join(vals), n,
+                                   " GPUs" if not out else ""))
+    return ", ".join(out)
+
+
+def design_observations(dp, costs, calls):
+    """Bullets on the synchronized-BN designs."""
+    lines = []
+    nets = " / ".join(map(str, c("network_gbps")))
+    one, last = GPUS[0], GPUS[-1]
+    low, high = c("network_gbps")[0], c("network_gbps")[-1]
+    default = calls_at(calls, c("horovod_cycle_time"))
+    tuned = calls_at(calls, c("tuned_cycle_time"))
+    by_key = {d["key"]: d for d in DESIGNS}
+    for model in MODELS:
+        entry = phase_entry(costs, 1, model)
+        layers = len(entry["syncbn_channels"])
+        t = {d["key"]: dp[(1, model, one, low, d["key"])] for d in DESIGNS}
+        lines.append(
+            "- %s, phase 1, today's design (Horovod, SyncBN over all workers, %g ms cycle): %s "
+            "(no overlap; %s Gb/s). Its %d Horovod calls per step cost %.0f ms on one node "
+            "against %.1f ms of compute, %.0f%% of it the measured cost per call (%.2f ms per "
+            "allgather, %.2f ms per allreduce)."
+            % (SHORT[model], 1e3 * c("horovod_cycle_time"), _effs(dp, 1, model, "all"), nets,
+               2 * layers, 1e3 * t["all"]["syncbn"], 1e3 * t["all"]["compute"],
+               100 * layers * (default["allgather"] + default["allreduce"]) / t["all"]["syncbn"],
+               1e3 * default["allgather"], 1e3 * default["allreduce"]))
+        lines.append(
+            "- %s, tuned cycle (`HOROVOD_CYCLE_TIME=%g`): calls measured at %.2f ms (allgather) "
+            "and %.2f ms (allreduce) bring SyncBN to %.0f ms per step on one node: %s. Per-GPU "
+            "BN without SyncBN would give %.2f on one node, with 2 images per normalisation."
+            % (SHORT[model], 1e3 * c("tuned_cycle_time"), 1e3 * tuned["allgather"],
+               1e3 * tuned["allreduce"], 1e3 * t["all-tuned"]["syncbn"],
+               _effs(dp, 1, model, "all-tuned"), efficiency(t["gpu"], False)))
+        node_mb = (min(last, c("gpus_per_node")) - 1) * 3 * 4 * sum(entry["syncbn_channels"])
+        all_mb = (last - 1) * 3 * 4 * sum(entry["syncbn_channels"])
+
+        def e(key, gbps):
+            return efficiency(dp[(1, model, last, gbps, key)], False)
+        lines.append(
+            "- %s, SyncBN in process sets of one node (`dist.sync_bn_group: node`): on one node "
+            "the same as all workers. At %d GPUs each GPU receives %.1f MB of statistics per "
+            "step instead of %.0f MB, which takes %d Gb/s from %.2f to %.2f at the default "
+            "cycle (%.2f to %.2f tuned) and %d Gb/s from %.2f to %.2f (%.2f to %.2f tuned). "
+            "What remains is the cost per call: Horovod negotiates every process set in its one "
+            "background cycle, the global set's coordination included."
+            % (SHORT[model], last, node_mb / 1e6, all_mb / 1e6, low, e("all", low),
+               e("node", low), e("all-tuned", low), e("node-tuned", low), high, e("all", high),
+               e("node", high), e("all-tuned", high), e("node-tuned", high)))
+        ip = t["inprocess"]
+        best = max((d for d in DESIGNS if d["backend"] == "horovod"
+                    and bn_images(d, one, entry) >= entry["global_batch"]),
+                   key=lambda d: efficiency(t[d["key"]], False))
+        e_best = efficiency(t[best["key"]], False)
+        breakeven = (ip["compute"] / e_best - ip["compute"] - ip["grad"]) / (2 * layers)
+        lines.append(
+            "- %s, one process per node driving its %d GPUs (`dist.devices_per_worker: %d`): "
+            "no Horovod call in the step; SyncBN costs 2 x %d x %.0f us = %.1f ms per step "
+            "(assumed) and the in-process gradient sum %.1f ms: %s. On one node it stays ahead "
+            "of the best Horovod design with BN over %d images (%s: %.2f) unless MXNet's "
+            "synchronization costs more than %.0f us per layer and pass (%.0fx the assumption). "
+            "Beyond one node it is about as network-bound as Horovod with per-GPU BN (%s), but "
+            "with BN over the node's %d images."
+            % (SHORT[model], c("gpus_per_node"), c("gpus_per_node"), layers,
+               1e6 * c("inprocess_sync_s"), 1e3 * ip["syncbn"], 1e3 * ip["grad"],
+               _effs(dp, 1, model, "inprocess"), entry["global_batch"], best["column"], e_best,
+               1e6 * breakeven, breakeven / c("inprocess_sync_s"),
+               _effs(dp, 1, model, "gpu", GPUS[1:]),
+               bn_images(by_key["inprocess"], one, entry)))
+    for model in MODELS:
+        columns, _ = phase2_columns(dp)
+        lines.append("- %s, phase 2 (BN frozen): %s." % (SHORT[model], "; ".join(
+            "%s: %s" % (header, _effs(dp, 2, model, key)) for header, key in columns)))
+    return lines
+
+
 def _configs(groups):
     """{(GPUs, Gb/s): [variants]} as '8 GPUs at 25/100/400 Gb/s (all variants); ...' or 'none'
     (networks with the same variants are merged)."""
@@ -532,7 +1055,7 @@ def _configs(groups):
                      for (n, names), g in merged.items()) or "none"
 
 
-def assumptions_section(costs, software_s, workers):
+def assumptions_section(costs, software_s, workers, latency):
     ref = costs["reference"]
     rows = ["| constant | value | what | source |", "|---|---|---|---|"]
     for name, k in CONSTANTS.items():
@@ -570,13 +1093,44 @@ def assumptions_section(costs, software_s, workers):
         "is used, so the network column does not change them (except the PS, whose servers are "
         "other machines)." % c("gpus_per_node"),
         "- Links run at their nominal rate, full duplex; no congestion, no stragglers, no jitter.",
-        "- Software cost per Horovod call: alpha of the allreduce benchmark (%.2f ms), for "
-        "gradient allreduces, SyncBN's allgathers and allreduces alike. It includes Horovod's "
-        "wait for its next cycle (HOROVOD_CYCLE_TIME, 1 ms by default) and the negotiation of "
-        "every call among the workers. It was measured with %d workers; the negotiation "
-        "involves every worker each cycle, so on 64-512 GPUs it is probably larger (not "
-        "modelled), while an idle GPU host's CPU may be faster than this one."
-        % (1e3 * software_s, workers),
+        "- Software cost per Horovod gradient allreduce: alpha of the allreduce benchmark "
+        "(%.2f ms, measured at the default cycle), plus, at another cycle, the change that cycle "
+        "made to the measured small allreduce below. It includes Horovod's wait for its next "
+        "cycle (HOROVOD_CYCLE_TIME, 1 ms by default) and the negotiation of every call among the "
+        "workers. It was measured with %d workers; an idle GPU host's CPU may be faster than "
+        "this one." % (1e3 * software_s, workers),
+        "- Software cost per synchronized-BN call (allgather forward, allreduce backward): "
+        "measured by benchmarks/collective_latency.py at each cycle (2 workers, response cache "
+        "on; section above), about one cycle per call. These are CPU processes over loopback, "
+        "a lower bound for a cluster in two ways. Once the job spans nodes, every call's "
+        "coordination crosses the network: one round trip, 2 x %.1f us (NCCL's network hop "
+        "latency), is added to every Horovod call then (modelled). And the coordination "
+        "involves every worker (not modelled): %s; this machine has 2 cores for the 4 "
+        "processes, so that mixes the coordination's growth with contention, which errs the "
+        "other way." % (1e6 * c("lat_large")["net"], _growth_text(latency)),
+        "- Process sets (`dist.sync_bn_group: node`): a layer's allgather (8 x 3C values) and "
+        "allreduce span the %d GPUs of one node, on NVLink. Horovod runs one background loop "
+        "per process that negotiates every process set in turn each cycle "
+        "(horovod/common/operations.cc, RunLoopOnce; controller.cc, CoordinateCacheAndState: "
+        "a bit-vector allreduce over the set's ranks), so a node set's call still waits for a "
+        "cycle that also coordinates the global set across the network: same per-call cost as "
+        "calls over all workers. Our groups are static process sets (Horovod restarted with "
+        "them, over Gloo); over MPI they need HOROVOD_DYNAMIC_PROCESS_SETS=1, whose calls "
+        "measured %s here (not modelled)."
+        % (c("gpus_per_node"), _dynamic_text(latency)),
+        "- The tuned cycle costs CPU: Horovod's background thread took %s of a core while idle "
+        "(8 per node: one per GPU), against %s at the default cycle; not counted (an A100 "
+        "node's host has dozens of cores)." % _idle_cpu_text(latency),
+        "- One process per node (`dist.devices_per_worker: %d`): the GPUs' gradients are "
+        "summed in-process over NVLink (MXNet's CommDevice: merge buffers spread over the "
+        "devices, peer-to-peer copies) at the NCCL bus bandwidth; with several nodes, one "
+        "worker and one server per node push and pull the node's sum (dist_device_sync). BN: "
+        "MXNet's SyncBatchNorm synchronizes each layer across the node's devices with a barrier "
+        "of their threads, forward and backward (`inprocess_sync_s`, assumed; exposed). That "
+        "layer computes the variance as E[x^2] - E[x]^2 in float32 (the formulation "
+        "deeplab/dist/syncbn.py avoids for precision). The Python and engine overhead of one "
+        "process driving %d GPUs is not counted (GluonCV's training scripts run this way)."
+        % (c("gpus_per_node"), c("gpus_per_node")),
         "- Overlap. Horovod's MXNet binding (horovod/mxnet/__init__.py, DistributedTrainer."
         "_allreduce_grads) issues one `allreduce_` per parameter when `trainer.step` runs, which "
         "our training loop calls right after `loss.backward()` returns, i.e. while MXNet's "
@@ -595,23 +1149,88 @@ def assumptions_section(costs, software_s, workers):
         "not set).",
         "- SyncBN: per BN layer one allgather of 3C float32 (count, mean, variance) and one "
         "allreduce of 2C (deeplab/dist/syncbn.py); the allgather's bytes grow with the number of "
-        "GPUs ((n-1) x 3C x 4 per GPU).",
+        "GPUs of the layer's group ((g-1) x 3C x 4 per GPU).",
         "- Parameter server: one server process per machine with the same network; keys spread "
         "evenly over servers (MXNet splits large arrays across servers); the server's summing "
-        "and ps-lite's software cost are not counted; no fp16 compression (ours is Horovod's).",
+        "and ps-lite's software cost are not counted (not measured), nor the copies of the "
+        "gradient between GPU and host memory that dist_device_sync makes (%s MB each way per "
+        "GPU and step with one worker per GPU, at %.0f GB/s: %.1f ms; 1/%d of it with one "
+        "process per node, the merge buffers being spread over the GPUs); no fp16 compression "
+        "(ours is Horovod's). The designs' tables use one server per node." % (
+            "%.0f" % (p1["grad_bytes"] / 1e6), c("pcie_bw") / 1e9,
+            1e3 * p1["grad_bytes"] / c("pcie_bw"), c("gpus_per_node")),
     ])
 
 
-def render(args, costs, ar, benches, software_s):
-    pred = predictions(costs, software_s)
+def _latency_span(results, group):
+    """'a-b ms': the range of the per-call medians of `results` over calls of `group`."""
+    v = [x["median_us"] / 1e3 for r in results for k, x in r["calls"].items()
+         if k.endswith(" " + group)]
+    return "%.2f-%.2f ms" % (min(v), max(v)) if v else "n/a"
+
+
+def _cycle_ms(r):
+    return "%g" % float(r["environment"].get("HOROVOD_CYCLE_TIME", "1"))
+
+
+def _growth_text(latency):
+    """How the measured per-call cost grew from 2 workers to more, as a phrase."""
+    static = [r for r in latency["results"] if r["workers"] > 2 and r.get("sets") == "static"]
+    if not static:
+        return "only 2 workers were measured"
+    two = {_cycle_ms(r): r for r in latency["results"] if r["workers"] == 2
+           and r.get("sets", "none") == "none"
+           and "HOROVOD_CACHE_CAPACITY" not in r["environment"]}
+    return "with %d workers, calls over all of them took %s, calls over a process set of 2 in " \
+        "the same jobs %s, against %s with 2 workers" % (
+            static[0]["workers"],
+            " and ".join("%s at the %s ms cycle" % (_latency_span([r], "all"), _cycle_ms(r))
+                         for r in static),
+            " and ".join(_latency_span([r], "pair") for r in static),
+            " and ".join(_latency_span([two[_cycle_ms(r)]], "all") for r in static
+                         if _cycle_ms(r) in two))
+
+
+def _dynamic_text(latency):
+    """The dynamic process sets' per-call costs, as a phrase."""
+    dynamic = [r for r in latency["results"] if r.get("sets") == "dynamic"]
+    static = {_cycle_ms(r): r for r in latency["results"] if r.get("sets") == "static"}
+    return "; ".join(
+        "%s over all workers and %s over a set of 2 (%d workers, %s ms cycle; static sets: %s "
+        "and %s)" % (_latency_span([r], "all"), _latency_span([r], "pair"), r["workers"],
+                     _cycle_ms(r), _latency_span([static[_cycle_ms(r)]], "all")
+                     if _cycle_ms(r) in static else "n/a",
+                     _latency_span([static[_cycle_ms(r)]], "pair")
+                     if _cycle_ms(r) in static else "n/a")
+        for r in dynamic) or "n/a"
+
+
+def _idle_cpu_text(latency):
+    """(idle CPU at the tuned cycle, at the default cycle) of 2-worker runs with the cache on."""
+    def idle(cycle_s):
+        v = [r["idle_cpu_cores"] for r in latency["results"]
+             if r["workers"] == 2 and "HOROVOD_CACHE_CAPACITY" not in r["environment"]
+             and math.isclose(float(r["environment"].get("HOROVOD_CYCLE_TIME", "nan")) * 1e-3,
+                              cycle_s, rel_tol=1e-6)]
+        return "%.2f" % (sum(v) / len(v)) if v else "n/a"
+    return idle(c("tuned_cycle_time")), idle(c("horovod_cycle_time"))
+
+
+def render(args, costs, ar, benches, software_s, latency):
+    calls = sync_call_costs(latency)
+    pred = predictions(costs, software_s, calls)
     ps = ps_predictions(costs)
+    dp = design_predictions(costs, software_s, calls)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     inputs = ["- allreduce benchmark: `%s`" % args.allreduce,
+              "- synchronized-BN call latency: `%s`" % args.collective_latency,
               "- model costs: %s" % ("`%s`" % args.costs if args.costs else
                                      "counted on the networks built from %s (R50 as written, "
                                      "R101 with `model.name` swapped)"
                                      % ", ".join("`%s`" % p for p in CONFIGS.values()))]
     inputs += ["- deeplab bench: `%s`" % p for p, _ in benches]
+    p1, p2 = (phase_entry(costs, p, MODELS[0]) for p in (1, 2))
+    columns2, coincide = phase2_columns(dp)
     parts = [
         "# Scaling predictions: DeepLabV3 on GPU clusters",
         "",
@@ -634,15 +1253,19 @@ def render(args, costs, ar, benches, software_s):
         "",
         allreduce_section(ar),
         "",
+        "## Synchronized-BN call latency on this machine (measured)",
+        "",
+        latency_section(latency, calls),
+        "",
         "## Assumptions",
         "",
-        assumptions_section(costs, software_s, ar["workers"]),
+        assumptions_section(costs, software_s, ar["workers"], latency),
         "",
         "## Formulas",
         "",
         "Per step, n GPUs, nodes of L = 8, network bandwidth B per node, NVLink bus bandwidth "
-        "B_nv, PCIe B_pcie, N = n / L nodes, software cost per Horovod call s; latencies a_base, "
-        "a_nv, a_net from NCCL's tuning model:",
+        "B_nv, PCIe B_pcie, N = n / L nodes, software cost per Horovod gradient call s; "
+        "latencies a_base, a_nv, a_net from NCCL's tuning model:",
         "",
         "- compute: t_c = train GFLOPs/image x images/GPU / (peak x utilization)",
         "- ring allreduce of m bytes: a_base + 2(n-N) a_nv + 2(N-1) a_net + 2(n-1)/n x m / "
@@ -651,24 +1274,55 @@ def render(args, costs, ar, benches, software_s):
         "2(N-1) a_net + 2(N-1)/N x m / B",
         "- ring allgather of m bytes per GPU: a_base + (n-N) a_nv + (N-1) a_net + (n-1) x m / "
         "min(B_nv, B)",
-        "- gradients: k = ceil(G / 128 MiB) calls of G/k bytes, each + s (G halved with fp16 "
-        "compression)",
-        "- SyncBN: sum over BN layers of [2 s + allreduce(2C x 4) + allgather(3C x 4)], small-"
-        "message latencies",
+        "- coordination beyond one node: x = 2 a_net added to every Horovod call when N > 1 "
+        "(0 on one node)",
+        "- gradients: k = ceil(G / 128 MiB) calls of G/k bytes, each + s + x (G halved with fp16 "
+        "compression); at a cycle T other than the default, s = alpha + s_ar(T) - s_ar(1 ms)",
+        "- SyncBN under Horovod, over the g GPUs of a layer's group (g = n for `all`, "
+        "min(n, L) for `node`): sum over BN layers of [s_ag(T) + s_ar(T) + 2x + "
+        "allreduce_g(2C x 4) + allgather_g(3C x 4)], small-message latencies; s_ag(T), s_ar(T) "
+        "the measured cost per allgather and allreduce call at cycle T",
         "- parameter server with M servers: max(2G / (B/L), 2nG / (M B)) + 2 a_net",
+        "- one process per node (D = L devices): t_grad = 2(L-1)/L x G / B_nv + [N > 1] "
+        "(max(2G / B, 2NG / (M B)) + 2 a_net) with M = N servers; t_syncbn = 2 x BN layers x "
+        "a_dev (a_dev = `inprocess_sync_s`)",
         "- efficiency: t_c / (t_c + t_grad + t_syncbn) without overlap; t_c / (t_c + max(0, "
         "t_grad - 2/3 t_c) + t_syncbn) with full overlap",
         "",
-        "## Phase 1 as the recipe runs it (%s, synchronized BN)" % phase_label(costs, 1),
+        "## Synchronized-BN designs",
+        "",
+        "Ways to train phase 1 with BN statistics over more than one GPU's images, with "
+        "per-GPU BN and today's parameter server for reference. Horovod designs use the ring "
+        "allreduce and fp32 gradients (the defaults; fp16 and hierarchical variants of the "
+        "all-worker design are in the later tables). %d images per GPU in phase 1." % (
+            p1["global_batch"] // c("reference_gpus")),
+        "",
+        designs_overview(costs, software_s, calls),
+        "",
+        "## Designs, phase 1 (%s, BN trained)" % phase_label(costs, 1),
         "",
     ]
+    columns1 = [(d["column"], d["key"]) for d in DESIGNS]
+    for model in MODELS:
+        parts += ["### %s" % model, "", design_table(dp, 1, model, columns1), ""]
+    parts += ["## Designs, phase 2 (%s, BN frozen)" % phase_label(costs, 2), "", coincide, ""]
+    for model in MODELS:
+        parts += ["### %s" % model, "", design_table(dp, 2, model, columns2), ""]
+    parts += ["## Recommended settings per scale", "",
+              "The design with the best predicted efficiency (no overlap, then full overlap) "
+              "among those whose BN statistics span at least the recipe's %d images per "
+              "normalisation in phase 1 (any design in phase 2, BN frozen), for each model and "
+              "network:" % p1["global_batch"], "",
+              recommended_table(dp, costs), "",
+              recommendation_notes(dp, costs, software_s), ""]
+    parts += ["## Phase 1 as the recipe runs it (%s, SyncBN over all workers, default cycle)"
+              % phase_label(costs, 1), ""]
     for model in MODELS:
         parts += ["### %s" % model, "", efficiency_table(pred, 1, model, True), ""]
     parts += ["## Phase 1, gradient allreduce only (%s, per-GPU BN: `dist.sync_bn: false`)"
               % phase_label(costs, 1), ""]
     for model in MODELS:
         parts += ["### %s" % model, "", efficiency_table(pred, 1, model, False), ""]
-    p1, p2 = (phase_entry(costs, p, MODELS[0]) for p in (1, 2))
     parts += ["## Phase 2 (%s, BN frozen: no SyncBN)" % phase_label(costs, 2), "",
               "%s: %.1fx the compute per GPU of phase 1 (FLOPs per image x images per GPU) for "
               "the same gradient, so communication weighs less." % (
@@ -682,15 +1336,18 @@ def render(args, costs, ar, benches, software_s):
     for model in MODELS:
         parts += ["### %s" % model, "", ps_table(ps, pred, model), ""]
     parts += ["## How much rides on the software cost per call (phase 1, ring fp32)", "",
-              "s = the measured alpha (%.2f ms: Gloo over loopback, %d CPUs, load average %.2f), "
-              "one Horovod cycle, or nothing (the network model alone)."
+              "One software cost s for every Horovod call, gradients and SyncBN alike (no "
+              "coordination term): the allreduce benchmark's alpha (%.2f ms: Gloo over "
+              "loopback, %d CPUs, load average %.2f), one Horovod cycle, or nothing (the "
+              "network model alone)."
               % (1e3 * software_s, ar["machine"]["cpus"],
                  ar["machine"]["loadavg_1min_at_start"]), ""]
     for model in MODELS:
         parts += ["### %s" % model, "", sensitivity_table(costs, model, software_s), ""]
     parts += ["## Where the time goes (phase 1, milliseconds per step)", "",
               "Compute on one GPU, then the gradient communication of each variant (before "
-              "any overlap), then SyncBN's collectives.", ""]
+              "any overlap), then SyncBN's collectives over all workers at the default cycle.",
+              ""]
     for model in MODELS:
         parts += ["### %s" % model, "", breakdown_table(pred, model), ""]
     if benches:
@@ -698,13 +1355,15 @@ def render(args, costs, ar, benches, software_s):
                   "Shares of the measured step; the last column is what the allreduce fit "
                   "predicts for the gradient allreduce on this machine (same number of "
                   "workers only).", "", bench_section(benches, ar), ""]
-    parts += ["## What this says", "", observations(pred, ps, costs, software_s), ""]
+    parts += ["## What this says", "", observations(pred, ps, costs, dp, calls), ""]
     return "\n".join(parts)
 
 
 def main(args):
     with open(args.allreduce) as f:
         ar = json.load(f)
+    with open(args.collective_latency) as f:
+        latency = json.load(f)
     if args.costs:
         with open(args.costs) as f:
             costs = json.load(f)
@@ -714,11 +1373,14 @@ def main(args):
     for path in args.bench:
         with open(path) as f:
             benches.append((path, json.load(f)))
-    text = render(args, costs, ar, benches, software_s=ar["fit"]["alpha_s"])
+    text = render(args, costs, ar, benches, software_s=ar["fit"]["alpha_s"], latency=latency)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     print("wrote %s" % args.out)
+    if args.print_recommended:
+        dp = design_predictions(costs, ar["fit"]["alpha_s"], sync_call_costs(latency))
+        print(recommended_table(dp, costs))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
+import os
+
 import mxnet as mx
 from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
 from deeplab import dist
+from deeplab.config import CPU_CYCLE_TIME_MS
 from deeplab.data import get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["start_workers", "build_model", "build_dataset", "copy_parameters", "uses_sync_bn",
+__all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset", "copy_parameters", "uses_sync_bn",
            "bn_mode", "on_main"]
 
 
@@ -22,11 +25,36 @@ def uses_sync_bn(cfg):
             and dist.backend() == "horovod")
 
 
+def horovod_cycle_time(cfg, gpus):
+    """Horovod's negotiation cycle (ms) for this config: dist.horovod_cycle_time, or by default
+    from the measurements in docs/distributed.md ("Horovod's negotiation cycle"):
+
+    - synchronized BN: each of its ~114 collectives per step (ResNet-50) waits about one cycle
+      (benchmarks/collective_latency.py: 1.1 ms at a 1 ms cycle, 0.5 ms at 0.1 ms). On GPUs
+      0.1 ms (a node has cores to spare for the thread); on CPUs Horovod's 1 ms, as 0.1 ms made
+      no measured difference to the step there while its thread took 0.27 of a core.
+    - otherwise a step makes a few collectives: Horovod's 1 ms on GPUs, CPU_CYCLE_TIME_MS on
+      CPUs, whose cores all compute while the thread wakes every cycle (2-worker efficiency
+      0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md).
+    """
+    value = cfg["dist"]["horovod_cycle_time"]
+    if value is not None:
+        return float(value)
+    synchronized = not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
+    if synchronized:
+        return 0.1 if gpus else 1.0
+    return 1.0 if gpus else CPU_CYCLE_TIME_MS
+
+
 def start_workers(cfg):
     """COLLECTIVE. Starts the config's backend and, with synchronized BN, its BN groups (both
     before any network or trainer exists)."""
     from deeplab.errors import ConfigError
 
+    if dist.resolve_backend(cfg["dist"]["backend"]) == "horovod" \
+            and not os.environ.get("HOROVOD_CYCLE_TIME"):
+        # Read by Horovod's background thread when it starts (hvd.init).
+        os.environ["HOROVOD_CYCLE_TIME"] = "%g" % horovod_cycle_time(cfg, mx.context.num_gpus())
     dist.init(cfg["dist"]["backend"])
     devices = cfg["dist"]["devices_per_worker"]
     if devices > 1 and dist.backend() == "horovod":

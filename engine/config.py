@@ -33,6 +33,10 @@ def K(tag, default, doc, lo=None, hi=None, lo_open=False, hi_open=False):
     return Key(tag, default, doc, lo, hi, lo_open, hi_open)
 
 
+# Horovod's cycle for CPU workers without synchronized BN (dist.horovod_cycle_time: null);
+# measured with benchmarks/run_all.py's scaling runs (docs/distributed.md).
+CPU_CYCLE_TIME_MS = 25.0
+
 SCHEMA = {
     "model": {
         "name": K("str", "deeplabv3_resnet50_v2",
@@ -112,6 +116,11 @@ SCHEMA = {
         "num_groups": K("int", 0, "Horovod: gradients allreduced in this many groups (0: one call "
                         "per gradient, batched by Horovod's tensor fusion)",
                         lo=0),
+        "horovod_cycle_time": K("?float", None,
+                                "Horovod's negotiation cycle in ms (HOROVOD_CYCLE_TIME, when "
+                                "set, wins); null: with synchronized BN 0.1 on GPUs, 1 on CPUs; "
+                                "without it 1 on GPUs, %g on CPUs (measured: "
+                                "docs/distributed.md)" % CPU_CYCLE_TIME_MS, lo=0, lo_open=True),
         "devices_per_worker": K("int", 1, "devices one worker process drives (a node's GPUs, "
                                 "or CPU device ids on a CPU); its batch is split over them, "
                                 "their gradients summed in-process and BN synchronized across "

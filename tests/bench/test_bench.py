@@ -54,6 +54,18 @@ def test_local_bench_with_comparisons_json_and_plot(dl, tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_amp_comparison_on_synchronized_bn_workers(dl, tmp_path):
+    # The AMP variant is built after the float32 network has traced its graph (AMP patches
+    # MXNet's operators process-wide); under Horovod, through synchronized BN's fused kernels.
+    out = tmp_path / "amp.json"
+    dl.deeplab("launch", "horovod", "-np", "2", "--", "bench", dl.TINY, *TINY_BENCH,
+               "--compare", "amp", "--out", out)
+    r = _report(out)
+    _check_report(r, 2, "horovod", ["ours", "ours-amp"])
+    assert "bfloat16" in r["variants"][1]["description"]
+    assert r["setup"]["precision"] == "float32"
+
+
 def test_horovod_and_ps_bench_report_scaling_against_one_worker(dl, tmp_path):
     # Each run against a one-worker baseline with the same BN mode: synchronized BN under
     # Horovod; per-worker BN (the parameter server's) against one plain-BN process.
@@ -69,6 +81,9 @@ def test_horovod_and_ps_bench_report_scaling_against_one_worker(dl, tmp_path):
     base = _report(one)
     _check_report(base, 1, "horovod", ["ours"])
     assert base["model"]["sync_bn"] is True
+    # The worker picked Horovod's cycle for synchronized BN (Horovod's default, 1 ms).
+    assert base["machine"]["HOROVOD_CYCLE_TIME"] == "1"
+    assert _report(ps)["machine"]["HOROVOD_CYCLE_TIME"] is None
     for path, backend, baseline in ((hvd, "horovod", base), (ps, "ps", _report(local))):
         r = _report(path)
         _check_report(r, 2, backend, ["ours"])
@@ -83,6 +98,8 @@ def test_horovod_and_ps_bench_report_scaling_against_one_worker(dl, tmp_path):
     (["--set", "model.output_stride=16", "--compare", "gluoncv"], "needs model.output_stride 8"),
     (["--compare", "hybrid"], "unknown comparison 'hybrid'"),
     (["--steps", "0"], "need --steps >= 1"),
+    (["--compare", "amp,hybridize"], "--compare amp needs hybridized float32 networks"),
+    (["--compare", "amp", "--set", "train.amp=true"], "--compare amp needs hybridized float32"),
 ])
 def test_bad_options_are_named(dl, args, message):
     proc = dl.deeplab("bench", dl.TINY, *args, check=False)

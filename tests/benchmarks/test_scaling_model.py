@@ -102,10 +102,176 @@ def write_inputs(tmp_path):
              "variants": [{"name": "ours", "step_s": 2.0, "breakdown_s": {
                  "data": 0.1, "fwd_bwd": 1.5, "comm": 0.3, "update": 0.1}}]}
     paths = {}
-    for name, obj in (("costs", costs), ("allreduce", allreduce), ("bench", bench)):
+    for name, obj in (("costs", costs), ("allreduce", allreduce), ("bench", bench),
+                      ("latency", latency_report())):
         paths[name] = tmp_path / (name + ".json")
         paths[name].write_text(json.dumps(obj))
     return paths
+
+
+def latency_run(workers, cycle, sets="none", cache=True, us=(500.0, 800.0)):
+    """One configuration of benchmarks/collective_latency.py's report: allgather and allreduce
+    per-call medians us[0] and us[1] (plus 10 us per size step, averaged out below)."""
+    env = {"HOROVOD_CYCLE_TIME": cycle}
+    if not cache:
+        env["HOROVOD_CACHE_CAPACITY"] = "0"
+    calls = {}
+    for i, ch in enumerate((64, 256, 2048)):
+        for op, base in zip(("allgather", "allreduce"), us):
+            for group in ("all",) + (("pair",) if sets != "none" else ()):
+                calls["%s C=%d %s" % (op, ch, group)] = {
+                    "median_us": base + 10.0 * (i - 1) + (0 if group == "all" else -100.0),
+                    "p10_us": base, "p90_us": base, "n": 3}
+    return {"workers": workers, "idle_cpu_cores": 0.1, "calls": calls,
+            "label": "%dw cycle %sms %s" % (workers, cycle, sets), "environment": env,
+            "sets": sets, "command": "horovodrun"}
+
+
+def latency_report():
+    return {"benchmark": "benchmarks/collective_latency.py", "date": "2026-01-01T00:00:00+00:00",
+            "command": "benchmarks/collective_latency.py --calls 3",
+            "machine": {"platform": "Linux", "cpus": 2},
+            "results": [latency_run(2, "0.1", us=(500.0, 800.0)),
+                        latency_run(2, "0.1", cache=False, us=(9000.0, 9000.0)),
+                        latency_run(2, "1", us=(1100.0, 1200.0)),
+                        latency_run(4, "1", "static", us=(3000.0, 4000.0)),
+                        latency_run(4, "1", "dynamic", us=(7000.0, 9000.0))]}
+
+
+def test_sync_call_costs_from_the_latency_report(sm):
+    # 2 workers, cache on, calls over all workers only; the mean over C (the +-10 us cancel).
+    calls = sm.sync_call_costs(latency_report())
+    assert sorted(calls) == pytest.approx([1e-4, 1e-3])
+    assert calls[1e-3]["allgather"] == pytest.approx(1.1e-3)
+    assert calls[1e-3]["allreduce"] == pytest.approx(1.2e-3)
+    assert sm.calls_at(calls, sm.c("tuned_cycle_time"))["allreduce"] == pytest.approx(0.8e-3)
+    with pytest.raises(KeyError, match="5 ms"):
+        sm.calls_at(calls, 5e-3)
+
+
+def syncbn_entry(channels=(64, 256), frozen=False):
+    return {"phase": 2 if frozen else 1, "model": "deeplabv3_resnet50_v2", "global_batch": 16,
+            "freeze_bn": frozen, "train_gflops_per_image": 300.0, "grad_bytes": 100_000_000,
+            "syncbn_channels": [] if frozen else list(channels), "output_stride": 16,
+            "crop": 513}
+
+
+REF = {"forward_macs_per_image": 4.089e9, "train_flops_per_forward": 3.0}
+
+
+def test_group_node_syncbn_step_by_hand(sm):
+    # 64 GPUs (8 nodes) at 100 Gb/s, SyncBN in process sets of one node: per layer of C channels
+    # the measured costs of its two calls, the coordination round trip on each (the job spans
+    # nodes), and the two collectives over the node's 8 GPUs on NVLink (small-message latency).
+    e = syncbn_entry()
+    lat, nv = sm.c("lat_small"), sm.c("nvlink_busbw")
+    ag, ar, x = 1e-3, 2e-3, 20e-6
+    t = sm.step_terms(e, 64, 100, "ring", 4, 0.0, True, REF, sync_call_s=(ag, ar),
+                      sync_group=8, coordination_s=x)
+    by_hand = 0.0
+    for ch in (64, 256):
+        allreduce = lat["base"] + 2 * 7 * lat["nvlink"] + 2 * 7 / 8 * (2 * ch * 4) / nv
+        allgather = lat["base"] + 7 * lat["nvlink"] + 7 * (3 * ch * 4) / nv
+        by_hand += ag + ar + 2 * x + allreduce + allgather
+    assert math.isclose(t["syncbn"], by_hand)
+    # Over all 64 GPUs the allgather crosses the network: 63 pieces of 3C float32 at 12.5 GB/s.
+    t_all = sm.step_terms(e, 64, 100, "ring", 4, 0.0, True, REF, sync_call_s=(ag, ar),
+                          coordination_s=x)
+    gather_all = sum(lat["base"] + 56 * lat["nvlink"] + 7 * lat["net"] + 63 * 12 * ch / 12.5e9
+                     for ch in (64, 256))
+    gather_node = sum(lat["base"] + 7 * lat["nvlink"] + 7 * 12 * ch / nv for ch in (64, 256))
+    assert t_all["syncbn"] > t["syncbn"]
+    assert math.isclose(t_all["syncbn"] - t["syncbn"], gather_all - gather_node
+                        + sum(sm.ring_allreduce_s(8 * ch, 64, 12.5e9, 8, nv, lat)
+                              - sm.ring_allreduce_s(8 * ch, 8, 12.5e9, 8, nv, lat)
+                              for ch in (64, 256)))
+    # On one node there is no coordination term: 8 GPUs, group node = all.
+    one = sm.step_terms(e, 8, 100, "ring", 4, 0.0, True, REF, sync_call_s=(ag, ar),
+                        sync_group=8, coordination_s=x)
+    assert math.isclose(one["syncbn"], by_hand - 2 * 2 * x)
+    # Gradient calls pay the coordination too beyond one node: 100 MB is one fused call.
+    g = sm.step_terms(e, 64, 100, "ring", 4, 1e-3, False, REF, coordination_s=x)
+    assert math.isclose(g["grad"], 1e-3 + x + sm.ring_allreduce_s(
+        100e6, 64, 12.5e9, 8, nv, sm.c("lat_large")))
+
+
+def test_inprocess_design_by_hand(sm):
+    # 8 devices, 80 MB: each sends and receives 7/8 of the bytes twice over NVLink.
+    assert math.isclose(sm.inprocess_reduce_s(80e6, 8, 200e9), 2 * 7 / 8 * 80e6 / 200e9)
+    assert math.isclose(sm.inprocess_reduce_s(80e6, 8, 200e9), 0.7e-3)
+    assert sm.inprocess_reduce_s(80e6, 1, 200e9) == 0.0
+    e, nv, a = syncbn_entry(), sm.c("nvlink_busbw"), sm.c("inprocess_sync_s")
+    # One node: the in-process sum, and 2 barriers per BN layer; no network.
+    t = sm.inprocess_terms(e, 8, 25, REF)
+    assert math.isclose(t["grad"], 2 * 7 / 8 * 100e6 / nv)
+    assert math.isclose(t["syncbn"], 2 * 2 * a)
+    # 64 GPUs on 100 Gb/s: + one push/pull of 100 MB per node, one server per node (8).
+    t = sm.inprocess_terms(e, 64, 100, REF)
+    assert math.isclose(t["grad"], 2 * 7 / 8 * 100e6 / nv + 2 * 100e6 / 12.5e9
+                        + 2 * sm.c("lat_large")["net"])
+    assert math.isclose(t["syncbn"], 2 * 2 * a)
+    assert sm.inprocess_terms(syncbn_entry(frozen=True), 64, 100, REF)["syncbn"] == 0.0
+    d = next(d for d in sm.DESIGNS if d["key"] == "inprocess")
+    assert sm.design_terms(e, 64, 100, d, 1e-3, {}, REF) == t
+    assert sm.bn_images(d, 512, e) == 16 and sm.bn_images(d, 512, syncbn_entry(frozen=True)) \
+        is None
+
+
+def same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert math.isclose(a[k], b[k], rel_tol=1e-12), k
+
+
+def test_horovod_designs_by_hand(sm):
+    calls = sm.sync_call_costs(latency_report())
+    e, alpha = syncbn_entry(), 2e-3
+    designs = {d["key"]: d for d in sm.DESIGNS}
+    x = 2 * sm.c("lat_large")["net"]
+    # Tuned cycle: SyncBN calls at 0.5 + 0.8 ms; gradient calls alpha + (0.8 - 1.2) ms.
+    t = sm.design_terms(e, 64, 100, designs["node-tuned"], alpha, calls, REF)
+    same(t, sm.step_terms(e, 64, 100, "ring", 4, alpha - 0.4e-3, True, REF,
+                          sync_call_s=(0.5e-3, 0.8e-3), sync_group=8, coordination_s=x))
+    assert t["calls"] == 1
+    # Default cycle, all workers: 1.1 + 1.2 ms per layer, gradient calls at alpha.
+    t = sm.design_terms(e, 512, 100, designs["all"], alpha, calls, REF)
+    same(t, sm.step_terms(e, 512, 100, "ring", 4, alpha, True, REF,
+                          sync_call_s=(1.1e-3, 1.2e-3), sync_group=512, coordination_s=x))
+    # Per-GPU BN: no SyncBN term; BN frozen: no design has one.
+    assert sm.design_terms(e, 64, 100, designs["gpu"], alpha, calls, REF)["syncbn"] == 0.0
+    for d in sm.DESIGNS:
+        assert sm.design_terms(syncbn_entry(frozen=True), 64, 100, d, alpha, calls,
+                               REF)["syncbn"] == 0.0
+    # Images per normalisation at 2 per GPU.
+    assert [sm.bn_images(designs[k], 512, e) for k in ("all", "node", "gpu")] == [1024, 16, 2]
+    # The parameter server: one server per node.
+    t = sm.design_terms(e, 64, 100, designs["ps"], alpha, calls, REF)
+    assert math.isclose(t["grad"], sm.ps_pushpull_s(100e6, 64, 8, 12.5e9, 8, sm.c("lat_large")))
+
+
+def test_recommendation_keeps_bn_statistics(sm, tmp_path):
+    paths = write_inputs(tmp_path)
+    costs = json.loads(paths["costs"].read_text())
+    dp = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()))
+    for phase in (1, 2):
+        for model in sm.MODELS:
+            entry = sm.phase_entry(costs, phase, model)
+            for n in sm.GPUS:
+                for gbps in sm.c("network_gbps"):
+                    d = sm.recommend(dp, costs, phase, model, n, gbps)
+                    ok = [o for o in sm.DESIGNS if sm.bn_images(o, n, entry) is None
+                          or sm.bn_images(o, n, entry) >= 16]
+                    assert d in ok
+                    best = max(sm.efficiency(dp[(phase, model, n, gbps, o["key"])], False)
+                               for o in ok)
+                    assert math.isclose(sm.efficiency(dp[(phase, model, n, gbps, d["key"])],
+                                                      False), best, rel_tol=1e-5)
+                    if phase == 1:  # 2 images per GPU: per-GPU BN never qualifies
+                        assert d["bn"] != "gpu"
+    table = sm.recommended_table(dp, costs)
+    assert [r.split(" | ")[0] for r in table.splitlines()[2:5]] == ["| 8 (1 node)",
+                                                                  "| 64 (8 nodes)",
+                                                                  "| 512 (64 nodes)"]
 
 
 def tables(markdown):
@@ -125,18 +291,27 @@ def tables(markdown):
 def test_report_has_every_cell(sm, dl, tmp_path):
     paths = write_inputs(tmp_path)
     out = tmp_path / "SCALING.md"
-    dl.run([sys.executable, "benchmarks/scaling_model.py", "--allreduce", str(paths["allreduce"]),
-            "--costs", str(paths["costs"]), "--bench", str(paths["bench"]), "--out", str(out)],
-           timeout=60)
+    proc = dl.run([sys.executable, "benchmarks/scaling_model.py", "--allreduce",
+                   str(paths["allreduce"]), "--collective-latency", str(paths["latency"]),
+                   "--costs", str(paths["costs"]), "--bench", str(paths["bench"]), "--out",
+                   str(out), "--print-recommended"], timeout=60)
     text = out.read_text()
-    assert "benchmarks/scaling_model.py --allreduce %s" % paths["allreduce"] in text
+    assert "benchmarks/scaling_model.py --allreduce %s --collective-latency %s" % (
+        paths["allreduce"], paths["latency"]) in text
     for name in sm.CONSTANTS:
         assert "| `%s` |" % name in text
-    assert "## What this says" in text and "## Measured on this machine" in text
+    for heading in ("## What this says", "## Measured on this machine", "## Synchronized-BN "
+                    "call latency on this machine", "## Synchronized-BN designs",
+                    "## Recommended settings per scale"):
+        assert heading in text, heading
+    # The recommended-settings table is printed as written into the report.
+    printed = proc.stdout[proc.stdout.index("| GPUs | phase 1"):].strip()
+    assert printed.split("\n\n")[0] in text
 
     found = tables(text)
     efficiency_sections = ("Phase 1 as the recipe", "Phase 1, gradient allreduce only",
-                           "Phase 2", "Parameter server", "How much rides")
+                           "Phase 2", "Parameter server", "How much rides", "Designs, phase 1",
+                           "Designs, phase 2")
     every = {(n, g) for n in (8, 64, 512) for g in (25, 100, 400)}
     for model in sm.MODELS:
         for prefix in efficiency_sections + ("Where the time goes",):
@@ -155,10 +330,15 @@ def test_report_has_every_cell(sm, dl, tmp_path):
 def test_every_prediction_is_an_efficiency(sm, tmp_path):
     costs = json.loads(write_inputs(tmp_path)["costs"].read_text())
     cells = list(sm.predictions(costs, software_s=1e-3).values())
+    cells += list(sm.predictions(costs, 1e-3, sm.sync_call_costs(latency_report())).values())
     cells += list(sm.ps_predictions(costs).values())
-    # Horovod: 2 models x 9 clusters x 4 variants, with and without SyncBN in phase 1; PS: 2
-    # models x 3 networks x server counts {1, 8}, {1, 8, 64}, {1, 64, 512}.
-    assert len(cells) == 2 * 9 * 4 * 2 + 2 * 9 * 4 + 2 * 3 * (2 + 3 + 3)
+    # Horovod (uniform software cost, then measured per-call costs): 2 models x 9 clusters x 4
+    # variants, with and without SyncBN in phase 1; PS: 2 models x 3 networks x server counts
+    # {1, 8}, {1, 8, 64}, {1, 64, 512}.
+    assert len(cells) == 2 * (2 * 9 * 4 * 2 + 2 * 9 * 4) + 2 * 3 * (2 + 3 + 3)
+    designs = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()))
+    assert len(designs) == 2 * 2 * 9 * len(sm.DESIGNS)  # phases x models x clusters x designs
+    cells += list(designs.values())
     for terms in cells:
         for overlap in (False, True):
             assert 0.0 < sm.efficiency(terms, overlap) <= 1.0
