@@ -23,11 +23,12 @@ from .build import build_dataset, build_model
 __all__ = ["predict", "evaluate", "parse_args", "main"]
 
 
-def predict(net, image, scales=(1.0,), flip=False):
+def predict(net, image, scales=(1.0,), flip=False, shapes=None):
     """Class probabilities (1, C, H, W) for a normalised image (1, 3, H, W).
 
     Softmax outputs at each scale (and of the mirrored image) are resized back to H x W and
-    averaged, as in DeepLabV3 §4.3's multi-scale inference.
+    averaged, as in DeepLabV3 §4.3's multi-scale inference. `shapes`, a set, collects the input
+    shapes the network was given.
     """
     _, _, h, w = image.shape
     total = 0
@@ -37,6 +38,8 @@ def predict(net, image, scales=(1.0,), flip=False):
             x = mx.nd.contrib.BilinearResize2D(image, height=max(1, int(round(h * s))),
                                                width=max(1, int(round(w * s))))
         inputs = [x, x.flip(axis=3)] if flip else [x]
+        if shapes is not None:
+            shapes.add(x.shape)
         for i, inp in enumerate(inputs):
             prob = mx.nd.softmax(net(inp), axis=1)
             if i == 1:
@@ -47,7 +50,7 @@ def predict(net, image, scales=(1.0,), flip=False):
     return total
 
 
-def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
+def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False, shapes=None):
     """COLLECTIVE. Confusion matrix of `net` on `dataset` (or its first eval.max_images images),
     summed over workers.
 
@@ -56,6 +59,7 @@ def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
         watchdog: a dist.Watchdog to beat after each image (default: one of this evaluation's
             own, allowing 4x dist.stall_timeout per image and for the wait for the others).
         quiet: no progress bar.
+        shapes: a set to collect this worker's network input shapes in.
     Returns:
         (int64 confusion matrix, number of images evaluated by all workers).
     """
@@ -73,7 +77,7 @@ def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
         beat = (watchdog or own).beat
         for i, (_, image, mask) in enumerate(
                 progress(samples, len(indices), "eval (rank 0's share)", quiet), 1):
-            prob = predict(net, image.as_in_context(ctx), e["scales"], e["flip"])
+            prob = predict(net, image.as_in_context(ctx), e["scales"], e["flip"], shapes)
             pred = prob.argmax(axis=1)[0].asnumpy().astype(np.int64)
             conf += confusion_matrix(pred, mask, num_classes)
             beat("evaluation image %d of %d" % (i, len(indices)))
@@ -84,9 +88,10 @@ def evaluate(net, dataset, cfg, ctx, watchdog=None, quiet=False):
 
 def no_cudnn_autotune():
     """Turns cuDNN's convolution autotuning off for networks built from now on, unless the user
-    set it: VOC's images differ in size, and with several scales and flips nearly every image
-    brings new shapes, each of which autotuning would benchmark (MXNet reads
-    MXNET_CUDNN_AUTOTUNE_DEFAULT when an operator is created). No effect on the CPU."""
+    set it: VOC's images differ in size, and with several scales nearly every image brings new
+    shapes (results.json's input_shapes_per_worker counts them), each of which autotuning would
+    benchmark (MXNet reads MXNET_CUDNN_AUTOTUNE_DEFAULT when an operator is created). No effect
+    on the CPU."""
     os.environ.setdefault("MXNET_CUDNN_AUTOTUNE_DEFAULT", "0")
 
 
@@ -113,9 +118,19 @@ def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None,
     dataset = build_dataset(cfg, "val")
     if cfg["train"]["hybridize"]:
         net.hybridize()
-    conf, n = evaluate(net, dataset, cfg, ctx, quiet=quiet)
+    shapes = set()
+    conf, n = evaluate(net, dataset, cfg, ctx, quiet=quiet, shapes=shapes)
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
+    # Each distinct input shape is a new graph for MXNet (and, with autotuning on, a cuDNN
+    # benchmark of every convolution): recorded so that GPU users see what it would cost.
+    per_worker = np.zeros(dist.size())
+    per_worker[dist.rank()] = len(shapes)
+    res["input_shapes_per_worker"] = [int(c) for c in dist.allreduce_sum(
+        per_worker, name="eval.shapes")]
     log.info(format_results(res))
+    log.info("evaluation fed the network %s distinct input shape(s) per worker (cuDNN "
+             "autotuning, off during evaluation, would benchmark every convolution for each)",
+             "/".join(map(str, res["input_shapes_per_worker"])))
     if out and dist.is_main():
         write_json(out, res)
     return res

@@ -76,3 +76,7 @@ def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
         assert res["num_images"] == 7, name
         assert res["confusion_matrix"] == ref["confusion_matrix"], name
         assert res["mIoU"] == ref["mIoU"] and res["pixAcc"] == ref["pixAcc"], name
+        # Each worker's distinct input shapes: its shard's image sizes (one scale).
+        shapes = res["input_shapes_per_worker"]
+        assert len(shapes) == {"local": 1, "hvd2": 2, "hvd3": 3, "ps2": 2}[name]
+        assert min(shapes) >= 1 and ref["input_shapes_per_worker"][0] <= sum(shapes) <= 7

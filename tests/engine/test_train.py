@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY
 from deeplab import evaluate, train
 from deeplab.checkpoint import Checkpointer
+from deeplab.config import load_config
 from deeplab.errors import WorkdirError
 FAST = ["train.iterations=24", "train.checkpoint_every=8", "data.synthetic.train_size=48",
         "data.synthetic.val_size=6", "data.num_workers=0", "train.log_every=8"]
@@ -171,6 +172,15 @@ def test_multiscale_flip_eval_at_another_output_stride(tmp_path):
     assert res["output_stride"] == 8 and res["flip"] and len(res["scales"]) == 6
     assert res["num_images"] == 4 and 0 <= res["mIoU"] <= 1
     assert int(np.sum(res["confusion_matrix"])) > 0
+    # The distinct input shapes the network saw (what cuDNN autotuning would benchmark on a
+    # GPU): each image size at each scale; the mirrored image adds none.
+    from deeplab.build import build_dataset
+
+    cfg = load_config(TINY, ["data.synthetic.val_size=4"])
+    ds = build_dataset(cfg, "val")
+    sizes = [ds.generate(i)[0].shape[:2] for i in range(4)]
+    assert res["input_shapes_per_worker"] == [len({
+        (1, 3, int(round(h * s)), int(round(w * s))) for h, w in sizes for s in res["scales"]})]
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path):
