@@ -130,11 +130,11 @@ SHORT = {"deeplabv3_resnet50_v2": "R50", "deeplabv3_resnet101_v2": "R101"}
 # SyncBatchNorm); cycle: HOROVOD_CYCLE_TIME, the default or the tuned one.
 DESIGNS = (
     {"key": "all", "backend": "horovod", "bn": "all", "cycle": "horovod_cycle_time",
-     "column": "Horovod, SyncBN all, 1 ms (today)",
-     "label": "Horovod, SyncBN over all workers, default cycle (today)"},
+     "column": "Horovod, SyncBN all, 1 ms",
+     "label": "Horovod, SyncBN over all workers, Horovod's default cycle"},
     {"key": "all-tuned", "backend": "horovod", "bn": "all", "cycle": "tuned_cycle_time",
      "column": "Horovod, SyncBN all, 0.1 ms",
-     "label": "Horovod, SyncBN over all workers, tuned cycle"},
+     "label": "Horovod, SyncBN over all workers, tuned cycle (the worker's default on GPUs)"},
     {"key": "node", "backend": "horovod", "bn": "node", "cycle": "horovod_cycle_time",
      "column": "Horovod, SyncBN node, 1 ms",
      "label": "Horovod, SyncBN in process sets of one node, default cycle"},
@@ -987,7 +987,7 @@ def design_observations(dp, costs, calls):
         layers = len(entry["syncbn_channels"])
         t = {d["key"]: dp[(1, model, one, low, d["key"])] for d in DESIGNS}
         lines.append(
-            "- %s, phase 1, today's design (Horovod, SyncBN over all workers, %g ms cycle): %s "
+            "- %s, phase 1, Horovod with SyncBN over all workers at Horovod's %g ms cycle: %s "
             "(no overlap; %s Gb/s). Its %d Horovod calls per step cost %.0f ms on one node "
             "against %.1f ms of compute, %.0f%% of it the measured cost per call (%.2f ms per "
             "allgather, %.2f ms per allreduce)."
@@ -996,7 +996,8 @@ def design_observations(dp, costs, calls):
                100 * layers * (default["allgather"] + default["allreduce"]) / t["all"]["syncbn"],
                1e3 * default["allgather"], 1e3 * default["allreduce"]))
         lines.append(
-            "- %s, tuned cycle (`HOROVOD_CYCLE_TIME=%g`): calls measured at %.2f ms (allgather) "
+            "- %s, tuned cycle (`HOROVOD_CYCLE_TIME=%g`, what the worker picks on GPUs with "
+            "SyncBN): calls measured at %.2f ms (allgather) "
             "and %.2f ms (allreduce) bring SyncBN to %.0f ms per step on one node: %s. Per-GPU "
             "BN without SyncBN would give %.2f on one node, with 2 images per normalisation."
             % (SHORT[model], 1e3 * c("tuned_cycle_time"), 1e3 * tuned["allgather"],
