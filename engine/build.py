@@ -31,8 +31,8 @@ def horovod_cycle_time(cfg, gpus):
 
     - synchronized BN: each of its ~114 collectives per step (ResNet-50) waits about one cycle
       (benchmarks/collective_latency.py: 1.1 ms at a 1 ms cycle, 0.5 ms at 0.1 ms). On GPUs
-      0.1 ms (a node has cores to spare for the thread); on CPUs Horovod's 1 ms, as 0.1 ms made
-      no measured difference to the step there while its thread took 0.27 of a core.
+      0.1 ms (a node has cores to spare for the thread); on CPUs Horovod's 1 ms: at 0.1 ms the
+      thread takes 0.27 of a core and the step took 17% longer on 2 workers here.
     - otherwise a step makes a few collectives: Horovod's 1 ms on GPUs, CPU_CYCLE_TIME_MS on
       CPUs, whose cores all compute while the thread wakes every cycle (2-worker efficiency
       0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md).
