@@ -25,7 +25,7 @@ import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
-           "broadcast_parameters", "context", "contexts", "stall_hint",
+           "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
@@ -377,19 +377,63 @@ def is_main():
 
 
 def context():
-    """The device this worker computes on: GPU `local_rank()` if MXNet sees GPUs, else CPU."""
-    return mx.gpu(local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
+    """The device this worker computes on (the first of `contexts()`)."""
+    return contexts(1)[0]
 
 
 def contexts(count=1):
-    """The `count` devices this worker computes on: GPUs local_rank() * count, ... when MXNet
-    sees GPUs (one process per node drives all of them with local rank 0), else CPU device ids
-    0 .. count - 1 (logical devices sharing the CPU: what tests and development run on)."""
-    if count == 1:
-        return [context()]
-    if mx.context.num_gpus() > 0:
-        return [mx.gpu(local_rank() * count + i) for i in range(count)]
+    """The `count` devices this worker computes on. With GPUs: all the process sees when that
+    is exactly `count` (it was given its own, e.g. by `pin_visible_devices` or a pod's one
+    GPU), else GPUs local_rank() * count, ... (one process per node drives all of them with
+    local rank 0). Without: the CPU, as device ids 0 .. count - 1 (logical devices sharing
+    it: what tests and development run on)."""
+    gpus = mx.context.num_gpus()
+    if gpus > 0:
+        first = 0 if gpus == count else local_rank() * count
+        return [mx.gpu(first + i) for i in range(count)]
     return [mx.cpu(i) for i in range(count)]
+
+
+def _nvml_gpu_count():
+    """GPUs the NVIDIA driver shows this process (NVML opens no CUDA context), 0 without a
+    driver or without the nvidia-ml-py package."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # ImportError, or pynvml.NVMLError without a driver
+        return 0
+
+
+def pin_visible_devices(count=1, gpu_count=None, environ=None):
+    """Shows this worker only its own GPUs: CUDA_VISIBLE_DEVICES = local rank x count, ...
+    (DEEPLAB_LOCAL_RANK), unless already set or there are no GPUs. Returns the value set, or
+    None. Call it before anything asks CUDA (mx.context.num_gpus() included).
+
+    Why: MXNet's kvstore stages the parameter server's transfers in page-locked host memory of
+    Context::CPUPinned(0) (src/kvstore/comm.h), and allocating it makes GPU 0 current: every
+    worker of a node would open a CUDA context (and its memory) on GPU 0.
+
+    Raises ValueError when the worker's GPUs are not there (e.g. local rank 3 of 2 GPUs).
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return None
+    gpu_count = _nvml_gpu_count() if gpu_count is None else gpu_count
+    if not gpu_count:
+        return None
+    first = int(environ.get("DEEPLAB_LOCAL_RANK", "0")) * count
+    if first + count > gpu_count:
+        raise ValueError("worker with DEEPLAB_LOCAL_RANK %s needs GPUs %d..%d (%d per worker), "
+                         "but this machine has %d" % (environ.get("DEEPLAB_LOCAL_RANK", "0"),
+                                                      first, first + count - 1, count,
+                                                      gpu_count))
+    environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(count))
+    return environ["CUDA_VISIBLE_DEVICES"]
 
 
 def stall_hint():

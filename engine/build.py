@@ -51,7 +51,13 @@ def start_workers(cfg):
     before any network or trainer exists)."""
     from deeplab.errors import ConfigError
 
-    if dist.resolve_backend(cfg["dist"]["backend"]) == "horovod" \
+    backend = dist.resolve_backend(cfg["dist"]["backend"])
+    if backend == "ps":  # before anything asks CUDA (below: num_gpus)
+        try:
+            dist.pin_visible_devices(cfg["dist"]["devices_per_worker"])
+        except ValueError as err:
+            raise ConfigError("dist.devices_per_worker: %s" % err) from None
+    if backend == "horovod" \
             and not os.environ.get("HOROVOD_CYCLE_TIME"):
         # Read by Horovod's background thread when it starts (hvd.init).
         os.environ["HOROVOD_CYCLE_TIME"] = "%g" % horovod_cycle_time(cfg, mx.context.num_gpus())

@@ -71,11 +71,13 @@ if len(used) < 2:
 EOF
 }
 
-# train_2gpu WORKDIR ARGS...: 2-GPU training into WORKDIR, its GPU use checked by gpu_watch.
+# train_2gpu WORKDIR ARGS...: 2-GPU training into WORKDIR, its GPU use checked by gpu_watch;
+# $launcher (default: horovod -np 2) picks deeplab launch's backend.
 train_2gpu() {
   local dir=$1 job watcher rc=0
   shift
-  deeplab launch horovod -np 2 -- train "$tiny" --workdir "$dir" "$@" &
+  # shellcheck disable=SC2086  # the launcher's words
+  deeplab launch ${launcher:-horovod -np 2} -- train "$tiny" --workdir "$dir" "$@" &
   job=$!
   gpu_watch "$job" "$dir" > "$dir.gpus.txt" &
   watcher=$!
@@ -88,14 +90,14 @@ train_2gpu() {
 # miou RESULTS.json: its mIoU.
 miou() { "$py" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["mIoU"])' "$1"; }
 
-step "1/6 deeplab doctor" \
+step "1/7 deeplab doctor" \
   "no FAIL line, exit code 0" \
   "'gpu: GPUs 0-N (NAME, compute capability X.Y) runs the sm_XY kernels' (or through PTX)" \
   "'horovod: Horovod 0.28.1: MXNet yes, Gloo yes, ..., NCCL 2.x.y' (NCCL not 'no')" \
   "'mxnet: ... CUDA build', features CUDA yes, CUDNN yes"
 deeplab doctor "$tiny" --workers 2 | tee "$out/doctor.txt"
 
-step "2/6 train on 2 GPUs, synchronized BN (tiny model, 300 iterations)" \
+step "2/7 train on 2 GPUs, synchronized BN (tiny model, 300 iterations)" \
   "'training on 2 worker(s) (dist.backend horovod), global batch 8, synchronized BN'" \
   "loss falling, 'mem' a few hundred MB (device memory), then 'pixAcc ... mIoU ...' near the" \
   "README's CPU run (mIoU about 0.6; background everywhere would score 0.17)" \
@@ -108,7 +110,7 @@ echo "mIoU $m"
 "$py" -c 'import sys; sys.exit(float(sys.argv[1]) < 0.3)' "$m" ||
   fail "mIoU $m: the tiny model did not learn (synchronized BN or the allreduce is wrong on GPU)"
 
-step "3/6 float16 gradient compression at crop 321" \
+step "3/7 float16 gradient compression at crop 321" \
   "exit code 0 (3 would mean a non-finite loss or parameters), loss falling as in step 2" \
   "'all N parameter arrays finite' below"
 train_2gpu "$out/fp16" --no-eval --set dist.fp16_compression=true data.crop_size=321 \
@@ -125,7 +127,7 @@ print("all %d parameter arrays finite, largest |value| %.3g"
       % (len(params), max(np.abs(v.asnumpy()).max() for v in params.values())))
 EOF
 
-step "4/6 stop with SIGTERM after the first checkpoint, then --resume" \
+step "4/7 stop with SIGTERM after the first checkpoint, then --resume" \
   "the launcher's 'stopped by SIGTERM' and exit code 143; then 'resuming from ...iter_N.params'" \
   "below: two worker pids, each on its own GPU; then the difference to step 2's parameters" \
   "(small: GPU kernels are not bitwise deterministic; large means the resume lost state)"
@@ -155,7 +157,7 @@ diff = max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max() / (np.abs(a[k].as
 print("largest difference to the uninterrupted run: %.2g of an array's scale" % diff)
 EOF
 
-step "5/6 evaluation on 1 GPU and on 2" \
+step "5/7 evaluation on 1 GPU and on 2" \
   "'pixAcc ... mIoU ... (48 images, ...)' both times: the 2-GPU split neither pads nor" \
   "duplicates images; both mIoU equal to step 2's (or within a few pixels' worth)"
 deeplab eval "$tiny" --checkpoint "$out/syncbn/final.params" --out "$out/eval_1gpu.json" --quiet
@@ -171,7 +173,7 @@ if {r["num_images"] for r in runs} != {48}:
     sys.exit("evaluations did not see the 48 validation images exactly once")
 EOF
 
-step "6/6 deeplab bench, ResNet-50 recipe at crop 321, 4 images per GPU, 20 steps" \
+step "6/7 deeplab bench, ResNet-50 recipe at crop 321, 4 images per GPU, 20 steps" \
   "img/s per worker and in total, the step breakdown, 'GPU memory of this process'" \
   "2 GPUs: scaling efficiency against 1 GPU (on one node, well above 0.8; far lower: the" \
   "allreduce or synchronized BN's collectives are slow)"
@@ -180,5 +182,11 @@ deeplab launch horovod -np 1 -- bench "$r50" --batch 4 --crop 321 --steps 20 \
   --out "$out/bench_1gpu.json"
 deeplab launch horovod -np 2 -- bench "$r50" --batch 4 --crop 321 --steps 20 \
   --baseline "$out/bench_1gpu.json" --out "$out/bench_2gpu.json"
+
+step "7/7 parameter server: 2 workers + 1 server, BN frozen (tiny model, 300 iterations)" \
+  "'training on 2 worker(s) (dist.backend ps)', then 'pixAcc ... mIoU ...'" \
+  "below: two worker pids, each on its own GPU (each worker sees only its GPU: MXNet's" \
+  "kvstore would otherwise stage every worker's transfers in pinned memory of GPU 0)"
+launcher="ps --workers 2 --servers 1" train_2gpu "$out/ps" --set train.freeze_bn=true
 
 printf '\ngpu_smoke: all steps passed; outputs in %s\n' "$out"

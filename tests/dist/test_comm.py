@@ -189,3 +189,36 @@ def test_optimizer_states_are_saved_from_the_host_and_resumed_on_the_workers_dev
     assert resumed and all(s.context == mx.cpu(2) for s in resumed.values())
     for i, s in resumed.items():
         assert (s.asnumpy() == states[i].asnumpy()).all()
+
+
+@pytest.mark.parametrize("local_rank, count, gpus, expected", [
+    ("0", 1, 8, "0"), ("3", 1, 8, "3"), ("1", 4, 8, "4,5,6,7"), ("0", 8, 8, "0,1,2,3,4,5,6,7"),
+    ("0", 1, 1, "0"),  # a pod's one GPU
+    ("2", 1, 0, None),  # no GPUs: nothing to pin
+])
+def test_each_parameter_server_worker_sees_only_its_own_gpus(local_rank, count, gpus, expected):
+    # Otherwise MXNet's kvstore puts every worker's pinned staging memory on GPU 0.
+    env = {"DEEPLAB_LOCAL_RANK": local_rank}
+    assert comm.pin_visible_devices(count, gpu_count=gpus, environ=env) == expected
+    assert env.get("CUDA_VISIBLE_DEVICES") == expected
+
+
+def test_pinning_keeps_a_users_choice_and_names_missing_gpus():
+    env = {"DEEPLAB_LOCAL_RANK": "1", "CUDA_VISIBLE_DEVICES": "5"}
+    assert comm.pin_visible_devices(1, gpu_count=8, environ=env) is None
+    assert env["CUDA_VISIBLE_DEVICES"] == "5"
+    with pytest.raises(ValueError, match="DEEPLAB_LOCAL_RANK 3 needs GPUs 3..3 .* has 2"):
+        comm.pin_visible_devices(1, gpu_count=2, environ={"DEEPLAB_LOCAL_RANK": "3"})
+
+
+@pytest.mark.parametrize("gpus, local_rank, count, expected", [
+    (8, 3, 1, [3]),  # all GPUs visible: the local rank's
+    (1, 3, 1, [0]),  # pinned to its own GPU: device 0
+    (8, 1, 4, [4, 5, 6, 7]),
+    (4, 1, 4, [0, 1, 2, 3]),  # pinned to its four
+])
+def test_contexts_follow_the_visible_gpus(fresh, monkeypatch, gpus, local_rank, count, expected):
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: gpus)
+    monkeypatch.setenv("DEEPLAB_LOCAL_RANK", str(local_rank))
+    assert [c.device_id for c in comm.contexts(count)] == expected
+    assert all(c.device_type == "gpu" for c in comm.contexts(count))
