@@ -12,8 +12,8 @@ from deeplab.data import get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset", "copy_parameters", "uses_sync_bn",
-           "bn_mode", "on_main"]
+__all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
+           "copy_parameters", "uses_sync_bn", "bn_mode", "on_main"]
 
 
 def uses_sync_bn(cfg):
@@ -57,8 +57,7 @@ def start_workers(cfg):
             dist.pin_visible_devices(cfg["dist"]["devices_per_worker"])
         except ValueError as err:
             raise ConfigError("dist.devices_per_worker: %s" % err) from None
-    if backend == "horovod" \
-            and not os.environ.get("HOROVOD_CYCLE_TIME"):
+    if backend == "horovod" and not os.environ.get("HOROVOD_CYCLE_TIME"):
         # Read by Horovod's background thread when it starts (hvd.init).
         os.environ["HOROVOD_CYCLE_TIME"] = "%g" % horovod_cycle_time(cfg, mx.context.num_gpus())
     dist.init(cfg["dist"]["backend"])
