@@ -409,8 +409,10 @@ def _mpijob(a, train_args):
     }
 
 
-def _ps_objects(a, train_args):
-    workers = a["nodes"] * (a["gpus_per_node"] or 1)
+def _ps_objects(a, train_args, devices=1):
+    """The parameter server's Service and Jobs; `devices`: dist.devices_per_worker, the GPUs
+    each worker pod gets and drives (one worker per node with all its GPUs, for example)."""
+    workers = a["nodes"] * (a["gpus_per_node"] or 1) // (devices if a["gpus_per_node"] else 1)
     root = "scheduler.%s" % a["name"]  # <hostname>.<subdomain>, resolved through the Service
     common = [("DMLC_PS_ROOT_URI", root), ("DMLC_PS_ROOT_PORT", PS_PORT),
               ("DMLC_NUM_SERVER", a["servers"]), ("DMLC_NUM_WORKER", workers),
@@ -464,9 +466,9 @@ def _ps_objects(a, train_args):
                         env=_env([("DMLC_ROLE", "server")] + common) + [pod_ip], mounts=False)
     worker = _container(a, "worker", _entrypoint(a), launch,
                         env=_env([("DMLC_ROLE", "worker")] + common
-                                 # each worker pod sees its one GPU as device 0
+                                 # each worker pod sees its own GPUs from device 0
                                  + [("DEEPLAB_LOCAL_RANK", 0)]) + [pod_ip],
-                        gpus=1 if a["gpus_per_node"] else 0, trains=True)
+                        gpus=devices if a["gpus_per_node"] else 0, trains=True)
     return [service, job("scheduler", 1, scheduler, False, False),
             job("server", a["servers"], server, True, False),
             job("worker", workers, worker, True, True)]
@@ -550,9 +552,17 @@ def render(args, root=None):
                           % (cfg["dist"]["backend"], a["backend"]))
     train_args = _command_args(a, cfg, config_rel)
     _parse_command(a, train_args)
+    devices = cfg["dist"]["devices_per_worker"]
+    if devices > 1 and a["backend"] == "horovod":
+        raise RenderError("dist.devices_per_worker is %d: one worker driving several GPUs runs "
+                          "under --backend ps (Horovod runs one worker per GPU)" % devices)
+    if devices > 1 and a["gpus_per_node"] % devices:
+        raise RenderError("dist.devices_per_worker (%d) must divide --gpus-per-node (%d): each "
+                          "worker pod drives that many of a node's GPUs"
+                          % (devices, a["gpus_per_node"]))
     if a["backend"] == "horovod":
         return [_mpijob(a, train_args)]
-    return _ps_objects(a, train_args)
+    return _ps_objects(a, train_args, devices)
 
 
 def render_command(args, root=None):

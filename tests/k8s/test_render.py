@@ -1,6 +1,7 @@
 """deeplab k8s render: the checked-in examples are reproducible, the manifests carry the command
 lines the code accepts, and bad arguments fail naming the flag or key."""
 import glob
+import re
 import os
 import shlex
 
@@ -421,3 +422,26 @@ def test_help_says_which_image_for_which_gpus(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "docker build -f k8s/Dockerfile --build-arg BASE=ngc" in out
     assert "Hopper (H100, H200)" in out and "--command-arg=" in out
+
+
+def test_ps_workers_driving_all_of_a_nodes_gpus():
+    # SCALING.md's recommendation beyond one node: one worker per node with dist.devices_per_worker.
+    _, _, _, workers = render.render(args(backend="ps", servers=2, gpus_per_node=8,
+                                          overrides=["dist.devices_per_worker=8"]))
+    assert workers["spec"]["completions"] == 2
+    (wc,) = workers["spec"]["template"]["spec"]["containers"]
+    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 8}}
+    env = {e["name"]: e.get("value") for e in wc["env"]}
+    assert env["DMLC_NUM_WORKER"] == "2" and env["DEEPLAB_LOCAL_RANK"] == "0"
+    _, train_args = pod_command(wc)
+    assert "dist.devices_per_worker=8" in train_args
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(overrides=["dist.devices_per_worker=2"]), "runs under --backend ps"),
+    (dict(backend="ps", gpus_per_node=4, overrides=["dist.devices_per_worker=3"]),
+     "must divide --gpus-per-node (4)"),
+])
+def test_devices_per_worker_that_cannot_render_is_refused(change, message):
+    with pytest.raises(render.RenderError, match=re.escape(message)):
+        render.render(args(**change))
