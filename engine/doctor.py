@@ -18,6 +18,8 @@ and with CONFIG (the same CONFIG and --set as the training run):
     model.params           the file exists
     batch                  train.batch_size against the number of workers (--workers N, else
                            one per visible GPU)
+    cycle                  the negotiation cycle Horovod workers of this config start with
+                           (dist.horovod_cycle_time, HOROVOD_CYCLE_TIME)
 
 Exit code 0 when no check failed (warnings allowed), 1 when one did, 2 for bad flags.
 
@@ -740,7 +742,23 @@ def _config_checks(config, overrides, workers, gpus, mx):
     checks.append(_weights_check("backbone_params", m["backbone_params"]))
     checks.append(_weights_check("params", m["params"]))
     checks.append(_batch_check(cfg, workers, gpus))
+    checks.append(_cycle_check(cfg, gpus))
     return checks
+
+
+def _cycle_check(cfg, gpus):
+    """The negotiation cycle Horovod workers of this config start with (engine/build.py)."""
+    from deeplab.build import horovod_cycle_time
+
+    ms = horovod_cycle_time(cfg, len(gpus))
+    env = os.environ.get("HOROVOD_CYCLE_TIME")
+    source = ("HOROVOD_CYCLE_TIME in this environment" if env else
+              "dist.horovod_cycle_time" if cfg["dist"]["horovod_cycle_time"] is not None else
+              "the default for %s BN on %s" % (
+                  "synchronized" if not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
+                  else "unsynchronized", "GPUs" if gpus else "CPUs"))
+    return _check("cycle", OK, "under Horovod, workers negotiate every %s ms (%s)"
+                  % (env or "%g" % ms, source), cycle_ms=float(env) if env else ms)
 
 
 def format_text(checks):

@@ -68,7 +68,7 @@ def fake(monkeypatch):
     monkeypatch.setattr(shutil, "which",
                         lambda exe, *a, **k: None if exe == "cuobjdump" else which(exe, *a, **k))
     monkeypatch.setenv(doctor.FAKE_GPUS_ENV, "")
-    for var in (doctor.LIBRARY_ENV, "CUDA_VISIBLE_DEVICES"):
+    for var in (doctor.LIBRARY_ENV, "CUDA_VISIBLE_DEVICES", "HOROVOD_CYCLE_TIME"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -466,3 +466,18 @@ def test_flags():
         with pytest.raises(SystemExit) as exc:
             doctor.parse_args(bad)
         assert exc.value.code == 2
+
+
+def test_horovod_cycle_the_workers_will_start_with(fake):
+    (c,) = by_name(doctor.run_checks(TINY), "cycle")
+    assert c.message == ("under Horovod, workers negotiate every 1 ms (the default for "
+                         "synchronized BN on CPUs)")
+    fake.setenv(doctor.FAKE_GPUS_ENV, "A:8.0:80,A:8.0:80")
+    (c,) = by_name(doctor.run_checks(TINY, ["train.freeze_bn=true"]), "cycle")
+    assert c.data["cycle_ms"] == 1.0 and "unsynchronized BN on GPUs" in c.message
+    fake.setenv(doctor.FAKE_GPUS_ENV, "")
+    (c,) = by_name(doctor.run_checks(TINY, ["dist.sync_bn=false"]), "cycle")
+    assert c.data["cycle_ms"] == 25.0
+    fake.setenv("HOROVOD_CYCLE_TIME", "3")
+    (c,) = by_name(doctor.run_checks(TINY), "cycle")
+    assert c.data["cycle_ms"] == 3.0 and "HOROVOD_CYCLE_TIME in this environment" in c.message
