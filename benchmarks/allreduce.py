@@ -26,7 +26,6 @@ figures.
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -36,6 +35,8 @@ import horovod
 import horovod.mxnet as hvd
 import mxnet as mx
 import numpy as np
+
+from deeplab.utils import write_json
 
 LOAD_AT_START = os.getloadavg()[0]  # before this benchmark's own load
 DEFAULT_SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20, 160 << 20]
@@ -135,8 +136,7 @@ def main(args):
             print("  %12d bytes  %.6f s" % (s, t))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from deeplab.utils import write_json, write_text
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CHANNELS = (64, 256, 2048)
@@ -194,10 +196,8 @@ def main(args):
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
                   "results": results}
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.splitext(args.out)[0] + ".log", "w") as f:
-            f.write(table + "\n")
+        write_json(args.out, report)
+        write_text(os.path.splitext(args.out)[0] + ".log", table + "\n")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from deeplab.utils import write_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
@@ -120,8 +122,7 @@ def run(name):
         "benchmark": "independent processes", "processes": reports,
         "images_per_s": sum(r["variants"][0]["images_per_s"] for r in reports)}
     report["run_all"] = {"command": shown, "cpu_busy_before": load, "finished": _now()}
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(out, report)
 
 
 def _busy_share(seconds=3.0):

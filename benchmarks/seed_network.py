@@ -32,7 +32,6 @@ taken within a round, summarised by median, quartiles and range.
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import subprocess
 import types
@@ -42,6 +41,7 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab.model import get_model
+from deeplab.utils import write_json
 # benchmarks/, this script's folder, is first on sys.path
 from vortex_pooling import (MODEL, command_line, machine, ratio_stats, time_rounds,
                             training_step)
@@ -150,8 +150,7 @@ def main(args):
     for name, r in ratios.items():
         print("  %-24s wall %s; CPU %s" % (name, _format(r["wall"]), _format(r["cpu"])))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.out, report)
     return report
 
 

@@ -12,7 +12,6 @@ reports; every rank runs the same steps). Writes JSON (--out) and a log beside i
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ from mxnet import autograd, gluon
 
 from deeplab import dist
 from deeplab.dist.syncbn import SyncBatchNorm
+from deeplab.utils import write_json, write_text
 
 # (channels, side): the BN inputs of ResNet-50 v2 at a 512 crop, output stride 16 (stem at 1/2,
 # stages at 1/4, 1/8, 1/16).
@@ -138,10 +138,8 @@ def main(args):
               "cases": rows, "total_s": total}
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-        with open(os.path.splitext(args.out)[0] + ".log", "w") as f:
-            f.write(table + "\n")
+        write_json(args.out, report)
+        write_text(os.path.splitext(args.out)[0] + ".log", table + "\n")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ CPU-time ratios much less so, since time spent descheduled is not counted.
 import argparse
 import datetime
 import functools
-import json
 import os
 import platform
 import sys
@@ -50,6 +49,7 @@ from mxnet.gluon import nn
 from deeplab.model import HEADS, get_model
 from deeplab.model.heads import box_average
 from deeplab.train import cross_entropy_sum
+from deeplab.utils import write_json
 
 __all__ = ["FORMULATIONS", "time_rounds", "ratio_stats", "command_line", "machine",
            "training_step"]
@@ -303,8 +303,7 @@ def main(args):
                      if "wall_ratio" in v else "(baseline)")
             print("  %-10s %.3f s / %.3f s  %s" % (name, v["wall_s"], v["cpu_s"], extra))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(args.out, report)
     return report
 
 

@@ -129,10 +129,10 @@ def run(command, grace=30.0, workers=False, poll=0.1):
                 for pid in training:
                     if pid not in signalled:
                         signalled.add(pid)
-                        _signal(pid, signal.SIGTERM)
+                        procs.signal_process(pid, signal.SIGTERM)
                 if not training and not child_signalled:
                     child_signalled = True
-                    _signal(child, signal.SIGTERM)
+                    procs.signal_process(child, signal.SIGTERM)
                 if time.monotonic() - stop.first_time > grace:
                     _say("still running %g s after %s: killing everything"
                          % (grace, signal.Signals(stop.signum).name))
@@ -144,13 +144,6 @@ def run(command, grace=30.0, workers=False, poll=0.1):
         return 128 + signal.SIGKILL
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
-
-
-def _signal(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv=None):

@@ -165,15 +165,6 @@ class _Output:
             out.flush()
 
 
-def _kill(pid, sig):
-    """Sends `sig` to `pid`; returns False if the process is gone."""
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
 def _say(text):
     print("deeplab launch: %s" % text, file=sys.stderr, flush=True)
 
@@ -214,12 +205,12 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
                         # As soon as one worker exits, horovodrun would SIGTERM the others (a
                         # second SIGTERM, which ends rank 0 even while it writes the checkpoint)
                         # and SIGKILL them 5 s later: it waits, paused, until they have exited.
-                        paused = _kill(proc.pid, signal.SIGSTOP)
+                        paused = procs.signal_process(proc.pid, signal.SIGSTOP)
                     for pid in fresh:  # one SIGTERM each: a second would end it at once
                         signalled.add(pid)
-                        _kill(pid, signal.SIGTERM)
+                        procs.signal_process(pid, signal.SIGTERM)
                     if paused and not training:
-                        paused = not _kill(proc.pid, signal.SIGCONT)
+                        paused = not procs.signal_process(proc.pid, signal.SIGCONT)
                     if now - stop.first_time > grace:
                         _say("the workers did not stop within --grace %g s: killing the job"
                              % grace)
@@ -236,7 +227,7 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
         finally:
             # Whatever happened: nothing of the job outlives the launcher.
             if paused:
-                _kill(proc.pid, signal.SIGCONT)
+                procs.signal_process(proc.pid, signal.SIGCONT)
             if proc.poll() is None:
                 killed = True
             procs.signal_group(proc.pid, signal.SIGKILL)

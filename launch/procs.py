@@ -18,8 +18,9 @@ from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
-           "training_processes", "signal_group", "kill_processes", "killed_by_signal",
-           "describe_status", "StopSignals", "stopped_workers", "describe_stopped"]
+           "training_processes", "signal_process", "signal_group", "kill_processes",
+           "killed_by_signal", "describe_status", "StopSignals", "stopped_workers",
+           "describe_stopped"]
 
 JOB_ENV = "DEEPLAB_JOB"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
@@ -92,10 +93,10 @@ def descendants(root):
     return out
 
 
-def job_processes(job_id):
-    """Live processes carrying JOB_ENV=job_id."""
+def job_processes(job_id, var=JOB_ENV):
+    """Live processes (this one excepted) carrying `var`=job_id in their environment."""
     return [pid for pid in all_pids()
-            if pid != os.getpid() and alive(pid) and environ(pid).get(JOB_ENV) == job_id]
+            if pid != os.getpid() and alive(pid) and environ(pid).get(var) == job_id]
 
 
 def _deeplab_command(argv):
@@ -161,6 +162,15 @@ def describe_stopped(stopped):
             % ("?" if rank is None else rank, pid, how) for rank, pid, how in stopped]
 
 
+def signal_process(pid, sig):
+    """Sends `sig` to `pid`; returns False if the process is gone (or not ours)."""
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def signal_group(pgid, sig):
     """Sends `sig` to process group `pgid`, whether or not its leader still runs."""
     try:
@@ -179,10 +189,7 @@ def kill_processes(find, timeout=5.0, poll=0.05):
         if not left or time.monotonic() > deadline:
             return left
         for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_process(pid, signal.SIGKILL)
         time.sleep(poll)
 
 

@@ -1,14 +1,40 @@
 """Shared helpers for tests that start worker processes (Horovod, the parameter server)."""
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import pytest
 
+from deeplab.launch import procs
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 TINY = os.path.join(ROOT, "configs", "tiny_synthetic.yaml")
 BIN = os.path.dirname(sys.executable)
+
+
+def wait_for(predicate, timeout, what):
+    """Polls `predicate` until it returns something true (which is returned); fails the test
+    after `timeout` seconds naming `what` it waited for."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
+
+
+def stop_started(started, var, marker):
+    """A fixture's teardown: kills the process groups of the Popen objects `started`, then every
+    process still carrying `var`=marker in its environment (what they started)."""
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    procs.kill_processes(lambda: procs.job_processes(marker, var))
 
 
 def worker_environ(**extra):

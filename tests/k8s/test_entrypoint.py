@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from conftest import stop_started, wait_for
 from deeplab.launch import procs
 
 FAKE_CLI = textwrap.dedent("""
@@ -123,17 +124,12 @@ def pod(tmp_path):
 
     start.out, start.tmp, start.marker = out, tmp_path, marker
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    procs.kill_processes(lambda: left(marker))
+    stop_started(started, "POD_TEST", marker)
 
 
 def left(marker):
     """Live processes of the test (they carry its marker in their environment)."""
-    return [pid for pid in procs.all_pids()
-            if procs.alive(pid) and procs.environ(pid).get("POD_TEST") == marker]
+    return procs.job_processes(marker, "POD_TEST")
 
 
 def entrypoint_pid(proc, namespace):
@@ -147,15 +143,6 @@ def entrypoint_pid(proc, namespace):
             return children[0]
         time.sleep(0.05)
     pytest.fail("unshare started no process")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
 
 
 @pytest.mark.parametrize("namespace", [NAMESPACE, False], ids=["pid-namespace", "subreaper"])

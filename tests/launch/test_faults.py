@@ -26,6 +26,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
+from conftest import wait_for
 from deeplab.checkpoint import Checkpointer
 
 RUN = ["train.iterations=80", "train.checkpoint_every=4", "data.synthetic.train_size=24",
@@ -115,16 +116,6 @@ def ps_rank(pid, env):
             return int(f.read())
     except (OSError, KeyError, ValueError):
         return None
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
 
 
 def assert_same_final_params(a, b):

@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 
+from conftest import stop_started, wait_for
 from deeplab.launch import procs
 
 FAKE_CLI = textwrap.dedent("""
@@ -104,26 +105,12 @@ def job(tmp_path):
 
     start.out, start.marker = out, marker
     yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    procs.kill_processes(lambda: left(marker))
+    stop_started(started, "SUPERVISE_TEST", marker)
 
 
 def left(marker):
     """Live processes of the test's job (they carry its marker in their environment)."""
-    return [pid for pid in procs.all_pids()
-            if procs.alive(pid) and procs.environ(pid).get("SUPERVISE_TEST") == marker]
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    pytest.fail("timed out after %ds waiting for %s" % (timeout, what))
+    return procs.job_processes(marker, "SUPERVISE_TEST")
 
 
 def finish(proc, marker, timeout=60):
