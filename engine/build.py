@@ -13,7 +13,12 @@ from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
 __all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
-           "copy_parameters", "uses_sync_bn", "bn_mode", "on_main"]
+           "copy_parameters", "sync_bn_requested", "uses_sync_bn", "bn_mode", "on_main"]
+
+
+def sync_bn_requested(cfg):
+    """BN trained with dist.sync_bn set: what Horovod workers synchronize."""
+    return not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
 
 
 def uses_sync_bn(cfg):
@@ -21,8 +26,7 @@ def uses_sync_bn(cfg):
     trained, dist.sync_bn set, under Horovod (one Horovod worker included, so that 1 and N
     workers run the same layer). The local backend uses MXNet's BatchNorm; the parameter server
     keeps per-worker statistics by design."""
-    return (not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
-            and dist.backend() == "horovod")
+    return sync_bn_requested(cfg) and dist.backend() == "horovod"
 
 
 def horovod_cycle_time(cfg, gpus):
@@ -40,8 +44,7 @@ def horovod_cycle_time(cfg, gpus):
     value = cfg["dist"]["horovod_cycle_time"]
     if value is not None:
         return float(value)
-    synchronized = not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
-    if synchronized:
+    if sync_bn_requested(cfg):
         return 0.1 if gpus else 1.0
     return 1.0 if gpus else CPU_CYCLE_TIME_MS
 

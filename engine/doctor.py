@@ -748,15 +748,14 @@ def _config_checks(config, overrides, workers, gpus, mx):
 
 def _cycle_check(cfg, gpus):
     """The negotiation cycle Horovod workers of this config start with (engine/build.py)."""
-    from deeplab.build import horovod_cycle_time
+    from deeplab.build import horovod_cycle_time, sync_bn_requested
 
     ms = horovod_cycle_time(cfg, len(gpus))
     env = os.environ.get("HOROVOD_CYCLE_TIME")
+    bn = "synchronized" if sync_bn_requested(cfg) else "unsynchronized"
     source = ("HOROVOD_CYCLE_TIME in this environment" if env else
               "dist.horovod_cycle_time" if cfg["dist"]["horovod_cycle_time"] is not None else
-              "the default for %s BN on %s" % (
-                  "synchronized" if not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
-                  else "unsynchronized", "GPUs" if gpus else "CPUs"))
+              "the default for %s BN on %s" % (bn, "GPUs" if gpus else "CPUs"))
     return _check("cycle", OK, "under Horovod, workers negotiate every %s ms (%s)"
                   % (env or "%g" % ms, source), cycle_ms=float(env) if env else ms)
 

@@ -412,7 +412,8 @@ def _mpijob(a, train_args):
 def _ps_objects(a, train_args, devices=1):
     """The parameter server's Service and Jobs; `devices`: dist.devices_per_worker, the GPUs
     each worker pod gets and drives (one worker per node with all its GPUs, for example)."""
-    workers = a["nodes"] * (a["gpus_per_node"] or 1) // (devices if a["gpus_per_node"] else 1)
+    per_node = a["gpus_per_node"] // devices if a["gpus_per_node"] else 1  # CPU nodes: one
+    workers = a["nodes"] * per_node
     root = "scheduler.%s" % a["name"]  # <hostname>.<subdomain>, resolved through the Service
     common = [("DMLC_PS_ROOT_URI", root), ("DMLC_PS_ROOT_PORT", PS_PORT),
               ("DMLC_NUM_SERVER", a["servers"]), ("DMLC_NUM_WORKER", workers),
