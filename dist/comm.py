@@ -149,8 +149,12 @@ class HorovodBackend(LocalBackend):
 
     def broadcast(self, obj, root):
         self._broadcasts += 1
-        return self.hvd.broadcast_object(obj, root_rank=root,
-                                         name="comm.broadcast.%d" % self._broadcasts)
+        out = self.hvd.broadcast_object(obj, root_rank=root,
+                                        name="comm.broadcast.%d" % self._broadcasts)
+        # The root only pushes its broadcasts into MXNet's engine and never reads them back: it
+        # could return, finish and shut Horovod down while the others still wait for the bytes.
+        mx.nd.waitall()
+        return out
 
     def broadcast_parameters(self, params):
         self.hvd.broadcast_parameters(params, root_rank=0)

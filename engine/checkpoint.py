@@ -20,9 +20,10 @@ import numpy as np
 
 from deeplab import dist
 from deeplab.errors import CheckpointError, TrainingDiverged
-from deeplab.utils import atomic_write
+from deeplab.utils import IncompleteWrite, atomic_write, fsync
 
-__all__ = ["Checkpointer", "sha256", "assert_finite", "save_params"]
+__all__ = ["Checkpointer", "sha256", "assert_finite", "save_params", "save_ndarrays",
+           "verify_ndarrays"]
 
 
 def sha256(path, chunk=1 << 20):
@@ -48,26 +49,60 @@ def assert_finite(net, what):
                else "on another worker"))
 
 
-def _disk_full(err):
-    return (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) \
-        or "Write incomplete" in str(err)  # MXNet's FileStream on a full disk
-
-
 def save_params(net, path):
-    """Writes `net`'s parameters to `path` atomically; a full disk is reported as such."""
-    _write(path, net.save_parameters)
+    """Writes `net`'s parameters to `path` atomically and verified, in the format of Gluon's
+    `save_parameters` (`load_parameters` reads it); a full disk is reported as such.
+
+    Gluon's `save_parameters` is `nd.save` of {structured name: parameter._reduce()}; it is done
+    here so that the file can be checked against the very arrays meant to be written.
+    """
+    # pylint: disable=protected-access - the names and values save_parameters itself writes
+    arrays = {name: p._reduce() for name, p in net._collect_params_with_prefix().items()}
+    save_ndarrays(path, arrays)
 
 
-def _write(path, write):
+def save_ndarrays(path, arrays):
+    """`mx.nd.save(path, arrays)`, verified before it is renamed into place.
+
+    MXNet 1.9.1's file stream does not always report a short write: on a disk that filled up
+    just before the end, `nd.save` returned normally and left a prefix of the file (issue 19).
+    So the temporary file is flushed to disk (a refused write-back raises here), read back and
+    compared bit for bit with `arrays`; only a file that matches is renamed onto `path`.
+    """
+    import mxnet as mx
+
+    def write(tmp):
+        mx.nd.save(tmp, arrays)
+        fsync(tmp)
+        try:
+            verify_ndarrays(tmp, arrays)
+        except IncompleteWrite as err:
+            if shutil.disk_usage(os.path.dirname(tmp)).free < (1 << 20):  # before tmp goes
+                raise OSError(errno.ENOSPC, "no space left on the device") from err
+            raise
+
+    atomic_write(path, write)
+
+
+def verify_ndarrays(path, arrays):
+    """Raises IncompleteWrite unless `path` holds exactly `arrays` (names, shapes, dtypes, bits)."""
+    import mxnet as mx
+
     try:
-        atomic_write(path, write)
-    except Exception as err:
-        if _disk_full(err):
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            raise CheckpointError("cannot write %s: the disk is full (%.1f MB free); nothing "
-                                  "partial was left, earlier checkpoints are intact"
-                                  % (path, free / 2 ** 20)) from err
-        raise
+        loaded = mx.nd.load(path)
+    except mx.MXNetError as err:
+        raise IncompleteWrite("%s is unreadable after writing (%s bytes on disk): %s"
+                              % (path, os.path.getsize(path), str(err).splitlines()[0])) from None
+    if isinstance(arrays, dict) != isinstance(loaded, dict) or len(loaded) != len(arrays) or \
+            (isinstance(arrays, dict) and set(loaded) != set(arrays)):
+        raise IncompleteWrite("%s does not hold the arrays written" % path)
+    pairs = ((loaded[k], arrays[k]) for k in arrays) if isinstance(arrays, dict) \
+        else zip(loaded, arrays)
+    for got, want in pairs:
+        got, want = got.asnumpy(), want.asnumpy()
+        if got.shape != want.shape or got.dtype != want.dtype or \
+                got.tobytes() != want.tobytes():
+            raise IncompleteWrite("%s differs from the arrays written" % path)
 
 
 class Checkpointer:
@@ -154,19 +189,23 @@ class Checkpointer:
 
     def save(self, iteration, net, trainer, config):
         """COLLECTIVE. Saves checkpoint `iteration` (completed steps) on the main worker, after
-        checking on every worker that the parameters are finite."""
+        checking on every worker that the parameters are finite; a save that fails (a full
+        disk) raises its CheckpointError on every worker."""
+        from deeplab.build import on_main
+
         assert_finite(net, "iteration %d" % iteration)
-        if not dist.is_main():
-            return
+        on_main(lambda: self._save(iteration, net, trainer, config))
+
+    def _save(self, iteration, net, trainer, config):
         os.makedirs(self.dir, exist_ok=True)
         stem = self.stem(iteration)
         try:
-            _write(stem + ".params", net.save_parameters)
-            _write(stem + ".states", trainer.save_states)
+            save_params(net, stem + ".params")
+            atomic_write(stem + ".states", trainer.save_states)
             meta = {"iteration": iteration, "config": config,
                     "sha256": {"params": sha256(stem + ".params"),
                                "states": sha256(stem + ".states")}}
-            _write(stem + ".json", lambda p: _dump_json(meta, p))
+            atomic_write(stem + ".json", lambda p: _dump_json(meta, p))
         except BaseException:
             if not os.path.exists(stem + ".json"):  # a partial checkpoint: its files go
                 for ext in (".params", ".states"):

@@ -3,7 +3,8 @@
 
 Exit codes: 0 success; 1 a failure with a traceback (a bug); 2 bad input (a config, a file, a
 directory, a flag), reported in one line; 3 training diverged (non-finite loss or parameters);
-4 a stalled job (see dist.stall_timeout); 143 stopped by SIGTERM after saving a checkpoint.
+4 a stalled job (see dist.stall_timeout); 143 stopped by SIGTERM after saving a checkpoint; 130
+stopped by Ctrl-C (SIGINT): after saving a checkpoint, or at once on a second Ctrl-C.
 """
 import importlib
 import os
@@ -59,11 +60,11 @@ def main(argv=None):
     if argv[0] not in COMMANDS:
         print("deeplab: unknown subcommand %r\n\n%s" % (argv[0], USAGE), file=sys.stderr)
         return 2
-    from deeplab.errors import EXIT_USER_ERROR, JobStopped, UserError
+    from deeplab.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, JobStopped, UserError
 
-    module = importlib.import_module(COMMANDS[argv[0]])
     code = 0
     try:
+        module = importlib.import_module(COMMANDS[argv[0]])
         args = module.parse_args(argv[1:])
         module.main(args)
     except UserError as err:
@@ -83,6 +84,11 @@ def main(argv=None):
         else:
             print(err.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:  # Ctrl-C outside training's loop, or a second one inside it
+        print("deeplab %s: interrupted (Ctrl-C): stopped at once%s" % (
+            argv[0], ", without a checkpoint; continue from the last one with --resume"
+            if argv[0] == "train" else ""), file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BaseException:  # noqa: B902 - reported, then the process ends with code 1
         traceback.print_exc()
         code = 1

@@ -23,7 +23,7 @@ class Key(collections.namedtuple("Key", "tag default doc lo hi lo_open hi_open")
     """One config key: a type tag, its default, what it means, and an optional numeric range.
 
     Type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" (non-empty
-    lists), "choice:a|b" (one of the listed values), "?int" / "?float" (the type or null).
+    lists), "octal" (a permission mask, kept as a string such as '027'), "choice:a|b" (one of the listed values), "?int" / "?float" (the type or null).
     The range [lo, hi] applies to numbers and to each item of a list; lo_open / hi_open exclude
     the bound.
     """
@@ -94,6 +94,8 @@ SCHEMA = {
         "checkpoint_every": K("int", 1000, "iterations between checkpoints", lo=1),
         "keep_checkpoints": K("int", 3, "newest checkpoints kept", lo=1),
         "log_every": K("int", 20, "iterations between log lines", lo=1),
+        "umask": K("octal", "027", "permission mask of what a run writes (octal): '027' lets "
+                   "the group read the run directory and others nothing, '022' everyone read"),
         "eval_every": K("int", 0, "iterations between evaluations during training, each "
                         "keeping DIR/best.params for the best mIoU (0: only at the end)", lo=0),
     },
@@ -200,6 +202,12 @@ def _check(name, key, value, source, tag=None):
         if isinstance(value, bool) or not isinstance(value, int):
             fail("all, node or an integer")
         tag = "int"
+    if tag == "octal":  # a permission mask: '027' (YAML 1.1 also reads an unquoted 027 as octal)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+            return "%03o" % value
+        if not isinstance(value, str) or not re.fullmatch(r"0?[0-7]{3}", value):
+            fail("an octal permission mask such as '027'")
+        return value[-3:]
     if tag == "bool":
         if not isinstance(value, bool):
             fail("true or false")

@@ -6,9 +6,9 @@ They subclass ValueError so that callers catching bad values keep working.
 """
 
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
-           "CheckpointError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
-           "TrainingDiverged", "Preempted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
-           "EXIT_PREEMPTED"]
+           "CheckpointError", "WriteError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
+           "TrainingDiverged", "Preempted", "Interrupted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
+           "EXIT_PREEMPTED", "EXIT_INTERRUPTED"]
 
 
 class UserError(ValueError):
@@ -33,6 +33,11 @@ class WorkdirError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be resumed from (corrupt, incompatible with the config)."""
+
+
+class WriteError(CheckpointError):
+    """A file (checkpoint, parameters, report) that could not be written whole: a full disk.
+    Nothing partial is left and the file it was to replace is untouched."""
 
 
 class LaunchError(UserError):
@@ -66,8 +71,15 @@ class Preempted(JobStopped):
     exit_code = 143
 
 
+class Interrupted(Preempted):
+    """SIGINT (Ctrl-C): a checkpoint was saved and the run can continue with --resume."""
+
+    exit_code = 130
+
+
 # Exit codes of a worker, as the launchers report them.
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = TrainingDiverged.exit_code
 EXIT_STALLED = 4
 EXIT_PREEMPTED = Preempted.exit_code
+EXIT_INTERRUPTED = Interrupted.exit_code

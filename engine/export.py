@@ -12,14 +12,17 @@ size (no softmax).
 """
 import argparse
 import os
+import shutil
+import tempfile
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from deeplab.checkpoint import verify_ndarrays
 from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.errors import UserError
-from deeplab.utils import positive_int
+from deeplab.utils import atomic_write, disk_errors, positive_int
 
 from .build import build_model
 
@@ -61,15 +64,13 @@ def _check_prefix(prefix):
     return prefix
 
 
-def _replace_into(tmp_prefix, prefix, suffixes):
-    """Renames tmp_prefix+suffix onto prefix+suffix for each suffix, so that readers never see
-    a partly written file."""
-    for suffix in suffixes:
-        os.replace(tmp_prefix + suffix, prefix + suffix)
-
-
 def export(net, prefix, size, onnx=False):
     """Writes `net`'s graph and parameters under `prefix` (and PREFIX.onnx if `onnx`).
+
+    Each file is written into a private staging folder beside `prefix`, read back and checked
+    (the symbol parses, the parameters are bit for bit the network's: MXNet's writer can leave
+    a short file on a full disk without an error), then renamed into place; a full disk is one
+    CheckpointError naming the file, and nothing partial is left.
 
     Args:
         net: the evaluation network (plain BN), initialized on the CPU.
@@ -82,37 +83,47 @@ def export(net, prefix, size, onnx=False):
     """
     h, w = size
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
-    tmp = "%s.tmp-%d" % (prefix, os.getpid())
-    x = mx.nd.zeros((1, 3, h, w))
-    written = []
+    net.hybridize()
+    net(mx.nd.zeros((1, 3, h, w)))  # HybridBlock.export needs a traced graph
+    staging = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(prefix))
+    tmp = os.path.join(staging, "net")
     try:
-        net.hybridize()
-        net(x)  # HybridBlock.export needs a traced graph
-        net.export(tmp, epoch=0)
-        suffixes = ["-symbol.json", "-0000.params"]
-        _replace_into(tmp, prefix, suffixes)
-        written += [prefix + s for s in suffixes]
+        with disk_errors(prefix + "-0000.params"):
+            net.export(tmp, epoch=0)
+        _place(tmp + "-symbol.json", prefix + "-symbol.json", mx.sym.load)
+        sym = mx.sym.load(prefix + "-symbol.json")
+        args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+        # what HybridBlock.export writes: arg:NAME / aux:NAME -> the parameter's value
+        expected = {("arg:%s" if p.name in args else "aux:%s") % p.name: p._reduce()
+                    for p in net.collect_params().values() if p.name in args | aux}
+        _place(tmp + "-0000.params", prefix + "-0000.params",
+               lambda path: verify_ndarrays(path, expected))
+        written = [prefix + "-symbol.json", prefix + "-0000.params"]
         if onnx:
             written.append(_export_onnx(net, tmp, prefix, (h, w)))
     finally:
-        for suffix in ("-symbol.json", "-0000.params", ".onnx"):
-            if os.path.exists(tmp + suffix):
-                os.remove(tmp + suffix)
+        shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _place(src, dst, check):
+    """Moves the written file `src` onto `dst` once `check(path)` accepts it (see export)."""
+    atomic_write(dst, lambda tmp: (os.replace(src, tmp), check(tmp)))
 
 
 def _export_onnx(net, tmp, prefix, size):
     try:
-        import onnx  # noqa: F401 - mx.onnx imports it lazily, with a less helpful message
+        import onnx  # mx.onnx imports it lazily, with a less helpful message
     except ImportError:
         raise UserError("--onnx needs the onnx package (pip install -r requirements/test.txt)") \
             from None
     static = StaticSizeNet(net, *size)
     sym = static(mx.sym.var(INPUT_NAME))
     params = {p.name: p.data() for p in static.collect_params().values()}
-    mx.onnx.export_model(sym, params, in_shapes=[(1, 3) + tuple(size)],
-                         in_types=[np.float32], onnx_file_path=tmp + ".onnx")
-    os.replace(tmp + ".onnx", prefix + ".onnx")
+    with disk_errors(prefix + ".onnx"):
+        mx.onnx.export_model(sym, params, in_shapes=[(1, 3) + tuple(size)],
+                             in_types=[np.float32], onnx_file_path=tmp + ".onnx")
+    _place(tmp + ".onnx", prefix + ".onnx", onnx.load)  # a cut-short file does not parse
     return prefix + ".onnx"
 
 

@@ -132,7 +132,7 @@ def write_outputs(out_dir, stem, image, pred, palette):
     colours = np.asarray(palette, np.float32).reshape(-1, 3)[pred]
     blend = (1 - OVERLAY_ALPHA) * image.astype(np.float32) + OVERLAY_ALPHA * colours
     overlay = Image.fromarray(np.clip(np.round(blend), 0, 255).astype(np.uint8), mode="RGB")
-    # Temporary names end in .tmp-PID: PIL is told the format instead of guessing it.
+    # Temporary names end in .tmp: PIL is told the format instead of guessing it.
     atomic_write(os.path.join(out_dir, stem + ".png"), lambda p: mask.save(p, format="PNG"))
     # Full-resolution colour (no 4:2:0 subsampling): class boundaries stay sharp.
     atomic_write(os.path.join(out_dir, stem + "_overlay.jpg"),

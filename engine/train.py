@@ -28,7 +28,7 @@ from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
 from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
-from deeplab.errors import Preempted, TrainingDiverged
+from deeplab.errors import Interrupted, Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
 from deeplab.record import RunInfo, RunRecord, memory_bytes
@@ -116,13 +116,13 @@ def amp_dtype():
     return _AMP["dtype"]
 
 
-def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
+def train_step(net, trainer, data, label, ctx, lr, stop=None, diverged=False):
     """COLLECTIVE. One SGD step on this worker's slice of the global batch, on device `ctx` or
     split evenly over the devices of the list `ctx` (their gradients are summed in-process).
 
     The step's one allreduce carries the global count of labelled pixels, and every worker's
-    votes to stop (SIGTERM) and that its previous loss was not finite, so that all workers take
-    the same decision after the same step. When any worker saw a non-finite loss the step is
+    votes to stop (`stop`: the signal it received, SIGTERM or SIGINT, or None) and that its
+    previous loss was not finite, so that all workers take the same decision after the same step. When any worker saw a non-finite loss the step is
     skipped (no update with poisoned parameters).
 
     The loss is divided by the global count before backward, so the gradients leaving each
@@ -132,14 +132,17 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
 
     Returns:
         StepResult: loss (NDArray, this worker's summed loss), count (global labelled pixels),
-        confusion (NDArray of this worker's confusion counts, on its device), stop and diverged
-        (whether any worker voted so).
+        confusion (NDArray of this worker's confusion counts, on its device), stop (None, or the
+        signal a worker voted to stop for: SIGINT when any worker saw one, else SIGTERM) and
+        diverged (whether any worker voted so).
     """
     local = float((label != IGNORE_LABEL).sum().asscalar())  # on the host, before the copy
-    count, stops, bad = dist.allreduce_sum(np.array([local, float(stop), float(diverged)]),
-                                           name="train.step")
+    count, stops, bad, interrupts = dist.allreduce_sum(
+        np.array([local, float(bool(stop)), float(diverged), float(stop == signal.SIGINT)]),
+        name="train.step")
+    stop = signal.SIGINT if interrupts else signal.SIGTERM if stops else None
     if bad:
-        return StepResult(None, count, None, stops > 0, True)
+        return StepResult(None, count, None, stop, True)
     ctxs = ctx if isinstance(ctx, (list, tuple)) else [ctx]
     datas = mx.gluon.utils.split_and_load(data, ctxs)
     labels = mx.gluon.utils.split_and_load(label, ctxs)
@@ -160,7 +163,7 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
     loss = mx.nd.add_n(*[x.as_in_context(first) for x in losses])
     confusion = mx.nd.add_n(*[confusion_nd(z.detach(), y, z.shape[1]).as_in_context(first)
                               for z, y in zip(logits, labels)])
-    return StepResult(loss, count, confusion, stops > 0, False)
+    return StepResult(loss, count, confusion, stop, False)
 
 
 class Meter:
@@ -255,37 +258,50 @@ class PeriodicEvaluator:
                            "mIoU": s["mIoU"], "num_images": n})
         if best:
             self.best = s["mIoU"]
-            if dist.is_main():
-                save_params(self.net, self.params_path)
-                write_json(self.best_path, {"iteration": done, "mIoU": s["mIoU"],
-                                            "pixAcc": s["pixAcc"], "num_images": n})
+            on_main(lambda: (save_params(self.net, self.params_path),
+                             write_json(self.best_path, {"iteration": done, "mIoU": s["mIoU"],
+                                                         "pixAcc": s["pixAcc"],
+                                                         "num_images": n})))
         return s
 
 
 class StopRequest:
-    """Records a SIGTERM (a preempted pod, `kill`, a launcher stopping its workers) so that
-    training checkpoints and exits at the next step instead of dying mid-step.
+    """Records a SIGTERM (a preempted pod, `kill`, a launcher stopping its workers) or a SIGINT
+    (Ctrl-C) so that training checkpoints and exits at the next step instead of dying mid-step.
 
-    Used as a context manager around the training loop; the previous handler is restored after.
-    A second SIGTERM ends the process at once (the default action).
+    Used as a context manager around the training loop; the previous handlers are restored
+    after. `signal` is the first signal received (None before). A second signal ends the process
+    at once, without a checkpoint: a second SIGTERM by its default action, a second SIGINT as
+    KeyboardInterrupt, which `deeplab train` reports in one line and records as "interrupted".
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signal = None
+        self._previous = {}
+
+    @property
+    def requested(self):
+        return self.signal is not None
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signal = signal.Signals(signum)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _signal_words(signum):
+    return "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
 
 
 def train(cfg, workdir, resume_from=None, log=None):
@@ -304,7 +320,7 @@ def train(cfg, workdir, resume_from=None, log=None):
     with contextlib.closing(batches), contextlib.closing(record), StopRequest() as stop, \
             dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
         for data_s, (it, data, label) in batches:
-            r = train_step(net, trainer, data, label, ctx, schedule(it), stop.requested,
+            r = train_step(net, trainer, data, label, ctx, schedule(it), stop.signal,
                            last is not None and not np.isfinite(last.loss.asscalar()))
             if r.diverged:
                 raise TrainingDiverged("training diverged: non-finite loss at iteration %d; "
@@ -320,17 +336,17 @@ def train(cfg, workdir, resume_from=None, log=None):
                 # No worker exits before rank 0 has saved: a launcher that sees one worker end
                 # may signal the others again, and must not catch rank 0 mid-write.
                 dist.barrier()
-                log.info("stopped by SIGTERM after iteration %d; checkpoint saved, continue "
-                         "with --resume", done)
-                raise Preempted("stopped by SIGTERM after iteration %d; continue with --resume"
-                                % done)
+                log.info("stopped by %s after iteration %d; checkpoint saved, continue with "
+                         "--resume", _signal_words(r.stop), done)
+                stopped = Interrupted if r.stop == signal.SIGINT else Preempted
+                raise stopped("stopped by %s after iteration %d; continue with --resume"
+                              % (_signal_words(r.stop), done))
             if ckpt.due(done, t["iterations"]):
                 ckpt.save(done, net, trainer, cfg)
             if evaluator.due(done, t["iterations"]):
                 evaluator.run(net, done, watchdog)
     ckpt.save(t["iterations"], net, trainer, cfg)  # checks the last loss's effect: finite
-    if dist.is_main():
-        save_params(net, os.path.join(workdir, "final.params"))
+    on_main(lambda: save_params(net, os.path.join(workdir, "final.params")))  # errors: everywhere
     return net
 
 
@@ -457,6 +473,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
+    os.umask(int(cfg["train"]["umask"], 8))  # before anything of the run is created
     start_workers(cfg)
     if cfg["train"]["amp"]:
         enable_amp(dist.context())
@@ -483,7 +500,11 @@ def main(args):
         try:
             train(cfg, workdir, resume_from, log)
         except (TrainingDiverged, Preempted) as stopped:
-            status = "diverged" if isinstance(stopped, TrainingDiverged) else "preempted"
+            status = "diverged" if isinstance(stopped, TrainingDiverged) else \
+                "interrupted" if isinstance(stopped, Interrupted) else "preempted"
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
+            status = "interrupted"
             raise
         results = None
         if not args.no_eval:

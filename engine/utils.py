@@ -1,9 +1,13 @@
 """Small helpers shared across the package: atomic file writes and free local ports."""
+import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
+import tempfile
 
-__all__ = ["atomic_write", "write_json", "write_text", "free_port", "positive_int"]
+__all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite", "write_json", "write_text", "free_port", "positive_int"]
 
 
 def atomic_write(path, write):
@@ -11,14 +15,78 @@ def atomic_write(path, write):
 
     Readers see the old file or the whole new one, never a part: a process killed mid-write, or
     a full disk, leaves `path` as it was and no temporary file behind.
+
+    The temporary file is created exclusively (O_EXCL, mode 0600, an unpredictable name) in
+    `path`'s own directory, so a symlink or file planted under a guessable name is never
+    followed or overwritten; it is flushed to disk (fsync: a full disk that only shows at
+    write-back is reported here) and given the mode the process's umask allows before the rename.
+    A full disk (or a file that `write` found did not reach the disk whole: IncompleteWrite) is
+    raised as one WriteError naming `path`.
     """
-    tmp = "%s.tmp-%d" % (path, os.getpid())
+    folder, name = os.path.split(os.path.abspath(path))
+    with disk_errors(path):
+        fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            write(tmp)
+            fsync(tmp)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+
+
+class IncompleteWrite(OSError):
+    """A file read back after writing is not what was meant to be written."""
+
+
+def _disk_full(err):
+    return (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) \
+        or "Write incomplete" in str(err)  # MXNet's FileStream on a full disk
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """Reports a full disk (or a file that did not reach the disk whole) met while writing
+    `path` as one WriteError naming it; other errors pass unchanged."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        yield
+    except Exception as err:
+        if not (_disk_full(err) or isinstance(err, IncompleteWrite)):
+            raise
+        from deeplab.errors import WriteError
+
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+        cause = "the disk is full" if _disk_full(err) else \
+            "it did not reach the disk whole (%s)" % err
+        raise WriteError("cannot write %s: %s (%.1f MB free); nothing partial was left, "
+                         "earlier checkpoints are intact" % (path, cause, free / 2 ** 20)) \
+            from err
+
+
+def fsync(path):
+    """Flushes a written file to disk; raises OSError (e.g. ENOSPC) if the disk refused it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.close(fd)
+
+
+def current_umask():
+    """The process's umask, read without changing it (os.umask can only set it, and setting it
+    for a moment would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the racy way
+    os.umask(mask)
+    return mask
 
 
 def write_text(path, text):

@@ -9,13 +9,22 @@ import socket
 
 from deeplab.errors import CheckpointError, WorkdirError
 
-__all__ = ["RUN_FILES", "check_workdir", "WorkdirLock", "RESUMABLE_KEYS", "check_resume"]
+__all__ = ["RUN_FILES", "is_run_file", "check_workdir", "WorkdirLock", "RESUMABLE_KEYS", "check_resume"]
 
 # What a run writes at the top of its directory; anything else means the directory is not a
 # run's (a typo in --workdir pointing at a dataset or a home directory).
 RUN_FILES = {"config.yaml", "train.log", "checkpoints", "final.params", "results.json",
              "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json",
              "curves.png"}
+
+
+def is_run_file(name):
+    """Whether a name at the top of a directory is a run's: one of RUN_FILES, or the temporary
+    file of one that a killed process left (deeplab.utils.atomic_write's `.NAME.XXXX.tmp`)."""
+    if name in RUN_FILES:
+        return True
+    return name.startswith(".") and name.endswith(".tmp") and \
+        name[1:-len(".tmp")].rsplit(".", 1)[0] in RUN_FILES
 
 
 def _saved(path):
@@ -38,7 +47,7 @@ def check_workdir(path, resume):
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError("--workdir %s is a file, not a directory" % path)
     if os.path.isdir(path):
-        foreign = sorted(set(os.listdir(path)) - RUN_FILES)
+        foreign = sorted(n for n in os.listdir(path) if not is_run_file(n))
         if foreign:
             raise WorkdirError(
                 "--workdir %s holds files that are not a training run's (%s%s); choose an "
@@ -104,7 +113,7 @@ class WorkdirLock:
 # or the BN mode, so the resumed run would not continue the checkpoint's run.
 RESUMABLE_KEYS = {"model.params", "model.backbone_params", "data.root", "data.num_workers",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "train.hybridize",
+                  "train.hybridize", "train.umask",
                   "train.eval_every", "eval.max_images",
                   "dist.backend", "dist.num_groups", "dist.stall_timeout",
                   "eval.output_stride", "eval.scales", "eval.flip"}

@@ -28,6 +28,7 @@ Generated from `deeplab.config.SCHEMA` by `python scripts/config_docs.py`; do no
 
 TYPES = {"int": "integer", "float": "number", "bool": "true/false", "str": "string",
          "path": "path or null", "floats": "list of numbers", "ints": "list of integers",
+         "octal": "octal mask (string)",
          "?int": "integer or null", "?float": "number or null",
          "group": "`all` \\| `node` \\| integer"}
 

@@ -4,6 +4,7 @@ with a clear error."""
 import json
 import logging
 import os
+import shutil
 import subprocess
 import uuid
 
@@ -16,23 +17,13 @@ from deeplab.errors import CheckpointError, TrainingDiverged
 from deeplab.utils import atomic_write
 
 
-class _Param:
-    def __init__(self, value):
-        self.value = value
+class _Net(mx.gluon.Block):
+    """A real Gluon block with one parameter, `w` (saved under that name)."""
 
-    def data(self):
-        return self.value
-
-
-class _Net:
     def __init__(self, size=2, fill=1.0):
-        self.w = mx.nd.full((size,), fill)
-
-    def collect_params(self):
-        return {"w": _Param(self.w)}
-
-    def save_parameters(self, path):
-        mx.nd.save(path, {"w": self.w})
+        super().__init__()
+        self.w = self.params.get("w", shape=(size,), init=mx.init.Constant(fill))
+        self.initialize()
 
 
 class _Trainer:
@@ -119,7 +110,7 @@ def test_non_finite_parameters_are_never_written(tmp_path):
     ck = Checkpointer(str(tmp_path))
     ck.save(10, _Net(), _Trainer(), {})
     bad = _Net()
-    bad.w[1] = float("nan")
+    bad.w.data()[1] = float("nan")
     with pytest.raises(TrainingDiverged, match="non-finite parameters at iteration 20.*w"):
         ck.save(20, bad, _Trainer(), {})
     assert ck.iterations() == [10]
@@ -129,11 +120,11 @@ def test_non_finite_parameters_are_never_written(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 256 KiB tmpfs (root only): a real full disk, as MXNet's writer meets it."""
+    """A 1 MiB tmpfs (root only): a real full disk, as MXNet's writer meets it."""
     mnt = tmp_path / ("disk-" + uuid.uuid4().hex[:6])
     mnt.mkdir()
     if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
             capture_output=True).returncode != 0:
         pytest.skip("mounting a tmpfs needs root")
     yield mnt
@@ -144,7 +135,7 @@ def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkp
         small_disk):
     ck = Checkpointer(str(small_disk))
     ck.save(10, _Net(), _Trainer(), {})
-    big = _Net(size=200_000)  # 800 KB of float32: more than the disk
+    big = _Net(size=400_000)  # 1.6 MB of float32: more than the disk
     with pytest.raises(CheckpointError) as err:
         ck.save(20, big, _Trainer(), {})
     msg = str(err.value)
@@ -153,3 +144,60 @@ def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkp
         "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
     assert ck.latest()["iteration"] == 10
     np.testing.assert_array_equal(mx.nd.load(ck.latest()["params"])["w"].asnumpy(), [1, 1])
+
+
+def _fill_leaving(disk, free):
+    """Fills tmpfs `disk` so that `free` bytes (whole pages) are left."""
+    have = shutil.disk_usage(disk).free
+    with open(os.path.join(disk, "filler"), "wb") as f:
+        f.write(b"\0" * (have - free))
+    assert shutil.disk_usage(disk).free == free
+
+
+PAGE = 4096
+BIG = 100_000  # float32 values: a 400,073-byte .params file, 98 pages
+
+
+@pytest.mark.parametrize("free_pages", [0, 49, 97], ids=["empty", "half", "all-but-the-last-page"])
+def test_full_disk_at_any_moment_of_a_params_file_is_an_error_and_leaves_nothing_partial(
+        small_disk, free_pages):
+    """MXNet's writer reports a disk that fills mid-file, but not one that fills within its
+    last buffer (flushed at close): `final.params` was renamed into place cut short (issue 19).
+    Every moment must end the same way: the one-line error, no file, older files intact."""
+    from deeplab.checkpoint import save_params
+
+    save_params(_Net(fill=1.0), str(small_disk / "final.params"))  # an earlier, good file
+    _fill_leaving(str(small_disk), free_pages * PAGE)
+    with pytest.raises(CheckpointError) as err:
+        save_params(_Net(size=BIG, fill=2.0), str(small_disk / "final.params"))
+    assert "cannot write %s: the disk is full" % (small_disk / "final.params") in str(err.value)
+    assert sorted(os.listdir(small_disk)) == ["filler", "final.params"]  # no temporary left
+    np.testing.assert_array_equal(
+        mx.nd.load(str(small_disk / "final.params"))["w"].asnumpy(), [1, 1])
+
+
+def test_checkpoint_whose_params_lose_their_last_page_is_not_a_checkpoint(small_disk):
+    ck = Checkpointer(str(small_disk))
+    ck.save(10, _Net(), _Trainer(), {})
+    _fill_leaving(str(small_disk), 97 * PAGE)
+    with pytest.raises(CheckpointError, match="iter_0000020.params: the disk is full"):
+        ck.save(20, _Net(size=BIG), _Trainer(), {})
+    assert sorted(os.listdir(small_disk / "checkpoints")) == [
+        "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
+    assert ck.latest()["iteration"] == 10
+
+
+def test_verified_write_catches_a_file_that_differs_from_what_was_meant(tmp_path):
+    from deeplab.checkpoint import verify_ndarrays
+    from deeplab.utils import IncompleteWrite
+
+    arrays = {"a": mx.nd.arange(6).reshape((2, 3)), "b": mx.nd.ones((4,))}
+    mx.nd.save(str(tmp_path / "x.params"), arrays)
+    verify_ndarrays(str(tmp_path / "x.params"), arrays)  # the same: accepted
+    for changed in ({"a": arrays["a"], "b": mx.nd.ones((4,)) * 2}, {"a": arrays["a"]}):
+        with pytest.raises(IncompleteWrite):
+            verify_ndarrays(str(tmp_path / "x.params"), changed)
+    data = (tmp_path / "x.params").read_bytes()
+    (tmp_path / "x.params").write_bytes(data[:-3])
+    with pytest.raises(IncompleteWrite, match="unreadable after writing"):
+        verify_ndarrays(str(tmp_path / "x.params"), arrays)

@@ -4,7 +4,7 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY
 from deeplab.config import SCHEMA, ConfigError, dump_config, load_config
 
 CONFIGS = os.path.join(ROOT, "configs")
@@ -179,3 +179,15 @@ def test_every_key_has_a_meaning():
 
     for name, key in flat_items():
         assert key.doc and not key.doc.endswith("."), name
+
+
+@pytest.mark.parametrize("value,want", [("'027'", "027"), ("027", "027"), ("'077'", "077"),
+                                        ("'0022'", "022")])
+def test_umask_is_an_octal_mask(value, want):
+    assert load_config(TINY, ["train.umask=%s" % value])["train"]["umask"] == want
+
+
+@pytest.mark.parametrize("value", ["'28'", "'abc'", "'1777'", "true"])
+def test_a_bad_umask_names_the_key(value):
+    with pytest.raises(ConfigError, match="train.umask must be an octal permission mask"):
+        load_config(TINY, ["train.umask=%s" % value])

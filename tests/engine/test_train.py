@@ -16,6 +16,7 @@ from deeplab import evaluate, train
 from deeplab.checkpoint import Checkpointer
 from deeplab.config import load_config
 from deeplab.errors import WorkdirError
+from deeplab.train import StopRequest
 FAST = ["train.iterations=24", "train.checkpoint_every=8", "data.synthetic.train_size=48",
         "data.synthetic.val_size=6", "data.num_workers=0", "train.log_every=8"]
 
@@ -119,9 +120,12 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
 
 
-def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
-    """SIGTERM (a preempted pod): the run saves a checkpoint at the next step, exits with 143,
-    and --resume reaches the parameters of a run never stopped."""
+@pytest.mark.parametrize("signum,words,status", [
+    (signal.SIGTERM, "SIGTERM", "preempted"), (signal.SIGINT, "SIGINT (Ctrl-C)", "interrupted")])
+def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path, signum, words, status):
+    """SIGTERM (a preempted pod) or Ctrl-C on a plain `deeplab train`: the run saves a
+    checkpoint at the next step, exits with 143 (SIGTERM) or 130 (SIGINT) in one line, records
+    how it ended in run.json, and --resume reaches the parameters of a run never stopped."""
     its = ["train.iterations=60", "train.checkpoint_every=1000"]  # no periodic checkpoint
     run_train(tmp_path / "straight", its)
 
@@ -134,12 +138,17 @@ def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path):
     while time.time() < deadline and proc.poll() is None and (
             not log.exists() or "iter " not in log.read_text()):
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     proc.wait(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read().decode()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     its_saved = Checkpointer(str(work)).iterations()
     assert len(its_saved) == 1 and 8 <= its_saved[0] < 60, its_saved
-    assert "stopped by SIGTERM after iteration %d" % its_saved[0] in log.read_text()
+    assert "stopped by %s after iteration %d" % (words, its_saved[0]) in log.read_text()
+    assert "deeplab train: stopped by %s after iteration %d; continue with --resume" % (
+        words, its_saved[0]) in err
+    assert json.loads((work / "run.json").read_text())["status"] == status
     assert not (work / "final.params").exists()
 
     run_train(work, its, resume=True)
@@ -372,3 +381,47 @@ def test_evaluation_after_training_runs_plain_batchnorm(tmp_path, monkeypatch):
     assert calls[True] > 0, "training did not run the synchronized layer"
     assert calls[False] == 0
     assert res["num_images"] == 6
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    """The first SIGTERM or SIGINT is recorded (the loop checkpoints at the next step); a
+    second SIGINT raises KeyboardInterrupt at once (reported in one line, status
+    "interrupted"), and the previous handlers come back after the loop."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert stop.signal is None and not stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGINT and stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM kills
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while `deeplab train` starts (before the loop's handler is in place)."""
+    cmd = [sys.executable, "-m", "deeplab.cli", "train", TINY, "--workdir", str(tmp_path / "w")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)  # still importing MXNet (about 1 s)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 130, err
+    assert "deeplab train: interrupted (Ctrl-C): stopped at once" in err and "Traceback" not in err
+
+
+def test_run_directory_is_not_world_readable_by_default(tmp_path):
+    """train.umask (default '027'): a run on a shared volume is readable by the group only."""
+    old = os.umask(0o022)
+    try:
+        run_train(tmp_path / "run", ["train.iterations=8", "train.checkpoint_every=4"])
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    for path in (run, run / "checkpoints"):
+        assert os.stat(path).st_mode & 0o777 == 0o750, path
+    for path in [run / "final.params", run / "run.json", run / "config.yaml", run / "train.log"] \
+            + sorted((run / "checkpoints").iterdir()):
+        assert os.stat(path).st_mode & 0o777 == 0o640, path
