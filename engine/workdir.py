@@ -17,7 +17,7 @@ __all__ = ["RUN_FILES", "check_workdir", "WorkdirLock", "lock_if_run", "replace_
 # run's (a typo in --workdir pointing at a dataset or a home directory).
 RUN_FILES = {"config.yaml", "train.log", "checkpoints", "final.params", "results.json",
              "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json",
-             "curves.png"}
+             "curves.png", "confusion.png"}
 
 
 def _saved(path):
