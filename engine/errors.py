@@ -8,7 +8,7 @@ They subclass ValueError so that callers catching bad values keep working.
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
            "CheckpointError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
            "TrainingDiverged", "Preempted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
-           "EXIT_PREEMPTED"]
+           "EXIT_PREEMPTED", "EXIT_CHECK_FAILED"]
 
 
 class UserError(ValueError):
@@ -71,3 +71,5 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = TrainingDiverged.exit_code
 EXIT_STALLED = 4
 EXIT_PREEMPTED = Preempted.exit_code
+# `deeplab doctor`: a check failed (the machine or config is not fit for the run; not a bug).
+EXIT_CHECK_FAILED = 5
