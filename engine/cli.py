@@ -3,8 +3,9 @@
 
 Exit codes: 0 success; 1 a failure with a traceback (a bug); 2 bad input (a config, a file, a
 directory, a flag), reported in one line; 3 training diverged (non-finite loss or parameters);
-4 a stalled job (see dist.stall_timeout); 143 stopped by SIGTERM after saving a checkpoint; 130
-stopped by Ctrl-C (SIGINT): after saving a checkpoint, or at once on a second Ctrl-C.
+4 a stalled job (see dist.stall_timeout); 5 a `deeplab doctor` check failed; 143 stopped by SIGTERM
+after saving a checkpoint; 130 stopped by Ctrl-C (SIGINT): after saving a checkpoint, or at once
+on a second Ctrl-C.
 """
 import importlib
 import os

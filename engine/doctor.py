@@ -808,4 +808,5 @@ def main(args):
     else:
         print(format_text(checks))
     if any(c.status == FAIL for c in checks):
-        raise SystemExit(1)
+        from deeplab.errors import EXIT_CHECK_FAILED
+        raise SystemExit(EXIT_CHECK_FAILED)

@@ -6,9 +6,10 @@ They subclass ValueError so that callers catching bad values keep working.
 """
 
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
-           "CheckpointError", "WriteError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
-           "TrainingDiverged", "Preempted", "Interrupted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
-           "EXIT_PREEMPTED", "EXIT_INTERRUPTED"]
+           "CheckpointError", "WriteError", "LaunchError", "RenderError", "ManifestError",
+           "JobStopped", "TrainingDiverged", "Preempted", "Interrupted", "EXIT_USER_ERROR",
+           "EXIT_DIVERGED", "EXIT_STALLED", "EXIT_PREEMPTED", "EXIT_INTERRUPTED",
+           "EXIT_CHECK_FAILED"]
 
 
 class UserError(ValueError):
@@ -83,3 +84,5 @@ EXIT_DIVERGED = TrainingDiverged.exit_code
 EXIT_STALLED = 4
 EXIT_PREEMPTED = Preempted.exit_code
 EXIT_INTERRUPTED = Interrupted.exit_code
+# `deeplab doctor`: a check failed (the machine or config is not fit for the run; not a bug).
+EXIT_CHECK_FAILED = 5

@@ -18,9 +18,12 @@ from deeplab.metrics import confusion_matrix, scores
 from deeplab.record import provenance
 from deeplab.utils import write_json
 
-from .build import build_dataset, build_model
+from deeplab.workdir import lock_if_run
 
-__all__ = ["predict", "evaluate", "parse_args", "main"]
+from .build import build_dataset, build_model, on_main
+
+__all__ = ["predict", "evaluate", "results_dict", "format_results", "format_class_table",
+           "run_evaluation", "parse_args", "main"]
 
 
 def predict(net, image, scales=(1.0,), flip=False, shapes=None):
@@ -111,6 +114,23 @@ def format_results(res):
         ",".join("%g" % s for s in res["scales"]), ", flip" if res["flip"] else "")
 
 
+def format_class_table(res):
+    """The per-class table of a results dict: class name, IoU and pixel accuracy per class
+    ('-' for a class absent from the labels and predictions), then the mean row."""
+    names = res["class_names"]
+    width = max([len("class"), len("mean")] + [len(n) for n in names])
+    row = "%-*s  %7s  %7s"
+
+    def num(v):
+        return "-" if v is None else "%.4f" % v
+
+    lines = [row % (width, "class", "IoU", "Acc")]
+    lines += [row % (width, name, num(iou), num(acc)) for name, iou, acc in
+              zip(names, res["per_class_iou"], res["per_class_acc"])]
+    lines.append(row % (width, "mean", num(res["mIoU"]), num(res["pixAcc"])))
+    return "\n".join(lines)
+
+
 def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None, quiet=False):
     """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`."""
     log = log or run_logger()
@@ -127,6 +147,10 @@ def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None,
     per_worker[dist.rank()] = len(shapes)
     res["input_shapes_per_worker"] = [int(c) for c in dist.allreduce_sum(
         per_worker, name="eval.shapes")]
+    log.info("per-class scores (Acc: the share of the class's labelled pixels predicted as "
+             "it; mean row: mIoU and pixAcc):")
+    for line in format_class_table(res).splitlines():
+        log.info("  %s", line)
     log.info(format_results(res))
     log.info("evaluation fed the network %s distinct input shape(s) per worker (cuDNN "
              "autotuning, off during evaluation, would benchmark every convolution for each)",
@@ -141,7 +165,9 @@ def parse_args(argv=None):
     p.add_argument("config", help="YAML config (the model and data sections are used)")
     p.add_argument("--checkpoint", required=True,
                    help="a .params file: final.params, best.params or checkpoints/iter_*.params")
-    p.add_argument("--out", default=None, help="where to write the results JSON")
+    p.add_argument("--out", default=None,
+                   help="where to write the results JSON (in a run directory: refused while "
+                        "that run is going)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_set_argument(p, example="eval.output_stride=8")
     return p.parse_args(argv)
@@ -156,9 +182,18 @@ def main(args):
     if not os.path.isfile(args.checkpoint):
         from deeplab.errors import ParamsError
         raise ParamsError("--checkpoint %s does not exist" % args.checkpoint)
-    # The checkpoint replaces every parameter, so the backbone file is not read.
-    net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint, load_backbone=False)
-    if args.out and dist.is_main():
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,
-                          quiet=args.quiet)
+    # --out inside a run directory (DIR/results.json): the run's lock, as a second run would
+    # take it, so that a run still going is not overwritten and does not overwrite this.
+    lock = on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
+        if args.out else None
+    try:
+        # The checkpoint replaces every parameter, so the backbone file is not read.
+        net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint,
+                          load_backbone=False)
+        if args.out and dist.is_main():
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,
+                              quiet=args.quiet)
+    finally:
+        if lock:
+            lock.release()

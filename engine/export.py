@@ -5,10 +5,16 @@ an ONNX model.
                    [--set KEY=VALUE ...]
 
 Writes PREFIX-symbol.json and PREFIX-0000.params (HybridBlock.export), which load with
-`mx.gluon.SymbolBlock.imports(PREFIX-symbol.json, ['data'], PREFIX-0000.params)`, and with
---onnx PREFIX.onnx. The network is the one `deeplab eval` runs: plain BN with the checkpoint's
-running statistics, the evaluation output stride, logits (N, num_classes, H, W) at the input's
-size (no softmax).
+`mx.gluon.SymbolBlock.imports(PREFIX-symbol.json, ['data'], PREFIX-0000.params)`, with
+--onnx PREFIX.onnx, and PREFIX-preprocessing.json, what the graphs expect. The network is the
+one `deeplab eval` runs: plain BN with the checkpoint's running statistics, the evaluation
+output stride, logits (N, num_classes, H, W) at the input's size (no softmax).
+
+The graphs' input is preprocessed outside them, as `deeplab predict` does (PREFIX-preprocessing
+.json says the same): decode the image to RGB (not OpenCV's BGR), uint8 (H, W, 3); divide by
+255 to [0, 1]; per channel subtract the ImageNet mean (0.485, 0.456, 0.406) and divide by the
+ImageNet std (0.229, 0.224, 0.225); transpose to (3, H, W) and add the batch axis: float32
+(1, 3, H, W), NCHW. The class of a pixel is the argmax of the logits over axis 1.
 """
 import argparse
 import os
@@ -21,12 +27,13 @@ from mxnet.gluon import nn
 
 from deeplab.checkpoint import verify_ndarrays
 from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
-from deeplab.utils import atomic_write, disk_errors, positive_int
+from deeplab.utils import atomic_write, disk_errors, positive_int, write_json
 
 from .build import build_model
 
-__all__ = ["StaticSizeNet", "export", "parse_args", "main"]
+__all__ = ["StaticSizeNet", "export", "preprocessing", "parse_args", "main"]
 
 # The single input of the exported graphs (HybridBlock.export names it so).
 INPUT_NAME = "data"
@@ -127,18 +134,60 @@ def _export_onnx(net, tmp, prefix, size):
     return prefix + ".onnx"
 
 
+def preprocessing(cfg, size, class_names=None):
+    """What the exported graphs expect and return (PREFIX-preprocessing.json): the steps from
+    a decoded image to the input array, which are EvalTransform's, and how to read the output.
+
+    Args:
+        size: (height, width) the graphs were traced at (the ONNX model's only input size).
+        class_names: the dataset's, if it could be read.
+    """
+    return {
+        "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32",
+                  "shape": ["N", 3, "H", "W"], "channel_order": "RGB",
+                  "onnx_shape": [1, 3] + list(size)},
+        "steps": [
+            "decode the image to RGB uint8 (H, W, 3) (not BGR)",
+            "divide by 255: float32 in [0, 1]",
+            "per channel c: x[..., c] = (x[..., c] - mean[c]) / std[c]",
+            "transpose to (3, H, W) and add the batch axis: (1, 3, H, W)",
+        ],
+        "scale": 1 / 255.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "output": {"layout": "NCHW", "shape": ["N", cfg["model"]["num_classes"], "H", "W"],
+                   "meaning": "logits (no softmax) at the input's size; the class of a pixel "
+                              "is the argmax over axis 1"},
+        "num_classes": cfg["model"]["num_classes"],
+        "class_names": list(class_names) if class_names else None,
+        "output_stride": eval_stride(cfg),
+    }
+
+
+def _class_names(cfg):
+    """The evaluation dataset's class names, or None where the data is not on this machine."""
+    from .build import build_dataset
+
+    try:
+        return list(build_dataset(cfg, "val").class_names) or None
+    except (UserError, OSError):
+        return None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="deeplab export", description=__doc__.split("\n\n")[0],
-        epilog="PREFIX-symbol.json takes inputs of any size, like the Gluon network. ONNX needs "
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Input (PREFIX-preprocessing.json): RGB, float32 / 255, minus the ImageNet mean "
+               "(0.485, 0.456, 0.406), divided by the ImageNet std (0.229, 0.224, 0.225), NCHW "
+               "(1, 3, H, W); output: logits (1, classes, H, W), argmax over axis 1.\n"
+               "PREFIX-symbol.json takes inputs of any size, like the Gluon network. ONNX needs "
                "static shapes: PREFIX.onnx takes exactly (1, 3, H, W) with H W from --size "
                "(default: the config's data.crop_size); resize or pad images to it.")
     p.add_argument("config", help="YAML config (the model and eval sections are used)")
     p.add_argument("--checkpoint", required=True,
                    help="a .params file: final.params or checkpoints/iter_*.params")
     p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix: writes PREFIX-symbol.json, PREFIX-0000.params "
-                        "(and PREFIX.onnx)")
+                   help="output prefix: writes PREFIX-symbol.json, PREFIX-0000.params, "
+                        "PREFIX-preprocessing.json (and PREFIX.onnx)")
     p.add_argument("--onnx", action="store_true",
                    help="also write PREFIX.onnx (ONNX opset of mx.onnx; static input shape)")
     p.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
@@ -158,6 +207,8 @@ def main(args):
     net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=args.checkpoint,
                       load_backbone=False)
     files = export(net, prefix, size, onnx=args.onnx)
+    write_json(prefix + "-preprocessing.json", preprocessing(cfg, size, _class_names(cfg)))
+    files.insert(2, prefix + "-preprocessing.json")  # after the symbol's two files
     print("deeplab export: wrote %s (input %dx%d, output stride %d)"
           % (", ".join(files), size[0], size[1], eval_stride(cfg)))
     return files

@@ -33,10 +33,11 @@ def confusion_matrix(pred, label, num_classes):
 
 
 def scores(conf):
-    """pixAcc, mIoU and per-class IoU from a confusion matrix.
+    """pixAcc, mIoU, per-class IoU and per-class pixel accuracy from a confusion matrix.
 
     A class that appears neither in the labels nor in the predictions (union 0) has IoU None and
-    does not count towards mIoU ("mIoU over classes present").
+    does not count towards mIoU ("mIoU over classes present"). A class's pixel accuracy is the
+    share of its labelled pixels predicted as it (None when no pixel is labelled so).
     """
     conf = np.asarray(conf, dtype=np.float64)
     tp = np.diag(conf)
@@ -44,10 +45,12 @@ def scores(conf):
     present = union > 0
     iou = np.where(present, tp / np.maximum(union, 1), np.nan)
     total = conf.sum()
+    labelled = conf.sum(1)
     return {
         "pixAcc": float(tp.sum() / total) if total else 0.0,
         "mIoU": float(np.nanmean(iou)) if present.any() else 0.0,
         "per_class_iou": [None if np.isnan(v) else float(v) for v in iou],
+        "per_class_acc": [float(t / n) if n else None for t, n in zip(tp, labelled)],
     }
 
 

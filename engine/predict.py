@@ -28,7 +28,8 @@ from deeplab.utils import atomic_write, positive_int
 from .build import build_model, on_main
 from .evaluate import predict, progress
 
-__all__ = ["IMAGE_EXTENSIONS", "collect_images", "plan_batches", "segment", "write_outputs",
+__all__ = ["IMAGE_EXTENSIONS", "collect_images", "check_out", "plan_batches", "segment",
+           "write_outputs",
            "parse_args", "main"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -139,13 +140,40 @@ def write_outputs(out_dir, stem, image, pred, palette):
                  lambda p: overlay.save(p, format="JPEG", quality=90, subsampling=0))
 
 
+def check_out(out, inputs, images):
+    """Raises UserError if writing the outputs of `images` into folder `out` could replace an
+    input: `out` is one of the input folders or inside one, or an output name is an input file.
+
+    Args:
+        inputs: the INPUT arguments (files and folders); images: collect_images(inputs).
+    """
+    real_out = os.path.realpath(out)
+    for item in inputs:
+        if os.path.isdir(item):
+            folder = os.path.realpath(item)
+            if real_out == folder or real_out.startswith(folder.rstrip(os.sep) + os.sep):
+                raise UserError("--out %s is %s input folder %s: the masks would be written "
+                                "among the images (and over those named <stem>.png); choose "
+                                "a folder outside the inputs"
+                                % (out, "the" if real_out == folder else "inside the", item))
+    real_inputs = {os.path.realpath(path): path for path, *_ in images}
+    for _, stem, *_ in images:
+        for name in (stem + ".png", stem + "_overlay.jpg"):
+            hit = real_inputs.get(os.path.join(real_out, name))
+            if hit:
+                raise UserError("--out %s: writing %s would replace the input image %s; "
+                                "choose another --out folder" % (out, name, hit))
+
+
 def _check_paths(args):
     """Inputs and output folder as the main worker sees them (raises UserError)."""
     if not os.path.isfile(args.checkpoint):
         raise ParamsError("params file %s does not exist" % args.checkpoint)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError("--out %s is a file; expected a folder for the outputs" % args.out)
-    return collect_images(args.inputs)
+    images = collect_images(args.inputs)
+    check_out(args.out, args.inputs, images)
+    return images
 
 
 def _predictions(net, batches, ctx, e):
@@ -179,7 +207,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True,
                    help="a .params file: final.params or checkpoints/iter_*.params")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for <stem>.png and <stem>_overlay.jpg (created if missing)")
+                   help="folder for <stem>.png and <stem>_overlay.jpg (created if missing; "
+                        "not an input folder nor inside one)")
     p.add_argument("--batch", type=positive_int, default=1,
                    help="images of one size inferred together (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

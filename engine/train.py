@@ -1,7 +1,8 @@
 """Training: SGD with momentum and poly learning rate by iteration, softmax cross-entropy over the
 labelled pixels of the global batch, periodic checkpoints, evaluation at the end.
 
-    deeplab train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume] [--no-eval]
+    deeplab train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume | --resume-if-exists]
+                  [--allow-config-change] [--no-eval] [--quiet]
 
 Writes DIR/config.yaml (resolved), DIR/train.log, DIR/checkpoints/, DIR/final.params and
 DIR/results.json (same fields as `deeplab eval`).
@@ -33,7 +34,7 @@ from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
 from deeplab.record import RunInfo, RunRecord, memory_bytes
 from deeplab.utils import write_json
-from deeplab.workdir import WorkdirLock, check_resume, check_workdir
+from deeplab.workdir import WorkdirLock, check_resumable, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
 from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
@@ -41,7 +42,7 @@ from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_mai
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
-           "prepare", "parse_args", "main"]
+           "prepare", "record_final", "parse_args", "main"]
 
 
 def cross_entropy_sum(F, logits, label):
@@ -251,18 +252,29 @@ class PeriodicEvaluator:
         with watchdog.extend(4 * cfg["dist"]["stall_timeout"], "evaluation at iteration %d" % done):
             conf, n = evaluate(self.net, self.dataset, cfg, ctx, watchdog=watchdog, quiet=True)
         s = scores(conf)
-        best = self.best is None or s["mIoU"] > self.best
-        self.log.info("val iter %d  pixAcc %.4f  mIoU %.4f  (%d images)%s", done, s["pixAcc"],
-                      s["mIoU"], n, "  best so far" if best else "")
+        self.keep(self.net, done, s, n)
+        return s
+
+    def keep(self, net, done, s, n, final=False):
+        """Logs and records the scores `s` of evaluation network `net` after `done` iterations
+        (on `n` images); saves it as DIR/best.params and DIR/best.json when its mIoU is the best
+        so far. `final`: the evaluation at the end of the run (logged by itself; it counts for
+        the best only when periodic evaluation is on, the only time best.* is kept)."""
+        best = self.every > 0 and (self.best is None or s["mIoU"] > self.best)
+        if not final:
+            self.log.info("val iter %d  pixAcc %.4f  mIoU %.4f  (%d images)%s", done,
+                          s["pixAcc"], s["mIoU"], n, "  best so far" if best else "")
+        elif best:
+            self.log.info("the final evaluation is the best so far: best.params and best.json "
+                          "now hold iteration %d", done)
         self.record.write({"kind": "val", "iter": done, "pixAcc": s["pixAcc"],
                            "mIoU": s["mIoU"], "num_images": n})
         if best:
             self.best = s["mIoU"]
-            on_main(lambda: (save_params(self.net, self.params_path),
+            on_main(lambda: (save_params(net, self.params_path),
                              write_json(self.best_path, {"iteration": done, "mIoU": s["mIoU"],
                                                          "pixAcc": s["pixAcc"],
                                                          "num_images": n})))
-        return s
 
 
 class StopRequest:
@@ -427,7 +439,9 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
 
     Checks (raising the same UserError on every worker): the run directory, the datasets and
     the parameter files the config names, and when resuming, that the newest intact checkpoint
-    fits the config. Then the main worker writes DIR/config.yaml.
+    fits the config. `resume` is False, "required" (`--resume`: a directory without a
+    checkpoint is an error) or "if-exists" (`--resume-if-exists`: it starts a new run); True
+    means "required".
 
     Returns:
         the checkpoint metadata to resume from (or None), identical on every worker.
@@ -446,6 +460,7 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
                 from deeplab.errors import ParamsError
                 raise ParamsError("model.%s: %s does not exist" % (key, path))
         state = Checkpointer(workdir).latest() if resume else None
+        check_resumable(workdir, state, required=resume and resume != "if-exists")
         if state is not None:
             check_resume(state.get("config"), cfg, state["iteration"], allow_config_change)
         return state
@@ -453,15 +468,31 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
     return on_main(check, share=True)
 
 
+def record_final(cfg, workdir, net, res, log):
+    """COLLECTIVE. The evaluation at the end of the run (results `res` of evaluation network
+    `net`) as the last 'val' row of DIR/metrics.jsonl and TensorBoard, and, with periodic
+    evaluation on, as DIR/best.params and DIR/best.json when it beats the evaluations before."""
+    done = cfg["train"]["iterations"]
+    with contextlib.closing(RunRecord(workdir, done)) as record:
+        PeriodicEvaluator(cfg, workdir, log, record).keep(net, done, res, res["num_images"],
+                                                          final=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab train", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML config, e.g. configs/tiny_synthetic.yaml")
     p.add_argument("--workdir", required=True, help="run directory (config, checkpoints, results)")
     add_set_argument(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest intact checkpoint in --workdir")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_const", const="required", default=False,
+                        help="continue from the newest intact checkpoint in --workdir (an "
+                             "error if there is none)")
+    resume.add_argument("--resume-if-exists", dest="resume", action="store_const",
+                        const="if-exists",
+                        help="continue from the newest intact checkpoint if --workdir holds "
+                             "one, else start a new run (for schedulers that restart jobs)")
     p.add_argument("--allow-config-change", action="store_true",
-                   help="with --resume: accept a config that changes the training (model, data, "
+                   help="when resuming: accept a config that changes the training (model, data, "
                         "batch, schedule, seed, BN mode) against the checkpoint's")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar during evaluation")
@@ -518,6 +549,7 @@ def main(args):
             results = run_evaluation(net, cfg, dist.context(), stride, os.path.abspath(final),
                                      os.path.join(workdir, "results.json"), log=log,
                                      quiet=args.quiet)
+            record_final(cfg, workdir, net, results, log)
         status = "finished"
         log.info("done in %s; curves: deeplab plot %s", format_duration(
             run.elapsed()), workdir)

@@ -5,17 +5,19 @@ exactly as it was.
 """
 import fcntl
 import os
+import shutil
 import socket
 
 from deeplab.errors import CheckpointError, WorkdirError
 
-__all__ = ["RUN_FILES", "is_run_file", "check_workdir", "WorkdirLock", "RESUMABLE_KEYS", "check_resume"]
+__all__ = ["RUN_FILES", "is_run_file", "check_workdir", "WorkdirLock", "lock_if_run",
+           "replace_run", "RESUMABLE_KEYS", "check_resume", "check_resumable"]
 
 # What a run writes at the top of its directory; anything else means the directory is not a
 # run's (a typo in --workdir pointing at a dataset or a home directory).
 RUN_FILES = {"config.yaml", "train.log", "checkpoints", "final.params", "results.json",
              "run.json", ".lock", "metrics.jsonl", "tb", "best.params", "best.json",
-             "curves.png"}
+             "curves.png", "confusion.png"}
 
 
 def is_run_file(name):
@@ -38,6 +40,11 @@ def _saved(path):
     return out
 
 
+def _foreign(path):
+    """The entries of directory `path` that a run does not write."""
+    return sorted(n for n in os.listdir(path) if not is_run_file(n))
+
+
 def check_workdir(path, resume):
     """Raises WorkdirError if `path` cannot hold this run (read-only checks, nothing written).
 
@@ -47,7 +54,7 @@ def check_workdir(path, resume):
     if os.path.exists(path) and not os.path.isdir(path):
         raise WorkdirError("--workdir %s is a file, not a directory" % path)
     if os.path.isdir(path):
-        foreign = sorted(n for n in os.listdir(path) if not is_run_file(n))
+        foreign = _foreign(path)
         if foreign:
             raise WorkdirError(
                 "--workdir %s holds files that are not a training run's (%s%s); choose an "
@@ -76,8 +83,9 @@ class WorkdirLock:
     stale lock behind. The file names the holder for the error message.
     """
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, flag="--workdir"):
         self.path = os.path.join(workdir, ".lock")
+        self.flag = flag  # the option to change, named in the error
         self._fd = None
 
     def acquire(self):
@@ -88,7 +96,8 @@ class WorkdirLock:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise WorkdirError("%s is in use by another run (%s); wait for it to end or choose "
-                               "another --workdir" % (os.path.dirname(self.path), holder)) from None
+                               "another %s" % (os.path.dirname(self.path), holder, self.flag)) \
+                from None
         os.ftruncate(fd, 0)
         os.write(fd, ("pid %d on %s" % (os.getpid(), socket.gethostname())).encode())
         self._fd = fd
@@ -104,6 +113,52 @@ class WorkdirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_if_run(directory, flag="--out"):
+    """The acquired WorkdirLock of `directory` if it is a run's (it holds DIR/.lock), else None.
+
+    For commands that write into a run directory from outside the run (`deeplab eval --out
+    DIR/results.json`): refused with WorkdirError while the run is going, like a second run;
+    a directory that is not a run's gets no lock file.
+    """
+    if not os.path.isfile(os.path.join(directory, ".lock")):
+        return None
+    return WorkdirLock(directory, flag).acquire()
+
+
+def replace_run(path):
+    """Deletes run directory `path` so that a new run can start there (scripts/demo.sh).
+
+    Refused, with nothing deleted: a file, a directory holding anything a run does not write
+    (`deeplab train`'s rule), a run still going (its lock is held). A missing `path` is fine.
+    """
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        raise WorkdirError("%s is not a directory; not replacing it with a run" % path)
+    foreign = _foreign(path)
+    if foreign:
+        raise WorkdirError(
+            "%s holds files that are not a training run's (%s%s); not deleting it: choose an "
+            "empty or new directory" % (path, ", ".join(foreign[:5]),
+                                        " ..." if len(foreign) > 5 else ""))
+    with WorkdirLock(path):  # a run still writing there is refused, naming it
+        shutil.rmtree(path)
+
+
+def check_resumable(path, state, required):
+    """With `required` (`--resume`), raises WorkdirError if `state`, the checkpoint found in
+    run directory `path`, is None: a mistyped or empty --workdir must not silently train from
+    iteration 0 (`--resume-if-exists`, for schedulers that restart jobs, allows it)."""
+    if state is not None or not required:
+        return
+    if not os.path.isdir(path):
+        raise WorkdirError("--resume: %s does not exist; nothing to resume (use "
+                           "--resume-if-exists to start a new run when there is none)" % path)
+    raise WorkdirError("--resume: %s holds no checkpoint (no checkpoints/iter_*.json); nothing "
+                       "to resume (use --resume-if-exists to start a new run when there is "
+                       "none)" % path)
 
 
 # Keys a resumed run may change: they do not alter what is computed (where weights and data are

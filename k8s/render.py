@@ -280,8 +280,10 @@ def _command_args(a, cfg, config_rel):
     if command == "predict":
         args += list(a["inputs"])
     if command == "train":
-        # A restarted pod continues from the newest checkpoint (none on the first run).
-        args += ["--workdir", run_dir, "--resume"]
+        # A restarted pod continues from the newest checkpoint; the first pod finds none and
+        # starts the run. With --resume-from the earlier job's checkpoint must be there.
+        args += ["--workdir", run_dir,
+                 "--resume" if a["resume_from"] else "--resume-if-exists"]
     if command in ("eval", "predict"):
         args += ["--checkpoint", a["checkpoint"]]
     if command in OUTPUTS:

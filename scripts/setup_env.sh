@@ -9,6 +9,8 @@
 #   DEEPLAB_CACHE     where built Horovod wheels are kept between clones
 #                     (default: ${XDG_CACHE_HOME:-~/.cache}/deeplab)
 #   PYTHON            interpreter used to create the venv (default: python3)
+#   DEEPLAB_TENSORBOARD=1  also install the TensorBoard viewer (requirements/tensorboard.txt)
+#                     for `tensorboard --logdir DIR/tb`; runs record events without it
 #   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo on CPU. On GPU
 #                     clusters set e.g. HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1.
 set -euo pipefail
@@ -18,6 +20,7 @@ venv=${DEEPLAB_VENV:-$root/.venv}
 variant=${DEEPLAB_VARIANT:-cpu}
 cache=${DEEPLAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deeplab}
 python=${PYTHON:-python3}
+tensorboard=${DEEPLAB_TENSORBOARD:-0}
 horovod_version=0.28.1
 
 case "$variant" in
@@ -34,7 +37,7 @@ if [ -z "${HOROVOD_WITH_MPI:-}" ]; then export HOROVOD_WITHOUT_MPI=${HOROVOD_WIT
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
-stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version"; } | sha256sum | cut -c1-16)
+stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version tensorboard=$tensorboard"; } | sha256sum | cut -c1-16)
 stamp=$venv/.deeplab-setup-$stamp_key
 
 if [ -f "$stamp" ]; then
@@ -45,6 +48,7 @@ echo "[setup] creating environment in $venv ($variant)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt"
+if [ "$tensorboard" = 1 ]; then "${pip[@]}" install -r "$root/requirements/tensorboard.txt"; fi
 
 # Horovod has no wheel on PyPI: build it once per (Python, MXNet, flags) and keep the wheel, so a
 # fresh clone on the same machine installs it in seconds. It needs mxnet importable at build time,

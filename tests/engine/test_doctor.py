@@ -15,7 +15,7 @@ import pytest
 
 from conftest import ROOT, TINY
 from deeplab import doctor
-from deeplab.errors import UserError
+from deeplab.errors import EXIT_CHECK_FAILED, UserError
 
 R50 = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
 H100 = "NVIDIA H100 80GB HBM3"
@@ -132,7 +132,7 @@ def test_text_lines_start_with_their_status(fake):
 def test_h100_against_the_sm80_sm86_build_fails_naming_the_ngc_image(tmp_path):
     lib = write_library(tmp_path, cuda_elf(80), cuda_elf(86))
     proc = doctor_cli(**{doctor.FAKE_GPUS_ENV: H100 + ":9.0:80", doctor.LIBRARY_ENV: lib})
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_CHECK_FAILED == 5, proc.stdout + proc.stderr
     assert ("FAIL  gpu: GPU 0 (NVIDIA H100 80GB HBM3, compute capability 9.0) cannot run this "
             "MXNet build (kernels for sm_80, sm_86; no PTX): use the image built on NVIDIA's "
             "NGC MXNet container (docker build -f k8s/Dockerfile --build-arg BASE=ngc") \
@@ -195,12 +195,13 @@ def test_gpus_of_one_kind_share_a_line_and_the_json_report_lists_each(fake, tmp_
     assert [g["index"] for g in gpus] == [0, 1, 2, 3] and gpus[0]["memory_mib"] == 80 * 1024
 
 
-def test_main_exits_1_on_a_failure_and_0_otherwise(fake, tmp_path, capsys):
+def test_main_exits_with_its_own_code_on_a_failure_and_0_otherwise(fake, tmp_path, capsys):
     fake.setenv(doctor.LIBRARY_ENV, write_library(tmp_path, cuda_elf(80)))
     fake.setenv(doctor.FAKE_GPUS_ENV, H100 + ":9.0:80")
     with pytest.raises(SystemExit) as exc:
         doctor.main(doctor.parse_args(["--json"]))
-    assert exc.value.code == 1
+    # Its own code: 1 means a bug (README's exit-code table).
+    assert exc.value.code == EXIT_CHECK_FAILED == 5
     rep = json.loads(capsys.readouterr().out)
     assert not rep["ok"] and rep["failed"] == 1
     fake.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA A100-SXM4-80GB:8.0:80")

@@ -39,8 +39,10 @@ def test_symbol_gives_the_gluon_logits_at_any_size(checkpoint, tmp_path):
     prefix = tmp_path / "out" / "tiny"
     overrides = ["eval.output_stride=16"]
     files = run_export(checkpoint, prefix, overrides=overrides)
-    assert files == [str(prefix) + "-symbol.json", str(prefix) + "-0000.params"]
-    assert sorted(os.listdir(tmp_path / "out")) == ["tiny-0000.params", "tiny-symbol.json"]
+    assert files == [str(prefix) + "-symbol.json", str(prefix) + "-0000.params",
+                     str(prefix) + "-preprocessing.json"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["tiny-0000.params",
+                                                    "tiny-preprocessing.json", "tiny-symbol.json"]
     net = mx.gluon.SymbolBlock.imports(str(prefix) + "-symbol.json", ["data"],
                                        str(prefix) + "-0000.params")
     # Traced at the crop size (64 x 64); the symbol takes any size, odd ones included.
@@ -99,3 +101,42 @@ def test_bad_output_prefix_and_checkpoint_fail_in_one_line(checkpoint, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err == "deeplab export: error: params file %s does not exist" % missing
     assert os.listdir(tmp_path) == []
+
+
+def test_raw_pixels_through_the_documented_steps_give_predicts_classes(checkpoint, tmp_path):
+    """A deployer who reads only PREFIX-preprocessing.json: uint8 RGB pixels through its steps
+    into the exported symbol give the classes `deeplab predict` writes."""
+    import json
+
+    from PIL import Image
+
+    from deeplab import predict
+    from deeplab.build import build_dataset
+
+    prefix = tmp_path / "exp" / "tiny"
+    run_export(checkpoint, prefix)
+    with open(str(prefix) + "-preprocessing.json") as f:
+        pre = json.load(f)
+    assert pre["input"]["channel_order"] == "RGB" and pre["input"]["layout"] == "NCHW"
+    assert pre["class_names"] == list(build_dataset(load_config(TINY), "val").class_names)
+    raw, _ = build_dataset(load_config(TINY), "val").load(0)  # uint8 RGB (H, W, 3)
+    raw = np.ascontiguousarray(raw[:45, :51])  # an odd size, not the traced one
+    path = tmp_path / "img.png"
+    Image.fromarray(raw).save(str(path))
+    # The documented steps, literally.
+    x = raw.astype(np.float32) * pre["scale"]
+    x = (x - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
+    x = x.transpose(2, 0, 1)[None].astype(pre["input"]["dtype"])
+    net = mx.gluon.SymbolBlock.imports(str(prefix) + "-symbol.json", [pre["input"]["name"]],
+                                       str(prefix) + "-0000.params")
+    logits = net(mx.nd.array(x)).asnumpy()
+    classes = logits.argmax(axis=1)[0]
+    # The steps are predict's preprocessing: the same logits, not only the same argmax (a
+    # barely trained model predicts nearly one class).
+    from deeplab.data import EvalTransform
+
+    assert np.abs(logits - gluon_logits(checkpoint, EvalTransform()(raw)[None])).max() <= 1e-5
+    predict.main(predict.parse_args([TINY, str(path), "--checkpoint", checkpoint, "--out",
+                                     str(tmp_path / "pred"), "--set", "data.num_workers=0"]))
+    with Image.open(tmp_path / "pred" / "img.png") as png:
+        np.testing.assert_array_equal(np.asarray(png), classes)

@@ -55,3 +55,31 @@ def test_bad_labels_are_reported():
         confusion_matrix(np.zeros(3), np.array([0, 7, 1]), 5)
     with pytest.raises(ValueError, match="pixels"):
         confusion_matrix(np.zeros(3), np.zeros(4), 5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_class_pixel_accuracy_is_sklearns_per_class_recall(seed):
+    from sklearn.metrics import recall_score
+
+    c = 6
+    pred, label = _random_case(seed, c)
+    keep = label.ravel() != 255
+    y, p = label.ravel()[keep], pred.ravel()[keep]
+    res = scores(confusion_matrix(pred, label, c))
+    np.testing.assert_allclose(res["per_class_acc"],
+                               recall_score(y, p, labels=list(range(c)), average=None))
+
+
+def test_per_class_table_names_each_class_with_its_iou_and_accuracy():
+    from deeplab.evaluate import format_class_table
+
+    label = np.array([0, 0, 1, 1, 255])
+    pred = np.array([0, 1, 1, 1, 2])
+    res = scores(confusion_matrix(pred, label, 3))
+    res["class_names"] = ["background", "square", "circle"]
+    lines = format_class_table(res).splitlines()
+    assert lines[0].split() == ["class", "IoU", "Acc"]
+    assert lines[1].split() == ["background", "0.5000", "0.5000"]
+    assert lines[2].split() == ["square", "0.6667", "1.0000"]
+    assert lines[3].split() == ["circle", "-", "-"]  # never labelled, never predicted
+    assert lines[4].split() == ["mean", "%.4f" % res["mIoU"], "%.4f" % res["pixAcc"]]

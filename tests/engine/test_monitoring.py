@@ -161,3 +161,39 @@ def test_plot_writes_the_curves(tmp_path, dl):
     assert img.shape[0] > 200 and img.shape[1] > 600
     bad = dl.deeplab("plot", tmp_path / "nothing", check=False)
     assert bad.returncode == 2 and "metrics.jsonl does not exist" in bad.stdout
+
+
+def test_final_evaluation_is_recorded_and_counts_for_the_best(tmp_path, capsys):
+    """The end's evaluation is the last val row (metrics.jsonl, TensorBoard), its per-class
+    table is printed, and best.json never points at an evaluation worse than it."""
+    res = run_train(tmp_path, no_eval=False)
+    rows = metrics(tmp_path)
+    val = [r for r in rows if r["kind"] == "val"]
+    assert [r["iter"] for r in val] == [8, 16, 24]
+    assert val[-1]["mIoU"] == res["mIoU"] and val[-1]["pixAcc"] == res["pixAcc"]
+    assert [s for s, _ in tb_scalars(tmp_path)["val/mIoU"]] == [8, 16, 24]
+    with open(tmp_path / "best.json") as f:
+        best = json.load(f)
+    assert best["mIoU"] == max(r["mIoU"] for r in val) >= res["mIoU"]
+    if best["iteration"] == 24:  # the final network is the best: best.params holds it
+        assert {k: v.asnumpy().tolist() for k, v in mx.nd.load(
+            str(tmp_path / "best.params")).items()} == {k: v.asnumpy().tolist() for k, v in
+                                                        mx.nd.load(str(tmp_path /
+                                                                       "final.params")).items()}
+    out = capsys.readouterr().out
+    table = out[out.index("per-class scores"):]
+    for name, iou in zip(res["class_names"], res["per_class_iou"]):
+        line = next(x for x in table.splitlines() if x.split()[2:3] == [name])
+        assert line.split()[3] == ("-" if iou is None else "%.4f" % iou)
+
+
+def test_best_is_chosen_among_all_evaluations_the_final_included(tmp_path):
+    """best.json pointed at an earlier evaluation even when the final one was better: it is
+    now chosen among all evaluations, the final one included."""
+    run_train(tmp_path, ["train.eval_every=2", "train.iterations=3"], no_eval=False)
+    with open(tmp_path / "best.json") as f:
+        best = json.load(f)
+    val = {r["iter"]: r["mIoU"] for r in metrics(tmp_path) if r["kind"] == "val"}
+    assert sorted(val) == [2, 3]
+    assert best["iteration"] == max(val, key=val.get)
+    assert best["mIoU"] == max(val.values())

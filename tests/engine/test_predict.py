@@ -141,6 +141,29 @@ def test_bad_inputs_fail_in_one_line(checkpoint, tmp_path, capsys):
     assert no_ckpt in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["the folder", "inside it", "a file's folder"])
+def test_out_that_would_write_over_an_input_is_refused_and_nothing_changes(checkpoint, tmp_path,
+                                                                          capsys, where):
+    """Regression: --out equal to the input folder replaced the images with masks of the same
+    name; a second run then failed on the masks."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = [save_png(folder / "a.png", synthetic_image(0)),
+             save_png(folder / "b.png", synthetic_image(1))]
+    before = {p: open(p, "rb").read() for p in paths}
+    inputs, out = {"the folder": ([str(folder)], folder),
+                   "inside it": ([str(folder)], folder / "masks"),
+                   "a file's folder": (paths, str(folder) + "/./")}[where]
+    assert cli.main(["predict", TINY, *inputs, "--checkpoint", checkpoint,
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("deeplab predict: error: --out ")
+    assert ("input folder %s" % folder if where != "a file's folder"
+            else "would replace the input image") in err
+    assert sorted(os.listdir(folder)) == ["a.png", "b.png"]
+    assert {p: open(p, "rb").read() for p in paths} == before
+
+
 def test_progress_bar_only_on_a_terminal_and_not_quiet(checkpoint, tmp_path, capsys,
                                                        monkeypatch):
     image = save_png(tmp_path / "a.png", synthetic_image(0))

@@ -425,3 +425,40 @@ def test_run_directory_is_not_world_readable_by_default(tmp_path):
     for path in [run / "final.params", run / "run.json", run / "config.yaml", run / "train.log"] \
             + sorted((run / "checkpoints").iterdir()):
         assert os.stat(path).st_mode & 0o777 == 0o640, path
+
+
+@pytest.mark.parametrize("setup", ["missing", "empty"])
+def test_resume_with_nothing_to_resume_is_refused_naming_the_directory(tmp_path, dl, setup):
+    """A mistyped --workdir with --resume must not train from iteration 0 without a word."""
+    work = tmp_path / "runs" / "dem"
+    if setup == "empty":
+        work.mkdir(parents=True)
+    proc = _cli_train(dl, work, resume=True)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout
+    assert "--resume: %s %s" % (work, "does not exist" if setup == "missing"
+                                else "holds no checkpoint") in proc.stdout
+    assert "--resume-if-exists" in proc.stdout
+    assert os.listdir(work) == [] if setup == "empty" else not work.exists()
+
+
+def test_resume_if_exists_starts_a_new_run_then_continues_it(tmp_path):
+    """What a scheduler that restarts jobs runs: the first start trains from 0, a restart with
+    the same command continues from the checkpoint."""
+    work = tmp_path / "run"
+    args = [TINY, "--workdir", str(work), "--no-eval", "--resume-if-exists"]
+    overrides = [a for o in FAST for a in ("--set", o)]
+    train.main(train.parse_args(args + overrides + ["--set", "train.iterations=8"]))
+    assert Checkpointer(str(work)).iterations() == [8]
+    # A longer schedule changes the learning rates: allowed explicitly.
+    train.main(train.parse_args(args + overrides + ["--allow-config-change"]))
+    assert "resuming from %s" % (work / "checkpoints" / "iter_0000008.params") in \
+        (work / "train.log").read_text()
+    assert Checkpointer(str(work)).iterations()[-1] == 24
+
+
+def test_resume_and_resume_if_exists_exclude_each_other():
+    with pytest.raises(SystemExit):
+        train.parse_args([TINY, "--workdir", "w", "--resume", "--resume-if-exists"])
+    assert train.parse_args([TINY, "--workdir", "w", "--resume"]).resume == "required"
+    assert train.parse_args([TINY, "--workdir", "w"]).resume is False

@@ -9,7 +9,8 @@ import pytest
 from conftest import TINY
 from deeplab.config import load_config
 from deeplab.errors import CheckpointError, WorkdirError
-from deeplab.workdir import WorkdirLock, check_resume, check_workdir
+from deeplab.workdir import (WorkdirLock, check_resume, check_workdir, lock_if_run,
+                             replace_run)
 
 
 def test_new_and_empty_directories_are_accepted(tmp_path):
@@ -93,3 +94,46 @@ def test_resume_never_goes_below_the_checkpoint_iteration():
     for allow in (False, True):
         with pytest.raises(CheckpointError, match="train.iterations is 10.*iteration 20"):
             check_resume(saved, new, 20, allow_change=allow)
+
+
+def test_replace_run_deletes_an_earlier_run(tmp_path):
+    run = tmp_path / "demo"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "final.params", "run.json", ".lock"):
+        (run / name).write_text("x")
+    replace_run(str(run))
+    assert not run.exists()
+    replace_run(str(run))  # nothing there: nothing to do
+
+
+def test_replace_run_refuses_a_folder_holding_other_files_and_deletes_nothing(tmp_path):
+    (tmp_path / "thesis.tex").write_text("mine")
+    (tmp_path / "config.yaml").write_text("mine too")
+    with pytest.raises(WorkdirError, match="not a training run's.*thesis.tex.*not deleting"):
+        replace_run(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "thesis.tex"]
+
+
+def test_replace_run_refuses_a_run_still_going(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from deeplab.workdir import WorkdirLock; "
+         "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirError, match=r"in use by another run \(pid %d" % holder.pid):
+            replace_run(str(tmp_path))
+        assert os.listdir(tmp_path) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_lock_if_run_locks_only_run_directories(tmp_path):
+    assert lock_if_run(str(tmp_path)) is None
+    assert os.listdir(tmp_path) == []  # no lock file left in a folder that is not a run's
+    (tmp_path / ".lock").write_text("")
+    lock = lock_if_run(str(tmp_path))
+    with pytest.raises(WorkdirError, match="in use by another run"):
+        WorkdirLock(str(tmp_path)).acquire()
+    lock.release()
