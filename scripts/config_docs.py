@@ -29,6 +29,7 @@ Generated from `deeplab.config.SCHEMA` by `python scripts/config_docs.py`; do no
 TYPES = {"int": "integer", "float": "number", "bool": "true/false", "str": "string",
          "path": "path or null", "floats": "list of numbers", "ints": "list of integers",
          "?int": "integer or null", "?float": "number or null",
+         "?strs": "list of names or null", "?colours": "list of `[r, g, b]` or null",
          "group": "`all` \\| `node` \\| integer"}
 
 
