@@ -8,9 +8,9 @@ deterministic batching and loaders for semantic segmentation.
         ...
 """
 from .base import IGNORE_LABEL, DatasetError, SegmentationDataset
-from .loader import eval_samples, train_batches
 from .cityscapes import CITYSCAPES_CLASSES, CityscapesSegmentation, cityscapes_palette
 from .folder import FolderSegmentation, make_palette
+from .loader import eval_samples, train_batches
 from .registry import DATASETS, class_table, get_dataset
 from .sampler import GlobalBatchSampler, eval_shard
 from .synthetic import SyntheticSegmentation
@@ -18,9 +18,9 @@ from .transforms import EvalTransform, TrainTransform
 from .voc import VOC_CLASSES, VOCSegmentation, voc_palette
 
 __all__ = [
-    "CITYSCAPES_CLASSES", "CityscapesSegmentation", "FolderSegmentation", "class_table",
-    "cityscapes_palette", "make_palette", "DATASETS", "DatasetError", "EvalTransform", "GlobalBatchSampler", "IGNORE_LABEL",
-    "SegmentationDataset", "SyntheticSegmentation", "TrainTransform", "VOC_CLASSES",
-    "VOCSegmentation", "eval_samples", "eval_shard", "get_dataset", "train_batches",
-    "voc_palette",
+    "CITYSCAPES_CLASSES", "CityscapesSegmentation", "DATASETS", "DatasetError", "EvalTransform",
+    "FolderSegmentation", "GlobalBatchSampler", "IGNORE_LABEL", "SegmentationDataset",
+    "SyntheticSegmentation", "TrainTransform", "VOC_CLASSES", "VOCSegmentation", "class_table",
+    "cityscapes_palette", "eval_samples", "eval_shard", "get_dataset", "make_palette",
+    "train_batches", "voc_palette",
 ]

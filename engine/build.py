@@ -13,7 +13,8 @@ from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
 __all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
-           "copy_parameters", "dataset_classes", "sync_bn_requested", "uses_sync_bn", "bn_mode", "on_main"]
+           "copy_parameters", "dataset_classes", "sync_bn_requested", "uses_sync_bn", "bn_mode",
+           "on_main"]
 
 
 def sync_bn_requested(cfg):

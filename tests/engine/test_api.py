@@ -134,3 +134,34 @@ def test_evaluate_a_folder_equals_deeplab_eval_on_the_same_images(run_dir, tmp_p
     assert model.evaluate()["confusion_matrix"] == reference["confusion_matrix"]
     with pytest.raises(UserError, match="both images and masks"):
         model.evaluate(str(images))
+
+
+def test_predict_and_the_api_name_and_colour_with_the_folder_datasets_classes(tmp_path):
+    """A model trained on the folder dataset: predict's PNGs carry data.palette, the API gives
+    data.classes and data.palette."""
+    import mxnet as mx
+    import yaml
+
+    from deeplab.build import build_model
+
+    colours = [[0, 0, 0], [250, 10, 10], [10, 250, 10]]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "deeplabv3_tiny_v2", "output_stride": 8, "head_channels": 16},
+        "data": {"name": "folder", "root": str(tmp_path / "unused"), "num_workers": 0,
+                 "classes": ["background", "cat", "dog"], "palette": colours}}))
+    cfg = load_config(str(config))
+    assert cfg["model"]["num_classes"] == 3
+    params = str(tmp_path / "final.params")
+    build_model(cfg, mx.cpu(), seed=0).save_parameters(params)
+    image, _ = val_image(0)
+    Image.fromarray(image).save(str(tmp_path / "x.png"))
+    predict.main(predict.parse_args([str(config), str(tmp_path / "x.png"), "--checkpoint",
+                                     params, "--out", str(tmp_path / "out"), "--quiet"]))
+    with Image.open(str(tmp_path / "out" / "x.png")) as png:
+        assert png.getpalette()[:9] == [c for rgb in colours for c in rgb]
+        pred = np.asarray(png)
+    model = deeplab.load(str(tmp_path))  # a run directory: config.yaml + final.params
+    assert model.class_names == ["background", "cat", "dog"]
+    assert model.palette[:9] == [c for rgb in colours for c in rgb]
+    np.testing.assert_array_equal(model.segment(image)[0], pred)
