@@ -157,7 +157,7 @@ class Segmenter:
             img_suffix, seg_map_suffix: what the image and mask file names end with.
             quiet: no progress bar.
         Returns:
-            the dict `deeplab eval --out` writes: pixAcc, mIoU, per-class IoU, class_names,
+            the dict `deeplab eval --out` writes: pixAcc, mIoU, per_class_iou, class_names,
             confusion_matrix, num_images, ...
         """
         cfg = self.config
