@@ -157,3 +157,31 @@ def test_dataset_class_checks_its_arguments(folder_tree):
         FolderSegmentation(root, "val", ["only"])
     with pytest.raises(DatasetError, match="1 colours but data.classes names 3"):
         FolderSegmentation(root, "val", FOLDER_CLASSES, palette=[(1, 2, 3)])
+
+
+def test_deeplab_train_and_eval_run_on_a_folder_dataset(tmp_path, folder_tree):
+    """`deeplab train` with the shipped loader processes (data.num_workers 2) on the folder
+    dataset: the pre-flight, training and the final evaluation, whose results name the classes
+    of data.classes."""
+    import json
+
+    import yaml
+
+    from deeplab import cli
+
+    root, _ = folder_tree
+    config = tmp_path / "mine.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"name": "deeplabv3_tiny_v2", "output_stride": 8, "head_channels": 16},
+        "data": {"name": "folder", "root": root, "classes": FOLDER_CLASSES,
+                 "train_split": "train", "val_split": "val", "crop_size": 16},
+        "train": {"iterations": 2, "batch_size": 2, "checkpoint_every": 2}}))
+    workdir = tmp_path / "run"
+    assert cli.main(["train", str(config), "--workdir", str(workdir), "--quiet"]) == 0
+    res = json.loads((workdir / "results.json").read_text())
+    assert res["class_names"] == FOLDER_CLASSES and res["num_images"] == 2
+    assert np.array(res["confusion_matrix"]).shape == (3, 3)
+    # Every labelled val pixel counted: the masks' 12x18 pixels minus their ignored row.
+    assert np.array(res["confusion_matrix"]).sum() == 2 * 11 * 18
+    saved = yaml.safe_load((workdir / "config.yaml").read_text())
+    assert saved["model"]["num_classes"] == 3
