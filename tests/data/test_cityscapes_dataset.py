@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY
 from deeplab import evaluate
-from deeplab.build import build_dataset, build_model, dataset_classes
+from deeplab.build import build_model, dataset_classes
 from deeplab.config import load_config
 from deeplab.data import (CITYSCAPES_CLASSES, IGNORE_LABEL, CityscapesSegmentation, DatasetError,
                           get_dataset)
