@@ -27,13 +27,16 @@ def make_palette(colours=None):
     return palette
 
 
-def _listing(folder, suffix):
-    """Relative names (suffix removed) of the files below `folder` ending in `suffix`, sorted."""
+def _listing(folder, suffix, skip=None):
+    """Relative names (suffix removed) of the files below `folder` ending in `suffix` but not in
+    `skip` (the masks' suffix, when masks share the images' folder), sorted."""
     names = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         rel = os.path.relpath(dirpath, folder)
         for name in filenames:
+            if skip and name.endswith(skip):
+                continue
             if name.endswith(suffix) and len(name) > len(suffix):
                 stem = name[:-len(suffix)]
                 names.append(stem if rel == "." else os.path.join(rel, stem))
@@ -89,7 +92,8 @@ class FolderSegmentation(SegmentationDataset):
                     "split %r: folder %s does not exist; a split is a sub-folder of "
                     "data.folder.img_dir and data.folder.ann_dir, or a list file ending in .txt"
                     % (split, images))
-            ids = _listing(images, img_suffix)
+            same = os.path.realpath(images) == os.path.realpath(masks)
+            ids = _listing(images, img_suffix, seg_map_suffix if same else None)
             if not ids:
                 raise DatasetError("split %r: no image ending in %r below %s "
                                    "(config key data.folder.img_suffix)"

@@ -185,3 +185,13 @@ def test_deeplab_train_and_eval_run_on_a_folder_dataset(tmp_path, folder_tree):
     assert np.array(res["confusion_matrix"]).sum() == 2 * 11 * 18
     saved = yaml.safe_load((workdir / "config.yaml").read_text())
     assert saved["model"]["num_classes"] == 3
+
+
+def test_images_and_masks_in_one_folder_told_apart_by_suffix(tmp_path):
+    root = tmp_path / "d"
+    masks = build_folder_tree(root, {"all": ["a", "b"]}, img_dir="pairs", ann_dir="pairs",
+                              img_suffix=".png", seg_map_suffix="_mask.png")
+    ds = FolderSegmentation(str(root), "all", FOLDER_CLASSES, img_dir="pairs", ann_dir="pairs",
+                            img_suffix=".png", seg_map_suffix="_mask.png")
+    assert ds.ids == ["a", "b"]  # a_mask.png is no image
+    np.testing.assert_array_equal(ds.load(1)[1], masks["all"]["b"])
