@@ -167,6 +167,9 @@ class Segmenter:
             raise UserError("evaluate: give both images and masks folders, or neither (the "
                             "config's val split)")
         else:
+            for what, folder in (("images", images), ("masks", masks)):
+                if not os.path.isdir(str(folder)):
+                    raise UserError("evaluate: %s folder %s does not exist" % (what, folder))
             dataset = FolderSegmentation(
                 ".", ".", self.class_names, img_dir=os.path.abspath(str(images)),
                 ann_dir=os.path.abspath(str(masks)), img_suffix=img_suffix,

@@ -134,6 +134,8 @@ def test_evaluate_a_folder_equals_deeplab_eval_on_the_same_images(run_dir, tmp_p
     assert model.evaluate()["confusion_matrix"] == reference["confusion_matrix"]
     with pytest.raises(UserError, match="both images and masks"):
         model.evaluate(str(images))
+    with pytest.raises(UserError, match="masks folder .*nowhere does not exist"):
+        model.evaluate(str(images), str(tmp_path / "nowhere"))
 
 
 def test_predict_and_the_api_name_and_colour_with_the_folder_datasets_classes(tmp_path):
