@@ -265,9 +265,10 @@ def _check(name, key, value, source, tag=None):
     return value
 
 
-def _merge(cfg, data, source, schema=SCHEMA, prefix="", given=None):
-    """Sets the keys in `data` (a nested dict from YAML) on `cfg`, validating each; adds their
-    dotted names to the set `given`, if any."""
+def _merge(cfg, data, source, schema=SCHEMA, prefix="", given=None, layer=0):
+    """Sets the keys in `data` (a nested dict from YAML) on `cfg`, validating each; records in
+    the dict `given`, if any, each key's dotted name -> `layer` (which file or override set it
+    last)."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
         raise ConfigError("%s: %s must be a mapping of %s, got %r"
@@ -283,11 +284,11 @@ def _merge(cfg, data, source, schema=SCHEMA, prefix="", given=None):
             if not isinstance(v, dict):
                 raise ConfigError("%s: section %r must be a mapping of keys, got %r"
                                   % (source, prefix + k, v))
-            _merge(cfg[k], v, source, schema[k], prefix + k + ".", given)
+            _merge(cfg[k], v, source, schema[k], prefix + k + ".", given, layer)
         else:
             cfg[k] = _check(prefix + k, schema[k], v, source)
             if given is not None:
-                given.add(prefix + k)
+                given[prefix + k] = layer
 
 
 def _read_yaml(path, seen=()):
@@ -341,12 +342,13 @@ def load_config(path, overrides=()):
     """Resolves defaults <- `_base_` chain <- file <- overrides into one nested dict; checks
     types, ranges and the relations between keys."""
     cfg = _defaults()
-    given = set()
-    for source, data in _read_yaml(path):
-        _merge(cfg, data, source, given=given)
-    for text in overrides:
+    given = {}
+    layers = _read_yaml(path)
+    for layer, (source, data) in enumerate(layers):
+        _merge(cfg, data, source, given=given, layer=layer)
+    for layer, text in enumerate(overrides, len(layers)):
         parts, v = parse_override(text)
-        _merge(cfg, _nest(parts, v), "--set %s" % text, given=given)
+        _merge(cfg, _nest(parts, v), "--set %s" % text, given=given, layer=layer)
     _check_classes(cfg, given, path)
     _check_relations(cfg, path)
     return cfg
@@ -354,7 +356,9 @@ def load_config(path, overrides=()):
 
 def _check_classes(cfg, given, path):
     """data.classes and data.palette belong to the folder dataset, whose number of classes
-    becomes model.num_classes unless that is given, in which case the two must agree."""
+    becomes model.num_classes. A model.num_classes set with data.classes or after it (in the
+    same file, a file on top, or --set) must agree; one from a `_base_` below the file that sets
+    data.classes (e.g. a VOC recipe's 21) is replaced."""
     d = cfg["data"]
     if d["name"] != "folder":
         for key in ("classes", "palette"):
@@ -377,7 +381,8 @@ def _check_classes(cfg, given, path):
     if d["palette"] is not None and len(d["palette"]) != len(classes):
         raise ConfigError("%s: data.palette has %d colours but data.classes names %d classes; "
                           "give one [r, g, b] per class" % (path, len(d["palette"]), len(classes)))
-    if "model.num_classes" in given and cfg["model"]["num_classes"] != len(classes):
+    if given.get("model.num_classes", -1) >= given["data.classes"] \
+            and cfg["model"]["num_classes"] != len(classes):
         raise ConfigError("%s: model.num_classes is %d but data.classes names %d classes (%s); "
                           "remove model.num_classes (it is taken from data.classes) or make "
                           "them agree" % (path, cfg["model"]["num_classes"], len(classes),

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import TINY
+from conftest import ROOT, TINY
 from deeplab.build import build_dataset, dataset_classes
 from deeplab.config import load_config
 from deeplab.data import DatasetError, FolderSegmentation, voc_palette
@@ -195,3 +195,19 @@ def test_images_and_masks_in_one_folder_told_apart_by_suffix(tmp_path):
                             img_suffix=".png", seg_map_suffix="_mask.png")
     assert ds.ids == ["a", "b"]  # a_mask.png is no image
     np.testing.assert_array_equal(ds.load(1)[1], masks["all"]["b"])
+
+
+def test_a_base_recipes_num_classes_gives_way_to_the_classes_of_the_file_on_top(
+        tmp_path, folder_tree):
+    """The docs' example: a folder config on top of the VOC recipe (num_classes: 21)."""
+    root, _ = folder_tree
+    config = tmp_path / "pets.yaml"
+    config.write_text(yaml.safe_dump({
+        "_base_": os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml"),
+        "data": {"name": "folder", "root": root, "classes": FOLDER_CLASSES,
+                 "train_split": "train"}}))
+    cfg = load_config(str(config))
+    assert cfg["model"]["num_classes"] == 3 and cfg["model"]["name"] == "deeplabv3_resnet50_v2"
+    assert len(build_dataset(cfg, "train")) == 3
+    with pytest.raises(ConfigError, match="model.num_classes is 21 but data.classes names 3"):
+        load_config(str(config), ["model.num_classes=21"])
