@@ -12,7 +12,9 @@ from deeplab.metrics import IGNORE_LABEL
 
 
 class SegmentationDataset:
-    """Base class: subclasses set `ids`, `num_classes`, `class_names` and implement `_read`.
+    """Base class: subclasses set `ids`, `num_classes`, `class_names` (and `palette`, the class
+    colours as PIL's flat [r, g, b, ...] list of 256 colours, for predicted masks) and implement
+    `_read`.
 
     `_read(index)` returns `(image, mask, image_source, mask_source)`: the raw arrays and the names
     (file paths, or ids for generated data) used in error messages.
@@ -21,6 +23,7 @@ class SegmentationDataset:
     ids = ()
     num_classes = 0
     class_names = ()
+    palette = None
 
     def __len__(self):
         return len(self.ids)

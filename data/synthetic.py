@@ -12,6 +12,7 @@ shape is labelled 255 (ignore).
 import numpy as np
 
 from .base import IGNORE_LABEL, SegmentationDataset
+from .voc import voc_palette
 
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
@@ -19,6 +20,11 @@ _SPLIT_CODES = {"train": 0, "val": 1}
 # built with different seeds) pose the same recognition task.
 _STYLE_SEED = 7919
 _NOISE_STD = 8.0
+
+
+def synthetic_class_names(num_classes):
+    """The names of the synthetic classes: background, shape1, shape2, ..."""
+    return ["background"] + ["shape%d" % c for c in range(1, num_classes)]
 
 
 def _class_style(c):
@@ -112,7 +118,8 @@ class SyntheticSegmentation(SegmentationDataset):
         self.seed = int(seed)
         self.image_size = (int(lo), int(hi))
         self.num_classes = int(num_classes)
-        self.class_names = ["background"] + ["shape%d" % c for c in range(1, self.num_classes)]
+        self.class_names = synthetic_class_names(self.num_classes)
+        self.palette = voc_palette()
         self.ids = ["synthetic-%s-%06d" % (split, i) for i in range(int(size))]
         self._styles = [_class_style(c) for c in range(self.num_classes)]
 

@@ -109,6 +109,7 @@ class VOCSegmentation(SegmentationDataset):
 
     def __init__(self, root, split="train"):
         self.class_names = list(VOC_CLASSES)
+        self.palette = voc_palette()
         if split not in SPLITS:
             raise ValueError("unknown VOC split %r; expected one of %s"
                              % (split, ", ".join(SPLITS)))

@@ -8,12 +8,13 @@ from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
 from deeplab import dist
 from deeplab.config import CPU_CYCLE_TIME_MS
-from deeplab.data import get_dataset
+from deeplab.data import class_table, get_dataset
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
 __all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
-           "copy_parameters", "sync_bn_requested", "uses_sync_bn", "bn_mode", "on_main"]
+           "copy_parameters", "dataset_classes", "sync_bn_requested", "uses_sync_bn", "bn_mode",
+           "on_main"]
 
 
 def sync_bn_requested(cfg):
@@ -177,13 +178,24 @@ def build_dataset(cfg, split):
                          num_classes=cfg["model"]["num_classes"],
                          image_size=tuple(s["image_size"]), seed=0)
     else:
+        kwargs = {}
+        if name == "folder":
+            kwargs = dict(d["folder"], classes=d["classes"], palette=d["palette"])
         ds = get_dataset(name, root=d["root"],
-                         split=d["train_split"] if split == "train" else d["val_split"])
+                         split=d["train_split"] if split == "train" else d["val_split"], **kwargs)
     if ds.num_classes != cfg["model"]["num_classes"]:
         from deeplab.errors import ConfigError
         raise ConfigError("model.num_classes is %d but dataset %r has %d classes"
                           % (cfg["model"]["num_classes"], name, ds.num_classes))
     return ds
+
+
+def dataset_classes(cfg):
+    """(class names, palette) of the config's dataset, read from the config alone (no data
+    needed): what predictions are named and coloured with. The palette is PIL's flat list of
+    256 [r, g, b] colours, the one `dataset.palette` holds."""
+    d = cfg["data"]
+    return class_table(d["name"], cfg["model"]["num_classes"], d["classes"], d["palette"])
 
 
 def on_main(fn, share=False):

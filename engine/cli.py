@@ -43,6 +43,7 @@ USAGE = """usage: deeplab [--version] {%s} ...
              --data-pvc NAME --out DIR [--set KEY=VALUE ...]
   k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
   fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
+        | fetch cityscapes [--root DIR] [--delete-archives]
   doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.

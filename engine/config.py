@@ -22,8 +22,10 @@ __all__ = ["SCHEMA", "Key", "ConfigError", "load_config", "parse_override", "dum
 class Key(collections.namedtuple("Key", "tag default doc lo hi lo_open hi_open")):
     """One config key: a type tag, its default, what it means, and an optional numeric range.
 
-    Type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" (non-empty
-    lists), "octal" (a permission mask, kept as a string such as '027'), "choice:a|b" (one of the listed values), "?int" / "?float" (the type or null).
+    Type tags: "int", "float", "bool", "str", "path" (str or null), "floats" / "ints" / "strs"
+    (non-empty lists), "colours" (a non-empty list of [r, g, b] integers), "octal" (a permission
+    mask, kept as a string such as '027'), "choice:a|b" (one of the listed values), "?int" /
+    "?float" / "?strs" / "?colours" (the type or null).
     The range [lo, hi] applies to numbers and to each item of a list; lo_open / hi_open exclude
     the bound.
     """
@@ -46,7 +48,8 @@ SCHEMA = {
                   "decoder head: ASPP (DeepLabV3 §3.3) or Vortex Pooling"),
         "output_stride": K("choice:8|16|32", 16,
                            "input size / feature size; 16 and 8 are the paper's two phases"),
-        "num_classes": K("int", 21, "classes including background", lo=2, hi=254),
+        "num_classes": K("int", 21, "classes including background (folder dataset: taken from "
+                         "data.classes)", lo=2, hi=254),
         "multi_grid": K("ints", [1, 2, 4], "unit rates of the last ResNet block (§3.2)", lo=1),
         "head_channels": K("int", 256, "channels of each head branch", lo=1),
         "dropout": K("float", 0.0, "dropout before the classifier", lo=0, hi=1, hi_open=True),
@@ -60,11 +63,30 @@ SCHEMA = {
         "params": K("path", None, "whole-model weights to start from (e.g. phase 1's result)"),
     },
     "data": {
-        "name": K("choice:voc|synthetic", "voc",
-                  "dataset: VOC 2012 + SBD, or the built-in synthetic shapes"),
-        "root": K("path", None, "dataset folder (voc): VOCdevkit/VOC2012 and SBD below it"),
-        "train_split": K("str", "trainaug", "training split (voc)"),
-        "val_split": K("str", "val", "validation split (voc)"),
+        "name": K("choice:voc|cityscapes|folder|synthetic", "voc",
+                  "dataset: VOC 2012 + SBD, Cityscapes (fine annotations, 19 classes), your own "
+                  "images and masks in two folders (data.folder, data.classes), or the built-in "
+                  "synthetic shapes"),
+        "root": K("path", None, "dataset folder: voc: VOCdevkit/VOC2012 and SBD below it; "
+                  "cityscapes: leftImg8bit/ and gtFine/ below it (deeplab fetch cityscapes); "
+                  "folder: data.folder.img_dir and ann_dir below it"),
+        "train_split": K("str", "trainaug", "training split: voc: train or trainaug; "
+                         "cityscapes: train; folder: a sub-folder of img_dir and ann_dir, or a "
+                         "list file ending in .txt (relative to data.root, one name per line)"),
+        "val_split": K("str", "val", "validation split (as data.train_split; voc and "
+                       "cityscapes: val)"),
+        "classes": K("?strs", None, "folder: the class names, index 0 first (mask value i is "
+                     "class i, 255 ignored); model.num_classes is taken from their number"),
+        "palette": K("?colours", None, "folder: one [r, g, b] per class for the predicted "
+                     "masks and overlays (null: VOC's colours)", lo=0, hi=255),
+        "folder": {
+            "img_dir": K("str", "images", "folder: the images' folder, relative to data.root"),
+            "ann_dir": K("str", "masks", "folder: the masks' folder, relative to data.root "
+                         "(palette or greyscale PNGs of class indices)"),
+            "img_suffix": K("str", ".jpg", "folder: what image file names end with"),
+            "seg_map_suffix": K("str", ".png", "folder: what a mask's file name ends with "
+                                "(the image's name with img_suffix replaced)"),
+        },
         "crop_size": K("int", 513, "training crop side in pixels", lo=8),
         "scale_range": K("floats", [0.5, 2.0], "random scaling range [low, high]", lo=0,
                          lo_open=True),
@@ -218,6 +240,21 @@ def _check(name, key, value, source, tag=None):
         if not isinstance(value, str):
             fail("a string" if tag == "str" else "a path (string) or null")
         return value
+    if tag == "strs":
+        if not isinstance(value, (list, tuple)) or not value \
+                or not all(isinstance(v, str) and v for v in value):
+            fail("a non-empty list of names (strings)")
+        return list(value)
+    if tag == "colours":
+        if not isinstance(value, (list, tuple)) or not value:
+            fail("a non-empty list of [r, g, b] colours")
+        for v in value:
+            if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and _in_range(key, c)
+                    for c in v):
+                fail("a list of [r, g, b] colours with each value in [0, 255] (%r is not)"
+                     % (v,))
+        return [list(v) for v in value]
     if tag in ("floats", "ints"):
         item = tag[:-1]
         if not isinstance(value, (list, tuple)) or not value:
@@ -237,8 +274,10 @@ def _check(name, key, value, source, tag=None):
     return value
 
 
-def _merge(cfg, data, source, schema=SCHEMA, prefix=""):
-    """Sets the keys in `data` (a nested dict from YAML) on `cfg`, validating each."""
+def _merge(cfg, data, source, schema=SCHEMA, prefix="", given=None, layer=0):
+    """Sets the keys in `data` (a nested dict from YAML) on `cfg`, validating each; records in
+    the dict `given`, if any, each key's dotted name -> `layer` (which file or override set it
+    last)."""
     where = prefix.rstrip(".") or "the top level"
     if not isinstance(data, dict):
         raise ConfigError("%s: %s must be a mapping of %s, got %r"
@@ -254,9 +293,11 @@ def _merge(cfg, data, source, schema=SCHEMA, prefix=""):
             if not isinstance(v, dict):
                 raise ConfigError("%s: section %r must be a mapping of keys, got %r"
                                   % (source, prefix + k, v))
-            _merge(cfg[k], v, source, schema[k], prefix + k + ".")
+            _merge(cfg[k], v, source, schema[k], prefix + k + ".", given, layer)
         else:
             cfg[k] = _check(prefix + k, schema[k], v, source)
+            if given is not None:
+                given[prefix + k] = layer
 
 
 def _read_yaml(path, seen=()):
@@ -310,13 +351,52 @@ def load_config(path, overrides=()):
     """Resolves defaults <- `_base_` chain <- file <- overrides into one nested dict; checks
     types, ranges and the relations between keys."""
     cfg = _defaults()
-    for source, data in _read_yaml(path):
-        _merge(cfg, data, source)
-    for text in overrides:
+    given = {}
+    layers = _read_yaml(path)
+    for layer, (source, data) in enumerate(layers):
+        _merge(cfg, data, source, given=given, layer=layer)
+    for layer, text in enumerate(overrides, len(layers)):
         parts, v = parse_override(text)
-        _merge(cfg, _nest(parts, v), "--set %s" % text)
+        _merge(cfg, _nest(parts, v), "--set %s" % text, given=given, layer=layer)
+    _check_classes(cfg, given, path)
     _check_relations(cfg, path)
     return cfg
+
+
+def _check_classes(cfg, given, path):
+    """data.classes and data.palette belong to the folder dataset, whose number of classes
+    becomes model.num_classes. A model.num_classes set with data.classes or after it (in the
+    same file, a file on top, or --set) must agree; one from a `_base_` below the file that sets
+    data.classes (e.g. a VOC recipe's 21) is replaced."""
+    d = cfg["data"]
+    if d["name"] != "folder":
+        for key in ("classes", "palette"):
+            if d[key] is not None:
+                raise ConfigError("%s: data.%s is read by the folder dataset only, but data.name "
+                                  "is %s; remove it or set data.name: folder"
+                                  % (path, key, d["name"]))
+        return
+    classes = d["classes"]
+    if classes is None:
+        raise ConfigError("%s: data.name is folder but data.classes is not set: list the class "
+                          "names, index 0 first (e.g. data.classes: [background, cat, dog])"
+                          % path)
+    if len(classes) < 2 or len(classes) > SCHEMA["model"]["num_classes"].hi:
+        raise ConfigError("%s: data.classes names %d classes; expected 2 to %d"
+                          % (path, len(classes), SCHEMA["model"]["num_classes"].hi))
+    if len(set(classes)) != len(classes):
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        raise ConfigError("%s: data.classes names %s more than once" % (path, ", ".join(twice)))
+    if d["palette"] is not None and len(d["palette"]) != len(classes):
+        raise ConfigError("%s: data.palette has %d colours but data.classes names %d classes; "
+                          "give one [r, g, b] per class" % (path, len(d["palette"]), len(classes)))
+    if given.get("model.num_classes", -1) >= given["data.classes"] \
+            and cfg["model"]["num_classes"] != len(classes):
+        raise ConfigError("%s: model.num_classes is %d but data.classes names %d classes (%s); "
+                          "remove model.num_classes (it is taken from data.classes) or make "
+                          "them agree" % (path, cfg["model"]["num_classes"], len(classes),
+                                          ", ".join(classes)))
+    cfg["model"]["num_classes"] = len(classes)
 
 
 def _check_relations(cfg, path):

@@ -603,22 +603,24 @@ def _dataset_check(cfg):
     from deeplab.build import build_dataset
 
     d = cfg["data"]
-    splits = {"train": d["train_split"], "val": d["val_split"]} if d["name"] == "voc" else {}
+    files = d["name"] != "synthetic"
+    splits = {"train": d["train_split"], "val": d["val_split"]} if files else {}
     sizes, errors = {}, []
     for split in ("train", "val"):
         try:
             sizes[split] = len(build_dataset(cfg, split))
         except (UserError, ValueError, OSError) as err:
             errors.append((split, str(err)))
-    where = "%s at %s" % (d["name"], d["root"]) if d["name"] == "voc" else d["name"]
+    where = "%s at %s" % (d["name"], d["root"]) if files else d["name"]
     if errors:
         if len(errors) == 2 and errors[0][1] == errors[1][1]:
             text = errors[0][1]
         else:
             text = "; ".join("%s split%s: %s" % (split, " %r" % splits[split] if splits else "",
                                                  err) for split, err in errors)
-        hint = (" (deeplab fetch voc --root DIR downloads VOC 2012 + SBD)"
-                if d["name"] == "voc" else "")
+        hint = {"voc": " (deeplab fetch voc --root DIR downloads VOC 2012 + SBD)",
+                "cityscapes": " (deeplab fetch cityscapes says what to download and where)"
+                }.get(d["name"], "")
         return _check("dataset", FAIL, "%s: %s%s" % (where, text, hint), sizes=sizes,
                       errors=dict(errors))
     names = {s: " (%s)" % splits[s] if splits else "" for s in ("train", "val")}

@@ -3,6 +3,7 @@ PASCAL VOC 2012 + SBD, each checked against its published sha1.
 
     deeplab fetch backbone resnet50_v2 [--root DIR]  # prints DIR/resnet50_v2-<hash>.params
     deeplab fetch voc --root /data/voc [--keep-archives]
+    deeplab fetch cityscapes [--root /data/cityscapes]   # what to download, then unzips it
 
 A download is written to `FILE.part` and continued with an HTTP Range request when rerun after
 an interruption; a finished file is checked before it is used and deleted if its sha1 is wrong.
@@ -40,7 +41,8 @@ except ImportError:  # not POSIX: downloads run unlocked
     fcntl = None
 
 __all__ = ["TABLE", "Remote", "FetchError", "MIRROR_ENV", "ZOO_PREFIX", "VOC_PARTS",
-           "backbone_names", "default_root", "download", "fetch_backbone", "fetch_voc",
+           "CITYSCAPES_PARTS", "backbone_names", "cityscapes_instructions", "default_root",
+           "download", "fetch_backbone", "fetch_cityscapes", "fetch_voc",
            "resolve_params", "sha1_of", "parse_args", "main"]
 
 MIRROR_ENV = "DEEPLAB_FETCH_MIRROR"
@@ -463,9 +465,107 @@ def fetch_voc(root, keep_archives=False):
     return report
 
 
+# Cityscapes' archives (https://www.cityscapes-dataset.com/downloads/, behind a free login, so
+# not downloadable here): the folder each holds, data/cityscapes.py's layout, and its size.
+CITYSCAPES_URL = "https://www.cityscapes-dataset.com/downloads/"
+CITYSCAPES_PARTS = (
+    ("gtFine_trainvaltest.zip", "gtFine", "241 MB", "fine annotations"),
+    ("leftImg8bit_trainvaltest.zip", "leftImg8bit", "11 GB", "left 8-bit images"),
+)
+
+
+def cityscapes_instructions(root=None):
+    """What a Cityscapes user downloads and where it goes, as lines of text."""
+    where = root or "DIR"
+    lines = ["Cityscapes needs a (free) account: log in at %s and download" % CITYSCAPES_URL]
+    lines += ["  %-30s %-7s %s" % (z, size, what) for z, _, size, what in CITYSCAPES_PARTS]
+    lines += ["into %s, then run `deeplab fetch cityscapes --root %s` to unzip them (or unzip "
+              "them there yourself), which gives" % (where, where),
+              "  %s/leftImg8bit/{train,val}/CITY/*_leftImg8bit.png" % where,
+              "  %s/gtFine/{train,val}/CITY/*_gtFine_labelIds.png" % where,
+              "and train with --set data.root=%s (configs/*_cityscapes_*.yaml)." % where]
+    return lines
+
+
+def _part_in_place(root, folder):
+    return all(os.path.isdir(os.path.join(root, folder, s)) for s in ("train", "val"))
+
+
+def _unzip_folder(archive, folder, root):
+    """Extracts `folder`/ of zip `archive` and moves it to ROOT/folder in one rename (an
+    interrupted extraction never leaves a half-filled folder where the dataset looks)."""
+    tmp = os.path.join(root, ".%s.extracting" % os.path.basename(archive))
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an interrupted run
+    _say("extracting %s" % archive)
+    try:
+        os.makedirs(tmp)
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if n.startswith(folder + "/")]
+            for name in z.namelist():
+                if name.startswith("/") or ".." in name.split("/"):
+                    raise FetchError("%s: member %r points outside the extraction folder; not "
+                                     "extracted" % (archive, name))
+            if not names:
+                raise FetchError("%s has no folder %s/; is it Cityscapes' %s?"
+                                 % (archive, folder, os.path.basename(archive)))
+            z.extractall(tmp, members=names)
+        target = os.path.join(root, folder)
+        os.rename(os.path.join(tmp, folder), target)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise FetchError("cannot extract %s (incomplete download?): %s" % (archive, err)) \
+            from None
+    except OSError as err:
+        raise _os_error(err, "extracting %s into" % archive, root) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def fetch_cityscapes(root=None, keep_archives=True):
+    """Cityscapes under `root` in the official layout data/cityscapes.py reads. Its archives
+    need a login, so they are not downloaded: each part already in place is left alone, each
+    archive found in ROOT is unzipped (and kept unless not `keep_archives`).
+
+    Returns:
+        lines saying what was done; without `root`, what to download and where.
+    Raises:
+        FetchError: a part is neither in place nor downloaded into ROOT (the message says
+            which archive to download and where), or an archive cannot be extracted.
+    """
+    if root is None:
+        return cityscapes_instructions()
+    root = os.path.abspath(os.path.expanduser(root))
+    _makedirs(root)
+    report, missing = [], []
+    with _locked(root):
+        for archive_name, folder, _, _ in CITYSCAPES_PARTS:
+            archive = os.path.join(root, archive_name)
+            if _part_in_place(root, folder):
+                report.append("%s: in place at %s" % (folder, os.path.join(root, folder)))
+            elif os.path.exists(os.path.join(root, folder)):
+                raise FetchError("%s exists but lacks train/ or val/; move it away and rerun to "
+                                 "unzip %s again" % (os.path.join(root, folder), archive_name))
+            elif os.path.isfile(archive):
+                target = _unzip_folder(archive, folder, root)
+                if not keep_archives:
+                    os.remove(archive)
+                report.append("%s: extracted to %s" % (folder, target))
+            else:
+                missing.append(archive_name)
+    if missing:
+        for line in cityscapes_instructions(root):
+            _say(line)
+        raise FetchError("cityscapes: %s not found in %s; download %s from %s (after logging "
+                         "in) into that folder and rerun"
+                         % (" and ".join(missing), root, "them" if len(missing) > 1 else "it",
+                            CITYSCAPES_URL))
+    report.append("data.root: %s" % root)
+    return report
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="deeplab fetch", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="what", metavar="{backbone,voc}")
+    sub = p.add_subparsers(dest="what", metavar="{backbone,voc,cityscapes}")
     sub.required = True
     b = sub.add_parser("backbone", help="a backbone's ImageNet weights from the model zoo; "
                                         "prints the file's path")
@@ -476,12 +576,21 @@ def parse_args(argv=None):
     v.add_argument("--root", required=True, help="data root (the config's data.root)")
     v.add_argument("--keep-archives", action="store_true",
                    help="keep the .tar/.tgz after extraction (default: deleted)")
+    c = sub.add_parser("cityscapes", help="says what to download from the Cityscapes site (it "
+                                          "needs a login) and, with --root, unzips it there")
+    c.add_argument("--root", default=None,
+                   help="data root (the config's data.root) holding the downloaded zips")
+    c.add_argument("--delete-archives", action="store_true",
+                   help="delete the .zip files after extraction (default: kept)")
     return p.parse_args(argv)
 
 
 def main(args):
     if args.what == "backbone":
         print(fetch_backbone(args.name, args.root))
+    elif args.what == "cityscapes":
+        for line in fetch_cityscapes(args.root, keep_archives=not args.delete_archives):
+            print(line)
     else:
         for line in fetch_voc(args.root, args.keep_archives):
             print(line)

@@ -4,9 +4,10 @@
                     INPUT... [--set KEY=VALUE ...]
 
 INPUT: image files (.jpg, .jpeg, .png, .bmp) or folders of them (not searched recursively).
-For each image writes DIR/<stem>.png, a palette PNG (VOC colours) whose pixel values are the
-predicted class indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended
-half and half with those colours. Inference is `deeplab eval`'s: the evaluation output stride,
+For each image writes DIR/<stem>.png, a palette PNG (the config's dataset's colours: VOC's,
+Cityscapes', or data.palette for the folder dataset) whose pixel values are the predicted class
+indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended half and half with
+those colours. Inference is `deeplab eval`'s: the evaluation output stride,
 eval.scales and eval.flip. Under `deeplab launch` the images are split across the workers, and
 each worker writes the files of its own share.
 """
@@ -19,13 +20,13 @@ import numpy as np
 
 from deeplab import dist
 from deeplab.config import add_set_argument, eval_stride, load_config
-from deeplab.data import EvalTransform, eval_shard, voc_palette
+from deeplab.data import EvalTransform, eval_shard
 from deeplab.data.base import read_image
 from deeplab.errors import DatasetError, ParamsError, UserError
 from deeplab.logger import format_duration, run_logger
 from deeplab.utils import atomic_write, positive_int
 
-from .build import build_model, on_main
+from .build import build_model, dataset_classes, on_main
 from .evaluate import predict, progress
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_images", "check_out", "plan_batches", "segment",
@@ -238,7 +239,7 @@ def main(args):
     mine = [images[i] for i in eval_shard(len(images), dist.rank(), dist.size())]
     start = time.monotonic()
     results = _predictions(net, plan_batches(mine, args.batch), ctx, cfg["eval"])
-    palette = voc_palette()
+    palette = dataset_classes(cfg)[1]
     # A worker that stops would leave the others waiting in the final sum forever; the stall
     # allowance per image is evaluation's (new shapes compile, shares finish at different times).
     with dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:

@@ -30,6 +30,7 @@ TYPES = {"int": "integer", "float": "number", "bool": "true/false", "str": "stri
          "path": "path or null", "floats": "list of numbers", "ints": "list of integers",
          "octal": "octal mask (string)",
          "?int": "integer or null", "?float": "number or null",
+         "?strs": "list of names or null", "?colours": "list of `[r, g, b]` or null",
          "group": "`all` \\| `node` \\| integer"}
 
 

@@ -127,3 +127,100 @@ def tree_files():
     """The file writers, for tests that corrupt or replace single files."""
     return {"jpg": write_jpg, "png": write_png, "mat": write_mat, "list": write_list,
             "mask": make_mask, "palette": voc_palette}
+
+
+# Cityscapes: label ids drawn into the generated labelIds masks and the train ids they map to
+# (255: ignored). 7 road, 26 car, 24 person are evaluated classes; 0 unlabeled, 9 parking and
+# 1 ego vehicle are not.
+CITYSCAPES_IDS = {7: 0, 26: 13, 24: 11, 0: 255, 9: 255, 1: 255}
+CITYSCAPES_HW = (16, 32)  # Cityscapes' 1:2 aspect, small
+
+
+def cityscapes_label_ids(seed, hw=CITYSCAPES_HW):
+    """A labelIds mask of horizontal bands of the ids in CITYSCAPES_IDS, shifted by `seed`."""
+    ids = np.array(sorted(CITYSCAPES_IDS), np.uint8)
+    rows = (np.arange(hw[0]) * len(ids) // hw[0] + seed) % len(ids)
+    return np.repeat(ids[rows][:, None], hw[1], axis=1)
+
+
+def build_cityscapes_tree(root, cities=None, hw=CITYSCAPES_HW):
+    """Writes Cityscapes' official layout under `root`:
+    leftImg8bit/SPLIT/CITY/CITY_000000_0000NN_leftImg8bit.png (RGB) and
+    gtFine/SPLIT/CITY/..._gtFine_labelIds.png (greyscale label ids), plus the _color.png and
+    _instanceIds.png files of the real archive (which the dataset must skip).
+    Returns {split: [(image path, mask path, label ids array), ...]} in sorted order."""
+    cities = cities or {"train": {"aachen": 2, "bochum": 1}, "val": {"frankfurt": 2}}
+    out = {}
+    seed = 0
+    for split, per_city in cities.items():
+        out[split] = []
+        for city, count in sorted(per_city.items()):
+            for i in range(count):
+                stem = "%s_000000_%06d" % (city, 19 + i)
+                image_path = os.path.join(str(root), "leftImg8bit", split, city,
+                                          stem + "_leftImg8bit.png")
+                mask_dir = os.path.join(str(root), "gtFine", split, city)
+                os.makedirs(os.path.dirname(image_path), exist_ok=True)
+                os.makedirs(mask_dir, exist_ok=True)
+                rgb = np.zeros(hw + (3,), np.uint8)
+                rgb[:] = (10 * seed, 100, 200)
+                Image.fromarray(rgb).save(image_path)
+                ids = cityscapes_label_ids(seed, hw)
+                mask_path = os.path.join(mask_dir, stem + "_gtFine_labelIds.png")
+                Image.fromarray(ids, mode="L").save(mask_path)
+                Image.fromarray(rgb).save(os.path.join(mask_dir, stem + "_gtFine_color.png"))
+                Image.fromarray(ids.astype(np.uint16) * 1000).save(  # 16-bit, as the real ones
+                    os.path.join(mask_dir, stem + "_gtFine_instanceIds.png"))
+                out[split].append((image_path, mask_path, ids))
+                seed += 1
+    return out
+
+
+@pytest.fixture
+def cityscapes_tree(tmp_path):
+    """(root, files): a Cityscapes tree with train aachen x2, bochum x1 and val frankfurt x2."""
+    root = tmp_path / "cityscapes"
+    return str(root), build_cityscapes_tree(root)
+
+
+FOLDER_CLASSES = ["background", "cat", "dog"]
+FOLDER_HW = (12, 18)
+
+
+def folder_mask(cls, hw=FOLDER_HW):
+    """Background with a block of class `cls` and a row of 255 (ignored)."""
+    mask = np.zeros(hw, np.uint8)
+    mask[2:8, 3:12] = cls
+    mask[-1, :] = 255
+    return mask
+
+
+def build_folder_tree(root, splits=None, img_dir="images", ann_dir="masks",
+                      img_suffix=".jpg", seg_map_suffix=".png", greyscale=False):
+    """Writes ROOT/IMG_DIR/SPLIT/NAME+img_suffix and ROOT/ANN_DIR/SPLIT/NAME+seg_map_suffix for
+    `splits` ({split: [name, ...]}, a name may hold a sub-folder), each mask folder_mask(class
+    1 + i % 2) as a palette PNG (or greyscale). Returns {split: {name: mask}}."""
+    splits = splits or {"train": ["t0", "t1", "sub/t2"], "val": ["v0", "v1"]}
+    out = {}
+    for split, names in splits.items():
+        out[split] = {}
+        for i, name in enumerate(names):
+            mask = folder_mask(1 + i % 2)
+            image = os.path.join(str(root), img_dir, split, name + img_suffix)
+            write_jpg(image, (30 * i, 60, 90), FOLDER_HW)  # OpenCV picks the format by suffix
+            path = os.path.join(str(root), ann_dir, split, name + seg_map_suffix)
+            if greyscale:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(mask, mode="L").save(path)
+            else:
+                write_png(path, mask)
+            out[split][name] = mask
+    return out
+
+
+@pytest.fixture
+def folder_tree(tmp_path):
+    """(root, masks): images/{train,val}/ and masks/{train,val}/, train holding t0, t1 and
+    sub/t2, val v0 and v1."""
+    root = tmp_path / "mydata"
+    return str(root), build_folder_tree(root)

@@ -402,6 +402,27 @@ def test_voc_val_split_missing_names_the_split_list(fake, tmp_path):
         voc / "ImageSets" / "Segmentation" / "val.txt") in ds.message
 
 
+def test_cityscapes_and_folder_datasets_are_checked_naming_their_splits(fake, tmp_path):
+    cs = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs8_90k_cityscapes_769.yaml")
+    root = str(tmp_path / "no-cityscapes")
+    (ds,) = by_name(doctor.run_checks(cs, ["data.root=" + root]), "dataset")
+    assert ds.status == "FAIL" and ds.message.startswith("cityscapes at %s: " % root)
+    assert os.path.join(root, "leftImg8bit", "train") in ds.message
+    assert "deeplab fetch cityscapes says what to download" in ds.message
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        for folder, suffix in (("images", ".jpg"), ("masks", ".png")):
+            (tmp_path / "mine" / folder / split).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                (tmp_path / "mine" / folder / split / (name + suffix)).write_bytes(b"")
+    checks = doctor.run_checks(R50, ["data.name=folder", "data.root=%s" % (tmp_path / "mine"),
+                                     "data.classes=[background,thing]", "model.num_classes=2",
+                                     "data.train_split=train"])
+    (ds,) = by_name(checks, "dataset")
+    assert ds.status == "ok", ds.message
+    assert ds.message == "folder at %s: train (train) 2 images, val (val) 1 images" % (
+        tmp_path / "mine")
+
+
 def test_bad_config_is_a_failed_check(fake, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_sise: 8\n")

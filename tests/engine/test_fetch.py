@@ -302,3 +302,75 @@ def test_http_404_is_one_line_naming_the_url(mirror, tmp_path, capsys):
                        "Found" % mirror.url)
     assert err[:-1] == ["downloading %sVOCtrainval_11-May-2012.tar" % mirror.url]
     assert os.listdir(tmp_path) == []
+
+
+def _zip_tree(src, folder, archive):
+    """Zips src/folder as Cityscapes' archives hold it (folder/..., README, license.txt)."""
+    with zipfile.ZipFile(archive, "w") as z:
+        for dirpath, _, names in os.walk(os.path.join(src, folder)):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                z.write(path, os.path.relpath(path, src))
+        z.writestr("README", "Cityscapes")
+        z.writestr("license.txt", "terms")
+
+
+def test_cityscapes_says_what_to_download_and_where(tmp_path, capsys):
+    assert cli.main(["fetch", "cityscapes"]) == 0
+    out = capsys.readouterr().out
+    for words in ("log in", "https://www.cityscapes-dataset.com/downloads/",
+                  "gtFine_trainvaltest.zip", "leftImg8bit_trainvaltest.zip",
+                  "leftImg8bit/{train,val}/CITY/*_leftImg8bit.png",
+                  "gtFine/{train,val}/CITY/*_gtFine_labelIds.png", "data.root"):
+        assert words in out
+    # With an empty --root: exit 2, the instructions for that folder, one error line.
+    root = str(tmp_path / "cs")
+    assert cli.main(["fetch", "cityscapes", "--root", root]) == 2
+    err = capsys.readouterr().err
+    assert "deeplab fetch cityscapes --root %s" % root in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("deeplab fetch: error: cityscapes: gtFine_trainvaltest.zip and "
+                           "leftImg8bit_trainvaltest.zip not found in %s" % root)
+
+
+def test_cityscapes_archives_in_the_root_are_unzipped_to_the_layout_the_dataset_reads(
+        tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(  # tests/data's tree writers
+        "data_trees", os.path.join(os.path.dirname(__file__), "..", "data", "conftest.py"))
+    trees = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trees)
+    src, root = str(tmp_path / "src"), str(tmp_path / "cs")
+    trees.build_cityscapes_tree(src)
+    os.makedirs(root)
+    for archive, folder in (("gtFine_trainvaltest.zip", "gtFine"),
+                            ("leftImg8bit_trainvaltest.zip", "leftImg8bit")):
+        _zip_tree(src, folder, os.path.join(root, archive))
+    assert cli.main(["fetch", "cityscapes", "--root", root]) == 0
+    out = capsys.readouterr().out
+    assert "gtFine: extracted to %s" % os.path.join(root, "gtFine") in out
+    assert len(get_dataset("cityscapes", split="train", root=root)) == 3
+    assert len(get_dataset("cityscapes", split="val", root=root)) == 2
+    assert sorted(n for n in os.listdir(root) if not n.startswith(".")) == [
+        "gtFine", "gtFine_trainvaltest.zip", "leftImg8bit", "leftImg8bit_trainvaltest.zip"]
+    # Again: both parts are in place and nothing is extracted.
+    assert cli.main(["fetch", "cityscapes", "--root", root, "--delete-archives"]) == 0
+    assert "leftImg8bit: in place" in capsys.readouterr().out
+
+
+def test_cityscapes_archive_escaping_its_folder_or_damaged_is_refused(tmp_path, capsys):
+    root = str(tmp_path / "cs")
+    os.makedirs(root)
+    with zipfile.ZipFile(os.path.join(root, "gtFine_trainvaltest.zip"), "w") as z:
+        z.writestr("gtFine/train/x/a_gtFine_labelIds.png", b"")
+        z.writestr("../evil.txt", b"boom")
+    open(os.path.join(root, "leftImg8bit_trainvaltest.zip"), "wb").write(b"PK\x03\x04 cut")
+    assert cli.main(["fetch", "cityscapes", "--root", root]) == 2
+    assert "points outside the extraction folder" in capsys.readouterr().err
+    assert not os.path.exists(str(tmp_path / "evil.txt"))
+    assert not os.path.exists(os.path.join(root, "gtFine"))
+    os.remove(os.path.join(root, "gtFine_trainvaltest.zip"))
+    assert cli.main(["fetch", "cityscapes", "--root", root]) == 2
+    err = capsys.readouterr().err
+    # gtFine's archive is missing, but leftImg8bit's is tried first: the damaged one is named.
+    assert "cannot extract %s" % os.path.join(root, "leftImg8bit_trainvaltest.zip") in err
