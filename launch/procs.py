@@ -11,6 +11,7 @@ Linux only (/proc); elsewhere nothing is found.
 """
 import os
 import signal
+import sys
 import time
 import uuid
 
@@ -19,8 +20,9 @@ from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
-           "killed_by_signal", "describe_status", "StopSignals", "stopped_workers",
-           "describe_stopped"]
+           "killed_by_signal", "describe_status", "ROOT_CAUSES", "root_cause",
+           "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals", "stopped_workers",
+           "describe_stopped", "Policy", "Supervisor"]
 
 JOB_ENV = "DEEPLAB_JOB"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
@@ -193,9 +195,28 @@ def kill_processes(find, timeout=5.0, poll=0.05):
         time.sleep(poll)
 
 
-# Exit statuses with a meaning of their own.
+# Exit statuses with a meaning of their own (deeplab.errors; the CLI's docstring).
 _MEANINGS = {EXIT_USER_ERROR: "bad input", EXIT_DIVERGED: "diverged (non-finite loss)",
              EXIT_STALLED: "stalled"}
+
+# A worker's documented exit, its own one-line reason, is the job's cause over a peer's error
+# that followed it (a broken collective: exit code 1; killed or stopped by the launcher). One
+# line per code. 143 (stopped by SIGTERM) is not here: horovodrun's own SIGTERM to the
+# survivors of a failure ends them with 143 too, so it says nothing about the cause.
+ROOT_CAUSES = (
+    EXIT_USER_ERROR,  # a workdir in use, a full disk, a bad config
+    EXIT_DIVERGED,
+    EXIT_STALLED,  # the watchdog of a rank that waited for a stopped or hung one
+)
+
+
+def root_cause(failures):
+    """Index in `failures` ((rank, status, ...) in the order they were seen) of the failure that
+    ended the job: the first with a documented exit (ROOT_CAUSES), else the first."""
+    for i, failure in enumerate(failures):
+        if failure[1] in ROOT_CAUSES:
+            return i
+    return 0
 
 
 def _signal_of(code):
@@ -209,12 +230,17 @@ def killed_by_signal(code):
     return _signal_of(code) not in (None, signal.SIGTERM)
 
 
-def describe_status(code):
+def describe_status(code, oom=None):
     """Words for a worker's exit status (see _signal_of): stalled, diverged, stopped by
-    SIGTERM, killed by SIGKILL, ..."""
+    SIGTERM, killed by SIGKILL, ... With an OomWatch `oom`, a SIGKILL that the out-of-memory
+    killer dealt is said so."""
     sig = _signal_of(code)
     if sig == signal.SIGTERM:
         return "stopped by SIGTERM%s" % (" (exit code %d)" % code if code > 0 else "")
+    if sig == signal.SIGKILL and oom is not None:
+        verdict = oom.verdict()
+        if verdict:
+            return "%s (signal 9%s)" % (verdict, ", exit code %d" % code if code > 0 else "")
     if sig is not None:
         try:
             name = signal.Signals(sig).name
@@ -227,13 +253,117 @@ def describe_status(code):
     return "exit code %d" % code
 
 
+# The out-of-memory killer's counters: per cgroup (v2 memory.events, v1 memory.oom_control:
+# "oom_kill N", counting the cgroup and its descendants) and for the machine (/proc/vmstat).
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def memory_cgroups(pid="self", root=_CGROUP_ROOT):
+    """The memory cgroup directories of process `pid`, innermost first up to the mount point
+    (cgroup v2, or v1's memory controller), that exist on this machine."""
+    try:
+        with open("/proc/%s/cgroup" % pid) as f:
+            raw = f.read()
+    except OSError:
+        raw = ""
+    out = []
+    for line in (raw or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and os.path.exists(os.path.join(root, "cgroup.controllers")):
+            mount = root  # v2 (unified)
+        elif "memory" in controllers.split(","):
+            mount = os.path.join(root, "memory")  # v1
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for i in range(len(parts), -1, -1):
+            d = os.path.join(mount, *parts[:i])
+            if os.path.isdir(d):
+                out.append(d)
+    return out
+
+
+def _counter(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def oom_kills(cgroups):
+    """{source: out-of-memory kills so far} for each cgroup directory in `cgroups` that counts
+    them, and "/proc/vmstat" (the machine's)."""
+    out = {}
+    for d in cgroups:
+        for name in ("memory.events", "memory.oom_control"):
+            n = _counter(os.path.join(d, name), "oom_kill")
+            if n is not None:
+                out[d] = n
+                break
+    n = _counter("/proc/vmstat", "oom_kill")
+    if n is not None:
+        out["/proc/vmstat"] = n
+    return out
+
+
+def memory_limit(cgroup):
+    """The memory limit of a cgroup directory in bytes (v2 memory.max, v1
+    memory.limit_in_bytes), or None for none."""
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        try:
+            with open(os.path.join(cgroup, name)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= 1 << 62:  # v1's "none"
+            return None
+        return int(text)
+    return None
+
+
+class OomWatch:
+    """The out-of-memory killer's counters when a job started (of this process's memory
+    cgroups, which its workers inherit, and of the machine), to tell later whether a worker's
+    SIGKILL came from it."""
+
+    def __init__(self, pid="self"):
+        self.cgroups = memory_cgroups(pid)
+        self.before = oom_kills(self.cgroups)
+
+    def verdict(self):
+        """'killed by the out-of-memory killer (...)' if a counter rose since the start, else
+        None."""
+        now = oom_kills(self.cgroups)
+        rose = [src for src, n in now.items() if n > self.before.get(src, n)]
+        for d in self.cgroups:  # innermost first: the limit that was hit
+            if d in rose:
+                limit = memory_limit(d)
+                if limit is not None:
+                    return "killed by the out-of-memory killer (memory limit %d MiB of cgroup " \
+                           "%s)" % (limit >> 20, d)
+        where = [d for d in self.cgroups if d in rose]
+        if where:
+            return "killed by the out-of-memory killer (cgroup %s)" % where[0]
+        if rose:  # the machine's counter only: another process may have been its victim
+            return "killed by SIGKILL, probably by the out-of-memory killer (it killed a " \
+                   "process on this machine meanwhile: /proc/vmstat oom_kill)"
+        return None
+
+
 class StopSignals:
-    """Records SIGTERM and SIGINT instead of dying of them, while in use as a context manager.
+    """Records SIGTERM, SIGINT and SIGHUP instead of dying of them, while in use as a context manager.
 
     `count` is how many arrived, `signum` the first; `first_time` when it arrived (monotonic).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGHUP: the terminal closed or the ssh session dropped; a stop request like the others
+    # (nohup or setsid for a job that must survive its terminal: docs/faults.md).
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.count, self.signum, self.first_time = 0, None, None
@@ -257,3 +387,110 @@ class StopSignals:
     def exit_code(self):
         """The shell's convention for a process stopped by the first signal."""
         return 128 + self.signum if self.signum else 0
+
+
+class Policy:
+    """What a Supervisor asks of one launcher; the defaults do nothing. Each method gets the
+    Supervisor (its `stop` signals, `signalled` pids, `stopping` request, `say`)."""
+
+    def start(self, sup):
+        """Starts the job's processes (inside the signal handling)."""
+
+    def targets(self, sup):
+        """While stopping: the pids that should each get one SIGTERM (the Supervisor sends it
+        once per pid: a second one ends a training process without a checkpoint)."""
+        return []
+
+    def while_stopping(self, sup):
+        """While stopping, after the SIGTERMs of this round."""
+
+    def check(self, sup, now):
+        """The failure test: None to go on, anything else ends the supervision with it as the
+        outcome."""
+        return None
+
+    def ended(self, sup):
+        """True once the job is over."""
+        return True
+
+    def grace_over(self, sup):
+        """The workers outlived the grace (say so); the job is killed."""
+
+    def finish(self, sup, outcome):
+        """After the loop, before the teardown (e.g. let the servers finalize)."""
+
+    def teardown(self, sup):
+        """Stops what the launcher started (whatever the outcome)."""
+
+    def leftovers(self):
+        """The job's processes still alive (killed until none is left)."""
+        return []
+
+    def report(self, sup, outcome):
+        """Says what happened; returns the launcher's exit code."""
+        return 0
+
+
+class Supervisor:
+    """The one supervision policy of every launcher: the first stop signal (SIGTERM, SIGINT,
+    SIGHUP) sends one SIGTERM to each of the policy's targets, a second one kills the job at
+    once; the workers get `grace` seconds to stop; the policy's failure test can end it any
+    time; whatever happens, the policy's teardown runs and what is left of the job (the
+    policy's leftovers, found by the job marker) is killed; then the policy reports.
+
+    Outcomes passed to finish/report: ENDED (the job is over), AGAIN (a second signal), GRACE
+    (the grace ran out) or what the policy's check returned.
+    """
+
+    ENDED, AGAIN, GRACE = "ended", "again", "grace"
+
+    def __init__(self, policy, grace, poll=0.1, say=None):
+        self.policy, self.grace, self.poll = policy, grace, poll
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.signalled = set()
+        self.stopping = None  # (monotonic time, why) once the job was asked to stop
+        self.stop = None  # the StopSignals, while running
+
+    def request_stop(self, why, when=None):
+        """Starts the stop (the grace counts from `when`) unless it has started already."""
+        if self.stopping is None:
+            self.stopping = (time.monotonic() if when is None else when, why)
+
+    def run(self):
+        """Supervises the job; returns the policy's report."""
+        p = self.policy
+        with StopSignals() as self.stop:
+            try:
+                p.start(self)
+                outcome = self._loop()
+                p.finish(self, outcome)
+            finally:
+                # Whatever happened: nothing of the job outlives the launcher.
+                p.teardown(self)
+                kill_processes(p.leftovers)
+        return p.report(self, outcome)
+
+    def _loop(self):
+        p, stop = self.policy, self.stop
+        while True:
+            now = time.monotonic()
+            if stop.count > 1:
+                self.say("%s again: killing the job" % signal.Signals(stop.signum).name)
+                return self.AGAIN
+            if stop.count:
+                self.request_stop(signal.Signals(stop.signum).name, stop.first_time)
+            if self.stopping is not None:
+                for pid in p.targets(self):
+                    if pid not in self.signalled:
+                        self.signalled.add(pid)
+                        signal_process(pid, signal.SIGTERM)
+                p.while_stopping(self)
+            verdict = p.check(self, now)
+            if verdict is not None:
+                return verdict
+            if p.ended(self):
+                return self.ENDED
+            if self.stopping is not None and now - self.stopping[0] > self.grace:
+                p.grace_over(self)
+                return self.GRACE
+            time.sleep(self.poll)
