@@ -44,7 +44,6 @@ GLOO_TIMEOUT = 3600
 _FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
 # horovodrun's prefix on each line a worker prints: "[rank]<stdout>:" or "[rank]<stderr>:".
 _PREFIXED = re.compile(r"^(?:.*?)\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
-_USER_ERROR = re.compile(r"^deeplab \w+: error: ")
 _HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-zero status"
 
 
@@ -123,7 +122,9 @@ class _Output:
         self.lock = threading.Lock()
         self.failures = []  # (rank, status, monotonic time), in the order horovodrun saw them
         self.missing = []  # Horovod's lines about ranks that did not submit a collective
-        self.errors = {}  # rank -> its one-line "deeplab CMD: error: ..." message
+        # rank -> (exit code, monotonic time, line) of its documented one-line error
+        # (procs.ROOT_CAUSES: "deeplab CMD: error: ...", a stall, a divergence)
+        self.errors = {}
         self._missing_from = None  # rank whose "Missing ranks:" list is being read
 
     def line(self, text):
@@ -136,8 +137,9 @@ class _Output:
                     self.failures.append((int(f.group(1)), int(f.group(2)), time.monotonic()))
                 return
             rank, body = int(m.group(1)), m.group(3).strip()
-            if _USER_ERROR.match(body):
-                self.errors.setdefault(rank, body)
+            code = procs.documented_exit(body)
+            if code is not None and rank not in self.errors:
+                self.errors[rank] = (code, time.monotonic(), body)
             if "Missing ranks:" in body:
                 self._missing_from = rank
                 self.missing.append(body)
@@ -186,6 +188,9 @@ class _HorovodJob(procs.Policy):
 
     def start(self, sup):
         self.oom = procs.OomWatch()
+        # Every process of the job stops by itself if this launcher is killed (SIGKILL, out of
+        # memory): see procs.watch_launcher.
+        self.env = dict(self.env, **{procs.LAUNCHER_ENV: procs.launcher_token()})
         try:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -251,7 +256,8 @@ class _HorovodJob(procs.Policy):
 def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
     the job ends; returns the launcher's exit code. See the module docstring."""
-    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace), grace, poll, say=_say).run()
+    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace), grace, poll, say=_say,
+                            workdir=procs.workdir_of(cmd)).run()
 
 
 def _rank_of(pid):
@@ -275,12 +281,19 @@ def _report(output, code, stop, killed, signalled, stalled=(), oom=None):
                                         % len(signalled) if signalled
                                         else "no worker ran on this machine"))
         return stop.exit_code
+    # A rank that printed its documented one-line error exited with its code, even where
+    # horovodrun stopped it before its exit status was seen.
+    seen = {r for r, _, _ in failures}
+    failures = sorted([(r, output.errors[r][0] if r in output.errors else s, t)
+                       for r, s, t in failures] +
+                      [(r, code, t) for r, (code, t, _) in output.errors.items() if r not in seen],
+                      key=lambda f: f[2])
     if failures:
         root = procs.root_cause(failures)
         rank, status, _ = failures[root]
         detail = procs.describe_status(status, oom)
-        if rank in output.errors:
-            detail += ": %s" % output.errors[rank]
+        if rank in output.errors and output.errors[rank][0] == procs.EXIT_USER_ERROR:
+            detail += ": %s" % output.errors[rank][2]
         others = failures[:root] + failures[root + 1:]
         later = ", ".join("rank %d %s" % (r, procs.describe_status(s, oom)) for r, s, _ in others)
         verb = "was lost" if procs.killed_by_signal(status) else \

@@ -9,9 +9,14 @@ reaches each training process exactly once: a second one ends it at once, withou
 
 Linux only (/proc); elsewhere nothing is found.
 """
+import datetime
+import glob
+import json
 import os
+import re
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -20,9 +25,11 @@ from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
-           "killed_by_signal", "describe_status", "ROOT_CAUSES", "root_cause",
+           "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
+           "root_cause",
            "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals", "stopped_workers",
-           "describe_stopped", "Policy", "Supervisor"]
+           "describe_stopped", "Policy", "Supervisor", "LAUNCHER_ENV", "launcher_token",
+           "launcher_alive", "watch_launcher", "workdir_of", "record_killed"]
 
 JOB_ENV = "DEEPLAB_JOB"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
@@ -201,20 +208,31 @@ _MEANINGS = {EXIT_USER_ERROR: "bad input", EXIT_DIVERGED: "diverged (non-finite 
 
 # A worker's documented exit, its own one-line reason, is the job's cause over a peer's error
 # that followed it (a broken collective: exit code 1; killed or stopped by the launcher). One
-# line per code. 143 (stopped by SIGTERM) is not here: horovodrun's own SIGTERM to the
-# survivors of a failure ends them with 143 too, so it says nothing about the cause.
+# line per code: the code and the start of the one line the worker prints with it (horovodrun
+# may stop the worker before its exit status is seen: the line tells). 143 (stopped by
+# SIGTERM) is not here: horovodrun's own SIGTERM to the survivors of a failure ends them with
+# 143 too, so it says nothing about the cause.
 ROOT_CAUSES = (
-    EXIT_USER_ERROR,  # a workdir in use, a full disk, a bad config
-    EXIT_DIVERGED,
-    EXIT_STALLED,  # the watchdog of a rank that waited for a stopped or hung one
+    (EXIT_USER_ERROR, r"deeplab \w+: error: "),  # a workdir in use, a full disk, a bad config
+    (EXIT_DIVERGED, r"deeplab \w+: training diverged"),
+    (EXIT_STALLED, r"deeplab: stalled: "),  # the watchdog of a rank that waited for another
 )
+
+
+def documented_exit(line):
+    """The exit code a worker's output `line` announces (ROOT_CAUSES), or None."""
+    for code, pattern in ROOT_CAUSES:
+        if re.match(pattern, line):
+            return code
+    return None
 
 
 def root_cause(failures):
     """Index in `failures` ((rank, status, ...) in the order they were seen) of the failure that
     ended the job: the first with a documented exit (ROOT_CAUSES), else the first."""
+    documented = [code for code, _ in ROOT_CAUSES]
     for i, failure in enumerate(failures):
-        if failure[1] in ROOT_CAUSES:
+        if failure[1] in documented:
             return i
     return 0
 
@@ -444,8 +462,8 @@ class Supervisor:
 
     ENDED, AGAIN, GRACE = "ended", "again", "grace"
 
-    def __init__(self, policy, grace, poll=0.1, say=None):
-        self.policy, self.grace, self.poll = policy, grace, poll
+    def __init__(self, policy, grace, poll=0.1, say=None, workdir=None):
+        self.policy, self.grace, self.poll, self.workdir = policy, grace, poll, workdir
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.signalled = set()
         self.stopping = None  # (monotonic time, why) once the job was asked to stop
@@ -459,6 +477,7 @@ class Supervisor:
     def run(self):
         """Supervises the job; returns the policy's report."""
         p = self.policy
+        started = time.time()
         with StopSignals() as self.stop:
             try:
                 p.start(self)
@@ -468,6 +487,10 @@ class Supervisor:
                 # Whatever happened: nothing of the job outlives the launcher.
                 p.teardown(self)
                 kill_processes(p.leftovers)
+        if outcome == self.AGAIN and self.workdir:
+            stopped = time.time() - (time.monotonic() - self.stop.first_time)
+            self.say(record_killed(self.workdir, started, stopped,
+                                   "%s twice" % signal.Signals(self.stop.signum).name))
         return p.report(self, outcome)
 
     def _loop(self):
@@ -494,3 +517,120 @@ class Supervisor:
                 p.grace_over(self)
                 return self.GRACE
             time.sleep(self.poll)
+
+
+def workdir_of(deeplab_args):
+    """The --workdir of a deeplab command line (`train CONFIG --workdir DIR ...`), or None."""
+    args = list(deeplab_args)
+    for i, arg in enumerate(args):
+        if arg == "--workdir" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _checkpoints(workdir):
+    """{iteration: time written} of the complete checkpoints in WORKDIR/checkpoints (the
+    iter_N.json written last marks one complete; deeplab.checkpoint has the rest, but imports
+    MXNet, seconds a launcher killing its job should not spend)."""
+    out = {}
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "iter_*.json")):
+        m = re.search(r"iter_(\d+)\.json$", path)
+        try:
+            out[int(m.group(1))] = os.path.getmtime(path)
+        except (AttributeError, OSError):
+            pass
+    return out
+
+
+def record_killed(workdir, started, stopped, how):
+    """After a job was killed (`how`: "SIGINT twice"): records in WORKDIR/run.json, if this
+    job's run left it "running" (written since `started`, a wall-clock time), that the run was
+    killed; returns what happened to the checkpoints since `stopped` (the first signal)."""
+    path = os.path.join(workdir, "run.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        mine = os.path.getmtime(path) >= started - 1
+    except (OSError, ValueError):
+        info, mine = None, False
+    if isinstance(info, dict) and mine and info.get("status") == "running":
+        from deeplab.utils import write_json
+
+        info.update(status="killed", ended_by=how, end=datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"))
+        write_json(path, info)
+    saved = _checkpoints(workdir)
+    after = sorted(i for i, t in saved.items() if t >= stopped)
+    if after:
+        return "%s: killed after the workers saved the checkpoint of iteration %d in %s; " \
+               "continue with --resume" % (how, after[-1], workdir)
+    return "%s: killed before any checkpoint was saved%s; %s recorded as killed" % (
+        how, "; the newest is from iteration %d, before the stop" % max(saved) if saved
+        else "", path if mine else "run.json not")
+
+
+# How the workers notice that their launcher is gone: the launcher's pid and start time (a
+# reused pid has another), polled every LAUNCHER_POLL seconds by a thread in each process of
+# the job. A parent-death signal would not do: horovodrun, the workers and the parameter
+# server's nodes run in sessions of their own and are not the launcher's children.
+LAUNCHER_ENV = "DEEPLAB_LAUNCHER"
+LAUNCHER_POLL = 1.0
+
+
+def _start_time(pid):
+    raw = _read(pid, "stat")
+    return raw[raw.rindex(")") + 2:].split()[19] if raw else None  # field 22: starttime
+
+
+def launcher_token(pid=None):
+    """'PID:STARTTIME' of this process (or `pid`), for LAUNCHER_ENV."""
+    pid = os.getpid() if pid is None else pid
+    return "%d:%s" % (pid, _start_time(pid))
+
+
+def launcher_alive(token):
+    """True while the process `token` (launcher_token) runs (a zombie has ended)."""
+    pid, _, start = token.partition(":")
+    return pid.isdigit() and alive(int(pid)) and _start_time(int(pid)) == start
+
+
+def watch_launcher(on_lost, environ=None, poll=LAUNCHER_POLL):
+    """If LAUNCHER_ENV is set, calls `on_lost(pid)` from a daemon thread once the launcher is
+    gone; returns the thread, or None."""
+    token = (os.environ if environ is None else environ).get(LAUNCHER_ENV)
+    if not token:
+        return None
+
+    def watch():
+        while launcher_alive(token):
+            time.sleep(poll)
+        on_lost(int(token.partition(":")[0]))
+
+    thread = threading.Thread(target=watch, name="deeplab-launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_when_launcher_lost(pid):
+    """A worker's reaction to its launcher's loss: one SIGTERM to itself, the stop request the
+    launcher would have sent (finish the step, checkpoint, exit 143)."""
+    print("deeplab: the launcher (pid %d) is gone: stopping after the current step, with a "
+          "checkpoint" % pid, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_when_workers_gone(job_id, timeout):
+    """A parameter-server server's or scheduler's reaction to its launcher's loss: it serves
+    until the job's training processes on this machine have stopped (they need it for their
+    last step and checkpoint), at most `timeout` seconds, then exits with 143."""
+    def on_lost(pid):
+        print("deeplab launch ps: the launcher (pid %d) is gone: this %s exits once the workers "
+              "have stopped" % (pid, os.environ.get("DMLC_ROLE", "node")), file=sys.stderr,
+              flush=True)
+        deadline = time.monotonic() + timeout
+        while training_processes(job_id) and time.monotonic() < deadline:
+            time.sleep(LAUNCHER_POLL)
+        os._exit(128 + signal.SIGTERM)
+    return on_lost

@@ -35,8 +35,12 @@ __all__ = ["node_env", "role_command", "start_node", "run", "run_local", "run_no
            "stop_all", "wait_for_exit"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
-# ends (mxnet/kvstore/kvstore_server.py).
-_SERVER_CODE = "import mxnet"
+# ends (mxnet/kvstore/kvstore_server.py). Before it, a thread that ends the node once its
+# launcher is gone and the workers have stopped (procs.exit_when_workers_gone).
+SERVER_WAIT = 120.0  # seconds a node whose launcher is gone waits for the workers to stop
+_SERVER_CODE = ("import os; from deeplab.launch import procs; procs.watch_launcher("
+                "procs.exit_when_workers_gone(os.environ.get(procs.JOB_ENV), %g)); "
+                "import mxnet" % SERVER_WAIT)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 
@@ -132,8 +136,10 @@ class _LocalJob(procs.Policy):
         self.job_id = procs.new_job_id()
         self.nodes = []  # (name, Popen), scheduler first, workers last
         self.workers = []
+        self.oom = None
 
     def start(self, sup):
+        self.oom = procs.OomWatch()
         port = free_port()
         cores = os.cpu_count() or 1
         for role, count in (("scheduler", 1), ("server", self.n_servers),
@@ -143,6 +149,7 @@ class _LocalJob(procs.Policy):
                                local_rank=i)
                 env["DMLC_NODE_HOST"] = "127.0.0.1"
                 env[procs.JOB_ENV] = self.job_id
+                env[procs.LAUNCHER_ENV] = procs.launcher_token()
                 if role == "worker":
                     env["DEEPLAB_RANK_DIR"] = self.rank_dir
                     if "OMP_NUM_THREADS" not in os.environ:
@@ -171,7 +178,7 @@ class _LocalJob(procs.Policy):
             _say("%s was %s first: %s; stopping the job" % (
                 _who(name, p, self.rank_dir),
                 "lost" if procs.killed_by_signal(code) else "failed",
-                procs.describe_status(code)))
+                procs.describe_status(code, self.oom)))
             for text in procs.describe_stopped(procs.stopped_workers(
                     self.job_id, lambda pid: _rank(pid, self.rank_dir))):
                 _say(text)
@@ -218,7 +225,8 @@ def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grac
     """
     with tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
         job = _LocalJob(workers, servers, deeplab_args, rank_dir, finish_grace, poll)
-        return procs.Supervisor(job, grace, poll, say=_say).run()
+        return procs.Supervisor(job, grace, poll, say=_say,
+                                workdir=procs.workdir_of(deeplab_args)).run()
 
 
 class _Node(procs.Policy):
@@ -273,8 +281,10 @@ def run_node(deeplab_args, grace=120.0, poll=0.2):
     env.pop("PORT", None)
     env["DEEPLAB_DIST_BACKEND"] = "ps"
     env[procs.JOB_ENV] = procs.new_job_id()
+    env[procs.LAUNCHER_ENV] = procs.launcher_token()
     node = _Node(role, role_command(role, deeplab_args), env)
-    return procs.Supervisor(node, grace, poll, say=_say).run()
+    return procs.Supervisor(node, grace, poll, say=_say,
+                            workdir=procs.workdir_of(deeplab_args)).run()
 
 
 def run(args):
