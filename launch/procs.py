@@ -313,9 +313,9 @@ def _counter(path, key):
     return None
 
 
-def oom_kills(cgroups):
+def oom_kills(cgroups, vmstat="/proc/vmstat"):
     """{source: out-of-memory kills so far} for each cgroup directory in `cgroups` that counts
-    them, and "/proc/vmstat" (the machine's)."""
+    them, and `vmstat` (the machine's)."""
     out = {}
     for d in cgroups:
         for name in ("memory.events", "memory.oom_control"):
@@ -323,7 +323,7 @@ def oom_kills(cgroups):
             if n is not None:
                 out[d] = n
                 break
-    n = _counter("/proc/vmstat", "oom_kill")
+    n = _counter(vmstat, "oom_kill")
     if n is not None:
         out["/proc/vmstat"] = n
     return out
@@ -349,14 +349,14 @@ class OomWatch:
     cgroups, which its workers inherit, and of the machine), to tell later whether a worker's
     SIGKILL came from it."""
 
-    def __init__(self, pid="self"):
-        self.cgroups = memory_cgroups(pid)
-        self.before = oom_kills(self.cgroups)
+    def __init__(self, pid="self", root=_CGROUP_ROOT, vmstat="/proc/vmstat"):
+        self.cgroups, self.vmstat = memory_cgroups(pid, root), vmstat
+        self.before = oom_kills(self.cgroups, vmstat)
 
     def verdict(self):
         """'killed by the out-of-memory killer (...)' if a counter rose since the start, else
         None."""
-        now = oom_kills(self.cgroups)
+        now = oom_kills(self.cgroups, self.vmstat)
         rose = [src for src, n in now.items() if n > self.before.get(src, n)]
         for d in self.cgroups:  # innermost first: the limit that was hit
             if d in rose:
@@ -394,6 +394,8 @@ class StopSignals:
 
     def __enter__(self):
         for sig in self.SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # `nohup deeplab launch ...`: asked to outlive the terminal
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
