@@ -9,7 +9,7 @@ machines; this Python and package on every host), sets the workers' backend and 
   missing ranks; horovodrun's own traceback about it is left out;
 - bounds a failure: if horovodrun has not stopped the job FAILURE_GRACE seconds after the first
   worker failed, everything of the job is killed;
-- on SIGTERM or SIGINT, sends one SIGTERM to each training process of the job on this machine
+- on SIGTERM, SIGINT or SIGHUP, sends one SIGTERM to each training process of the job on this machine
   (they stop after the same step and rank 0 saves a checkpoint; see deeplab.train), waits up to
   --grace seconds for them, kills what is left and exits with 128 + the signal. horovodrun is
   not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused meanwhile, since
@@ -17,7 +17,9 @@ machines; this Python and package on every host), sets the workers' backend and 
   hosts are not signalled from here (on Kubernetes, each worker pod's PID 1 stops its own; see
   deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
 Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
-every process carrying the job id on this machine is killed at the end.
+every process carrying the job id on this machine is killed at the end. If the launcher itself is
+killed, each worker notices within a second and stops with a checkpoint (procs.watch_launcher).
+The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
 """
 import os
 import re
