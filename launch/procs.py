@@ -27,7 +27,8 @@ __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat",
            "training_processes", "signal_process", "signal_group", "kill_processes",
            "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
            "root_cause",
-           "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals", "stopped_workers",
+           "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals",
+           "stopped_workers",
            "describe_stopped", "Policy", "Supervisor", "LAUNCHER_ENV", "launcher_token",
            "launcher_alive", "watch_launcher", "workdir_of", "record_killed"]
 
@@ -374,7 +375,8 @@ class OomWatch:
 
 
 class StopSignals:
-    """Records SIGTERM, SIGINT and SIGHUP instead of dying of them, while in use as a context manager.
+    """Records SIGTERM, SIGINT and SIGHUP instead of dying of them, while in use as a context
+    manager.
 
     `count` is how many arrived, `signum` the first; `first_time` when it arrived (monotonic).
     """

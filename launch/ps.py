@@ -12,9 +12,9 @@ removed); a node that dies leaves the others waiting forever (ps-lite heartbeats
 default): the local supervisor stops the whole job as soon as any process fails and names the
 one that failed first; a scheduler may outlive SIGTERM: the supervisor escalates to SIGKILL.
 
-Stopping (SIGTERM, SIGINT or SIGHUP to the launcher, or a worker that exits after SIGTERM): the workers
-go first, each sent one SIGTERM (a second would end it without a checkpoint); they stop after
-the same step and rank 0 saves a checkpoint, which needs the servers: the servers and the
+Stopping (SIGTERM, SIGINT or SIGHUP to the launcher, or a worker that exits after SIGTERM): the
+workers go first, each sent one SIGTERM (a second would end it without a checkpoint); they stop
+after the same step and rank 0 saves a checkpoint, which needs the servers: the servers and the
 scheduler are stopped only once the workers have exited, or after --grace seconds.
 
 Each node runs in a session of its own, and every process carries the job id (procs.JOB_ENV):
