@@ -13,9 +13,10 @@ machines; this Python and package on every host), sets the workers' backend and 
   machine (they stop after the same step and rank 0 saves a checkpoint; see deeplab.train),
   waits up to --grace seconds for them, kills what is left and exits with 128 + the signal.
   horovodrun is not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused
-  meanwhile, since it would SIGTERM the other workers again as soon as the first one exits. Workers on other
-  hosts are not signalled from here (on Kubernetes, each worker pod's PID 1 stops its own; see
-  deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
+  meanwhile, since it would SIGTERM the other workers again as soon as the first one exits.
+  Workers on other hosts are not signalled from here (on Kubernetes, each worker pod's PID 1
+  stops its own; see deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all
+  anyway.
 Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
 every process carrying the job id on this machine is killed at the end. If the launcher itself is
 killed, each worker notices within a second and stops with a checkpoint (procs.watch_launcher).
