@@ -578,7 +578,9 @@ def record_killed(workdir, started, stopped, how):
 # How the workers notice that their launcher is gone: the launcher's pid and start time (a
 # reused pid has another), polled every LAUNCHER_POLL seconds by a thread in each process of
 # the job. A parent-death signal would not do: horovodrun, the workers and the parameter
-# server's nodes run in sessions of their own and are not the launcher's children.
+# server's nodes run in sessions of their own and are not the launcher's children. The token
+# also names the launcher's host and PID namespace: a worker elsewhere (another host, another
+# pod) cannot see the launcher's pid and does not watch it; it stops when its peers do.
 LAUNCHER_ENV = "DEEPLAB_LAUNCHER"
 LAUNCHER_POLL = 1.0
 
@@ -588,23 +590,37 @@ def _start_time(pid):
     return raw[raw.rindex(")") + 2:].split()[19] if raw else None  # field 22: starttime
 
 
+def _where():
+    """'HOST/PID-NAMESPACE' of this process: where a pid means the same process."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = "?"
+    return "%s/%s" % (os.uname().nodename, ns)
+
+
 def launcher_token(pid=None):
-    """'PID:STARTTIME' of this process (or `pid`), for LAUNCHER_ENV."""
+    """'PID:STARTTIME:HOST/PID-NAMESPACE' of this process (or `pid`), for LAUNCHER_ENV."""
     pid = os.getpid() if pid is None else pid
-    return "%d:%s" % (pid, _start_time(pid))
+    return "%d:%s:%s" % (pid, _start_time(pid), _where())
+
+
+def watchable(token):
+    """True if the launcher of `token` runs where this process can see its pid."""
+    return token.split(":", 2)[2:] == [_where()]
 
 
 def launcher_alive(token):
     """True while the process `token` (launcher_token) runs (a zombie has ended)."""
-    pid, _, start = token.partition(":")
+    pid, start = token.split(":")[:2]
     return pid.isdigit() and alive(int(pid)) and _start_time(int(pid)) == start
 
 
 def watch_launcher(on_lost, environ=None, poll=LAUNCHER_POLL):
-    """If LAUNCHER_ENV is set, calls `on_lost(pid)` from a daemon thread once the launcher is
-    gone; returns the thread, or None."""
+    """If LAUNCHER_ENV names a launcher this process can see (watchable), calls `on_lost(pid)`
+    from a daemon thread once it is gone; returns the thread, or None."""
     token = (os.environ if environ is None else environ).get(LAUNCHER_ENV)
-    if not token:
+    if not token or not watchable(token):
         return None
 
     def watch():

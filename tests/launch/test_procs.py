@@ -89,8 +89,23 @@ def test_the_launcher_token_tells_a_gone_launcher_from_a_live_one():
     token = procs.launcher_token(child.pid)
     child.wait()
     assert not procs.launcher_alive(token)
-    pid, start = procs.launcher_token().split(":")
-    assert not procs.launcher_alive("%s:%d" % (pid, int(start) + 1))  # a reused pid
+    pid, start, where = procs.launcher_token().split(":", 2)
+    assert not procs.launcher_alive("%s:%d:%s" % (pid, int(start) + 1, where))  # a reused pid
+
+
+def test_a_launcher_on_another_host_or_pid_namespace_is_not_watched():
+    """A worker started through ssh on another host (or in another pod) cannot see the
+    launcher's pid: it must not take it for gone."""
+    token = procs.launcher_token()
+    assert procs.watchable(token)
+    pid, start, where = token.split(":", 2)
+    host, ns = where.split("/", 1)
+    assert not procs.watchable("%s:%s:other-host/%s" % (pid, start, ns))
+    assert not procs.watchable("%s:%s:%s/pid:[1]" % (pid, start, host))
+    lost = []
+    assert procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: "1:1:other-host/%s" % ns}) \
+        is None
+    assert procs.watch_launcher(lost.append, {}) is None
 
 
 def test_workdir_of_a_deeplab_command_line():
@@ -117,3 +132,15 @@ def test_sighup_is_a_stop_request_unless_nohup_ignores_it():
             else None).stdout.split()
     assert run(ignored=False) == ["1", "129"]
     assert run(ignored=True) == ["0", "0"]  # nohup deeplab launch ...
+
+
+def test_the_watch_calls_back_once_the_launcher_is_gone():
+    from conftest import wait_for
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    lost = []
+    thread = procs.watch_launcher(lost.append,
+                                  {procs.LAUNCHER_ENV: procs.launcher_token(child.pid)}, poll=0.05)
+    assert thread is not None and not lost
+    child.wait()  # reaped; a zombie would count as gone too
+    wait_for(lambda: lost == [child.pid], 10, "the watch's call")
