@@ -68,6 +68,11 @@ def main(argv=None):
     try:
         module = importlib.import_module(COMMANDS[argv[0]])
         args = module.parse_args(argv[1:])
+        from deeplab.launch import procs
+
+        if argv[0] in procs.COMMANDS:
+            # A worker of a launcher stops (with a checkpoint) if its launcher is killed.
+            procs.watch_launcher(procs.stop_when_launcher_lost)
         module.main(args)
     except UserError as err:
         # Bad input: one clear line rather than a traceback, unless asked for.

@@ -25,7 +25,6 @@ import ctypes
 import os
 import signal
 import sys
-import time
 
 from deeplab.launch import procs
 
@@ -92,6 +91,54 @@ def _kill_rest(child, timeout=5.0):
     return _reap(child)
 
 
+class _Pod(procs.Policy):
+    """The Supervisor's policy for PID 1: the training processes in the container stopped
+    first (with --workers), then CMD; orphans reaped."""
+
+    def __init__(self, command, workers):
+        self.command, self.workers = command, workers
+        self.child, self.status = None, None
+
+    def start(self, sup):
+        try:
+            # A process group of its own: a Ctrl-C in a terminal reaches CMD only through us.
+            self.child = os.posix_spawnp(self.command[0], self.command, os.environ, setpgroup=0)
+        except OSError as err:
+            _say("cannot run %s: %s" % (self.command[0], err))
+
+    def targets(self, sup):
+        if not sup.signalled:
+            _say("%s: stopping %s (grace %g s)" % (
+                sup.stopping[1], "the training processes, then %s" % self.command[0]
+                if self.workers else self.command[0], sup.grace))
+        training = procs.training_processes(among=_in_scope()) if self.workers else []
+        # CMD once the training processes have all exited
+        return training or [self.child]
+
+    def ended(self, sup):
+        if self.child is None:
+            return True
+        if self.status is None:
+            self.status = _reap(self.child)
+        return self.status is not None
+
+    def grace_over(self, sup):
+        _say("still running %g s after %s: killing everything" % (sup.grace, sup.stopping[1]))
+
+    def teardown(self, sup):
+        if self.child is not None:
+            reaped = _kill_rest(self.child)
+            self.status = reaped if self.status is None else self.status
+
+    def report(self, sup, outcome):
+        if self.child is None:
+            return 127
+        if self.status is None:
+            return 128 + signal.SIGKILL
+        code = os.waitstatus_to_exitcode(self.status)
+        return 128 - code if code < 0 else code
+
+
 def run(command, grace=30.0, workers=False, poll=0.1):
     """Runs `command` as PID 1 would; returns the exit status to end with (see the module
     docstring)."""
@@ -100,50 +147,7 @@ def run(command, grace=30.0, workers=False, poll=0.1):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except (OSError, AttributeError):
             pass
-    with procs.StopSignals() as stop:
-        try:
-            # A process group of its own: a Ctrl-C in a terminal reaches CMD only through us.
-            child = os.posix_spawnp(command[0], command, os.environ, setpgroup=0)
-        except OSError as err:
-            _say("cannot run %s: %s" % (command[0], err))
-            return 127
-        status = None
-        signalled = set()
-        child_signalled = False
-        announced = False
-        while status is None:
-            status = _reap(child)
-            if status is not None:
-                break
-            if stop.count > 1:
-                _say("%s again: killing everything" % signal.Signals(stop.signum).name)
-                break
-            if stop.count:
-                if not announced:
-                    announced = True
-                    _say("%s: stopping %s (grace %g s)" % (
-                        signal.Signals(stop.signum).name,
-                        "the training processes, then %s" % command[0] if workers
-                        else command[0], grace))
-                training = procs.training_processes(among=_in_scope()) if workers else []
-                for pid in training:
-                    if pid not in signalled:
-                        signalled.add(pid)
-                        procs.signal_process(pid, signal.SIGTERM)
-                if not training and not child_signalled:
-                    child_signalled = True
-                    procs.signal_process(child, signal.SIGTERM)
-                if time.monotonic() - stop.first_time > grace:
-                    _say("still running %g s after %s: killing everything"
-                         % (grace, signal.Signals(stop.signum).name))
-                    break
-            time.sleep(poll)
-        reaped = _kill_rest(child)
-        status = reaped if status is None else status
-    if status is None:
-        return 128 + signal.SIGKILL
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+    return procs.Supervisor(_Pod(command, workers), grace, poll, say=_say).run()
 
 
 def main(argv=None):

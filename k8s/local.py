@@ -19,7 +19,6 @@ and what still runs after the pods' terminationGracePeriodSeconds is killed.
 """
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -214,68 +213,81 @@ def plan(directory, data_dir, source, environ=None):
     return procs, notes + more
 
 
-def run_plan(procs, timeout=None, finish_grace=30.0, poll=0.2, log=sys.stderr):
-    """Runs `procs` until the training processes (launcher, or ps workers) finish; returns 0 on
-    success, 1 if a process failed, 124 on timeout, 128 + N after signal N (SIGTERM, SIGINT).
-    Stops every process before returning."""
-    running = []
-    # Every process of the run carries it, whichever session or parent it ends up with.
-    marker = job_procs.new_job_id()
-    with job_procs.StopSignals() as stop:
-        try:
-            for proc in procs:
-                print("run-local: %s: %s" % (proc.name,
-                                             " ".join(shlex.quote(t) for t in proc.argv)),
-                      file=log, flush=True)
-                env = dict(proc.env, DEEPLAB_RUN_LOCAL=marker)
-                # Own session, as a pod has its own PID namespace.
-                running.append((proc, subprocess.Popen(proc.argv, env=env, cwd=proc.cwd,
-                                                       start_new_session=True)))
-            return _supervise(running, stop, timeout, finish_grace, poll, log)
-        finally:
-            stop_all(running)
-            job_procs.kill_processes(lambda: [
-                pid for pid in job_procs.all_pids() if job_procs.alive(pid)
-                and job_procs.environ(pid).get("DEEPLAB_RUN_LOCAL") == marker])
+class _Pods(job_procs.Policy):
+    """The Supervisor's policy for run-local: every PID 1 stopped as a pod's deletion would,
+    the first process that fails stops the job."""
 
+    def __init__(self, procs, timeout, finish_grace, poll, log):
+        self.procs, self.timeout, self.finish_grace, self.poll, self.log = \
+            procs, timeout, finish_grace, poll, log
+        # Every process of the run carries it, whichever session or parent it ends up with.
+        self.marker = job_procs.new_job_id()
+        self.running = []
+        self.started = None
 
-def _supervise(running, stop, timeout, finish_grace, poll, log):
-    """The supervision loop of run_plan; returns its exit code."""
-    trainers = [(pr, p) for pr, p in running if pr.role in ("launcher", "worker")]
-    start = time.monotonic()
-    stopping = False
-    while True:
-        if stop.count and not stopping:
-            stopping = True
-            grace = max(pr.grace for pr, _ in running)
-            print("run-local: %s: stopping the pods as their deletion would (SIGTERM to each "
-                  "PID 1, SIGKILL after %s s)" % (signal.Signals(stop.signum).name, grace),
-                  file=log, flush=True)
-            for _, p in running:
-                if p.poll() is None:
-                    os.kill(p.pid, signal.SIGTERM)
-        if stop.count > 1 or (stopping and time.monotonic() - stop.first_time > grace):
-            return stop.exit_code
-        for proc, p in running:
+    def _say(self, text):
+        print("run-local: %s" % text, file=self.log, flush=True)
+
+    def start(self, sup):
+        for proc in self.procs:
+            self._say("%s: %s" % (proc.name, " ".join(shlex.quote(t) for t in proc.argv)))
+            env = dict(proc.env, DEEPLAB_RUN_LOCAL=self.marker)
+            # Own session, as a pod has its own PID namespace.
+            self.running.append((proc, subprocess.Popen(proc.argv, env=env, cwd=proc.cwd,
+                                                        start_new_session=True)))
+        self.started = time.monotonic()
+        # The pods' terminationGracePeriodSeconds
+        sup.grace = max([pr.grace for pr, _ in self.running] or [sup.grace])
+
+    def targets(self, sup):
+        if not sup.signalled:
+            self._say("%s: stopping the pods as their deletion would (SIGTERM to each PID 1, "
+                      "SIGKILL after %s s)" % (sup.stopping[1], sup.grace))
+        return [p.pid for _, p in self.running if p.poll() is None]
+
+    def check(self, sup, now):
+        if sup.stopping is not None:
+            return None
+        for proc, p in self.running:
             code = p.poll()
             # A scheduler or server may leave as soon as the workers finalize, before they
             # exit; a lost one that exits 0 early leaves the workers waiting: the timeout.
-            if code not in (None, 0) and not stopping:
-                print("run-local: %s failed (%s); stopping the job"
-                      % (proc.name, job_procs.describe_status(code)), file=log, flush=True)
+            if code not in (None, 0):
+                self._say("%s failed (%s); stopping the job"
+                          % (proc.name, job_procs.describe_status(code)))
                 return 1
-        if all(p.poll() is not None for _, p in trainers):
-            break
-        if timeout is not None and time.monotonic() - start > timeout:
-            print("run-local: timed out after %.0f s; stopping the job" % timeout, file=log,
-                  flush=True)
+        if self.timeout is not None and now - self.started > self.timeout:
+            self._say("timed out after %.0f s; stopping the job" % self.timeout)
             return 124
-        time.sleep(poll)
-    if stopping:
-        return stop.exit_code
-    # ps-lite's scheduler and servers leave once every worker has finalized.
-    wait_for_exit(running, finish_grace, poll)
-    return 0
+        return None
+
+    def ended(self, sup):
+        return all(p.poll() is not None for pr, p in self.running
+                   if pr.role in ("launcher", "worker"))
+
+    def finish(self, sup, outcome):
+        if outcome == sup.ENDED and sup.stopping is None:
+            # ps-lite's scheduler and servers leave once every worker has finalized.
+            wait_for_exit(self.running, self.finish_grace, self.poll)
+
+    def teardown(self, sup):
+        stop_all(self.running)
+
+    def leftovers(self):
+        return job_procs.job_processes(self.marker, "DEEPLAB_RUN_LOCAL")
+
+    def report(self, sup, outcome):
+        if isinstance(outcome, int):
+            return outcome
+        return sup.stop.exit_code if sup.stopping is not None else 0
+
+
+def run_plan(procs, timeout=None, finish_grace=30.0, poll=0.2, log=sys.stderr):
+    """Runs `procs` until the training processes (launcher, or ps workers) finish; returns 0 on
+    success, 1 if a process failed, 124 on timeout, 128 + N after signal N (SIGTERM, SIGINT,
+    SIGHUP). Stops every process before returning."""
+    pods = _Pods(procs, timeout, finish_grace, poll, log)
+    return job_procs.Supervisor(pods, 30.0, poll, say=pods._say).run()
 
 
 def run_local(directory, data_dir, source, timeout=None, dry_run=False, log=sys.stderr):

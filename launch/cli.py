@@ -19,9 +19,10 @@ __all__ = ["parse_args", "main", "DEFAULT_GRACE"]
 DEFAULT_GRACE = float(os.environ.get("DEEPLAB_LAUNCH_GRACE", "120"))
 SUBCOMMANDS = ("train", "eval", "bench", "predict")
 _EXAMPLE = "deeplab launch horovod -np 2 -- train configs/tiny_synthetic.yaml --workdir runs/demo"
-_STOPPING = ("SIGTERM or Ctrl-C: every worker is asked to stop after its current step (rank 0 "
+_STOPPING = ("SIGTERM, Ctrl-C or SIGHUP (the terminal closed: use nohup or setsid for a job that "
+             "must outlive it): every worker is asked to stop after its current step (rank 0 "
              "saves a checkpoint); what still runs after --grace seconds is killed; exit code "
-             "128 + the signal.")
+             "128 + the signal. A second signal kills the job at once.")
 
 
 def _seconds(text):

@@ -9,15 +9,18 @@ machines; this Python and package on every host), sets the workers' backend and 
   missing ranks; horovodrun's own traceback about it is left out;
 - bounds a failure: if horovodrun has not stopped the job FAILURE_GRACE seconds after the first
   worker failed, everything of the job is killed;
-- on SIGTERM or SIGINT, sends one SIGTERM to each training process of the job on this machine
-  (they stop after the same step and rank 0 saves a checkpoint; see deeplab.train), waits up to
-  --grace seconds for them, kills what is left and exits with 128 + the signal. horovodrun is
-  not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused meanwhile, since
-  it would SIGTERM the other workers again as soon as the first one exits. Workers on other
-  hosts are not signalled from here (on Kubernetes, each worker pod's PID 1 stops its own; see
-  deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
+- on SIGTERM, SIGINT or SIGHUP, sends one SIGTERM to each training process of the job on this
+  machine (they stop after the same step and rank 0 saves a checkpoint; see deeplab.train),
+  waits up to --grace seconds for them, kills what is left and exits with 128 + the signal.
+  horovodrun is not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused
+  meanwhile, since it would SIGTERM the other workers again as soon as the first one exits.
+  Workers on other hosts are not signalled from here (on Kubernetes, each worker pod's PID 1
+  stops its own; see deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all
+  anyway.
 Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
-every process carrying the job id on this machine is killed at the end.
+every process carrying the job id on this machine is killed at the end. If the launcher itself is
+killed, each worker notices within a second and stops with a checkpoint (procs.watch_launcher).
+The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
 """
 import os
 import re
@@ -44,7 +47,6 @@ GLOO_TIMEOUT = 3600
 _FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
 # horovodrun's prefix on each line a worker prints: "[rank]<stdout>:" or "[rank]<stderr>:".
 _PREFIXED = re.compile(r"^(?:.*?)\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
-_USER_ERROR = re.compile(r"^deeplab \w+: error: ")
 _HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-zero status"
 
 
@@ -123,7 +125,9 @@ class _Output:
         self.lock = threading.Lock()
         self.failures = []  # (rank, status, monotonic time), in the order horovodrun saw them
         self.missing = []  # Horovod's lines about ranks that did not submit a collective
-        self.errors = {}  # rank -> its one-line "deeplab CMD: error: ..." message
+        # rank -> (exit code, monotonic time, line) of its documented one-line error
+        # (procs.ROOT_CAUSES: "deeplab CMD: error: ...", a stall, a divergence)
+        self.errors = {}
         self._missing_from = None  # rank whose "Missing ranks:" list is being read
 
     def line(self, text):
@@ -136,8 +140,9 @@ class _Output:
                     self.failures.append((int(f.group(1)), int(f.group(2)), time.monotonic()))
                 return
             rank, body = int(m.group(1)), m.group(3).strip()
-            if _USER_ERROR.match(body):
-                self.errors.setdefault(rank, body)
+            code = procs.documented_exit(body)
+            if code is not None and rank not in self.errors:
+                self.errors[rank] = (code, time.monotonic(), body)
             if "Missing ranks:" in body:
                 self._missing_from = rank
                 self.missing.append(body)
@@ -169,73 +174,93 @@ def _say(text):
     print("deeplab launch: %s" % text, file=sys.stderr, flush=True)
 
 
+class _HorovodJob(procs.Policy):
+    """The Supervisor's policy for horovodrun: its output parsed, its workers stopped while it
+    is paused, the rank that failed first reported."""
+
+    def __init__(self, cmd, env, failure_grace):
+        self.cmd, self.env, self.failure_grace = cmd, env, failure_grace
+        self.job_id = env[procs.JOB_ENV]
+        self.output = _Output()
+        self.proc, self.pumps = None, []
+        self.paused = self.killed = False
+        self.training = []
+        self.stalled = None
+        self.code = None
+        self.oom = None
+
+    def start(self, sup):
+        self.oom = procs.OomWatch()
+        # Every process of the job stops by itself if this launcher is killed (SIGKILL, out of
+        # memory): see procs.watch_launcher.
+        self.env = dict(self.env, **{procs.LAUNCHER_ENV: procs.launcher_token()})
+        try:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                encoding="utf-8", errors="replace", bufsize=1, start_new_session=True)
+        except OSError as err:
+            raise LaunchError("cannot run %s: %s" % (self.cmd[0], err)) from err
+        self.pumps = [threading.Thread(target=self.output.pump, args=(stream, out), daemon=True)
+                      for stream, out in ((self.proc.stdout, sys.stdout),
+                                          (self.proc.stderr, sys.stderr))]
+        for t in self.pumps:
+            t.start()
+
+    def targets(self, sup):
+        self.training = procs.training_processes(self.job_id)
+        fresh = [pid for pid in self.training if pid not in sup.signalled]
+        if fresh and not self.paused:
+            # As soon as one worker exits, horovodrun would SIGTERM the others (a second
+            # SIGTERM, which ends rank 0 even while it writes the checkpoint) and SIGKILL them
+            # 5 s later: it waits, paused, until they have exited.
+            self.paused = procs.signal_process(self.proc.pid, signal.SIGSTOP)
+        return fresh
+
+    def while_stopping(self, sup):
+        if self.paused and not self.training:
+            self.paused = not procs.signal_process(self.proc.pid, signal.SIGCONT)
+
+    def check(self, sup, now):
+        with self.output.lock:
+            first = self.output.failures[0] if self.output.failures else None
+        if first and self.stalled is None:  # before the job is torn down: who is stopped
+            self.stalled = procs.stopped_workers(self.job_id, _rank_of)
+        if first and sup.stopping is None and now - first[2] > self.failure_grace:
+            _say("horovodrun did not stop the job within %g s of the failure of worker rank %d: "
+                 "killing it" % (self.failure_grace, first[0]))
+            return "failure grace"
+        return None
+
+    def ended(self, sup):
+        return self.proc.poll() is not None
+
+    def grace_over(self, sup):
+        _say("the workers did not stop within --grace %g s: killing the job" % sup.grace)
+
+    def teardown(self, sup):
+        if self.proc is None:
+            return
+        if self.paused:
+            procs.signal_process(self.proc.pid, signal.SIGCONT)
+        self.killed = self.proc.poll() is None
+        procs.signal_group(self.proc.pid, signal.SIGKILL)
+
+    def leftovers(self):
+        return procs.job_processes(self.job_id)
+
+    def report(self, sup, outcome):
+        self.code = self.proc.wait()
+        for t in self.pumps:
+            t.join(timeout=5)
+        return _report(self.output, self.code, sup.stop, self.killed, sup.signalled,
+                       self.stalled or [], self.oom)
+
+
 def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
     the job ends; returns the launcher's exit code. See the module docstring."""
-    job_id = env[procs.JOB_ENV]
-    output = _Output()
-    signalled = set()
-    killed = paused = False
-    stalled = None
-
-    def job_processes():
-        return procs.job_processes(job_id)
-
-    with procs.StopSignals() as stop:
-        try:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
-                                    bufsize=1, start_new_session=True)
-        except OSError as err:
-            raise LaunchError("cannot run %s: %s" % (cmd[0], err)) from err
-        pumps = [threading.Thread(target=output.pump, args=(stream, out), daemon=True)
-                 for stream, out in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
-        for t in pumps:
-            t.start()
-        try:
-            while proc.poll() is None:
-                now = time.monotonic()
-                if stop.count > 1:
-                    _say("%s again: killing the job" % signal.Signals(stop.signum).name)
-                    break
-                if stop.count:
-                    training = procs.training_processes(job_id)
-                    fresh = [pid for pid in training if pid not in signalled]
-                    if fresh and not paused:
-                        # As soon as one worker exits, horovodrun would SIGTERM the others (a
-                        # second SIGTERM, which ends rank 0 even while it writes the checkpoint)
-                        # and SIGKILL them 5 s later: it waits, paused, until they have exited.
-                        paused = procs.signal_process(proc.pid, signal.SIGSTOP)
-                    for pid in fresh:  # one SIGTERM each: a second would end it at once
-                        signalled.add(pid)
-                        procs.signal_process(pid, signal.SIGTERM)
-                    if paused and not training:
-                        paused = not procs.signal_process(proc.pid, signal.SIGCONT)
-                    if now - stop.first_time > grace:
-                        _say("the workers did not stop within --grace %g s: killing the job"
-                             % grace)
-                        break
-                with output.lock:
-                    first = output.failures[0] if output.failures else None
-                if first and stalled is None:  # before the job is torn down: who is stopped
-                    stalled = procs.stopped_workers(job_id, _rank_of)
-                if first and not stop.count and now - first[2] > failure_grace:
-                    _say("horovodrun did not stop the job within %g s of the failure of worker "
-                         "rank %d: killing it" % (failure_grace, first[0]))
-                    break
-                time.sleep(poll)
-        finally:
-            # Whatever happened: nothing of the job outlives the launcher.
-            if paused:
-                procs.signal_process(proc.pid, signal.SIGCONT)
-            if proc.poll() is None:
-                killed = True
-            procs.signal_group(proc.pid, signal.SIGKILL)
-            procs.kill_processes(job_processes)
-            code = proc.wait()
-            for t in pumps:
-                t.join(timeout=5)
-    return _report(output, code, stop, killed, signalled, stalled or [])
+    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace), grace, poll, say=_say,
+                            workdir=procs.workdir_of(cmd)).run()
 
 
 def _rank_of(pid):
@@ -243,30 +268,47 @@ def _rank_of(pid):
     return int(rank) if rank is not None and rank.isdigit() else None
 
 
-def _report(output, code, stop, killed, signalled, stalled=()):
+def _report(output, code, stop, killed, signalled, stalled=(), oom=None):
     """Prints what happened to the job; returns the launcher's exit code."""
     failures = output.failures
     if code == 0 and not killed:
         return 0
     if stop.count:
         name = signal.Signals(stop.signum).name
-        _say("stopped by %s: %s" % (name, "SIGTERM sent to %d local worker(s), which save a "
-                                    "checkpoint after their current step" % len(signalled)
-                                    if signalled else "no worker ran on this machine"))
+        if stop.count > 1:
+            _say("stopped by %s, then killed by a second signal before the workers could "
+                 "finish stopping" % name)
+        else:
+            _say("stopped by %s: %s" % (name, "SIGTERM sent to %d local worker(s), which save "
+                                        "a checkpoint after their current step"
+                                        % len(signalled) if signalled
+                                        else "no worker ran on this machine"))
         return stop.exit_code
+    # A rank that printed its documented one-line error exited with its code, even where
+    # horovodrun stopped it before its exit status was seen.
+    seen = {r for r, _, _ in failures}
+    failures = sorted([(r, output.errors[r][0] if r in output.errors else s, t)
+                       for r, s, t in failures] +
+                      [(r, code, t) for r, (code, t, _) in output.errors.items() if r not in seen],
+                      key=lambda f: f[2])
     if failures:
-        rank, status, _ = failures[0]
-        detail = procs.describe_status(status)
-        if rank in output.errors:
-            detail += ": %s" % output.errors[rank]
-        later = ", ".join("rank %d %s" % (r, procs.describe_status(s))
-                          for r, s, _ in failures[1:])
+        root = procs.root_cause(failures)
+        rank, status, _ = failures[root]
+        detail = procs.describe_status(status, oom)
+        if rank in output.errors and output.errors[rank][0] == procs.EXIT_USER_ERROR:
+            detail += ": %s" % output.errors[rank][2]
+        others = failures[:root] + failures[root + 1:]
+        later = ", ".join("rank %d %s" % (r, procs.describe_status(s, oom)) for r, s, _ in others)
         verb = "was lost" if procs.killed_by_signal(status) else \
             "exited" if procs.describe_status(status).startswith("stopped") else "failed"
-        _say("worker rank %d %s first: %s; %s" % (
-            rank, verb, detail,
-            "the others were killed" if killed else
-            "later: %s" % later if later else "the others were stopped"))
+        if root == 0:
+            _say("worker rank %d %s first: %s; %s" % (
+                rank, verb, detail,
+                "the others were killed" if killed else
+                "later: %s" % later if later else "the others were stopped"))
+        else:
+            _say("worker rank %d %s: %s; the cause of the job's end (the failure of %s, seen "
+                 "first, followed from it)" % (rank, verb, detail, later))
         for text in output.missing:
             _say("Horovod reported: %s" % text)
         for text in procs.describe_stopped(stalled):

@@ -9,8 +9,14 @@ reaches each training process exactly once: a second one ends it at once, withou
 
 Linux only (/proc); elsewhere nothing is found.
 """
+import datetime
+import glob
+import json
 import os
+import re
 import signal
+import sys
+import threading
 import time
 import uuid
 
@@ -19,8 +25,12 @@ from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
-           "killed_by_signal", "describe_status", "StopSignals", "stopped_workers",
-           "describe_stopped"]
+           "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
+           "root_cause",
+           "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals",
+           "stopped_workers",
+           "describe_stopped", "Policy", "Supervisor", "LAUNCHER_ENV", "launcher_token",
+           "launcher_alive", "watch_launcher", "workdir_of", "record_killed"]
 
 JOB_ENV = "DEEPLAB_JOB"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
@@ -193,9 +203,39 @@ def kill_processes(find, timeout=5.0, poll=0.05):
         time.sleep(poll)
 
 
-# Exit statuses with a meaning of their own.
+# Exit statuses with a meaning of their own (deeplab.errors; the CLI's docstring).
 _MEANINGS = {EXIT_USER_ERROR: "bad input", EXIT_DIVERGED: "diverged (non-finite loss)",
              EXIT_STALLED: "stalled"}
+
+# A worker's documented exit, its own one-line reason, is the job's cause over a peer's error
+# that followed it (a broken collective: exit code 1; killed or stopped by the launcher). One
+# line per code: the code and the start of the one line the worker prints with it (horovodrun
+# may stop the worker before its exit status is seen: the line tells). 143 (stopped by
+# SIGTERM) is not here: horovodrun's own SIGTERM to the survivors of a failure ends them with
+# 143 too, so it says nothing about the cause.
+ROOT_CAUSES = (
+    (EXIT_USER_ERROR, r"deeplab \w+: error: "),  # a workdir in use, a full disk, a bad config
+    (EXIT_DIVERGED, r"deeplab \w+: training diverged"),
+    (EXIT_STALLED, r"deeplab: stalled: "),  # the watchdog of a rank that waited for another
+)
+
+
+def documented_exit(line):
+    """The exit code a worker's output `line` announces (ROOT_CAUSES), or None."""
+    for code, pattern in ROOT_CAUSES:
+        if re.match(pattern, line):
+            return code
+    return None
+
+
+def root_cause(failures):
+    """Index in `failures` ((rank, status, ...) in the order they were seen) of the failure that
+    ended the job: the first with a documented exit (ROOT_CAUSES), else the first."""
+    documented = [code for code, _ in ROOT_CAUSES]
+    for i, failure in enumerate(failures):
+        if failure[1] in documented:
+            return i
+    return 0
 
 
 def _signal_of(code):
@@ -209,12 +249,17 @@ def killed_by_signal(code):
     return _signal_of(code) not in (None, signal.SIGTERM)
 
 
-def describe_status(code):
+def describe_status(code, oom=None):
     """Words for a worker's exit status (see _signal_of): stalled, diverged, stopped by
-    SIGTERM, killed by SIGKILL, ..."""
+    SIGTERM, killed by SIGKILL, ... With an OomWatch `oom`, a SIGKILL that the out-of-memory
+    killer dealt is said so."""
     sig = _signal_of(code)
     if sig == signal.SIGTERM:
         return "stopped by SIGTERM%s" % (" (exit code %d)" % code if code > 0 else "")
+    if sig == signal.SIGKILL and oom is not None:
+        verdict = oom.verdict()
+        if verdict:
+            return "%s (signal 9%s)" % (verdict, ", exit code %d" % code if code > 0 else "")
     if sig is not None:
         try:
             name = signal.Signals(sig).name
@@ -227,13 +272,118 @@ def describe_status(code):
     return "exit code %d" % code
 
 
+# The out-of-memory killer's counters: per cgroup (v2 memory.events, v1 memory.oom_control:
+# "oom_kill N", counting the cgroup and its descendants) and for the machine (/proc/vmstat).
+_CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def memory_cgroups(pid="self", root=_CGROUP_ROOT):
+    """The memory cgroup directories of process `pid`, innermost first up to the mount point
+    (cgroup v2, or v1's memory controller), that exist on this machine."""
+    try:
+        with open("/proc/%s/cgroup" % pid) as f:
+            raw = f.read()
+    except OSError:
+        raw = ""
+    out = []
+    for line in (raw or "").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "" and os.path.exists(os.path.join(root, "cgroup.controllers")):
+            mount = root  # v2 (unified)
+        elif "memory" in controllers.split(","):
+            mount = os.path.join(root, "memory")  # v1
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for i in range(len(parts), -1, -1):
+            d = os.path.join(mount, *parts[:i])
+            if os.path.isdir(d):
+                out.append(d)
+    return out
+
+
+def _counter(path, key):
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def oom_kills(cgroups, vmstat="/proc/vmstat"):
+    """{source: out-of-memory kills so far} for each cgroup directory in `cgroups` that counts
+    them, and `vmstat` (the machine's)."""
+    out = {}
+    for d in cgroups:
+        for name in ("memory.events", "memory.oom_control"):
+            n = _counter(os.path.join(d, name), "oom_kill")
+            if n is not None:
+                out[d] = n
+                break
+    n = _counter(vmstat, "oom_kill")
+    if n is not None:
+        out["/proc/vmstat"] = n
+    return out
+
+
+def memory_limit(cgroup):
+    """The memory limit of a cgroup directory in bytes (v2 memory.max, v1
+    memory.limit_in_bytes), or None for none."""
+    for name in ("memory.max", "memory.limit_in_bytes"):
+        try:
+            with open(os.path.join(cgroup, name)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text == "max" or not text.isdigit() or int(text) >= 1 << 62:  # v1's "none"
+            return None
+        return int(text)
+    return None
+
+
+class OomWatch:
+    """The out-of-memory killer's counters when a job started (of this process's memory
+    cgroups, which its workers inherit, and of the machine), to tell later whether a worker's
+    SIGKILL came from it."""
+
+    def __init__(self, pid="self", root=_CGROUP_ROOT, vmstat="/proc/vmstat"):
+        self.cgroups, self.vmstat = memory_cgroups(pid, root), vmstat
+        self.before = oom_kills(self.cgroups, vmstat)
+
+    def verdict(self):
+        """'killed by the out-of-memory killer (...)' if a counter rose since the start, else
+        None."""
+        now = oom_kills(self.cgroups, self.vmstat)
+        rose = [src for src, n in now.items() if n > self.before.get(src, n)]
+        for d in self.cgroups:  # innermost first: the limit that was hit
+            if d in rose:
+                limit = memory_limit(d)
+                if limit is not None:
+                    return "killed by the out-of-memory killer (memory limit %d MiB of cgroup " \
+                           "%s)" % (limit >> 20, d)
+        where = [d for d in self.cgroups if d in rose]
+        if where:
+            return "killed by the out-of-memory killer (cgroup %s)" % where[0]
+        if rose:  # the machine's counter only: another process may have been its victim
+            return "killed by SIGKILL, probably by the out-of-memory killer (it killed a " \
+                   "process on this machine meanwhile: /proc/vmstat oom_kill)"
+        return None
+
+
 class StopSignals:
-    """Records SIGTERM and SIGINT instead of dying of them, while in use as a context manager.
+    """Records SIGTERM, SIGINT and SIGHUP instead of dying of them, while in use as a context
+    manager.
 
     `count` is how many arrived, `signum` the first; `first_time` when it arrived (monotonic).
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGHUP: the terminal closed or the ssh session dropped; a stop request like the others
+    # (nohup or setsid for a job that must survive its terminal: docs/faults.md).
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.count, self.signum, self.first_time = 0, None, None
@@ -246,6 +396,8 @@ class StopSignals:
 
     def __enter__(self):
         for sig in self.SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # `nohup deeplab launch ...`: asked to outlive the terminal
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -257,3 +409,248 @@ class StopSignals:
     def exit_code(self):
         """The shell's convention for a process stopped by the first signal."""
         return 128 + self.signum if self.signum else 0
+
+
+class Policy:
+    """What a Supervisor asks of one launcher; the defaults do nothing. Each method gets the
+    Supervisor (its `stop` signals, `signalled` pids, `stopping` request, `say`)."""
+
+    def start(self, sup):
+        """Starts the job's processes (inside the signal handling)."""
+
+    def targets(self, sup):
+        """While stopping: the pids that should each get one SIGTERM (the Supervisor sends it
+        once per pid: a second one ends a training process without a checkpoint)."""
+        return []
+
+    def while_stopping(self, sup):
+        """While stopping, after the SIGTERMs of this round."""
+
+    def check(self, sup, now):
+        """The failure test: None to go on, anything else ends the supervision with it as the
+        outcome."""
+        return None
+
+    def ended(self, sup):
+        """True once the job is over."""
+        return True
+
+    def grace_over(self, sup):
+        """The workers outlived the grace (say so); the job is killed."""
+
+    def finish(self, sup, outcome):
+        """After the loop, before the teardown (e.g. let the servers finalize)."""
+
+    def teardown(self, sup):
+        """Stops what the launcher started (whatever the outcome)."""
+
+    def leftovers(self):
+        """The job's processes still alive (killed until none is left)."""
+        return []
+
+    def report(self, sup, outcome):
+        """Says what happened; returns the launcher's exit code."""
+        return 0
+
+
+class Supervisor:
+    """The one supervision policy of every launcher: the first stop signal (SIGTERM, SIGINT,
+    SIGHUP) sends one SIGTERM to each of the policy's targets, a second one kills the job at
+    once; the workers get `grace` seconds to stop; the policy's failure test can end it any
+    time; whatever happens, the policy's teardown runs and what is left of the job (the
+    policy's leftovers, found by the job marker) is killed; then the policy reports.
+
+    Outcomes passed to finish/report: ENDED (the job is over), AGAIN (a second signal), GRACE
+    (the grace ran out) or what the policy's check returned.
+    """
+
+    ENDED, AGAIN, GRACE = "ended", "again", "grace"
+
+    def __init__(self, policy, grace, poll=0.1, say=None, workdir=None):
+        self.policy, self.grace, self.poll, self.workdir = policy, grace, poll, workdir
+        self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.signalled = set()
+        self.stopping = None  # (monotonic time, why) once the job was asked to stop
+        self.stop = None  # the StopSignals, while running
+
+    def request_stop(self, why, when=None):
+        """Starts the stop (the grace counts from `when`) unless it has started already."""
+        if self.stopping is None:
+            self.stopping = (time.monotonic() if when is None else when, why)
+
+    def run(self):
+        """Supervises the job; returns the policy's report."""
+        p = self.policy
+        started = time.time()
+        with StopSignals() as self.stop:
+            try:
+                p.start(self)
+                outcome = self._loop()
+                p.finish(self, outcome)
+            finally:
+                # Whatever happened: nothing of the job outlives the launcher.
+                p.teardown(self)
+                kill_processes(p.leftovers)
+        if outcome == self.AGAIN and self.workdir:
+            stopped = time.time() - (time.monotonic() - self.stop.first_time)
+            self.say(record_killed(self.workdir, started, stopped,
+                                   "%s twice" % signal.Signals(self.stop.signum).name))
+        return p.report(self, outcome)
+
+    def _loop(self):
+        p, stop = self.policy, self.stop
+        while True:
+            now = time.monotonic()
+            if stop.count > 1:
+                self.say("%s again: killing the job" % signal.Signals(stop.signum).name)
+                return self.AGAIN
+            if stop.count:
+                self.request_stop(signal.Signals(stop.signum).name, stop.first_time)
+            if self.stopping is not None:
+                for pid in p.targets(self):
+                    if pid not in self.signalled:
+                        self.signalled.add(pid)
+                        signal_process(pid, signal.SIGTERM)
+                p.while_stopping(self)
+            verdict = p.check(self, now)
+            if verdict is not None:
+                return verdict
+            if p.ended(self):
+                return self.ENDED
+            if self.stopping is not None and now - self.stopping[0] > self.grace:
+                p.grace_over(self)
+                return self.GRACE
+            time.sleep(self.poll)
+
+
+def workdir_of(deeplab_args):
+    """The --workdir of a deeplab command line (`train CONFIG --workdir DIR ...`), or None."""
+    args = list(deeplab_args)
+    for i, arg in enumerate(args):
+        if arg == "--workdir" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--workdir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _checkpoints(workdir):
+    """{iteration: time written} of the complete checkpoints in WORKDIR/checkpoints (the
+    iter_N.json written last marks one complete; deeplab.checkpoint has the rest, but imports
+    MXNet, seconds a launcher killing its job should not spend)."""
+    out = {}
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "iter_*.json")):
+        m = re.search(r"iter_(\d+)\.json$", path)
+        try:
+            out[int(m.group(1))] = os.path.getmtime(path)
+        except (AttributeError, OSError):
+            pass
+    return out
+
+
+def record_killed(workdir, started, stopped, how):
+    """After a job was killed (`how`: "SIGINT twice"): records in WORKDIR/run.json, if this
+    job's run left it "running" (written since `started`, a wall-clock time), that the run was
+    killed; returns what happened to the checkpoints since `stopped` (the first signal)."""
+    path = os.path.join(workdir, "run.json")
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        mine = os.path.getmtime(path) >= started - 1
+    except (OSError, ValueError):
+        info, mine = None, False
+    if isinstance(info, dict) and mine and info.get("status") == "running":
+        from deeplab.utils import write_json
+
+        info.update(status="killed", ended_by=how, end=datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"))
+        write_json(path, info)
+    saved = _checkpoints(workdir)
+    after = sorted(i for i, t in saved.items() if t >= stopped)
+    if after:
+        return "%s: killed after the workers saved the checkpoint of iteration %d in %s; " \
+               "continue with --resume" % (how, after[-1], workdir)
+    return "%s: killed before any checkpoint was saved%s; %s recorded as killed" % (
+        how, "; the newest is from iteration %d, before the stop" % max(saved) if saved
+        else "", path if mine else "run.json not")
+
+
+# How the workers notice that their launcher is gone: the launcher's pid and start time (a
+# reused pid has another), polled every LAUNCHER_POLL seconds by a thread in each process of
+# the job. A parent-death signal would not do: horovodrun, the workers and the parameter
+# server's nodes run in sessions of their own and are not the launcher's children. The token
+# also names the launcher's host and PID namespace: a worker elsewhere (another host, another
+# pod) cannot see the launcher's pid and does not watch it; it stops when its peers do.
+LAUNCHER_ENV = "DEEPLAB_LAUNCHER"
+LAUNCHER_POLL = 1.0
+
+
+def _start_time(pid):
+    raw = _read(pid, "stat")
+    return raw[raw.rindex(")") + 2:].split()[19] if raw else None  # field 22: starttime
+
+
+def _where():
+    """'HOST/PID-NAMESPACE' of this process: where a pid means the same process."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ns = "?"
+    return "%s/%s" % (os.uname().nodename, ns)
+
+
+def launcher_token(pid=None):
+    """'PID:STARTTIME:HOST/PID-NAMESPACE' of this process (or `pid`), for LAUNCHER_ENV."""
+    pid = os.getpid() if pid is None else pid
+    return "%d:%s:%s" % (pid, _start_time(pid), _where())
+
+
+def watchable(token):
+    """True if the launcher of `token` runs where this process can see its pid."""
+    return token.split(":", 2)[2:] == [_where()]
+
+
+def launcher_alive(token):
+    """True while the process `token` (launcher_token) runs (a zombie has ended)."""
+    pid, start = token.split(":")[:2]
+    return pid.isdigit() and alive(int(pid)) and _start_time(int(pid)) == start
+
+
+def watch_launcher(on_lost, environ=None, poll=LAUNCHER_POLL):
+    """If LAUNCHER_ENV names a launcher this process can see (watchable), calls `on_lost(pid)`
+    from a daemon thread once it is gone; returns the thread, or None."""
+    token = (os.environ if environ is None else environ).get(LAUNCHER_ENV)
+    if not token or not watchable(token):
+        return None
+
+    def watch():
+        while launcher_alive(token):
+            time.sleep(poll)
+        on_lost(int(token.partition(":")[0]))
+
+    thread = threading.Thread(target=watch, name="deeplab-launcher-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_when_launcher_lost(pid):
+    """A worker's reaction to its launcher's loss: one SIGTERM to itself, the stop request the
+    launcher would have sent (finish the step, checkpoint, exit 143)."""
+    print("deeplab: the launcher (pid %d) is gone: stopping after the current step, with a "
+          "checkpoint" % pid, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_when_workers_gone(job_id, timeout):
+    """A parameter-server server's or scheduler's reaction to its launcher's loss: it serves
+    until the job's training processes on this machine have stopped (they need it for their
+    last step and checkpoint), at most `timeout` seconds, then exits with 143."""
+    def on_lost(pid):
+        print("deeplab launch ps: the launcher (pid %d) is gone: this %s exits once the workers "
+              "have stopped" % (pid, os.environ.get("DMLC_ROLE", "node")), file=sys.stderr,
+              flush=True)
+        deadline = time.monotonic() + timeout
+        while training_processes(job_id) and time.monotonic() < deadline:
+            time.sleep(LAUNCHER_POLL)
+        os._exit(128 + signal.SIGTERM)
+    return on_lost

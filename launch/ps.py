@@ -12,13 +12,15 @@ removed); a node that dies leaves the others waiting forever (ps-lite heartbeats
 default): the local supervisor stops the whole job as soon as any process fails and names the
 one that failed first; a scheduler may outlive SIGTERM: the supervisor escalates to SIGKILL.
 
-Stopping (SIGTERM or SIGINT to the launcher, or a worker that exits after SIGTERM): the workers
-go first, each sent one SIGTERM (a second would end it without a checkpoint); they stop after
-the same step and rank 0 saves a checkpoint, which needs the servers: the servers and the
+Stopping (SIGTERM, SIGINT or SIGHUP to the launcher, or a worker that exits after SIGTERM): the
+workers go first, each sent one SIGTERM (a second would end it without a checkpoint); they stop
+after the same step and rank 0 saves a checkpoint, which needs the servers: the servers and the
 scheduler are stopped only once the workers have exited, or after --grace seconds.
 
 Each node runs in a session of its own, and every process carries the job id (procs.JOB_ENV):
 nothing of the job outlives the launcher, not even the loader processes of a worker that died.
+If the launcher itself is killed, the workers stop with a checkpoint and the servers and the
+scheduler follow them (procs.watch_launcher).
 """
 import os
 import signal
@@ -31,12 +33,16 @@ from deeplab.utils import free_port
 
 from . import procs
 
-__all__ = ["node_env", "role_command", "run", "run_local", "run_node", "stop_all",
-           "wait_for_exit"]
+__all__ = ["node_env", "role_command", "start_node", "run", "run_local", "run_node",
+           "stop_all", "wait_for_exit"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
-# ends (mxnet/kvstore/kvstore_server.py).
-_SERVER_CODE = "import mxnet"
+# ends (mxnet/kvstore/kvstore_server.py). Before it, a thread that ends the node once its
+# launcher is gone and the workers have stopped (procs.exit_when_workers_gone).
+SERVER_WAIT = 120.0  # seconds a node whose launcher is gone waits for the workers to stop
+_SERVER_CODE = ("import os; from deeplab.launch import procs; procs.watch_launcher("
+                "procs.exit_when_workers_gone(os.environ.get(procs.JOB_ENV), %g)); "
+                "import mxnet" % SERVER_WAIT)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 
@@ -115,6 +121,103 @@ def _stopped_by_sigterm(code):
     return code in (-signal.SIGTERM, 128 + signal.SIGTERM)
 
 
+def start_node(cmd, env):
+    """Starts one node of the job, `cmd` with `env`, in a session of its own (signals then reach
+    its whole process tree); returns its Popen."""
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+class _LocalJob(procs.Policy):
+    """The Supervisor's policy for a parameter-server job on this machine: the workers are
+    stopped first, the first process that fails stops the job, the servers and the scheduler
+    are stopped last."""
+
+    def __init__(self, workers, servers, deeplab_args, rank_dir, finish_grace, poll):
+        self.n_workers, self.n_servers, self.deeplab_args = workers, servers, deeplab_args
+        self.rank_dir, self.finish_grace, self.poll = rank_dir, finish_grace, poll
+        self.job_id = procs.new_job_id()
+        self.nodes = []  # (name, Popen), scheduler first, workers last
+        self.workers = []
+        self.oom = None
+
+    def start(self, sup):
+        self.oom = procs.OomWatch()
+        port = free_port()
+        cores = os.cpu_count() or 1
+        for role, count in (("scheduler", 1), ("server", self.n_servers),
+                            ("worker", self.n_workers)):
+            for i in range(count):
+                env = node_env(role, self.n_workers, self.n_servers, "127.0.0.1", port,
+                               local_rank=i)
+                env["DMLC_NODE_HOST"] = "127.0.0.1"
+                env[procs.JOB_ENV] = self.job_id
+                env[procs.LAUNCHER_ENV] = procs.launcher_token()
+                if role == "worker":
+                    env["DEEPLAB_RANK_DIR"] = self.rank_dir
+                    if "OMP_NUM_THREADS" not in os.environ:
+                        env["OMP_NUM_THREADS"] = str(max(1, cores // self.n_workers))
+                p = start_node(role_command(role, self.deeplab_args), env)
+                self.nodes.append((role if role == "scheduler" else "%s %d" % (role, i), p))
+        self.workers = [(name, p) for name, p in self.nodes if name.startswith("worker")]
+
+    def targets(self, sup):
+        if not sup.stop.count:  # a worker SIGTERMed directly: the workers stop together
+            return []
+        # the workers only: their loaders must not get one
+        return [p.pid for _, p in self.workers if p.poll() is None]
+
+    def check(self, sup, now):
+        for name, p in self.nodes:
+            code = p.poll()
+            if code in (None, 0):  # running, or ps-lite finalized
+                continue
+            if name.startswith("worker") and _stopped_by_sigterm(code):
+                # SIGTERM sent to a worker directly: all stop together
+                sup.request_stop("SIGTERM to %s" % _who(name, p, self.rank_dir), now)
+                continue
+            if sup.stopping is not None and not name.startswith("worker"):
+                continue
+            _say("%s was %s first: %s; stopping the job" % (
+                _who(name, p, self.rank_dir),
+                "lost" if procs.killed_by_signal(code) else "failed",
+                procs.describe_status(code, self.oom)))
+            for text in procs.describe_stopped(procs.stopped_workers(
+                    self.job_id, lambda pid: _rank(pid, self.rank_dir))):
+                _say(text)
+            return ("failed", _exit_status(code))
+        return None
+
+    def ended(self, sup):
+        return all(p.poll() is not None for _, p in self.workers)
+
+    def grace_over(self, sup):
+        _say("the workers did not stop within --grace %g s of %s: killing the job"
+             % (sup.grace, sup.stopping[1]))
+
+    def finish(self, sup, outcome):
+        if outcome == sup.ENDED and sup.stopping is None:
+            # Every worker exited 0: the servers and the scheduler leave when ps-lite finalizes.
+            wait_for_exit(self.nodes, self.finish_grace, self.poll)
+
+    def teardown(self, sup):
+        stop_all(self.nodes)
+
+    def leftovers(self):
+        return procs.job_processes(self.job_id)
+
+    def report(self, sup, outcome):
+        if isinstance(outcome, tuple):  # ("failed", exit status), said when it was seen
+            return outcome[1]
+        if outcome == sup.AGAIN:
+            return sup.stop.exit_code
+        if sup.stopping is not None:
+            if outcome == sup.ENDED:
+                _say("stopped by %s: the workers saved a checkpoint and exited; stopping the "
+                     "servers and the scheduler" % sup.stopping[1])
+            return sup.stop.exit_code or 128 + signal.SIGTERM
+        return 0
+
+
 def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grace=30.0):
     """Runs the job on this machine; returns 0 if every worker succeeded, else the exit status
     of the process that failed first (128 + N if killed by signal N; 143 when stopped).
@@ -122,82 +225,40 @@ def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grac
     A process that dies with a non-zero code (a worker, a server or the scheduler) stops the
     whole job at once: ps-lite would leave the others waiting forever.
     """
-    port = free_port()
-    cores = os.cpu_count() or 1
-    job_id = procs.new_job_id()
-    nodes = []  # (name, Popen), scheduler first, workers last
-    with procs.StopSignals() as stop, tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
-        try:
-            for role, count in (("scheduler", 1), ("server", servers), ("worker", workers)):
-                for i in range(count):
-                    env = node_env(role, workers, servers, "127.0.0.1", port, local_rank=i)
-                    env["DMLC_NODE_HOST"] = "127.0.0.1"
-                    env[procs.JOB_ENV] = job_id
-                    if role == "worker":
-                        env["DEEPLAB_RANK_DIR"] = rank_dir
-                        if "OMP_NUM_THREADS" not in os.environ:
-                            env["OMP_NUM_THREADS"] = str(max(1, cores // workers))
-                    # Each node in its own session: signals reach its whole process tree.
-                    p = subprocess.Popen(role_command(role, deeplab_args), env=env,
-                                         start_new_session=True)
-                    nodes.append((role if role == "scheduler" else "%s %d" % (role, i), p))
-            return _supervise(nodes, stop, rank_dir, grace, poll, finish_grace, job_id)
-        finally:
-            stop_all(nodes)
-            procs.kill_processes(lambda: procs.job_processes(job_id))
+    with tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
+        job = _LocalJob(workers, servers, deeplab_args, rank_dir, finish_grace, poll)
+        return procs.Supervisor(job, grace, poll, say=_say,
+                                workdir=procs.workdir_of(deeplab_args)).run()
 
 
-def _supervise(nodes, stop, rank_dir, grace, poll, finish_grace, job_id=None):
-    """The supervision loop of run_local; returns its exit code."""
-    workers = [(name, p) for name, p in nodes if name.startswith("worker")]
-    stopping = None  # (monotonic time, why) once the workers were asked to stop
-    signalled = set()
-    while True:
-        now = time.monotonic()
-        if stop.count > 1:
-            _say("%s again: killing the job" % signal.Signals(stop.signum).name)
-            return stop.exit_code
-        if stop.count and stopping is None:
-            stopping = (stop.first_time, signal.Signals(stop.signum).name)
-        if stop.count:
-            for name, p in workers:
-                if p.pid not in signalled and p.poll() is None:
-                    signalled.add(p.pid)  # the worker only: its loaders must not get one
-                    try:
-                        os.kill(p.pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-        for name, p in nodes:
-            code = p.poll()
-            if code in (None, 0):  # running, or ps-lite finalized
-                continue
-            if name.startswith("worker") and _stopped_by_sigterm(code):
-                if stopping is None:  # SIGTERM sent to a worker directly: all stop together
-                    stopping = (now, "SIGTERM to %s" % _who(name, p, rank_dir))
-                continue
-            if stopping is not None and not name.startswith("worker"):
-                continue
-            _say("%s was %s first: %s; stopping the job" % (
-                _who(name, p, rank_dir), "lost" if procs.killed_by_signal(code) else "failed",
-                procs.describe_status(code)))
-            for text in procs.describe_stopped(procs.stopped_workers(
-                    job_id, lambda pid: _rank(pid, rank_dir))):
-                _say(text)
-            return _exit_status(code)
-        if all(p.poll() is not None for _, p in workers):
-            break
-        if stopping is not None and now - stopping[0] > grace:
-            _say("the workers did not stop within --grace %g s of %s: killing the job"
-                 % (grace, stopping[1]))
-            return stop.exit_code or 128 + signal.SIGTERM
-        time.sleep(poll)
-    if stopping is not None:
-        _say("stopped by %s: the workers saved a checkpoint and exited; stopping the servers "
-             "and the scheduler" % stopping[1])
-        return stop.exit_code or 128 + signal.SIGTERM
-    # Every worker exited 0: the servers and the scheduler leave when ps-lite finalizes.
-    wait_for_exit(nodes, finish_grace, poll)
-    return 0
+class _Node(procs.Policy):
+    """The Supervisor's policy for one node of a cluster job (DMLC_ROLE set)."""
+
+    def __init__(self, role, cmd, env):
+        self.role, self.cmd, self.env = role, cmd, env
+        self.proc = None
+
+    def start(self, sup):
+        self.proc = start_node(self.cmd, self.env)
+
+    def targets(self, sup):
+        # A worker is sent one SIGTERM (the worker only: its loaders must not get one); a
+        # scheduler or server keeps serving: the workers still need it for their last step.
+        return [self.proc.pid] if self.role == "worker" else []
+
+    def ended(self, sup):
+        return self.proc.poll() is not None
+
+    def teardown(self, sup):
+        if self.proc is not None:
+            stop_all([(self.role, self.proc)])
+
+    def leftovers(self):
+        return procs.job_processes(self.env[procs.JOB_ENV])
+
+    def report(self, sup, outcome):
+        code = _exit_status(self.proc.returncode)
+        return sup.stop.exit_code if sup.stop.count and code else code
 
 
 def run_node(deeplab_args, grace=120.0, poll=0.2):
@@ -222,26 +283,10 @@ def run_node(deeplab_args, grace=120.0, poll=0.2):
     env.pop("PORT", None)
     env["DEEPLAB_DIST_BACKEND"] = "ps"
     env[procs.JOB_ENV] = procs.new_job_id()
-    with procs.StopSignals() as stop:
-        p = subprocess.Popen(role_command(role, deeplab_args), env=env, start_new_session=True)
-        try:
-            signalled = False
-            while p.poll() is None and stop.count < 2:
-                if stop.count:
-                    if role == "worker" and not signalled:
-                        signalled = True  # the worker only: its loaders must not get one
-                        try:
-                            os.kill(p.pid, signal.SIGTERM)
-                        except ProcessLookupError:
-                            pass
-                    if time.monotonic() - stop.first_time > grace:
-                        break
-                time.sleep(poll)
-        finally:
-            stop_all([(role, p)])
-            procs.kill_processes(lambda: procs.job_processes(env[procs.JOB_ENV]))
-    code = _exit_status(p.returncode)
-    return stop.exit_code if stop.count and code else code
+    env[procs.LAUNCHER_ENV] = procs.launcher_token()
+    node = _Node(role, role_command(role, deeplab_args), env)
+    return procs.Supervisor(node, grace, poll, say=_say,
+                            workdir=procs.workdir_of(deeplab_args)).run()
 
 
 def run(args):

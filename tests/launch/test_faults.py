@@ -14,6 +14,7 @@ environment, whatever its parent, group or session; found through /proc), and wh
 checkpoint is involved, that resuming it reaches bitwise the final.params of a run that never
 stopped.
 """
+import json
 import os
 import re
 import signal
@@ -129,13 +130,19 @@ def assert_same_final_params(a, b):
 class Job:
     """A `deeplab launch ... -- train` job started in the background, every process marked."""
 
-    def __init__(self, dl, workdir, launcher, overrides, evaluate=False):
+    def __init__(self, dl, workdir, launcher, overrides, evaluate=False, cgroup=None):
         self.workdir, self.marker = workdir, uuid.uuid4().hex
         cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
                str(workdir), *([] if evaluate else ["--no-eval"]), *dl.sets(*overrides)]
+
+        def join_cgroup():  # the launcher, and so all it starts, in the cgroup `cgroup`
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
         self.proc = subprocess.Popen(cmd, env=dl.environ(FAULT_TEST=self.marker), cwd=dl.ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True,
+                                     preexec_fn=join_cgroup if cgroup else None)
         self.signalled = None
 
     def signal(self, pid, sig):
@@ -144,15 +151,18 @@ class Job:
         os.kill(pid, sig)
         self.signalled = time.time()
 
-    def finish(self, timeout=180):
+    def finish(self, timeout=180, headless=False):
         """Waits for the job; returns (exit code, output, seconds since the signal), after
-        checking that nothing of it is left."""
+        checking that nothing of it is left. `headless`: the launcher was killed, the end of
+        the job is when its last process is gone (waited for up to BOUND seconds)."""
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         finally:
             if self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.communicate()
+        if headless:
+            wait_for(lambda: not marked(self.marker), BOUND, "the job's processes to stop")
         elapsed = time.time() - self.signalled
         print("job ended with %s, %.1f s after the signal" % (self.proc.returncode, elapsed))
         time.sleep(1)  # a zombie's parent reaps it
@@ -241,10 +251,11 @@ def test_parameter_server_worker_killed_then_resumed(tmp_path, dl, jobs, straigh
     kill_resume_compare(tmp_path, dl, jobs, straight, PS, PS_RUN, ps_rank)
 
 
-def stop_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, target):
-    """SIGTERM to `target(job, workers)` once training runs: every worker stops after the same
-    step, rank 0 saves that step, the job ends with 143, and --resume reaches the parameters of
-    a run never stopped. Returns the job's output."""
+def stop_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, target,
+                        sig=signal.SIGTERM, expected=STOPPED):
+    """`sig` (SIGTERM) to `target(job, workers)` once training runs: every worker stops after
+    the same step, rank 0 saves that step, the job ends with `expected` (143), and --resume
+    reaches the parameters of a run never stopped. Returns the job's output."""
     run = [*RUN, *overrides, "train.checkpoint_every=1000"]
     workdir = tmp_path / "stopped"
     job = jobs(dl, workdir, launcher, run)
@@ -253,9 +264,9 @@ def stop_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, targe
     rank_of = horovod_rank if launcher == HOROVOD else ps_rank
     workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(
         train_workers(workdir, rank_of)), 30, "both workers")
-    job.signal(target(job, workers), signal.SIGTERM)
-    code, out, elapsed = job.finish()
-    assert code == STOPPED, out[-3000:]
+    job.signal(target(job, workers), sig)
+    code, out, elapsed = job.finish(headless=sig == signal.SIGKILL)
+    assert code == expected, out[-3000:]
     assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
     saved = Checkpointer(str(workdir)).iterations()
     assert len(saved) == 1 and saved[0] < 80, (saved, out[-3000:])
@@ -340,3 +351,123 @@ def test_a_stopped_worker_stalls_the_job_which_ends_naming_it(tmp_path, dl, jobs
     assert state is not None and state["iteration"] < 80
     resume_equals_straight(dl, straight, workdir, launcher, overrides,
                            [*RUN, *(PS_RUN if launcher == PS else [])])
+
+
+@pytest.mark.parametrize("launcher", [HOROVOD, PS], ids=["horovod", "ps"])
+def test_sighup_to_the_launcher_stops_the_job_like_sigterm(tmp_path, dl, jobs, straight,
+                                                           launcher):
+    """The terminal closed, the ssh session dropped, `tmux kill-session`: SIGHUP to the
+    launcher is a stop request (checkpoint, everything stopped, nothing left), exit 129."""
+    out = stop_resume_compare(tmp_path, dl, jobs, straight, launcher,
+                              PS_RUN if launcher == PS else [],
+                              lambda job, workers: job.proc.pid,
+                              sig=signal.SIGHUP, expected=128 + signal.SIGHUP)
+    assert "stopped by SIGHUP" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("launcher", [HOROVOD, PS], ids=["horovod", "ps"])
+def test_a_killed_launcher_leaves_a_checkpoint_and_no_process(tmp_path, dl, jobs, straight,
+                                                              launcher):
+    """SIGKILL to the launcher (out of memory, a scheduler's hard kill): every process of the
+    job notices within a second that it is gone (procs.watch_launcher); the workers stop after
+    the same step with a checkpoint, the servers and the scheduler once the workers are gone,
+    horovodrun when its workers have exited. Nothing is left within BOUND seconds, and the
+    checkpoint resumes to the parameters of a run never stopped."""
+    stop_resume_compare(tmp_path, dl, jobs, straight, launcher,
+                        PS_RUN if launcher == PS else [], lambda job, workers: job.proc.pid,
+                        sig=signal.SIGKILL, expected=-signal.SIGKILL)
+
+
+def test_ctrl_c_twice_kills_the_job_says_so_and_records_it(tmp_path, dl, jobs, straight):
+    """Ctrl-C twice within a second: the job is killed at once; the launcher says only what
+    happened (no checkpoint claimed that was not saved), run.json records the run as killed,
+    nothing is left, and the newest checkpoint is intact and resumes bitwise."""
+    workdir = tmp_path / "interrupted"
+    job = jobs(dl, workdir, HOROVOD, RUN)
+    ckpt = Checkpointer(str(workdir))
+    wait_for(ckpt.iterations, 180, "the first checkpoint")
+    job.signal(job.proc.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.kill(job.proc.pid, signal.SIGINT)
+    code, out, elapsed = job.finish()
+    assert code == 128 + signal.SIGINT, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    tail = out.split("SIGINT again: killing the job")[1]
+    assert "which save a checkpoint" not in tail, out[-3000:]
+    saved = re.search(r"SIGINT twice: killed (before any checkpoint was saved; the newest is "
+                      r"from iteration (\d+), before the stop|after the workers saved the "
+                      r"checkpoint of iteration (\d+))", tail)
+    assert saved, out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state["iteration"] == int(saved.group(2) or saved.group(3))
+    info = json.loads((workdir / "run.json").read_text())
+    assert info["status"] == "killed" and info["ended_by"] == "SIGINT twice", info
+    resume_equals_straight(dl, straight, workdir, HOROVOD, RUN, RUN)
+
+
+def test_a_rank_failing_for_a_documented_reason_is_named_over_its_peer(tmp_path, dl):
+    """Rank 0 refuses a directory in use by another run (exit 2); rank 1 fails a moment later
+    through the broken collective (exit 1), and may be seen first: the launcher names rank 0's
+    reason and exits 2."""
+    from deeplab.workdir import WorkdirLock
+
+    workdir = tmp_path / "busy"
+    workdir.mkdir()
+    lock = WorkdirLock(str(workdir)).acquire()  # "another run"
+    try:
+        r = dl.deeplab(*HOROVOD, "train", dl.TINY, "--workdir", workdir, "--no-eval",
+                       *dl.sets(*RUN), check=False)
+    finally:
+        lock.release()
+    assert r.returncode == 2, r.stdout[-3000:]
+    assert re.search(r"deeplab launch: worker rank 0 failed( first)?: bad input \(exit code 2\): "
+                     r"deeplab train: error: \S+ is in use by another run", r.stdout), \
+        r.stdout[-3000:]
+
+
+@pytest.fixture
+def memory_cgroup():
+    """A memory cgroup (v2, or v1's memory controller) made below this process's own, limited
+    to the given number of bytes; the test is skipped where none can be made (not root, no
+    memory controller)."""
+    made = []
+
+    def make(limit):
+        from deeplab.launch import procs
+
+        parents = procs.memory_cgroups()
+        if not parents:
+            pytest.skip("no memory cgroup to make one in")
+        d = os.path.join(parents[0], "deeplab-test-%s" % uuid.uuid4().hex[:8])
+        try:
+            os.mkdir(d)
+        except OSError as err:
+            pytest.skip("cannot make a memory cgroup: %s" % err)
+        made.append(d)
+        name = "memory.max" if os.path.exists(os.path.join(d, "memory.max")) else \
+            "memory.limit_in_bytes"
+        with open(os.path.join(d, name), "w") as f:
+            f.write(str(limit))
+        return d
+    yield make
+    for d in made:
+        wait_for(lambda: not open(os.path.join(d, "cgroup.procs")).read().strip(), 30,
+                 "the test cgroup's processes to end")
+        os.rmdir(d)
+
+
+def test_a_worker_killed_for_memory_is_named_so(tmp_path, dl, jobs, memory_cgroup):
+    """A job under a memory limit too small for it (a container's, a cgroup's): the kernel's
+    out-of-memory killer kills a worker with SIGKILL; the launcher reads the cgroup's counter
+    and says so, with the limit, instead of only "killed by SIGKILL"."""
+    limit = 450 << 20  # the launcher, horovodrun and two workers need about 700 MiB
+    cgroup = memory_cgroup(limit)
+    workdir = tmp_path / "oom"
+    job = jobs(dl, workdir, HOROVOD, RUN, cgroup=cgroup)
+    job.signalled = time.time()  # the clock starts with the job: the limit is there from the start
+    code, out, elapsed = job.finish()
+    assert code == 128 + signal.SIGKILL, out[-3000:]
+    assert elapsed < BOUND + 60, "the job took %.0f s to end" % elapsed
+    assert re.search(r"deeplab launch: worker rank [01] was lost first: killed by the "
+                     r"out-of-memory killer \(memory limit 450 MiB of cgroup %s\) \(signal 9, "
+                     r"exit code 137\)" % re.escape(cgroup), out), out[-3000:]

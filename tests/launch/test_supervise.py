@@ -52,11 +52,12 @@ FAKE_CLI = textwrap.dedent("""
     if behaviour == "kill9":
         time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGKILL)
-    if behaviour.startswith("exit"):
-        time.sleep(0.5)
-        if behaviour == "exit2":
+    if behaviour.startswith("exit"):  # exitN, or exitN@S: after S seconds (default 0.5)
+        code, _, delay = behaviour[4:].partition("@")
+        time.sleep(float(delay or 0.5))
+        if code == "2":
             print("deeplab train: error: unknown key train.lrr", file=sys.stderr, flush=True)
-        sys.exit(int(behaviour[4:]))
+        sys.exit(int(code))
     while not requests:
         time.sleep(0.05)
     time.sleep(2.0 if rank == 0 else 0.2)  # the current step, then rank 0's checkpoint
@@ -143,6 +144,18 @@ def test_the_first_failing_rank_is_named_with_its_exit_status(job, behaviour, st
     assert proc.returncode == status, out
     assert "deeplab launch: worker rank 1 %s" % words in out, out
     assert "Traceback" not in out, out
+
+
+def test_a_documented_exit_is_the_cause_over_a_peers_error_seen_before_it(job):
+    """Rank 0 fails with bad input (exit 2) a moment after rank 1 failed through the broken
+    collective (exit 1): rank 0 is named as the cause and the launcher exits 2."""
+    proc = job(rank0="exit2@2", rank1="exit1@0.5")
+    out = finish(proc, job.marker)
+    assert proc.returncode == 2, out
+    assert "Process 1 exit with status code 1" in out.split("Process 0 exit")[0], out
+    assert "deeplab launch: worker rank 0 failed: bad input (exit code 2): deeplab train: " \
+           "error: unknown key train.lrr; the cause of the job's end (the failure of rank 1 " \
+           "exit code 1, seen first, followed from it)" in out, out
 
 
 def test_sigterm_reaches_each_training_process_once_and_no_loader(job):

@@ -1,0 +1,146 @@
+"""launch/procs.py in-process: the out-of-memory counters read from cgroup files in the kernel's
+formats (v2 memory.events and memory.max, v1 memory.oom_control and memory.limit_in_bytes),
+the root-cause table, and the launcher's token that workers watch. The real out-of-memory
+killer is in tests/launch/test_faults.py (test_a_worker_killed_for_memory_is_named_so)."""
+import os
+import signal
+import subprocess
+import sys
+
+from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
+from deeplab.launch import procs
+
+# The files as the kernel writes them (Documentation/admin-guide/cgroup-v2.rst, cgroup-v1/).
+V2_EVENTS = "low 0\nhigh 0\nmax 41\noom 2\noom_kill %d\noom_group_kill 0\n"
+V1_OOM_CONTROL = "oom_kill_disable 0\nunder_oom 0\noom_kill %d\n"
+VMSTAT = "nr_free_pages 3296070\npgfault 9283471\noom_kill %d\n"
+
+
+def _v2_root(tmp_path, kills, limit="536870912\n"):
+    """A cgroup v2 mount whose root holds this process's cgroup ("0::/" here, or a deeper one:
+    the directories are created along the path /proc/self/cgroup names)."""
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    path = [line.split(":", 2)[2] for line in open("/proc/self/cgroup").read().splitlines()
+            if line.startswith("0::")][0]
+    inner = root.joinpath(*[p for p in path.split("/") if p])
+    inner.mkdir(parents=True, exist_ok=True)
+    (inner / "memory.events").write_text(V2_EVENTS % kills)
+    (inner / "memory.max").write_text(limit)
+    return root, inner
+
+
+def test_a_rising_cgroup_v2_counter_names_the_out_of_memory_killer_and_the_limit(tmp_path):
+    root, inner = _v2_root(tmp_path, 3)
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text(VMSTAT % 7)
+    watch = procs.OomWatch(root=str(root), vmstat=str(vmstat))
+    assert str(inner) in watch.cgroups
+    assert procs.describe_status(137, watch) == "killed by SIGKILL (signal 9, exit code 137)"
+    (inner / "memory.events").write_text(V2_EVENTS % 4)
+    vmstat.write_text(VMSTAT % 8)
+    assert procs.describe_status(137, watch) == (
+        "killed by the out-of-memory killer (memory limit 512 MiB of cgroup %s) (signal 9, "
+        "exit code 137)" % inner)
+    assert procs.describe_status(-signal.SIGKILL, watch).endswith("(signal 9)")
+    # other statuses are not the out-of-memory killer's
+    assert procs.describe_status(143, watch) == "stopped by SIGTERM (exit code 143)"
+
+
+def test_no_limit_and_only_the_machines_counter_say_less(tmp_path):
+    root, inner = _v2_root(tmp_path, 0, limit="max\n")
+    vmstat = tmp_path / "vmstat"
+    vmstat.write_text(VMSTAT % 0)
+    watch = procs.OomWatch(root=str(root), vmstat=str(vmstat))
+    vmstat.write_text(VMSTAT % 1)  # another process on the machine may have been the victim
+    assert "probably by the out-of-memory killer" in procs.describe_status(137, watch)
+    (inner / "memory.events").write_text(V2_EVENTS % 1)
+    assert procs.describe_status(137, watch).startswith(
+        "killed by the out-of-memory killer (cgroup %s)" % inner)
+
+
+def test_cgroup_v1_files_are_read(tmp_path):
+    d = tmp_path / "v1"
+    d.mkdir()
+    (d / "memory.oom_control").write_text(V1_OOM_CONTROL % 5)
+    (d / "memory.limit_in_bytes").write_text("268435456\n")
+    assert procs.oom_kills([str(d)], vmstat=str(tmp_path / "none")) == {str(d): 5}
+    assert procs.memory_limit(str(d)) == 256 << 20
+    (d / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert procs.memory_limit(str(d)) is None
+
+
+def test_a_documented_exit_outranks_a_peers_error_seen_first():
+    assert [code for code, _ in procs.ROOT_CAUSES] == [EXIT_USER_ERROR, EXIT_DIVERGED,
+                                                       EXIT_STALLED]
+    assert procs.root_cause([(1, 1, 0.0), (0, 2, 1.0)]) == 1
+    assert procs.root_cause([(1, 137, 0.0), (0, 1, 1.0)]) == 0
+    assert procs.root_cause([(1, 143, 0.0), (0, 4, 1.0)]) == 1  # horovodrun's SIGTERM: 143
+    assert procs.documented_exit("deeplab train: error: /w is in use by another run") == 2
+    assert procs.documented_exit("deeplab train: training diverged: non-finite loss") == 3
+    assert procs.documented_exit("deeplab: stalled: no progress for 20 s after ...") == 4
+    assert procs.documented_exit("Traceback (most recent call last):") is None
+
+
+def test_the_launcher_token_tells_a_gone_launcher_from_a_live_one():
+    assert procs.launcher_alive(procs.launcher_token())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    token = procs.launcher_token(child.pid)
+    child.wait()
+    assert not procs.launcher_alive(token)
+    pid, start, where = procs.launcher_token().split(":", 2)
+    assert not procs.launcher_alive("%s:%d:%s" % (pid, int(start) + 1, where))  # a reused pid
+
+
+def test_a_launcher_on_another_host_or_pid_namespace_is_not_watched():
+    """A worker started through ssh on another host (or in another pod) cannot see the
+    launcher's pid: it must not take it for gone."""
+    token = procs.launcher_token()
+    assert procs.watchable(token)
+    pid, start, where = token.split(":", 2)
+    host, ns = where.split("/", 1)
+    assert not procs.watchable("%s:%s:other-host/%s" % (pid, start, ns))
+    assert not procs.watchable("%s:%s:%s/pid:[1]" % (pid, start, host))
+    lost = []
+    assert procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: "1:1:other-host/%s" % ns}) \
+        is None
+    assert procs.watch_launcher(lost.append, {}) is None
+
+
+def test_workdir_of_a_deeplab_command_line():
+    assert procs.workdir_of(["train", "c.yaml", "--workdir", "runs/a", "--no-eval"]) == "runs/a"
+    assert procs.workdir_of(["train", "c.yaml", "--workdir=runs/b"]) == "runs/b"
+    assert procs.workdir_of(["eval", "c.yaml", "--checkpoint", "x"]) is None
+
+
+HUP = """
+import os, signal, time
+from deeplab.launch import procs
+with procs.StopSignals() as stop:
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(0.2)
+print(stop.count, stop.exit_code)
+"""
+
+
+def test_sighup_is_a_stop_request_unless_nohup_ignores_it():
+    def run(ignored):
+        return subprocess.run(
+            [sys.executable, "-c", HUP], capture_output=True, text=True, timeout=60,
+            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored
+            else None).stdout.split()
+    assert run(ignored=False) == ["1", "129"]
+    assert run(ignored=True) == ["0", "0"]  # nohup deeplab launch ...
+
+
+def test_the_watch_calls_back_once_the_launcher_is_gone():
+    from conftest import wait_for
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    lost = []
+    thread = procs.watch_launcher(lost.append,
+                                  {procs.LAUNCHER_ENV: procs.launcher_token(child.pid)}, poll=0.05)
+    assert thread is not None and not lost
+    child.wait()  # reaped; a zombie would count as gone too
+    wait_for(lambda: lost == [child.pid], 10, "the watch's call")
