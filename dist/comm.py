@@ -24,7 +24,7 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
+           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "nd_allreduce_sum", "nd_allgather",
            "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
@@ -106,6 +106,9 @@ class LocalBackend:
                                             update_on_kvstore=False if several else None), 1)
 
     def exit_after_failure(self, code):
+        pass
+
+    def shutdown(self):
         pass
 
     def stall_hint(self):
@@ -320,6 +323,19 @@ class PSBackend(LocalBackend):
         self.kv._barrier()
         return DistTrainer(trainer, 1)  # the servers sum; step(n) divides by n
 
+    def shutdown(self):
+        """ps-lite's orderly end, now rather than when the interpreter frees the kvstore at
+        exit: a barrier of every node (then worker 0 stops the servers), which blocks for good
+        when a node (the scheduler, say) is stopped or gone. Run now, the stall watchdog covers
+        it; during the interpreter's own shutdown no Python thread runs any more."""
+        from mxnet.base import _LIB, check_call
+
+        mx.nd.waitall()
+        # The KVStore object frees its handle when collected: NULL then, which C++ deletes as
+        # nothing.
+        handle, self.kv.handle = self.kv.handle, None
+        check_call(_LIB.MXKVStoreFree(handle))
+
     def exit_after_failure(self, code):
         # ps-lite's orderly shutdown (run when the process exits) waits for every node, so a
         # worker that failed would hang there, and the job with it, instead of exiting.
@@ -445,6 +461,13 @@ def exit_after_failure(code):
     """Ends a failing worker at once under the parameter server (whose shutdown would wait for
     every node, the failed one included); returns otherwise."""
     _backend.exit_after_failure(code)
+
+
+def shutdown():
+    """COLLECTIVE. Ends the backend's connections in order once the work is done (the parameter
+    server's finalisation, a barrier of every node), so that the caller can watch it for a stall;
+    nothing else may use the backend after."""
+    _backend.shutdown()
 
 
 def nd_allreduce_sum(array, name, group=None):
