@@ -16,6 +16,7 @@ DEEPLAB_DIST_BACKEND overrides it.
 """
 import os
 import pickle
+import re
 import socket
 import sys
 import tempfile
@@ -24,7 +25,7 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "nd_allreduce_sum", "nd_allgather",
+           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure", "nd_allreduce_sum", "nd_allgather",
            "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
@@ -238,6 +239,8 @@ class PSBackend(LocalBackend):
             raise RuntimeError("dist.backend=ps needs DMLC_ROLE=worker and the DMLC_PS_* "
                                "variables; start workers with `deeplab launch ps`")
         self.kv = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
+        # Kept: the watchdog asks for them after `shutdown` freed the kvstore.
+        self._rank, self._size = self.kv.rank, self.kv.num_workers
         self._keys = 0
         self._sum_keys = {}  # array size -> key
         rank_dir = os.environ.get("DEEPLAB_RANK_DIR")
@@ -246,10 +249,10 @@ class PSBackend(LocalBackend):
                 f.write(str(self.kv.rank))
 
     def rank(self):
-        return self.kv.rank
+        return self._rank
 
     def size(self):
-        return self.kv.num_workers
+        return self._size
 
     def _new_key(self):
         self._keys += 1
@@ -468,6 +471,39 @@ def shutdown():
     server's finalisation, a barrier of every node), so that the caller can watch it for a stall;
     nothing else may use the backend after."""
     _backend.shutdown()
+
+
+# Gloo's transport errors (gloo/transport/tcp/pair.cc), as Horovod passes them up: the peer is
+# "[ADDRESS]:PORT".
+_GLOO_NETWORK = re.compile(
+    r"(?P<what>(?:Read|Write) error|Connection closed by peer|Connect timeout|"
+    r"Timed out waiting \d+ms for \w+ operation to complete|Socket \w+ error)"
+    r"(?: (?P<peer>\[[^\]]+\]:\d+))?(?:: (?P<why>[A-Za-z][^\n\"\]\[]*))?")
+
+
+def network_failure(exc):
+    """The NetworkLost error a failed connection between workers means, or None.
+
+    Horovod over Gloo raises a lost connection (the network failing or slowed past TCP's
+    retries, or the peer gone) as a long error naming Gloo's transport error deep inside; this
+    finds it in `exc` and its causes and says it in one line, naming the peer (Gloo knows its
+    address and port, not its rank).
+    """
+    from deeplab.errors import NetworkLost
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        match = _GLOO_NETWORK.search(str(exc))
+        if match:
+            peer = match.group("peer")
+            return NetworkLost(
+                "lost the network connection to %s (Gloo: %s): the network between the "
+                "workers failed, or that worker died; the last checkpoint is intact, continue "
+                "with --resume" % ("the worker at " + peer.replace("[", "").replace("]", "")
+                                   if peer else "another worker", match.group(0).strip()))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def nd_allreduce_sum(array, name, group=None):

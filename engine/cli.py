@@ -22,6 +22,7 @@ COMMANDS = {
     "k8s": "deeplab.k8s.cli",
     "fetch": "deeplab.fetch",
     "doctor": "deeplab.doctor",
+    "check-data": "deeplab.check_data",
 }
 
 USAGE = """usage: deeplab [--version] {%s} ...
@@ -42,6 +43,7 @@ USAGE = """usage: deeplab [--version] {%s} ...
   k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
   fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
   doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
+  check-data CONFIG [--split train val] [--set KEY=VALUE ...]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)

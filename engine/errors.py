@@ -7,8 +7,8 @@ They subclass ValueError so that callers catching bad values keep working.
 
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
            "CheckpointError", "LaunchError", "RenderError", "ManifestError", "JobStopped",
-           "TrainingDiverged", "Preempted", "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED",
-           "EXIT_PREEMPTED"]
+           "TrainingDiverged", "Preempted", "NetworkLost", "EXIT_USER_ERROR", "EXIT_DIVERGED",
+           "EXIT_STALLED", "EXIT_NETWORK", "EXIT_PREEMPTED"]
 
 
 class UserError(ValueError):
@@ -60,6 +60,13 @@ class TrainingDiverged(JobStopped):
     exit_code = 3
 
 
+class NetworkLost(JobStopped):
+    """A connection between workers failed (Gloo's read or write error, a peer that closed its
+    connection): the network, or the peer at the other end. The last checkpoint is intact."""
+
+    exit_code = 5
+
+
 class Preempted(JobStopped):
     """SIGTERM: a checkpoint was saved and the run can continue with --resume."""
 
@@ -70,4 +77,6 @@ class Preempted(JobStopped):
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = TrainingDiverged.exit_code
 EXIT_STALLED = 4
+# A consequence, like a collective error: a peer that died first is the cause to report.
+EXIT_NETWORK = NetworkLost.exit_code
 EXIT_PREEMPTED = Preempted.exit_code

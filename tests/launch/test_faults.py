@@ -340,3 +340,114 @@ def test_a_stopped_worker_stalls_the_job_which_ends_naming_it(tmp_path, dl, jobs
     assert state is not None and state["iteration"] < 80
     resume_equals_straight(dl, straight, workdir, launcher, overrides,
                            [*RUN, *(PS_RUN if launcher == PS else [])])
+
+
+def test_a_stopped_ps_scheduler_stalls_the_workers_shutdown_which_ends_naming_it(
+        tmp_path, dl, jobs, straight):
+    """SIGSTOP of the parameter server's scheduler (issue 19, item 6): training, which talks to
+    the servers only, runs to the end; then ps-lite's shutdown waits in a barrier of every node,
+    which a stopped scheduler never completes. Each worker's watchdog ends it within
+    dist.stall_timeout of the end of training with the stall's line naming the phase; the job
+    ends with 4, nothing is left, and the last checkpoint (the final one) resumes."""
+    overrides = [*RUN, *PS_RUN, "dist.stall_timeout=%d" % STALL]
+    workdir = tmp_path / "scheduler"
+    job = jobs(dl, workdir, PS, overrides)
+    wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
+    scheduler = wait_for(lambda: [pid for pid in marked(job.marker)
+                                  if proc_info(pid) and
+                                  proc_info(pid)[1].get("DMLC_ROLE") == "scheduler"],
+                         30, "the scheduler")
+    assert len(scheduler) == 1, scheduler
+    job.signal(scheduler[0], signal.SIGSTOP)
+    # The clock of the bound starts when training ends (final.params written).
+    wait_for(lambda: (workdir / "final.params").exists(), 300, "the end of training")
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    assert code == 4, out[-3000:]
+    assert elapsed < STALL + BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab: stalled: no progress for 20 s in the ps backend's shutdown "
+                     r"after (saving final.params|the final checkpoint) \(rank [01] of 2, backend ps\)", out), \
+        out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] == 80
+    resume_equals_straight(dl, straight, workdir, PS, overrides, [*RUN, *PS_RUN])
+
+
+def voc_tree(dl, root, train_ids):
+    """A small VOC tree (tests/data/conftest.py's build_tree) and the overrides that train on
+    it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "voc_tree", os.path.join(dl.ROOT, "tests", "data", "conftest.py"))
+    voc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(voc)
+    tree = voc.build_tree(root, voc_train=train_ids, voc_val=["v1", "v2"])
+    return tree, ["data.name=voc", "data.root=%s" % tree.root, "data.train_split=train",
+                  "model.num_classes=21", "train.batch_size=2", "train.iterations=80",
+                  "train.checkpoint_every=4", "train.log_every=4"]
+
+
+def damaged_then_resumed(tmp_path, dl, jobs, damage, overrides=()):
+    """Trains plain `deeplab train` (defaults: 2 loader processes) on a VOC tree, applies
+    `damage(path)` to a training image after the first checkpoint, and waits for the job.
+    Returns (exit code, output, seconds since the damage, the image, the workdir, the
+    checkpoint iterations before the damage); the image is restored afterwards and --resume
+    must then finish the run from the last checkpoint."""
+    ids = ["a", "b", "c", "d"]
+    tree, run = voc_tree(dl, tmp_path / "voc", ids)
+    run += list(overrides)
+    workdir = tmp_path / "run"
+    job = jobs(dl, workdir, [], run)
+    ckpt = Checkpointer(str(workdir))
+    wait_for(ckpt.iterations, 180, "the first checkpoint")
+    image = tree.voc_image("a")
+    with open(image, "rb") as f:
+        original = f.read()
+    before = ckpt.iterations()
+    damage(image)
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    state = ckpt.latest()
+    assert state is not None and state["iteration"] < 80, out[-3000:]
+    assert len(mx.nd.load(state["params"])) > 0
+    os.remove(image)
+    with open(image, "wb") as f:
+        f.write(original)
+    dl.deeplab("train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume", *dl.sets(*run),
+               timeout=300)
+    assert ckpt.latest()["iteration"] == 80 and (workdir / "final.params").exists()
+    return code, out, elapsed, image, before
+
+
+def test_a_data_file_that_blocks_stalls_naming_the_loader_and_the_file(tmp_path, dl, jobs):
+    """A FIFO in place of a training JPEG (a file that never delivers: a dead NFS server):
+    the loader process reading it blocks; the watchdog ends the job after dist.stall_timeout
+    (lowered only so the test is short) with a line naming the data loader, the sample, its
+    file and the loader process (issue 19, item 7)."""
+    def block(path):
+        os.remove(path)
+        os.mkfifo(path)
+
+    code, out, elapsed, image, _ = damaged_then_resumed(
+        tmp_path, dl, jobs, block, ["dist.stall_timeout=%d" % STALL])
+    assert code == 4, out[-3000:]
+    assert STALL <= elapsed < STALL + BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab: stalled: no progress for 20 s after iteration \d+ \(rank 0 of "
+                     r"1, backend local\); waiting for the data loader to read sample a \(%s, "
+                     r"[^)]*a\.png\): loader process \d+ has been reading it for \d+ s"
+                     % re.escape(image), out), out[-3000:]
+
+
+def test_a_truncated_training_image_is_an_error_naming_it(tmp_path, dl, jobs):
+    """A training JPEG cut in half (`truncate -s 50%`), which OpenCV would decode without an
+    error into a half-grey image: one line naming the file, exit 2 (issue 19, item 10)."""
+    def truncate(path):
+        os.truncate(path, os.path.getsize(path) // 2)
+
+    code, out, elapsed, image, _ = damaged_then_resumed(tmp_path, dl, jobs, truncate)
+    assert code == 2, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert "deeplab train: error: image %s is damaged: truncated JPEG" % image in out, \
+        out[-3000:]
+    assert "Traceback" not in out and "Premature end of JPEG" not in out, out[-3000:]
