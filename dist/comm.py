@@ -207,6 +207,17 @@ class HorovodBackend(LocalBackend):
                                "(Horovod over Gloo, `deeplab launch horovod`'s default, does not)")
         return handles
 
+    def exit_after_failure(self, code):
+        from deeplab.errors import EXIT_NETWORK
+
+        if code == EXIT_NETWORK:
+            # The failed collective's error stays in MXNet's engine, which would print it again
+            # as a traceback at exit (MXNotifyShutdown), and Horovod's shutdown talks to the
+            # peers that are cut off: the one line said it all.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
     def host(self):
         # horovodrun names each worker's host in HOROVOD_HOSTNAME; Horovod's local ranks follow it
         return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
@@ -494,7 +505,10 @@ def network_failure(exc):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        match = _GLOO_NETWORK.search(str(exc))
+        # MXNet re-parses the C++ message "Read error [ADDR]:PORT: why" as a traceback:
+        # 'File "Read error [ADDR]", line PORT' then 'MXNetError: why'. Put it back together.
+        text = re.sub(r'File "([^"]*)", line (\d+)\s*\n\s*\w*Error: ', r"\1:\2: ", str(exc))
+        match = _GLOO_NETWORK.search(text)
         if match:
             peer = match.group("peer")
             return NetworkLost(

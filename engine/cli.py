@@ -3,7 +3,8 @@
 
 Exit codes: 0 success; 1 a failure with a traceback (a bug); 2 bad input (a config, a file, a
 directory, a flag), reported in one line; 3 training diverged (non-finite loss or parameters);
-4 a stalled job (see dist.stall_timeout); 143 stopped by SIGTERM after saving a checkpoint.
+4 a stalled job (see dist.stall_timeout); 5 a lost network connection between workers; 143
+stopped by SIGTERM after saving a checkpoint.
 """
 import importlib
 import os

@@ -129,10 +129,11 @@ def assert_same_final_params(a, b):
 class Job:
     """A `deeplab launch ... -- train` job started in the background, every process marked."""
 
-    def __init__(self, dl, workdir, launcher, overrides, evaluate=False):
+    def __init__(self, dl, workdir, launcher, overrides, evaluate=False, wrap=()):
         self.workdir, self.marker = workdir, uuid.uuid4().hex
-        cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
-               str(workdir), *([] if evaluate else ["--no-eval"]), *dl.sets(*overrides)]
+        cmd = [*wrap, sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY,
+               "--workdir", str(workdir), *([] if evaluate else ["--no-eval"]),
+               *dl.sets(*overrides)]
         self.proc = subprocess.Popen(cmd, env=dl.environ(FAULT_TEST=self.marker), cwd=dl.ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, start_new_session=True)
@@ -451,3 +452,45 @@ def test_a_truncated_training_image_is_an_error_naming_it(tmp_path, dl, jobs):
     assert "deeplab train: error: image %s is damaged: truncated JPEG" % image in out, \
         out[-3000:]
     assert "Traceback" not in out and "Premature end of JPEG" not in out, out[-3000:]
+
+
+def _network_namespaces_work():
+    try:
+        return subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up && tc qdisc show "
+                               "dev lo"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+# The job in a network namespace of its own, its loopback up: the test may then break its
+# network (tc, ip) without touching the machine's.
+IN_NETNS = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+@pytest.mark.skipif(not _network_namespaces_work(),
+                    reason="network namespaces (unshare -n) and tc are not available here")
+def test_a_failing_network_is_one_line_naming_the_peer_with_its_own_exit_code(
+        tmp_path, dl, jobs, straight):
+    """The job's loopback throttled to 1 Mbit/s with a 2 s queue mid-training (issue 19, item
+    8; all defaults, dist.stall_timeout included): Gloo's connection times out; each worker
+    says so in one line naming the peer's address, exit code 5 (EXIT_NETWORK), no traceback;
+    nothing is left, and the last checkpoint resumes to an uninterrupted run's parameters."""
+    workdir = tmp_path / "network"
+    job = jobs(dl, workdir, HOROVOD, RUN, wrap=IN_NETNS)
+    wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
+    assert job.proc.poll() is None
+    subprocess.run(["nsenter", "-t", str(job.proc.pid), "-n", "tc", "qdisc", "add", "dev", "lo",
+                    "root", "tbf", "rate", "1mbit", "burst", "10kb", "latency", "2s"],
+                   check=True, timeout=30)
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    assert code == 5, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab train: lost the network connection to the worker at "
+                     r"127\.0\.0\.1:\d+ \(Gloo: (Read|Write) error \[127\.0\.0\.1\]:\d+: ", out), \
+        out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "exit code 5" in out.split("deeplab launch:")[-1], out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] < 80
+    resume_equals_straight(dl, straight, workdir, HOROVOD, RUN, RUN)
