@@ -128,9 +128,10 @@ def main(argv=None):
             figures[name] = per_image_ms(fn, items)
             print("  %-30s %8.3f ms" % (name, figures[name]))
         print("truncated copies of %s: found by" % os.path.basename(jpgs[0]))
-        print("  %9s  %-6s  %-10s  %-14s" % ("bytes", "marker", "PIL decode", "OpenCV refuses"))
+        print("  %15s  %-6s  %-10s  %-14s" % ("bytes kept", "marker", "PIL decode",
+                                               "OpenCV refuses"))
         for cut, total, marker, pil, cv in detection(jpgs[0], folder):
-            print("  %4d/%4d  %-6s  %-10s  %-14s" % (cut, total, marker, pil, cv))
+            print("  %7d/%7d  %-6s  %-10s  %-14s" % (cut, total, marker, pil, cv))
         full = figures["sample (check-data)"] * TRAINAUG / 1000
         print("VOC trainaug (%d samples): the marker alone %.1f s; a full check (deeplab "
               "check-data) %.0f s in one process, %.0f s in 2" % (
