@@ -343,16 +343,18 @@ def test_a_stopped_worker_stalls_the_job_which_ends_naming_it(tmp_path, dl, jobs
                            [*RUN, *(PS_RUN if launcher == PS else [])])
 
 
+@pytest.mark.parametrize("evaluate", [False, True], ids=["no-eval", "eval"])
 def test_a_stopped_ps_scheduler_stalls_the_workers_shutdown_which_ends_naming_it(
-        tmp_path, dl, jobs, straight):
+        tmp_path, dl, jobs, straight, evaluate):
     """SIGSTOP of the parameter server's scheduler (issue 19, item 6): training, which talks to
-    the servers only, runs to the end; then ps-lite's shutdown waits in a barrier of every node,
-    which a stopped scheduler never completes. Each worker's watchdog ends it within
-    dist.stall_timeout of the end of training with the stall's line naming the phase; the job
-    ends with 4, nothing is left, and the last checkpoint (the final one) resumes."""
+    the servers only, runs to the end; then the next barrier of every node waits for good: the
+    final evaluation's first allreduce (a new kvstore key), or with --no-eval ps-lite's
+    shutdown. Each worker's watchdog ends it (4x dist.stall_timeout in evaluation) with the
+    stall's line naming the phase; the job ends with 4, nothing is left, and the last checkpoint
+    (the final one) resumes."""
     overrides = [*RUN, *PS_RUN, "dist.stall_timeout=%d" % STALL]
     workdir = tmp_path / "scheduler"
-    job = jobs(dl, workdir, PS, overrides)
+    job = jobs(dl, workdir, PS, overrides, evaluate=evaluate)
     wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
     scheduler = wait_for(lambda: [pid for pid in marked(job.marker)
                                   if proc_info(pid) and
@@ -365,10 +367,13 @@ def test_a_stopped_ps_scheduler_stalls_the_workers_shutdown_which_ends_naming_it
     job.signalled = time.time()
     code, out, elapsed = job.finish()
     assert code == 4, out[-3000:]
-    assert elapsed < STALL + BOUND, "the job took %.0f s to stop" % elapsed
-    assert re.search(r"deeplab: stalled: no progress for 20 s in the ps backend's shutdown "
-                     r"after (saving final.params|the final checkpoint) \(rank [01] of 2, backend ps\)", out), \
-        out[-3000:]
+    limit = 4 * STALL if evaluate else STALL
+    assert elapsed < limit + BOUND, "the job took %.0f s to stop" % elapsed
+    phase = (r"80 s in the final evaluation after [^(]+" if evaluate else
+             r"20 s in the ps backend's shutdown after (saving final.params|the final checkpoint)")
+    assert re.search(r"deeplab: stalled: no progress for %s \(rank [01] of 2, backend ps\)"
+                     % phase, out), out[-3000:]
+    assert not (workdir / "results.json").exists()
     state = Checkpointer(str(workdir)).latest()
     assert state is not None and state["iteration"] == 80
     resume_equals_straight(dl, straight, workdir, PS, overrides, [*RUN, *PS_RUN])
