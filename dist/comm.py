@@ -25,7 +25,8 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure", "nd_allreduce_sum", "nd_allgather",
+           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure",
+           "nd_allreduce_sum", "nd_allgather",
            "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
