@@ -31,6 +31,15 @@ class SegmentationDataset:
     def _read(self, index):
         raise NotImplementedError
 
+    def describe(self, index):
+        """Names sample `index` for messages: its id, and its files where the dataset has them
+        (`image_paths`, `mask_paths`)."""
+        sample = self.ids[index] if 0 <= index < len(self.ids) else index
+        files = [paths[index] for paths in (getattr(self, "image_paths", None),
+                                            getattr(self, "mask_paths", None))
+                 if paths is not None and 0 <= index < len(paths)]
+        return "sample %s%s" % (sample, " (%s)" % ", ".join(files) if files else "")
+
     def load(self, index):
         """Returns `(image, mask)` for sample `index`, validated (see module docstring).
 
@@ -87,14 +96,52 @@ def read_image(path):
 
     EXIF orientation is ignored so the pixels keep the stored layout, which is the layout the
     masks (read with PIL, which never rotates) were drawn on.
+
+    Raises:
+        DatasetError: the file is missing, unreadable, not an image, or damaged (see
+            `image_damage`: OpenCV decodes a truncated JPEG without an error, greying the rest).
     """
     import cv2
 
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    damage = image_damage(data) if data else None
+    if damage:
+        raise DatasetError("image %s is damaged: %s; replace it, or remove its id from the "
+                           "image list" % (path, damage))
+    image = cv2.imdecode(np.frombuffer(data, np.uint8),
+                         cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data else None
     if image is None:
         raise DatasetError("cannot read image %s: the file is missing, unreadable or not an image "
                            "format OpenCV can decode" % path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def image_damage(data):
+    """Why the bytes of a JPEG or PNG file are not a whole image (truncated), or None.
+
+    A JPEG must end with its end-of-image marker (FF D9; zero padding after it is allowed), a
+    PNG with its IEND chunk. Why not a decoder: OpenCV (libjpeg) decodes a truncated JPEG
+    without an error, printing "Premature end of JPEG file" without the file's name and greying
+    what is missing; PIL's full decode raises, but costs as much as the decode itself, where this
+    check costs next to nothing (benchmarks/damaged_images.py: it caught every truncation point
+    tried, as PIL's decode did). Damage inside a file that keeps its end (flipped bits) is left
+    to the decoder, and to `deeplab check-data`, which decodes every image.
+    """
+    if data.startswith(_JPEG_START):
+        if not data.rstrip(b"\0").endswith(_JPEG_END):
+            return ("truncated JPEG (%d bytes, no end-of-image marker at its end)" % len(data))
+    elif data.startswith(_PNG_START):
+        if not data.endswith(_PNG_END):
+            return "truncated PNG (%d bytes, no IEND chunk at its end)" % len(data)
+    return None
 
 
 # PNG modes whose pixel values are label indices; an RGB PNG holds colours, which would need a

@@ -8,7 +8,9 @@ reassembles them in order and builds NDArrays. Workers never touch MXNet, so for
 
 An exception in a worker is re-raised in the caller with its type and message unchanged (the
 worker's traceback is attached as the cause); a worker that dies (e.g. killed for memory) raises
-RuntimeError instead of hanging the job.
+RuntimeError instead of hanging the job. A sample that never arrives (a file that blocks: a FIFO,
+a file system gone) is for the stall watchdog to end: while the caller waits, it names the
+sample, its files and the loader process reading it (`deeplab.utils.waiting_on`).
 
 Loader processes never outlive the process that forked them, however it ends (SIGKILL
 included): the kernel kills them when it dies (PR_SET_PDEATHSIG), and each also checks that its
@@ -33,6 +35,8 @@ import time
 import traceback
 
 import numpy as np
+
+from deeplab.utils import waiting_on
 
 __all__ = ["LOADER_NAME", "train_batches", "eval_samples"]
 
@@ -74,7 +78,8 @@ def train_batches(dataset, transform, sampler, start_iter, num_iters, rank=0, wo
         import mxnet as mx
 
         samples = _ordered_map(functools.partial(_train_sample, dataset, transform), items(),
-                               num_workers, max_pending=max(2 * per_rank, 4 * num_workers))
+                               num_workers, max_pending=max(2 * per_rank, 4 * num_workers),
+                               describe=lambda item: _describe(dataset, item[1]))
         try:
             for t in range(start_iter, num_iters):
                 images, labels = zip(*(next(samples) for _ in range(per_rank)))
@@ -105,7 +110,8 @@ def eval_samples(dataset, transform, indices, num_workers=0):
         import mxnet as mx
 
         results = _ordered_map(functools.partial(_eval_sample, dataset, transform), indices,
-                               num_workers, max_pending=2 * num_workers + 2)
+                               num_workers, max_pending=2 * num_workers + 2,
+                               describe=lambda index: _describe(dataset, index))
         try:
             for index, (image, mask) in zip(indices, results):
                 yield (index, mx.nd.array(image[None], dtype=np.float32), mask.astype(np.int64))
@@ -118,6 +124,11 @@ def eval_samples(dataset, transform, indices, num_workers=0):
 def _check_workers(num_workers):
     if not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError("data.num_workers must be an integer >= 0, got %r" % (num_workers,))
+
+
+def _describe(dataset, index):
+    describe = getattr(dataset, "describe", None)
+    return describe(index) if describe else "sample %s" % index
 
 
 def _train_sample(dataset, transform, item):
@@ -138,14 +149,18 @@ class _RemoteTraceback(Exception):
         return "\n" + self.args[0]
 
 
-def _ordered_map(fn, items, num_workers, max_pending):
+def _ordered_map(fn, items, num_workers, max_pending, describe=repr):
     """Yields fn(item) for each item in order, computed in `num_workers` forked processes.
 
     At most `max_pending` items are in flight, so a slow consumer bounds memory use.
+    `describe(item)` names an item in the stall watchdog's message while we wait for it.
     """
     if num_workers == 0:
         for item in items:
-            yield fn(item)
+            with waiting_on(lambda: "the data loader to read %s (in this process)"
+                            % describe(item)):
+                result = fn(item)
+            yield result
         return
 
     mxnet = sys.modules.get("mxnet")
@@ -156,6 +171,11 @@ def _ordered_map(fn, items, num_workers, max_pending):
     ctx = multiprocessing.get_context("fork")
     tasks = ctx.SimpleQueue()
     workers, readers = [], []
+    # What each loader process is at: (sequence number or -1, since when, monotonic seconds),
+    # written by it, read by the watchdog's message.
+    busy = ctx.Array("d", 2 * num_workers, lock=False)
+    for slot in range(num_workers):
+        busy[2 * slot] = -1
     # The loader processes' stdout and stderr: copied to ours by a thread, so that they never
     # hold our own stdout/stderr open.
     output_r, output_w = os.pipe()
@@ -164,11 +184,12 @@ def _ordered_map(fn, items, num_workers, max_pending):
     relay.start()
     try:
         with _opencv_without_threads():
-            for _ in range(num_workers):
+            for slot in range(num_workers):
                 reader, writer = ctx.Pipe(duplex=False)
                 _enlarge_pipe(writer)
                 proc = ctx.Process(target=_worker_main,
-                                   args=(fn, tasks, writer, os.getpid(), output_w), daemon=True)
+                                   args=(fn, tasks, writer, os.getpid(), output_w,
+                                         (busy, slot)), daemon=True)
                 proc.start()
                 writer.close()  # the child holds the write end: EOF on reader means it died
                 workers.append(proc)
@@ -176,9 +197,19 @@ def _ordered_map(fn, items, num_workers, max_pending):
         os.close(output_w)  # the relay ends when the last child has exited
         output_w = None
         items = iter(items)
-        done = {}
+        done, pending = {}, {}  # results arrived early; items sent and not yet received
         sent = received = 0
         exhausted = False
+
+        def waiting():
+            seq = received
+            text = "the data loader to read %s" % describe(pending[seq])
+            for slot, proc in enumerate(workers):
+                if busy[2 * slot] == seq:
+                    return "%s: loader process %d has been reading it for %.0f s" % (
+                        text, proc.pid, time.monotonic() - busy[2 * slot + 1])
+            return text
+
         while True:
             while not exhausted and sent - received < max_pending:
                 item = next(items, _END)
@@ -186,12 +217,16 @@ def _ordered_map(fn, items, num_workers, max_pending):
                     exhausted = True
                 else:
                     tasks.put((sent, item))
+                    pending[sent] = item
                     sent += 1
             if received == sent:
                 break
-            while received not in done:
-                done.update(_collect(readers, workers))
+            if received not in done:
+                with waiting_on(waiting):
+                    while received not in done:
+                        done.update(_collect(readers, workers))
             ok, payload = done.pop(received)
+            del pending[received]
             received += 1
             if not ok:
                 exc, remote_tb = payload
@@ -348,14 +383,15 @@ def _drop_sockets():
         os.close(null)
 
 
-def _worker_main(fn, tasks, writer, parent_pid, output_fd):
+def _worker_main(fn, tasks, writer, parent_pid, output_fd, busy=None):
     """Entry point of a loader process."""
     _detach_from_parent(parent_pid, output_fd)
-    _worker_loop(fn, tasks, writer)
+    _worker_loop(fn, tasks, writer, busy)
 
 
-def _worker_loop(fn, tasks, writer):
-    """Body of a loader process: runs fn on tasks until it receives None."""
+def _worker_loop(fn, tasks, writer, busy=None):
+    """Body of a loader process: runs fn on tasks until it receives None. `busy`: (shared
+    array, slot) where it records which task it is at and since when."""
     # Ctrl-C goes to the whole process group; the parent handles it and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The parent stops us with SIGTERM: whatever handler it installed (training's checkpoint on
@@ -368,10 +404,16 @@ def _worker_loop(fn, tasks, writer):
         if task is None:
             break
         seq, item = task
+        if busy is not None:
+            array, slot = busy
+            array[2 * slot + 1] = time.monotonic()
+            array[2 * slot] = seq
         try:
             message = _serialize((seq, True, fn(item)))
         except Exception as exc:  # forwarded to the parent, which re-raises it
             message = _serialize((seq, False, (_portable(exc), traceback.format_exc())))
+        if busy is not None:
+            array[2 * slot] = -1
         _send(writer, message)
     writer.close()
 

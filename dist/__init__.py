@@ -5,7 +5,7 @@ Horovod / parameter-server backends, synchronized batch normalization and the st
 """
 from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broadcast,
                    broadcast_parameters, context, contexts, exit_after_failure, init, is_main,
-                   local_rank, make_trainer, nd_allgather, nd_allreduce_sum, pin_visible_devices,
-                   rank, resolve_backend, size, stall_hint)
+                   local_rank, make_trainer, nd_allgather, nd_allreduce_sum, network_failure,
+                   pin_visible_devices, rank, resolve_backend, shutdown, size, stall_hint)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .watchdog import EXIT_STALLED, Watchdog

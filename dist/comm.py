@@ -16,6 +16,7 @@ DEEPLAB_DIST_BACKEND overrides it.
 """
 import os
 import pickle
+import re
 import socket
 import sys
 import tempfile
@@ -24,7 +25,8 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
+           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure",
+           "nd_allreduce_sum", "nd_allgather",
            "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
@@ -106,6 +108,9 @@ class LocalBackend:
                                             update_on_kvstore=False if several else None), 1)
 
     def exit_after_failure(self, code):
+        pass
+
+    def shutdown(self):
         pass
 
     def stall_hint(self):
@@ -207,6 +212,17 @@ class HorovodBackend(LocalBackend):
                                "(Horovod over Gloo, `deeplab launch horovod`'s default, does not)")
         return handles
 
+    def exit_after_failure(self, code):
+        from deeplab.errors import EXIT_NETWORK
+
+        if code == EXIT_NETWORK:
+            # The failed collective's error stays in MXNet's engine, which would print it again
+            # as a traceback at exit (MXNotifyShutdown), and Horovod's shutdown talks to the
+            # peers that are cut off: the one line said it all.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
     def host(self):
         # horovodrun names each worker's host in HOROVOD_HOSTNAME; Horovod's local ranks follow it
         return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
@@ -239,6 +255,8 @@ class PSBackend(LocalBackend):
             raise RuntimeError("dist.backend=ps needs DMLC_ROLE=worker and the DMLC_PS_* "
                                "variables; start workers with `deeplab launch ps`")
         self.kv = mx.kv.create("dist_device_sync" if mx.context.num_gpus() else "dist_sync")
+        # Kept: the watchdog asks for them after `shutdown` freed the kvstore.
+        self._rank, self._size = self.kv.rank, self.kv.num_workers
         self._keys = 0
         self._sum_keys = {}  # array size -> key
         rank_dir = os.environ.get("DEEPLAB_RANK_DIR")
@@ -247,10 +265,10 @@ class PSBackend(LocalBackend):
                 f.write(str(self.kv.rank))
 
     def rank(self):
-        return self.kv.rank
+        return self._rank
 
     def size(self):
-        return self.kv.num_workers
+        return self._size
 
     def _new_key(self):
         self._keys += 1
@@ -323,6 +341,19 @@ class PSBackend(LocalBackend):
         mx.nd.waitall()
         self.kv._barrier()
         return DistTrainer(trainer, 1)  # the servers sum; step(n) divides by n
+
+    def shutdown(self):
+        """ps-lite's orderly end, now rather than when the interpreter frees the kvstore at
+        exit: a barrier of every node (then worker 0 stops the servers), which blocks for good
+        when a node (the scheduler, say) is stopped or gone. Run now, the stall watchdog covers
+        it; during the interpreter's own shutdown no Python thread runs any more."""
+        from mxnet.base import _LIB, check_call
+
+        mx.nd.waitall()
+        # The KVStore object frees its handle when collected: NULL then, which C++ deletes as
+        # nothing.
+        handle, self.kv.handle = self.kv.handle, None
+        check_call(_LIB.MXKVStoreFree(handle))
 
     def exit_after_failure(self, code):
         # ps-lite's orderly shutdown (run when the process exits) waits for every node, so a
@@ -449,6 +480,49 @@ def exit_after_failure(code):
     """Ends a failing worker at once under the parameter server (whose shutdown would wait for
     every node, the failed one included); returns otherwise."""
     _backend.exit_after_failure(code)
+
+
+def shutdown():
+    """COLLECTIVE. Ends the backend's connections in order once the work is done (the parameter
+    server's finalisation, a barrier of every node), so that the caller can watch it for a stall;
+    nothing else may use the backend after."""
+    _backend.shutdown()
+
+
+# Gloo's transport errors (gloo/transport/tcp/pair.cc), as Horovod passes them up: the peer is
+# "[ADDRESS]:PORT".
+_GLOO_NETWORK = re.compile(
+    r"(?P<what>(?:Read|Write) error|Connection closed by peer|Connect timeout|"
+    r"Timed out waiting \d+ms for \w+ operation to complete|Socket \w+ error)"
+    r"(?: (?P<peer>\[[^\]]+\]:\d+))?(?:: (?P<why>[A-Za-z][^\n\"\]\[]*))?")
+
+
+def network_failure(exc):
+    """The NetworkLost error a failed connection between workers means, or None.
+
+    Horovod over Gloo raises a lost connection (the network failing or slowed past TCP's
+    retries, or the peer gone) as a long error naming Gloo's transport error deep inside; this
+    finds it in `exc` and its causes and says it in one line, naming the peer (Gloo knows its
+    address and port, not its rank).
+    """
+    from deeplab.errors import NetworkLost
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        # MXNet re-parses the C++ message "Read error [ADDR]:PORT: why" as a traceback:
+        # 'File "Read error [ADDR]", line PORT' then 'MXNetError: why'. Put it back together.
+        text = re.sub(r'File "([^"]*)", line (\d+)\s*\n\s*\w*Error: ', r"\1:\2: ", str(exc))
+        match = _GLOO_NETWORK.search(text)
+        if match:
+            peer = match.group("peer")
+            return NetworkLost(
+                "lost the network connection to %s (Gloo: %s): the network between the "
+                "workers failed, or that worker died; the last checkpoint is intact, continue "
+                "with --resume" % ("the worker at " + peer.replace("[", "").replace("]", "")
+                                   if peer else "another worker", match.group(0).strip()))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def nd_allreduce_sum(array, name, group=None):

@@ -4,7 +4,14 @@ A worker that is stopped (SIGSTOP), hung (a dead file system, a deadlock) or cut
 peers leaves the others waiting inside a collective: the parameter server waits forever, and
 Horovod over Gloo fails only at its timeout, on a surviving rank, which then looks like the
 culprit. The training loop calls `beat()` after each step; when no beat arrives in time, a
-daemon thread prints one line and ends the process with EXIT_STALLED. It ends it with
+daemon thread prints one line and ends the process with EXIT_STALLED.
+
+One watchdog covers a `deeplab train` process from start to end: start-up (the backend's
+rendezvous, the pre-flight), every step, barrier and collective, evaluation, the final
+checkpoint and save, and the backend's shutdown (the parameter server's finalisation waits for
+every node). The phases outside the step loop run inside `extend(seconds, name)`, so that the
+line names the phase; a wait that names what it waits for (`deeplab.utils.waiting_on`, e.g. the
+data loader's next sample and its file) is named too. It ends it with
 `os._exit`, without Python's cleanup: the main thread is stuck in a C call that does not return,
 and an orderly exit would wait for it.
 """
@@ -15,6 +22,7 @@ import time
 from contextlib import contextmanager
 
 from deeplab.errors import EXIT_STALLED
+from deeplab.utils import waits
 
 from . import comm
 
@@ -44,8 +52,6 @@ class Watchdog:
         self._limit = self.timeout if first_timeout is None else float(first_timeout)
         self._what = "start-up"  # the last progress, for the message
         self._phase = None  # (name, seconds) of the `extend` block running, if any
-        self._where = "rank %d of %d, backend %s" % (comm.rank(), comm.size(), comm.backend())
-        self._hint = comm.stall_hint()
         self._thread = None
         if self.enabled:
             self._thread = threading.Thread(target=self._watch, name="deeplab-watchdog",
@@ -58,6 +64,13 @@ class Watchdog:
             self._last, self._what = time.monotonic(), what
             self._limit = self.timeout if self._phase is None else self._phase[1]
             # A shorter limit than the one the thread waits for (the first one) must wake it.
+            self._cond.notify()
+
+    def expect(self, seconds):
+        """Allows `seconds` (<= 0: no limit) until the next beat, e.g. for a first step that
+        builds and compiles; inside an `extend` block, its limit comes back at the next beat."""
+        with self._cond:
+            self._limit = float(seconds)
             self._cond.notify()
 
     @contextmanager
@@ -110,8 +123,15 @@ class Watchdog:
 
     def _message(self):
         during = "in %s " % self._phase[0] if self._phase is not None else ""
+        # Asked now, not at creation: the watchdog may start before the backend does.
+        try:
+            where = "rank %d of %d, backend %s" % (comm.rank(), comm.size(), comm.backend())
+        except Exception:  # noqa: B902 - a backend half started: the message must still go out
+            where = "backend %s starting" % comm.backend()
+        waiting = waits()
+        hint = ("waiting for %s" % "; ".join(waiting)) if waiting else comm.stall_hint()
         return "deeplab: stalled: no progress for %s s %safter %s (%s); %s" % (
-            _seconds(self._limit), during, self._what, self._where, self._hint)
+            _seconds(self._limit), during, self._what, where, hint)
 
 
 def _seconds(s):

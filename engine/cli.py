@@ -3,9 +3,9 @@
 
 Exit codes: 0 success; 1 a failure with a traceback (a bug); 2 bad input (a config, a file, a
 directory, a flag), reported in one line; 3 training diverged (non-finite loss or parameters);
-4 a stalled job (see dist.stall_timeout); 5 a `deeplab doctor` check failed; 143 stopped by SIGTERM
-after saving a checkpoint; 130 stopped by Ctrl-C (SIGINT): after saving a checkpoint, or at once
-on a second Ctrl-C.
+4 a stalled job (see dist.stall_timeout); 5 a lost network connection between workers; 6 a
+`deeplab doctor` check failed; 143 stopped by SIGTERM after saving a checkpoint; 130 stopped by
+Ctrl-C (SIGINT): after saving a checkpoint, or at once on a second Ctrl-C.
 """
 import importlib
 import os
@@ -24,6 +24,7 @@ COMMANDS = {
     "k8s": "deeplab.k8s.cli",
     "fetch": "deeplab.fetch",
     "doctor": "deeplab.doctor",
+    "check-data": "deeplab.check_data",
 }
 
 USAGE = """usage: deeplab [--version] {%s} ...
@@ -45,6 +46,7 @@ USAGE = """usage: deeplab [--version] {%s} ...
   fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
         | fetch cityscapes [--root DIR] [--delete-archives]
   doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
+  check-data CONFIG [--split train val] [--set KEY=VALUE ...]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
 Run `deeplab SUBCOMMAND -h` for the options of each.""" % ",".join(COMMANDS)

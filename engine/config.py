@@ -150,8 +150,9 @@ SCHEMA = {
                                 "their gradients summed in-process and BN synchronized across "
                                 "them (local and ps backends)", lo=1),
         "stall_timeout": K("float", 600.0,
-                           "seconds without a completed step before a worker exits as "
-                           "stalled (0: never); the first step and evaluation get 4x", lo=0),
+                           "seconds without progress (a step, or the end of a phase) before "
+                           "a worker exits as stalled (0: never); start-up, the first step "
+                           "and evaluation get 4x", lo=0),
     },
 }
 

@@ -7,9 +7,9 @@ They subclass ValueError so that callers catching bad values keep working.
 
 __all__ = ["UserError", "ConfigError", "DatasetError", "ParamsError", "WorkdirError",
            "CheckpointError", "WriteError", "LaunchError", "RenderError", "ManifestError",
-           "JobStopped", "TrainingDiverged", "Preempted", "Interrupted", "EXIT_USER_ERROR",
-           "EXIT_DIVERGED", "EXIT_STALLED", "EXIT_PREEMPTED", "EXIT_INTERRUPTED",
-           "EXIT_CHECK_FAILED"]
+           "JobStopped", "TrainingDiverged", "Preempted", "Interrupted", "NetworkLost",
+           "EXIT_USER_ERROR", "EXIT_DIVERGED", "EXIT_STALLED", "EXIT_NETWORK", "EXIT_PREEMPTED",
+           "EXIT_INTERRUPTED", "EXIT_CHECK_FAILED"]
 
 
 class UserError(ValueError):
@@ -66,6 +66,13 @@ class TrainingDiverged(JobStopped):
     exit_code = 3
 
 
+class NetworkLost(JobStopped):
+    """A connection between workers failed (Gloo's read or write error, a peer that closed its
+    connection): the network, or the peer at the other end. The last checkpoint is intact."""
+
+    exit_code = 5
+
+
 class Preempted(JobStopped):
     """SIGTERM: a checkpoint was saved and the run can continue with --resume."""
 
@@ -82,7 +89,9 @@ class Interrupted(Preempted):
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = TrainingDiverged.exit_code
 EXIT_STALLED = 4
+# A consequence, like a collective error: a peer that died first is the cause to report.
+EXIT_NETWORK = NetworkLost.exit_code
 EXIT_PREEMPTED = Preempted.exit_code
 EXIT_INTERRUPTED = Interrupted.exit_code
 # `deeplab doctor`: a check failed (the machine or config is not fit for the run; not a bug).
-EXIT_CHECK_FAILED = 5
+EXIT_CHECK_FAILED = 6

@@ -131,15 +131,17 @@ def format_class_table(res):
     return "\n".join(lines)
 
 
-def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None, quiet=False):
-    """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`."""
+def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None, quiet=False,
+                   watchdog=None):
+    """COLLECTIVE. Evaluates on the val split; the main worker logs and writes `out`.
+    `watchdog`: as for `evaluate`."""
     log = log or run_logger()
     no_cudnn_autotune()
     dataset = build_dataset(cfg, "val")
     if cfg["train"]["hybridize"]:
         net.hybridize()
     shapes = set()
-    conf, n = evaluate(net, dataset, cfg, ctx, quiet=quiet, shapes=shapes)
+    conf, n = evaluate(net, dataset, cfg, ctx, watchdog=watchdog, quiet=quiet, shapes=shapes)
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
     # Each distinct input shape is a new graph for MXNet (and, with autotuning on, a cuDNN
     # benchmark of every convolution): recorded so that GPU users see what it would cost.

@@ -316,21 +316,29 @@ def _signal_words(signum):
     return "SIGINT (Ctrl-C)" if signum == signal.SIGINT else "SIGTERM"
 
 
-def train(cfg, workdir, resume_from=None, log=None):
+def train(cfg, workdir, resume_from=None, log=None, watchdog=None):
     """COLLECTIVE. Trains as configured, from scratch or from the checkpoint metadata
-    `resume_from` (see `prepare`); returns the trained network."""
+    `resume_from` (see `prepare`); returns the trained network.
+
+    `watchdog`: the process's dist.Watchdog (see `main`); by default one of the training's own.
+    """
+    if watchdog is None:
+        stall = cfg["dist"]["stall_timeout"]
+        with dist.Watchdog(stall, first_timeout=4 * stall) as own:
+            return train(cfg, workdir, resume_from, log, own)
     t = cfg["train"]
     log = log or run_logger()
     ctx = dist.contexts(cfg["dist"]["devices_per_worker"])
-    net, trainer, start = build_training(cfg, ctx, resume_from, log)
+    stall = cfg["dist"]["stall_timeout"]
+    with watchdog.extend(4 * stall, "building the network"):  # broadcasts the parameters
+        net, trainer, start = build_training(cfg, ctx, resume_from, log)
     ckpt = Checkpointer(workdir, every=t["checkpoint_every"], keep=t["keep_checkpoints"], log=log)
     record = RunRecord(workdir, start)
     meter = Meter(log, record, start, t["iterations"], t["log_every"], t["batch_size"], ctx[0])
     evaluator = PeriodicEvaluator(cfg, workdir, log, record)
     schedule, batches, last = lr_schedule(cfg), timed(training_batches(cfg, start)), None
-    stall = cfg["dist"]["stall_timeout"]  # the first step builds and compiles: allowed longer
-    with contextlib.closing(batches), contextlib.closing(record), StopRequest() as stop, \
-            dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
+    watchdog.expect(4 * stall)  # the first step builds and compiles: allowed longer
+    with contextlib.closing(batches), contextlib.closing(record), StopRequest() as stop:
         for data_s, (it, data, label) in batches:
             r = train_step(net, trainer, data, label, ctx, schedule(it), stop.signal,
                            last is not None and not np.isfinite(last.loss.asscalar()))
@@ -357,8 +365,10 @@ def train(cfg, workdir, resume_from=None, log=None):
                 ckpt.save(done, net, trainer, cfg)
             if evaluator.due(done, t["iterations"]):
                 evaluator.run(net, done, watchdog)
-    ckpt.save(t["iterations"], net, trainer, cfg)  # checks the last loss's effect: finite
-    on_main(lambda: save_params(net, os.path.join(workdir, "final.params")))  # errors: everywhere
+    with watchdog.extend(stall, "the final checkpoint"):
+        ckpt.save(t["iterations"], net, trainer, cfg)  # checks the last loss's effect: finite
+    with watchdog.extend(stall, "saving final.params"):  # a failed save raises everywhere
+        on_main(lambda: save_params(net, os.path.join(workdir, "final.params")))
     return net
 
 
@@ -505,6 +515,28 @@ def parse_args(argv=None):
 def main(args):
     cfg = load_config(args.config, args.overrides)
     os.umask(int(cfg["train"]["umask"], 8))  # before anything of the run is created
+    # One watchdog over every blocking phase of the process, each named in its line: start-up
+    # (the backend's rendezvous, the pre-flight), the steps, evaluation, the final save and the
+    # backend's shutdown (dist/watchdog.py).
+    stall = cfg["dist"]["stall_timeout"]
+    with dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
+        try:
+            with watchdog.extend(4 * stall, "start-up"):
+                lock, resume_from = start(cfg, args)
+            results = run_training(cfg, args, lock, resume_from, watchdog)
+        except Exception as err:  # noqa: B902 - a lost connection, said in one line
+            lost = dist.network_failure(err)
+            if lost is None:
+                raise
+            raise lost from None
+        with watchdog.extend(stall, "the %s backend's shutdown" % dist.backend()):
+            dist.shutdown()
+    return results
+
+
+def start(cfg, args):
+    """COLLECTIVE. Starts the workers, checks the inputs and takes the run directory; returns
+    (the lock on the run directory or None off the main worker, the checkpoint to resume)."""
     start_workers(cfg)
     if cfg["train"]["amp"]:
         enable_amp(dist.context())
@@ -517,7 +549,12 @@ def main(args):
         dump_config(cfg, os.path.join(workdir, "config.yaml"))
         return lock
 
-    lock = on_main(lock_and_record)
+    return on_main(lock_and_record), resume_from
+
+
+def run_training(cfg, args, lock, resume_from, watchdog):
+    """COLLECTIVE. Training, then the final evaluation, recorded in the run directory."""
+    workdir = args.workdir
     run = RunInfo(workdir, args.argv)
     status = "failed"
     try:
@@ -529,7 +566,7 @@ def main(args):
                         "backbone trains from random initialisation, far below the paper's "
                         "results (deeplab fetch backbone NAME downloads ImageNet weights)")
         try:
-            train(cfg, workdir, resume_from, log)
+            train(cfg, workdir, resume_from, log, watchdog)
         except (TrainingDiverged, Preempted) as stopped:
             status = "diverged" if isinstance(stopped, TrainingDiverged) else \
                 "interrupted" if isinstance(stopped, Interrupted) else "preempted"
@@ -544,11 +581,13 @@ def main(args):
             # The evaluation network: plain BatchNorm on the running statistics (the training
             # one may hold synchronized BN, a custom operator per layer), at the evaluation
             # stride (which changes dilations and head rates, not the parameters).
-            net = build_model(cfg, dist.context(), output_stride=stride, params=final,
-                              load_backbone=False)
-            results = run_evaluation(net, cfg, dist.context(), stride, os.path.abspath(final),
-                                     os.path.join(workdir, "results.json"), log=log,
-                                     quiet=args.quiet)
+            with watchdog.extend(4 * cfg["dist"]["stall_timeout"], "the final evaluation"):
+                net = build_model(cfg, dist.context(), output_stride=stride, params=final,
+                                  load_backbone=False)
+                results = run_evaluation(net, cfg, dist.context(), stride,
+                                         os.path.abspath(final),
+                                         os.path.join(workdir, "results.json"), log=log,
+                                         quiet=args.quiet, watchdog=watchdog)
             record_final(cfg, workdir, net, results, log)
         status = "finished"
         log.info("done in %s; curves: deeplab plot %s", format_duration(

@@ -1,4 +1,5 @@
-"""Small helpers shared across the package: atomic file writes and free local ports."""
+"""Small helpers shared across the package: atomic file writes, free local ports, and what the
+process is waiting on (for the stall watchdog's message)."""
 import contextlib
 import errno
 import json
@@ -6,8 +7,10 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 
-__all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite", "write_json", "write_text", "free_port", "positive_int"]
+__all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite",
+           "write_json", "write_text", "free_port", "positive_int", "waiting_on", "waits"]
 
 
 def atomic_write(path, write):
@@ -120,3 +123,37 @@ def free_port(host="127.0.0.1"):
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+_WAITS = []  # describe() callables of the blocking waits in progress, innermost last
+_WAITS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def waiting_on(describe):
+    """Marks a wait that may block for long (e.g. for the data loader's next sample):
+    `describe()` says what is awaited, e.g. a file, for the stall watchdog's message. It is
+    called from another thread, so it must only read."""
+    with _WAITS_LOCK:
+        _WAITS.append(describe)
+    try:
+        yield
+    finally:
+        with _WAITS_LOCK:
+            _WAITS.remove(describe)
+
+
+def waits():
+    """What the process is waiting on now (see `waiting_on`), innermost last; a description that
+    fails is left out."""
+    with _WAITS_LOCK:
+        describes = list(_WAITS)
+    out = []
+    for describe in describes:
+        try:
+            text = describe()
+        except Exception:  # noqa: B902 - a message helper must never raise in the watchdog
+            continue
+        if text:
+            out.append(text)
+    return out

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 
-from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
+from deeplab.errors import EXIT_DIVERGED, EXIT_NETWORK, EXIT_STALLED, EXIT_USER_ERROR
 
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
            "all_pids", "descendants", "job_processes", "is_training_process",
@@ -205,14 +205,15 @@ def kill_processes(find, timeout=5.0, poll=0.05):
 
 # Exit statuses with a meaning of their own (deeplab.errors; the CLI's docstring).
 _MEANINGS = {EXIT_USER_ERROR: "bad input", EXIT_DIVERGED: "diverged (non-finite loss)",
-             EXIT_STALLED: "stalled"}
+             EXIT_STALLED: "stalled", EXIT_NETWORK: "lost its network connection"}
 
 # A worker's documented exit, its own one-line reason, is the job's cause over a peer's error
 # that followed it (a broken collective: exit code 1; killed or stopped by the launcher). One
 # line per code: the code and the start of the one line the worker prints with it (horovodrun
 # may stop the worker before its exit status is seen: the line tells). 143 (stopped by
 # SIGTERM) is not here: horovodrun's own SIGTERM to the survivors of a failure ends them with
-# 143 too, so it says nothing about the cause.
+# 143 too, so it says nothing about the cause; nor is 5 (a lost connection): a peer that died
+# first breaks its connections too, and its death is the cause.
 ROOT_CAUSES = (
     (EXIT_USER_ERROR, r"deeplab \w+: error: "),  # a workdir in use, a full disk, a bad config
     (EXIT_DIVERGED, r"deeplab \w+: training diverged"),

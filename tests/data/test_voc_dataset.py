@@ -221,3 +221,65 @@ def test_voc_palette_has_vocs_colours():
     assert len(p) == 3 * 256
     colour = {i: tuple(p[3 * i:3 * i + 3]) for i in (0, 1, 15, 255)}
     assert colour == {0: (0, 0, 0), 1: (128, 0, 0), 15: (192, 128, 128), 255: (224, 224, 192)}
+
+
+def _photo(path, hw=(60, 80)):
+    """A JPEG with detail in every row, so that a cut anywhere loses pixels."""
+    rng = np.random.RandomState(0)
+    assert cv2.imwrite(path, rng.randint(0, 256, hw + (3,)).astype(np.uint8))
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_jpeg_is_an_error_naming_the_file(voc_tree, keep):
+    """OpenCV decodes a truncated JPEG without an error (greying the rest); loading it must
+    fail naming the file instead (issue 19, item 10)."""
+    from deeplab.data.base import read_image
+
+    path = voc_tree.voc_image("a")
+    data = _photo(path)
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * keep)])
+    assert cv2.imdecode(np.frombuffer(data[:int(len(data) * keep)], np.uint8),
+                        cv2.IMREAD_COLOR) is not None  # what OpenCV alone would accept
+    ds = VOCSegmentation(voc_tree.root, "train")
+    with pytest.raises(DatasetError, match="image %s is damaged: truncated JPEG" % path):
+        ds.load(ds.ids.index("a"))
+    with pytest.raises(DatasetError, match="damaged"):
+        read_image(path)
+
+
+def test_whole_jpeg_with_zero_padding_and_whole_png_are_accepted(tmp_path):
+    from deeplab.data.base import image_damage, read_image
+
+    path = str(tmp_path / "x.jpg")
+    data = _photo(path)
+    with open(path, "ab") as f:
+        f.write(b"\0" * 100)  # some cameras and tools pad after the end marker
+    assert read_image(path).shape == (60, 80, 3)
+    png = str(tmp_path / "x.png")
+    assert cv2.imwrite(png, np.zeros((5, 6, 3), np.uint8))
+    with open(png, "rb") as f:
+        whole = f.read()
+    assert image_damage(whole) is None and image_damage(data) is None
+    assert "truncated PNG" in image_damage(whole[:-6])
+
+
+def test_check_data_lists_every_damaged_sample_and_exits_2(voc_tree, dl):
+    """`deeplab check-data` decodes every sample with the config's loader processes and names
+    each damaged file; an intact tree passes."""
+    config = ["--set", "data.name=voc", "data.root=%s" % voc_tree.root,
+              "data.train_split=train", "model.num_classes=21"]
+    ok = dl.deeplab("check-data", dl.TINY, *config)
+    assert "train split: 3 samples checked" in ok.stdout and "all intact" in ok.stdout
+    for name in ("a", "c"):
+        path = voc_tree.voc_image(name)
+        os.truncate(path, os.path.getsize(path) // 2)
+    bad = dl.deeplab("check-data", dl.TINY, *config, check=False)
+    assert bad.returncode == 2, bad.stdout
+    for name in ("a", "c"):
+        assert "deeplab check-data: image %s is damaged: truncated JPEG" \
+            % voc_tree.voc_image(name) in bad.stdout
+    assert "deeplab check-data: error: 2 of 5 samples are damaged" in bad.stdout
+    assert "Traceback" not in bad.stdout

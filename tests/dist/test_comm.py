@@ -222,3 +222,38 @@ def test_contexts_follow_the_visible_gpus(fresh, monkeypatch, gpus, local_rank, 
     monkeypatch.setenv("DEEPLAB_LOCAL_RANK", str(local_rank))
     assert [c.device_id for c in comm.contexts(count)] == expected
     assert all(c.device_type == "gpu" for c in comm.contexts(count))
+
+
+# Gloo's errors as the workers saw them (a throttled loopback, a peer gone): as Horovod's
+# background thread logs them, and as MXNet re-parses the same text into its exception.
+GLOO_LOGGED = ("[/tmp/pip-wheel/horovod/third_party/gloo/gloo/transport/tcp/pair.cc:589] "
+               "Read error [127.0.0.1]:52106: Connection timed out")
+GLOO_RAISED = ('Traceback (most recent call last):\n  File "Read error [127.0.0.1]", line 25010\n'
+               'MXNetError: Connection reset by peer')
+
+
+@pytest.mark.parametrize("text, peer, gloo", [
+    (GLOO_LOGGED, "127.0.0.1:52106", "Read error [127.0.0.1]:52106: Connection timed out"),
+    (GLOO_RAISED, "127.0.0.1:25010", "Read error [127.0.0.1]:25010: Connection reset by peer"),
+    ("pair.cc:598] Connection closed by peer [10.0.0.2]:4000", "10.0.0.2:4000",
+     "Connection closed by peer [10.0.0.2]:4000"),
+])
+def test_a_lost_gloo_connection_is_one_line_naming_the_peer_with_exit_5(text, peer, gloo):
+    from deeplab.errors import EXIT_NETWORK, NetworkLost
+
+    try:
+        try:
+            raise mx.base.MXNetError(text)
+        except mx.base.MXNetError as inner:
+            raise RuntimeError("wrapped") from inner  # found through the cause too
+    except RuntimeError as err:
+        lost = comm.network_failure(err)
+    assert isinstance(lost, NetworkLost) and lost.exit_code == EXIT_NETWORK == 5
+    assert str(lost).startswith("lost the network connection to the worker at %s (Gloo: %s)"
+                                % (peer, gloo)), str(lost)
+    assert "\n" not in str(lost)
+
+
+def test_other_errors_are_not_network_failures():
+    assert comm.network_failure(RuntimeError("Check failed: shape mismatch [3] vs [4]")) is None
+    assert comm.network_failure(ValueError("cannot read image x.jpg")) is None

@@ -132,7 +132,7 @@ def test_text_lines_start_with_their_status(fake):
 def test_h100_against_the_sm80_sm86_build_fails_naming_the_ngc_image(tmp_path):
     lib = write_library(tmp_path, cuda_elf(80), cuda_elf(86))
     proc = doctor_cli(**{doctor.FAKE_GPUS_ENV: H100 + ":9.0:80", doctor.LIBRARY_ENV: lib})
-    assert proc.returncode == EXIT_CHECK_FAILED == 5, proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_CHECK_FAILED == 6, proc.stdout + proc.stderr
     assert ("FAIL  gpu: GPU 0 (NVIDIA H100 80GB HBM3, compute capability 9.0) cannot run this "
             "MXNet build (kernels for sm_80, sm_86; no PTX): use the image built on NVIDIA's "
             "NGC MXNet container (docker build -f k8s/Dockerfile --build-arg BASE=ngc") \
@@ -201,7 +201,7 @@ def test_main_exits_with_its_own_code_on_a_failure_and_0_otherwise(fake, tmp_pat
     with pytest.raises(SystemExit) as exc:
         doctor.main(doctor.parse_args(["--json"]))
     # Its own code: 1 means a bug (README's exit-code table).
-    assert exc.value.code == EXIT_CHECK_FAILED == 5
+    assert exc.value.code == EXIT_CHECK_FAILED == 6
     rep = json.loads(capsys.readouterr().out)
     assert not rep["ok"] and rep["failed"] == 1
     fake.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA A100-SXM4-80GB:8.0:80")

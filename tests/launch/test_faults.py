@@ -130,10 +130,12 @@ def assert_same_final_params(a, b):
 class Job:
     """A `deeplab launch ... -- train` job started in the background, every process marked."""
 
-    def __init__(self, dl, workdir, launcher, overrides, evaluate=False, cgroup=None):
+    def __init__(self, dl, workdir, launcher, overrides, evaluate=False, cgroup=None,
+                 wrap=()):
         self.workdir, self.marker = workdir, uuid.uuid4().hex
-        cmd = [sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY, "--workdir",
-               str(workdir), *([] if evaluate else ["--no-eval"]), *dl.sets(*overrides)]
+        cmd = [*wrap, sys.executable, "-m", "deeplab.cli", *launcher, "train", dl.TINY,
+               "--workdir", str(workdir), *([] if evaluate else ["--no-eval"]),
+               *dl.sets(*overrides)]
 
         def join_cgroup():  # the launcher, and so all it starts, in the cgroup `cgroup`
             with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
@@ -471,3 +473,161 @@ def test_a_worker_killed_for_memory_is_named_so(tmp_path, dl, jobs, memory_cgrou
     assert re.search(r"deeplab launch: worker rank [01] was lost first: killed by the "
                      r"out-of-memory killer \(memory limit 450 MiB of cgroup %s\) \(signal 9, "
                      r"exit code 137\)" % re.escape(cgroup), out), out[-3000:]
+
+
+@pytest.mark.parametrize("evaluate", [False, True], ids=["no-eval", "eval"])
+def test_a_stopped_ps_scheduler_stalls_the_workers_shutdown_which_ends_naming_it(
+        tmp_path, dl, jobs, straight, evaluate):
+    """SIGSTOP of the parameter server's scheduler (issue 19, item 6): training, which talks to
+    the servers only, runs to the end; then the next barrier of every node waits for good: the
+    final evaluation's first allreduce (a new kvstore key), or with --no-eval ps-lite's
+    shutdown. Each worker's watchdog ends it (4x dist.stall_timeout in evaluation) with the
+    stall's line naming the phase; the job ends with 4, nothing is left, and the last checkpoint
+    (the final one) resumes."""
+    overrides = [*RUN, *PS_RUN, "dist.stall_timeout=%d" % STALL]
+    workdir = tmp_path / "scheduler"
+    job = jobs(dl, workdir, PS, overrides, evaluate=evaluate)
+    wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
+    scheduler = wait_for(lambda: [pid for pid in marked(job.marker)
+                                  if proc_info(pid) and
+                                  proc_info(pid)[1].get("DMLC_ROLE") == "scheduler"],
+                         30, "the scheduler")
+    assert len(scheduler) == 1, scheduler
+    job.signal(scheduler[0], signal.SIGSTOP)
+    # The clock of the bound starts when training ends (final.params written).
+    wait_for(lambda: (workdir / "final.params").exists(), 300, "the end of training")
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    assert code == 4, out[-3000:]
+    limit = 4 * STALL if evaluate else STALL
+    assert elapsed < limit + BOUND, "the job took %.0f s to stop" % elapsed
+    phase = (r"80 s in the final evaluation after [^(]+" if evaluate else
+             r"20 s in the ps backend's shutdown after (saving final.params|the final checkpoint)")
+    assert re.search(r"deeplab: stalled: no progress for %s \(rank [01] of 2, backend ps\)"
+                     % phase, out), out[-3000:]
+    assert not (workdir / "results.json").exists()
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] == 80
+    resume_equals_straight(dl, straight, workdir, PS, overrides, [*RUN, *PS_RUN])
+
+
+def voc_tree(dl, root, train_ids):
+    """A small VOC tree (tests/data/conftest.py's build_tree) and the overrides that train on
+    it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "voc_tree", os.path.join(dl.ROOT, "tests", "data", "conftest.py"))
+    voc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(voc)
+    tree = voc.build_tree(root, voc_train=train_ids, voc_val=["v1", "v2"])
+    return tree, ["data.name=voc", "data.root=%s" % tree.root, "data.train_split=train",
+                  "model.num_classes=21", "train.batch_size=2", "train.iterations=80",
+                  "train.checkpoint_every=4", "train.log_every=4"]
+
+
+def damaged_then_resumed(tmp_path, dl, jobs, damage, overrides=()):
+    """Trains plain `deeplab train` (defaults: 2 loader processes) on a VOC tree, applies
+    `damage(path)` to a training image after the first checkpoint, and waits for the job.
+    Returns (exit code, output, seconds since the damage, the image, the workdir, the
+    checkpoint iterations before the damage); the image is restored afterwards and --resume
+    must then finish the run from the last checkpoint."""
+    ids = ["a", "b", "c", "d"]
+    tree, run = voc_tree(dl, tmp_path / "voc", ids)
+    run += list(overrides)
+    workdir = tmp_path / "run"
+    job = jobs(dl, workdir, [], run)
+    ckpt = Checkpointer(str(workdir))
+    wait_for(ckpt.iterations, 180, "the first checkpoint")
+    image = tree.voc_image("a")
+    with open(image, "rb") as f:
+        original = f.read()
+    before = ckpt.iterations()
+    damage(image)
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    state = ckpt.latest()
+    assert state is not None and state["iteration"] < 80, out[-3000:]
+    assert len(mx.nd.load(state["params"])) > 0
+    os.remove(image)
+    with open(image, "wb") as f:
+        f.write(original)
+    dl.deeplab("train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume", *dl.sets(*run),
+               timeout=300)
+    assert ckpt.latest()["iteration"] == 80 and (workdir / "final.params").exists()
+    return code, out, elapsed, image, before
+
+
+def test_a_data_file_that_blocks_stalls_naming_the_loader_and_the_file(tmp_path, dl, jobs):
+    """A FIFO in place of a training JPEG (a file that never delivers: a dead NFS server):
+    the loader process reading it blocks; the watchdog ends the job after dist.stall_timeout
+    (lowered only so the test is short) with a line naming the data loader, the sample, its
+    file and the loader process (issue 19, item 7)."""
+    def block(path):
+        os.remove(path)
+        os.mkfifo(path)
+
+    code, out, elapsed, image, _ = damaged_then_resumed(
+        tmp_path, dl, jobs, block, ["dist.stall_timeout=%d" % STALL])
+    assert code == 4, out[-3000:]
+    assert STALL <= elapsed < STALL + BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab: stalled: no progress for 20 s after iteration \d+ \(rank 0 of "
+                     r"1, backend local\); waiting for the data loader to read sample a \(%s, "
+                     r"[^)]*a\.png\): loader process \d+ has been reading it for \d+ s"
+                     % re.escape(image), out), out[-3000:]
+
+
+def test_a_truncated_training_image_is_an_error_naming_it(tmp_path, dl, jobs):
+    """A training JPEG cut in half (`truncate -s 50%`), which OpenCV would decode without an
+    error into a half-grey image: one line naming the file, exit 2 (issue 19, item 10)."""
+    def truncate(path):
+        os.truncate(path, os.path.getsize(path) // 2)
+
+    code, out, elapsed, image, _ = damaged_then_resumed(tmp_path, dl, jobs, truncate)
+    assert code == 2, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert "deeplab train: error: image %s is damaged: truncated JPEG" % image in out, \
+        out[-3000:]
+    assert "Traceback" not in out and "Premature end of JPEG" not in out, out[-3000:]
+
+
+def _network_namespaces_work():
+    try:
+        return subprocess.run(["unshare", "-n", "sh", "-c", "ip link set lo up && tc qdisc show "
+                               "dev lo"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+# The job in a network namespace of its own, its loopback up: the test may then break its
+# network (tc, ip) without touching the machine's.
+IN_NETNS = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+@pytest.mark.skipif(not _network_namespaces_work(),
+                    reason="network namespaces (unshare -n) and tc are not available here")
+def test_a_failing_network_is_one_line_naming_the_peer_with_its_own_exit_code(
+        tmp_path, dl, jobs, straight):
+    """The job's loopback throttled to 1 Mbit/s with a 2 s queue mid-training (issue 19, item
+    8; all defaults, dist.stall_timeout included): Gloo's connection times out; each worker
+    says so in one line naming the peer's address, exit code 5 (EXIT_NETWORK), no traceback;
+    nothing is left, and the last checkpoint resumes to an uninterrupted run's parameters."""
+    workdir = tmp_path / "network"
+    job = jobs(dl, workdir, HOROVOD, RUN, wrap=IN_NETNS)
+    wait_for(Checkpointer(str(workdir)).iterations, 180, "the first checkpoint")
+    assert job.proc.poll() is None
+    subprocess.run(["nsenter", "-t", str(job.proc.pid), "-n", "tc", "qdisc", "add", "dev", "lo",
+                    "root", "tbf", "rate", "1mbit", "burst", "10kb", "latency", "2s"],
+                   check=True, timeout=30)
+    job.signalled = time.time()
+    code, out, elapsed = job.finish()
+    assert code == 5, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert re.search(r"deeplab train: lost the network connection to the worker at "
+                     r"127\.0\.0\.1:\d+ \(Gloo: (Read|Write) error \[127\.0\.0\.1\]:\d+: ", out), \
+        out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "exit code 5" in out.split("deeplab launch:")[-1], out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] < 80
+    resume_equals_straight(dl, straight, workdir, HOROVOD, RUN, RUN)
