@@ -372,3 +372,29 @@ def test_evaluation_after_training_runs_plain_batchnorm(tmp_path, monkeypatch):
     assert calls[True] > 0, "training did not run the synchronized layer"
     assert calls[False] == 0
     assert res["num_images"] == 6
+
+
+def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_never_runs(tmp_path, dl):
+    """Whoever can write the run directory can also rewrite the checksums: resuming must not
+    unpickle anything. The planted file would create `pwned` if it were unpickled."""
+    import hashlib
+    import pickle
+
+    assert _cli_train(dl, tmp_path, "train.iterations=16").returncode == 0
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    stem = tmp_path / "checkpoints" / "iter_0000016"
+    stem.with_suffix(".states").write_bytes(pickle.dumps(Planted()))
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    meta["sha256"]["states"] = hashlib.sha256(
+        stem.with_suffix(".states").read_bytes()).hexdigest()
+    stem.with_suffix(".json").write_text(json.dumps(meta))
+    proc = _cli_train(dl, tmp_path, "train.iterations=24", resume=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "pickled optimizer state" in lines[-1] and str(stem) + ".states" in lines[-1]
+    assert not marker.exists()
