@@ -270,7 +270,7 @@ def _check_cluster(a):
     """--env, --node-selector, --toleration, --cpu, --memory, --image-pull-secret,
     --priority-class."""
     for text in a["env"]:
-        key, value = _pair("--env", text, "NAME=VALUE or NAME=secret:SECRET/KEY")
+        key, value = _pair("--env", text, "NAME=VALUE")
         if not _ENV_NAME.match(key):
             raise RenderError("--env %r: %r is not a valid environment variable name (letters, "
                               "digits, '_', '-', '.', not starting with a digit)" % (text, key))

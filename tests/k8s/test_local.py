@@ -101,12 +101,13 @@ def test_a_hung_job_times_out(tmp_path):
 def test_manifests_run_local_cannot_stand_in_for_are_refused(tmp_path):
     out = rendered(tmp_path, "horovod")
     path = os.path.join(out, render.MANIFEST)
-    (job,) = yaml.safe_load_all(open(path))
+    job, policy = yaml.safe_load_all(open(path))
+    assert policy["kind"] == "NetworkPolicy"  # not run: nothing local to apply it to
     launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     cut = launcher["args"].index("--hostfile")
     del launcher["args"][cut:cut + 2]
     with open(path, "w") as f:
-        yaml.safe_dump(job, f)
+        yaml.safe_dump_all([job, policy], f)
     with pytest.raises(ValueError, match="does not run `--hostfile /etc/mpi/hostfile`"):
         local.plan(out, str(tmp_path / "pvc"), ROOT)
     with pytest.raises(ValueError, match="holds no"):

@@ -67,20 +67,22 @@ def test_render_is_deterministic(tmp_path):
 
 
 def test_mpijob_shape():
-    (job,) = render.render(args(overrides=["train.lr=0.01"]))
+    job, _policy = render.render(args(overrides=["train.lr=0.01"]))
     assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v2beta1", "MPIJob")
     spec = job["spec"]
     assert spec["slotsPerWorker"] == 4
     assert spec["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}
-    assert spec["sshAuthMountPath"] == "/root/.ssh"
+    assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh" == render.SSH_DIR
     launcher = spec["mpiReplicaSpecs"]["Launcher"]
     worker = spec["mpiReplicaSpecs"]["Worker"]
     assert launcher["replicas"] == 1 and worker["replicas"] == 2
     wpod = worker["template"]["spec"]
     (wc,) = wpod["containers"]
     worker_pid1 = entrypoint_args(wc)
-    assert worker_pid1.command == ["/usr/sbin/sshd", "-De"] and worker_pid1.workers
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 4}}
+    assert worker_pid1.command == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    assert worker_pid1.workers
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS,
+                               "limits": {"nvidia.com/gpu": 4}}
     assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/data", "/dev/shm",
                                                              render.CUDA_STUB_DIR}
     volumes = {v["name"]: v for v in wpod["volumes"]}
@@ -112,7 +114,7 @@ def test_every_pod_stops_within_its_grace_period(backend):
 
 
 def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():
-    (job,) = render.render(args(overrides=["train.lr=0.01"]))
+    job, _policy = render.render(args(overrides=["train.lr=0.01"]))
     (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     launch_args, train_args = pod_command(c)
     launch = launch_cli.parse_args(launch_args)
@@ -124,7 +126,8 @@ def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():
 
 
 def test_ps_objects_wire_the_dmlc_environment():
-    service, sched, servers, workers = render.render(args(backend="ps", servers=3, name="run1"))
+    service, sched, servers, workers, _policy = render.render(args(backend="ps", servers=3,
+                                                                   name="run1"))
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
     spod = sched["spec"]["template"]
     # The Service selects the scheduler pod, whose hostname.subdomain is DMLC_PS_ROOT_URI.
@@ -150,16 +153,17 @@ def test_ps_objects_wire_the_dmlc_environment():
         assert "getent hosts" in init["command"][-1]
     assert "initContainers" not in spod["spec"]
     (wc,) = workers["spec"]["template"]["spec"]["containers"]
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 1}}  # one GPU per worker process
+    # one GPU per worker process
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS, "limits": {"nvidia.com/gpu": 1}}
     assert "volumes" not in servers["spec"]["template"]["spec"]
 
 
 def test_synthetic_data_needs_no_data_root_and_cpu_nodes_get_no_gpus():
-    (job,) = render.render(args(config=os.path.join(ROOT, TINY), gpus_per_node=0, nodes=2))
+    job, _policy = render.render(args(config=os.path.join(ROOT, TINY), gpus_per_node=0, nodes=2))
     spec = job["spec"]
     assert spec["slotsPerWorker"] == 1
     (wc,) = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
-    assert "resources" not in wc
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS}  # no GPU
     (c,) = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     assert not any(a.startswith("data.root=") for a in c["args"])
 
@@ -216,7 +220,7 @@ def test_manifest_header_and_documents_parse(tmp_path):
     assert "Do not edit" not in text and "You may edit this file" in second
     assert "run the command again to regenerate it" in second
     kinds = [d["kind"] for d in yaml.safe_load_all(text)]
-    assert kinds == ["Service", "Job", "Job", "Job"]
+    assert kinds == ["Service", "Job", "Job", "Job", "NetworkPolicy"]
 
 
 # --- commands other than train, cluster settings, resuming, pods without a GPU ---------------
@@ -267,7 +271,7 @@ def test_every_command_renders_runs_its_own_flags_and_validates(command, backend
     a = args(backend=backend, name="job1", command=command, **COMMAND_ARGS[command])
     path = render.render_to_dir(a, str(tmp_path))
     count, problems = validate.validate_dir(str(tmp_path))
-    assert problems == [] and count == (1 if backend == "horovod" else 4)
+    assert problems == [] and count == (2 if backend == "horovod" else 5)  # + NetworkPolicy
     docs = list(yaml.safe_load_all(open(path)))
     cmd = command_of(docs)
     assert cmd[0] == command
@@ -317,14 +321,16 @@ def test_cluster_settings_reach_every_pod_and_validate(backend, tmp_path):
         env = env_of(c)
         assert (env["NCCL_DEBUG"], env["HOROVOD_FUSION_THRESHOLD"], env["EMPTY"]) == (
             "INFO", "67108864", "")
-        # Requests on the pods that train (they hold the GPUs) only; no CPU limit (throttling
+        # --cpu/--memory on the pods that train (they hold the GPUs); no CPU limit (throttling
         # would slow the loader), no memory limit (the memory-backed /dev/shm counts towards it).
+        # The others get requests and memory limits of their own.
         gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         if gpus:
             assert c["resources"] == {"requests": {"cpu": "7500m", "memory": "64Gi"},
                                       "limits": {"nvidia.com/gpu": gpus}}
         else:
-            assert "resources" not in c
+            assert c["resources"] == {"requests": render.REQUESTS[c["name"]],
+                                      "limits": render.LIMITS[c["name"]]}
 
 
 @pytest.mark.parametrize("backend", ["horovod", "ps"])
@@ -426,11 +432,11 @@ def test_help_says_which_image_for_which_gpus(capsys):
 
 def test_ps_workers_driving_all_of_a_nodes_gpus():
     # SCALING.md's recommendation beyond one node: one worker per node with dist.devices_per_worker.
-    _, _, _, workers = render.render(args(backend="ps", servers=2, gpus_per_node=8,
+    _, _, _, workers, _ = render.render(args(backend="ps", servers=2, gpus_per_node=8,
                                           overrides=["dist.devices_per_worker=8"]))
     assert workers["spec"]["completions"] == 2
     (wc,) = workers["spec"]["template"]["spec"]["containers"]
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 8}}
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS, "limits": {"nvidia.com/gpu": 8}}
     env = {e["name"]: e.get("value") for e in wc["env"]}
     assert env["DMLC_NUM_WORKER"] == "2" and env["DEEPLAB_LOCAL_RANK"] == "0"
     _, train_args = pod_command(wc)

@@ -28,7 +28,7 @@ def worker_pod(mpijob):
 def test_examples_are_valid(backend):
     count, problems = validate.validate_dir(EXAMPLES[backend])
     assert problems == []
-    assert count == (4 if backend.startswith("ps") else 1)
+    assert count == (5 if backend.startswith("ps") else 2)  # with the job's NetworkPolicy
 
 
 def test_cluster_settings_are_checked_by_the_schemas():
