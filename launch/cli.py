@@ -52,8 +52,9 @@ def _parser():
     h = sub.add_parser(
         "horovod", help="through horovodrun (Gloo, or MPI with --mpi)",
         usage="deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] "
-              "[--network-interface IFACE] [--start-timeout S] [--grace S] [--timeline FILE] [--autotune [LOG]] "
-              "[--horovodrun-arg ARG ...] -- train|eval|bench|predict ARGS...",
+              "[--network-interface IFACE] [--start-timeout S] [--grace S] [--timeline FILE] "
+              "[--autotune [LOG]] [--horovodrun-arg ARG ...] -- train|eval|bench|predict "
+              "ARGS...",
         description="Runs `deeplab ARGS...` on N workers through horovodrun. When a worker "
                     "fails, the job stops and the rank that failed first is named. " + _STOPPING)
     h.add_argument("-np", dest="np", type=positive_int, required=True, help="number of workers")
