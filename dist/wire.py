@@ -85,7 +85,11 @@ def decode(data):
             items = [build(v) for v in node.get("v", [])]
             return items if t == "list" else tuple(items)
         if t == "dict":
-            return {k: build(v) for k, v in node.get("v", [])}
+            pairs = node.get("v", [])
+            if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], _SCALARS)
+                       for p in pairs):
+                raise ValueError("damaged deeplab.dist.wire data: a dict entry is not a pair")
+            return {k: build(v) for k, v in pairs}
         if t == "error":
             return _error(node.get("class"), node.get("message", ""))
         raise ValueError("damaged deeplab.dist.wire data: unknown tag %r" % (t,))

@@ -154,3 +154,14 @@ def test_sigterm_to_run_local_stops_the_pods_as_their_deletion_would(tmp_path):
     time.sleep(0.5)
     assert not [pid for pid in procs.all_pids() if procs.alive(pid)
                 and procs.environ(pid).get("LOCAL_TEST") == marker]
+
+
+def test_secret_env_comes_from_run_locals_environment(tmp_path, monkeypatch):
+    out = rendered(tmp_path, "ps", servers=1, env=["API_TOKEN=secret:creds/token"])
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="API_TOKEN of tiny-scheduler comes from Secret creds"):
+        local.plan(out, str(tmp_path / "pvc"), ROOT)
+    monkeypatch.setenv("API_TOKEN", "s3cr3t")
+    procs, _ = local.plan(out, str(tmp_path / "pvc"), ROOT)
+    assert all(p.env["API_TOKEN"] == "s3cr3t" for p in procs)
+    assert "s3cr3t" not in open(os.path.join(out, render.MANIFEST)).read()
