@@ -36,7 +36,9 @@ __all__ = ["node_env", "role_command", "run", "run_local", "run_node", "stop_all
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
 # ends (mxnet/kvstore/kvstore_server.py).
-_SERVER_CODE = "import mxnet"
+# A server or the scheduler: MXNet's server, with a controller that unpickles nothing it receives
+# (deeplab.launch.ps_server; not under deeplab.dist, whose import would import mxnet first).
+_SERVER_CODE = "from deeplab.launch import ps_server; ps_server.main()"
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 
