@@ -615,10 +615,8 @@ class DistTrainer:
         main worker), with every array copied to the CPU: saved from the host, the states load
         on the host and are then moved to each worker's own device (`load_states`), instead of
         every worker of a node opening a CUDA context on rank 0's GPU."""
-        t = self.trainer
-        if t._params_to_init:
-            t._init_params()
-        trainer_state.save(path, t._updaters[0].optimizer, t._updaters[0].states)
+        updater = self.trainer._updaters[0]  # the others hold the same states on their devices
+        trainer_state.save(path, updater.optimizer, updater.states)
 
     def load_states(self, path):
         """COLLECTIVE. Worker 0 reads `path`; every worker receives its content and places each
