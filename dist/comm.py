@@ -15,14 +15,14 @@ Backends, one class each, chosen once by `init()`:
 DEEPLAB_DIST_BACKEND overrides it.
 """
 import os
-import pickle
 import re
 import socket
 import sys
-import tempfile
 
 import mxnet as mx
 import numpy as np
+
+from . import trainer_state, wire
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure",
@@ -153,13 +153,22 @@ class HorovodBackend(LocalBackend):
         return out.asnumpy().reshape(x.shape)
 
     def broadcast(self, obj, root):
+        # Not hvd.broadcast_object: it unpickles what it receives. The same two broadcasts
+        # (length, then bytes), carrying data only (deeplab.dist.wire).
         self._broadcasts += 1
-        out = self.hvd.broadcast_object(obj, root_rank=root,
-                                        name="comm.broadcast.%d" % self._broadcasts)
-        # The root only pushes its broadcasts into MXNet's engine and never reads them back: it
-        # could return, finish and shut Horovod down while the others still wait for the bytes.
-        mx.nd.waitall()
-        return out
+        name = "comm.broadcast.%d" % self._broadcasts
+        mine = self.rank() == root
+        payload = wire.encode(obj) if mine else b""
+        size = mx.nd.array([len(payload)], dtype=np.int64)
+        size = self.hvd.broadcast(size, root_rank=root, name=name + ".sz")
+        n = int(size.asnumpy()[0])
+        data = (mx.nd.array(np.frombuffer(payload, np.uint8), dtype=np.uint8) if mine
+                else mx.nd.zeros((n,), dtype=np.uint8))
+        data = self.hvd.broadcast(data, root_rank=root, name=name + ".t")
+        if mine:  # the root must see its broadcast through: returning, finishing and shutting
+            data.wait_to_read()  # Horovod down would leave the others waiting for the bytes
+            return obj
+        return wire.decode(data.asnumpy().tobytes())
 
     def broadcast_parameters(self, params):
         self.hvd.broadcast_parameters(params, root_rank=0)
@@ -298,7 +307,7 @@ class PSBackend(LocalBackend):
     def broadcast(self, obj, root):
         if root != 0:
             raise ValueError("the parameter server broadcasts from worker 0 only")
-        payload = pickle.dumps(obj) if self.rank() == 0 else b""
+        payload = wire.encode(obj) if self.rank() == 0 else b""
         n = int(self.allreduce_sum(np.array([len(payload)], dtype=np.float64), None)[0])
         # Bytes travel as float32 bit patterns through kvstore init (worker 0's value is kept)
         # and pull, which copy and never compute, so every bit arrives as sent.
@@ -309,7 +318,7 @@ class PSBackend(LocalBackend):
         key = self._new_key()
         self.kv.init(key, arr)
         self.kv.pull(key, out=arr)
-        return pickle.loads(arr.asnumpy().tobytes()[:n])
+        return obj if self.rank() == 0 else wire.decode(arr.asnumpy().tobytes()[:n])
 
     def broadcast_parameters(self, params):
         items = sorted(params.items())
@@ -641,7 +650,8 @@ def barrier():
 
 
 def broadcast(obj, root=0):
-    """COLLECTIVE. Returns worker `root`'s picklable `obj` on every worker."""
+    """COLLECTIVE. Returns worker `root`'s `obj` on every worker: plain data (None, bool, int,
+    float, str, bytes, lists, tuples, dicts, UserErrors), sent without pickle (see `wire`)."""
     return _backend.broadcast(obj, root)
 
 
@@ -678,41 +688,53 @@ class DistTrainer:
         self.trainer.set_learning_rate(lr)
 
     def save_states(self, path):
-        """Writes the optimizer state (call on the main worker), with every array on the CPU.
-
-        MXNet pickles each state array with its device and unpickles it there: states saved
-        from rank 0's gpu(0) would make every worker of a node open a CUDA context on GPU 0 and
-        park a copy there when resuming. Saved from the host, they load on the host and are
-        then moved to each worker's own device (`load_states`). The file is MXNet's format.
-        """
-        updaters = self.trainer._updaters
-        on_device = [u.states for u in updaters]
-        try:
-            for u in updaters:
-                u.states = {i: _map_arrays(s, lambda a: a.as_in_context(mx.cpu()))
-                            for i, s in u.states.items()}
-            self.trainer.save_states(path)
-        finally:
-            for u, states in zip(updaters, on_device):
-                u.states = states
+        """Writes the optimizer state in the data-only format of `trainer_state` (call on the
+        main worker), with every array copied to the CPU: saved from the host, the states load
+        on the host and are then moved to each worker's own device (`load_states`), instead of
+        every worker of a node opening a CUDA context on rank 0's GPU."""
+        updater = self.trainer._updaters[0]  # the others hold the same states on their devices
+        trainer_state.save(path, updater.optimizer, updater.states)
 
     def load_states(self, path):
         """COLLECTIVE. Worker 0 reads `path`; every worker receives its content and places each
-        state array on the device of the parameter it belongs to."""
-        data = None
+        state array on the device of the parameter it belongs to. A pickled file (MXNet's own
+        format) is refused on every worker unless worker 0 has
+        trainer_state.TRUST_PICKLE_ENV=1 (for the user's own old runs)."""
+        data, trust = None, False
         if is_main():
             with open(path, "rb") as f:
                 data = f.read()
-        data = broadcast(data)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "trainer.states")
-            with open(local, "wb") as f:
-                f.write(data)
-            self.trainer.load_states(local)
-        for u, ctx in zip(self.trainer._updaters, self.trainer._contexts):
+            trust = os.environ.get(trainer_state.TRUST_PICKLE_ENV, "") == "1"
+        data, trust = broadcast((data, trust))
+        t = self.trainer
+        if not t._kv_initialized:
+            t._init_kvstore()
+        if t._params_to_init:
+            t._init_params()
+        if trust and trainer_state.is_pickle(data):
+            _load_pickled_states(t, data)
+        else:
+            desc, states = trainer_state.loads(data, path)
+            for u in t._updaters:
+                trainer_state.apply_optimizer(u.optimizer, desc, path)
+                u.states = dict(states)
+                u.states_synced = dict.fromkeys(states, False)
+        for u, ctx in zip(t._updaters, t._contexts):
             for i in list(u.states):
                 u.states[i] = _map_arrays(u.states[i], lambda a, c=ctx: a.as_in_context(c))
                 u.states_synced[i] = True
+
+
+def _load_pickled_states(trainer, data):
+    """MXNet's own `Trainer.load_states` (pickle: it runs whatever the file holds), for runs
+    the user vouches for with trainer_state.TRUST_PICKLE_ENV=1."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "trainer.states")
+        with open(local, "wb") as f:
+            f.write(data)
+        trainer.load_states(local)
 
 
 def _map_arrays(state, fn):

@@ -203,8 +203,8 @@ def on_main(fn, share=False):
     worker (instead of leaving the others waiting in their next collective).
 
     Returns:
-        fn's result on the main worker; on the others the same result if `share` (it must
-        pickle), else None.
+        fn's result on the main worker; on the others the same result if `share` (plain
+        data, see `dist.broadcast`), else None.
     """
     from deeplab.errors import UserError
 

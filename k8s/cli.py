@@ -6,7 +6,8 @@
                        [--command-arg=ARG ...] [--resume-from JOB] [--env K=V ...]
                        [--node-selector K=V ...] [--toleration KEY[=VALUE]:EFFECT ...]
                        [--cpu N] [--memory Q] [--image-pull-secret NAME ...]
-                       [--priority-class NAME] [--set KEY=VALUE ...]
+                       [--priority-class NAME] [--allow-egress CIDR[:PORT] ...]
+                       [--no-network-policy] [--set KEY=VALUE ...]
     deeplab k8s validate DIR
     deeplab k8s run-local DIR --data-dir LOCAL_DIR [--source REPO] [--timeout S] [--dry-run]
 """
@@ -49,7 +50,8 @@ def parse_args(argv=None):
     r.add_argument("--image", required=True,
                    help="container image built from k8s/Dockerfile: --build-arg BASE=cuda112 "
                         "(default) for Maxwell to Ampere/Ada, BASE=ngc for Hopper (H100/H200) "
-                        "and newer")
+                        "and newer; by digest (REGISTRY/NAME@sha256:...) is recommended: a tag "
+                        "is pulled again by every pod (imagePullPolicy Always)")
     r.add_argument("--data-pvc", required=True,
                    help="PersistentVolumeClaim (ReadWriteMany) mounted at %s in the training "
                         "pods: dataset, weights and the run directory %s/runs/JOB"
@@ -87,8 +89,9 @@ def parse_args(argv=None):
                    help="--command train: continue the run directory %s/runs/JOB of an earlier "
                         "job (any --nodes whose world size divides train.batch_size)" % MOUNT)
     r.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                   help="environment variable of every container, e.g. NCCL_DEBUG=INFO "
-                        "(repeatable)")
+                   help="environment variable of every container, e.g. NCCL_DEBUG=INFO, or "
+                        "NAME=secret:SECRET/KEY for the key of a Secret (a secretKeyRef: the "
+                        "value never enters the manifest) (repeatable)")
     r.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
                    help="nodeSelector of every pod (repeatable)")
     r.add_argument("--toleration", dest="tolerations", action="append", default=[],
@@ -96,14 +99,23 @@ def parse_args(argv=None):
                    help="toleration of every pod, EFFECT one of %s; operator Equal with a "
                         "VALUE, Exists without (repeatable)"
                         % ", ".join(render_mod.TOLERATION_EFFECTS))
-    r.add_argument("--cpu", help="CPU request of each training (GPU) pod, e.g. 16 or 7500m")
+    r.add_argument("--cpu", help="CPU request of each training (GPU) pod, e.g. 16 or 7500m "
+                                 "(default %s)" % render_mod.TRAIN_REQUESTS["cpu"])
     r.add_argument("--memory", help="memory request of each training (GPU) pod, e.g. 64Gi "
-                                    "(the memory-backed /dev/shm counts towards it)")
+                                    "(the memory-backed /dev/shm counts towards it; default %s)"
+                                    % render_mod.TRAIN_REQUESTS["memory"])
     r.add_argument("--image-pull-secret", dest="image_pull_secrets", action="append",
                    default=[], metavar="NAME",
                    help="imagePullSecrets entry of every pod (repeatable)")
     r.add_argument("--priority-class", metavar="NAME",
                    help="priorityClassName of every pod")
+    r.add_argument("--allow-egress", action="append", default=[], metavar="CIDR[:PORT]",
+                   help="let the job's pods connect to these addresses (TCP), e.g. an object "
+                        "store or a weights mirror; beyond the job's own pods and DNS, the "
+                        "job's NetworkPolicy allows nothing else (repeatable)")
+    r.add_argument("--no-network-policy", dest="network_policy", action="store_false",
+                   help="leave out the job's NetworkPolicy (clusters without a policy "
+                        "controller; the pods are then reachable from every pod)")
     add_set_argument(r, example="model.backbone_params=%s/models/resnet50_v2.params" % MOUNT)
 
     v = sub.add_parser("validate", help="validate manifests offline (strict)")
@@ -133,7 +145,7 @@ def _render(args):
         **{key: getattr(args, key) for key in (
             "command", "checkpoint", "inputs", "command_args", "resume_from", "env",
             "node_selector", "tolerations", "cpu", "memory", "image_pull_secrets",
-            "priority_class")}}, args.out)
+            "priority_class", "allow_egress", "network_policy")}}, args.out)
     print("wrote %s" % path)
 
 

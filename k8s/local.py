@@ -12,7 +12,9 @@ What is mapped, and nothing else:
   otherwise ssh to each host (the workers' sshd is not started);
 - GPUs -> CPU (CUDA_VISIBLE_DEVICES is emptied), and for several local processes
   OMP_NUM_THREADS = cores / processes unless already set.
-Init containers (the parameter server's wait for the scheduler's DNS name) are not run.
+Init containers (the parameter server's wait for the scheduler's DNS name) are not run, the
+job's NetworkPolicy is not applied, and an --env NAME=secret:SECRET/KEY (a secretKeyRef) takes
+the value of NAME in run-local's own environment.
 
 SIGTERM or SIGINT to run-local does what deleting the pods does: each pod's PID 1 gets SIGTERM,
 and what still runs after the pods' terminationGracePeriodSeconds is killed.
@@ -77,7 +79,15 @@ class _Mapper:
                     value = str(self.port)
                 out[name] = self.arg(value)
                 continue
-            field = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+            source = item.get("valueFrom") or {}
+            if "secretKeyRef" in source:
+                if name not in os.environ:
+                    raise ValueError("env %s of %s comes from Secret %s: set %s in run-local's "
+                                     "environment" % (name, pod_name,
+                                                      source["secretKeyRef"].get("name"), name))
+                out[name] = os.environ[name]
+                continue
+            field = (source.get("fieldRef") or {}).get("fieldPath")
             if field == "status.podIP":
                 out[name] = "127.0.0.1"
             elif field == "metadata.name":
@@ -197,7 +207,8 @@ def plan(directory, data_dir, source, environ=None):
     if not paths:
         raise ManifestError("%s holds no *.yaml manifests (render them with deeplab k8s render)"
                             % directory)
-    docs = [d for p in paths for d in load_documents(os.path.join(directory, p))]
+    docs = [d for p in paths for d in load_documents(os.path.join(directory, p))
+            if d["kind"] != "NetworkPolicy"]  # local processes: nothing to apply it to
     mapper_args = (data_dir, source)
     notes = ["paths: %s/ -> %s/, %s -> %s" % (MOUNT, os.path.abspath(data_dir), IMAGE_SOURCE,
                                               os.path.abspath(source)),

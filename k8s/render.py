@@ -25,20 +25,29 @@ CUDA build of MXNet links libcuda.so.1, which only GPU pods receive from the nod
 import os
 import re
 import shlex
+import unicodedata
 
 import yaml
 
 from deeplab.errors import RenderError
 from deeplab.utils import write_text
 
-__all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "COMMANDS",
+__all__ = ["RenderError", "MOUNT", "IMAGE_SOURCE", "PS_PORT", "HOSTFILE", "COMMANDS", "RUN_AS",
+           "SSH_DIR", "SSH_PORT", "SSHD_CONFIG", "REQUESTS", "LIMITS", "TRAIN_REQUESTS",
            "CUDA_STUB_DIR", "STUB_LD_PATH", "TOLERATION_EFFECTS", "source_root",
            "default_name", "render", "render_to_dir", "render_command", "dump_documents"]
 
 MOUNT = "/data"  # where every pod mounts the PVC
 IMAGE_SOURCE = "/opt/deeplab"  # the repository inside the image (k8s/Dockerfile)
 HOSTFILE = "/etc/mpi/hostfile"  # written by the MPI Operator into the launcher
-SSH_DIR = "/root/.ssh"  # where the MPI Operator mounts the job's ssh keys
+# Every container runs as this user of the image (k8s/Dockerfile: USER 1000, home HOME), never
+# as root: the restricted Pod Security Standard. fsGroup makes the PVC and volumes writable to it.
+RUN_AS, HOME = 1000, "/home/mpiuser"
+SSH_DIR = HOME + "/.ssh"  # where the MPI Operator mounts the job's ssh keys (sshAuthMountPath)
+# sshd of the MPIJob workers runs as RUN_AS: an unprivileged port, and the image's config file
+# naming a pid file in HOME and the job's key from SSH_DIR (the operator's per-job Secret) as
+# host key, as the MPI Operator's non-root example does; ssh_config points clients at SSH_PORT.
+SSH_PORT, SSHD_CONFIG = 2222, HOME + "/.sshd_config"
 PS_PORT = 9091  # the ps-lite scheduler's port
 LAUNCH_TIMEOUT = 300  # seconds for horovodrun to reach every worker and rendezvous
 # PID 1 of every pod (k8s/entrypoint.py), before the pod's own command.
@@ -62,12 +71,38 @@ STUB_LD_PATH = "/usr/local/nvidia/lib:/usr/local/nvidia/lib64:" + CUDA_STUB_DIR
 TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Environment variables the pods' commands depend on: not settable with --env.
 RESERVED_ENV = ("PYTHONUNBUFFERED", "LD_LIBRARY_PATH", "DEEPLAB_LOCAL_RANK")
+# --env NAME=secret:SECRET/KEY: the value of KEY in the Secret SECRET (a secretKeyRef).
+SECRET_PREFIX = "secret:"
+# Resource requests of the containers that do not train (a namespace with a ResourceQuota
+# admits only pods that request), and memory limits that stop a runaway process there; the
+# training containers get --cpu/--memory or TRAIN_REQUESTS and no memory limit (the memory-backed
+# /dev/shm counts towards it, and a limit would kill a run at its peak).
+REQUESTS = {"launcher": {"cpu": "500m", "memory": "1Gi"},
+            "scheduler": {"cpu": "250m", "memory": "1Gi"},
+            "server": {"cpu": "1", "memory": "2Gi"},
+            "wait-for-scheduler": {"cpu": "10m", "memory": "16Mi"}}
+LIMITS = {"launcher": {"memory": "4Gi"}, "scheduler": {"memory": "2Gi"},
+          "server": {"memory": "8Gi"}, "wait-for-scheduler": {"memory": "64Mi"}}
+TRAIN_REQUESTS = {"cpu": "2", "memory": "8Gi"}
+# The restricted Pod Security Standard's settings, for every pod and every container.
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                "fsGroup": RUN_AS, "fsGroupChangePolicy": "OnRootMismatch",
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
 _CPU = re.compile(r"^([0-9]+m|[0-9]+(\.[0-9]{1,3})?)$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+# An image reference: [registry[:port]/]path[:tag][@sha256:digest] (the distribution project's
+# grammar, registry host names case-insensitive).
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(r"^(?:[a-zA-Z0-9](?:[-a-zA-Z0-9.]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"
+                    + _PATH_PART + "(?:/" + _PATH_PART + ")*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+_CIDR = re.compile(r"^(\d{1,3}(\.\d{1,3}){3}/\d{1,2}|[0-9a-fA-F:]+/\d{1,3})$")
 # A label key: an optional DNS-subdomain prefix and '/', then a name of at most 63 characters.
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 # NAME-scheduler, NAME-worker and their pods' names must stay within 63 characters.
@@ -112,7 +147,35 @@ def _config_in_image(config, root):
     return rel.replace(os.sep, "/")
 
 
+# The flag of each render argument, for messages.
+FLAGS = {"config": "CONFIG", "image": "--image", "data_pvc": "--data-pvc", "name": "--name",
+         "data_subdir": "--data-subdir", "shm_size": "--shm-size", "command": "--command",
+         "checkpoint": "--checkpoint", "inputs": "--input", "command_args": "--command-arg",
+         "resume_from": "--resume-from", "env": "--env", "node_selector": "--node-selector",
+         "tolerations": "--toleration", "cpu": "--cpu", "memory": "--memory",
+         "image_pull_secrets": "--image-pull-secret", "priority_class": "--priority-class",
+         "overrides": "--set", "allow_egress": "--allow-egress"}
+
+
+def _control(text):
+    """Whether `text` holds a control character or a line or paragraph separator (YAML and
+    terminals treat several of them as line breaks)."""
+    return any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in text)
+
+
+def _check_control(a):
+    """Every flag value is text without control characters: nothing in a value can end the
+    header comment or a YAML scalar, whatever the emitter does with it."""
+    for key, flag in FLAGS.items():
+        value = a.get(key)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and _control(text):
+                raise RenderError("%s %r: control characters (newlines, tabs, escapes) are not "
+                                  "allowed in flag values" % (flag, text))
+
+
 def _check_args(a):
+    _check_control(a)
     for flag, value, low in (("--nodes", a["nodes"], 1), ("--gpus-per-node", a["gpus_per_node"], 0),
                              ("--grace-period", a["grace_period"], 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -137,8 +200,9 @@ def _check_args(a):
     if not _DNS_SUBDOMAIN.match(a["data_pvc"]) or len(a["data_pvc"]) > 253:
         raise RenderError("--data-pvc %r is not a valid PersistentVolumeClaim name (lower-case "
                           "letters, digits, '-' and '.')" % (a["data_pvc"],))
-    if not a["image"] or any(c.isspace() for c in a["image"]):
-        raise RenderError("--image must be a container image reference without spaces, got %r"
+    if not a["image"] or not _IMAGE.match(a["image"]):
+        raise RenderError("--image must be a container image reference without spaces, "
+                          "REGISTRY/NAME:TAG or (recommended) REGISTRY/NAME@sha256:DIGEST, got %r"
                           % (a["image"],))
     if not _QUANTITY.match(a["shm_size"]):
         raise RenderError("--shm-size must be a Kubernetes quantity such as 8Gi, got %r"
@@ -207,12 +271,15 @@ def _check_cluster(a):
     """--env, --node-selector, --toleration, --cpu, --memory, --image-pull-secret,
     --priority-class."""
     for text in a["env"]:
-        key, _ = _pair("--env", text, "NAME=VALUE")
+        key, value = _pair("--env", text, "NAME=VALUE")
         if not _ENV_NAME.match(key):
             raise RenderError("--env %r: %r is not a valid environment variable name (letters, "
                               "digits, '_', '-', '.', not starting with a digit)" % (text, key))
         if key in RESERVED_ENV or key.startswith("DMLC_"):
             raise RenderError("--env %r: %s is set by the renderer" % (text, key))
+        _secret_ref(text, value)
+    for text in a["allow_egress"]:
+        _egress_rule(text)
     for text in a["node_selector"]:
         key, value = _pair("--node-selector", text, "LABEL=VALUE, e.g. "
                            "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3")
@@ -234,6 +301,32 @@ def _check_cluster(a):
             if not _DNS_SUBDOMAIN.match(name or "") or len(name) > 253:
                 raise RenderError("%s %r is not a valid object name (lower-case letters, digits, "
                                   "'-' and '.')" % (flag, name))
+
+
+def _secret_ref(text, value):
+    """NAME=secret:SECRET/KEY's (SECRET, KEY), None for a literal value."""
+    if not value.startswith(SECRET_PREFIX):
+        return None
+    secret, _, key = value[len(SECRET_PREFIX):].partition("/")
+    if not _DNS_SUBDOMAIN.match(secret) or len(secret) > 253 or not _SECRET_KEY.match(key):
+        raise RenderError("--env %r: expected NAME=secret:SECRET/KEY, a Secret's name (lower-case "
+                          "letters, digits, '-', '.') and one of its keys (letters, digits, '-', "
+                          "'_', '.')" % (text,))
+    return secret, key
+
+
+def _egress_rule(text):
+    """--allow-egress CIDR[:PORT] -> a NetworkPolicy egress rule (TCP)."""
+    expected = "CIDR[:PORT], e.g. 10.0.0.0/8:443 or 192.0.2.10/32"
+    cidr, port = text, None
+    if text.count(":") and "." in text and text.rsplit(":", 1)[1].isdigit():
+        cidr, port = text.rsplit(":", 1)
+    if not _CIDR.match(cidr) or (port is not None and not 0 < int(port) < 65536):
+        raise RenderError("--allow-egress must be %s, got %r" % (expected, text))
+    rule = {"to": [{"ipBlock": {"cidr": cidr}}]}
+    if port is not None:
+        rule["ports"] = [{"protocol": "TCP", "port": int(port)}]
+    return rule
 
 
 def _toleration(text):
@@ -305,6 +398,32 @@ def _env(pairs):
     return [{"name": k, "value": str(v)} for k, v in pairs]
 
 
+def _user_env(a):
+    """--env: literal values, or secretKeyRefs (the value stays in the cluster's Secret)."""
+    out = []
+    for text in a["env"]:
+        name, value = text.split("=", 1)
+        ref = _secret_ref(text, value)
+        out.append({"name": name, "valueFrom": {"secretKeyRef": {"name": ref[0], "key": ref[1]}}}
+                   if ref else {"name": name, "value": value})
+    return out
+
+
+def pull_policy(image):
+    """Always for a tag (the node checks the registry, so that another tenant's image cached under
+    the same tag is never used); IfNotPresent for a digest, which names the content itself."""
+    return "IfNotPresent" if "@sha256:" in image else "Always"
+
+
+def _resources(requests=None, limits=None):
+    out = {}
+    if requests:
+        out["requests"] = dict(requests)
+    if limits:
+        out["limits"] = dict(limits)
+    return out
+
+
 def _volumes(a, gpus=0):
     volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": a["data_pvc"]}},
                # The loader's worker processes pass batches through shared memory; the container
@@ -322,26 +441,23 @@ def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=N
                trains=False):
     """A container of the job's image; `trains` for the pods that hold the GPUs (--cpu,
     --memory), `gpus` the GPUs it gets (none: the CUDA driver stub goes on its library path)."""
-    c = {"name": name, "image": a["image"], "imagePullPolicy": "IfNotPresent",
+    c = {"name": name, "image": a["image"], "imagePullPolicy": pull_policy(a["image"]),
          "workingDir": IMAGE_SOURCE, "command": list(command)}
     if args is not None:
         c["args"] = list(args)
         # Python's output reaches `kubectl logs` as it is written.
-        c["env"] = (_env([("PYTHONUNBUFFERED", "1")]) + list(env)
-                    + _env(text.split("=", 1) for text in a["env"]))
+        c["env"] = _env([("PYTHONUNBUFFERED", "1")]) + list(env) + _user_env(a)
         if not gpus:
             c["env"] += _env([("LD_LIBRARY_PATH", STUB_LD_PATH)])
     if ports:
         c["ports"] = ports
-    resources = {}
     if trains:
-        requests = {k: str(a[k]) for k in ("cpu", "memory") if a[k] is not None}
-        if requests:
-            resources["requests"] = requests
-    if gpus:
-        resources["limits"] = {"nvidia.com/gpu": gpus}
-    if resources:
-        c["resources"] = resources
+        requests = {k: str(a[k]) if a[k] is not None else TRAIN_REQUESTS[k]
+                    for k in ("cpu", "memory")}
+        c["resources"] = _resources(requests, {"nvidia.com/gpu": gpus} if gpus else None)
+    else:
+        c["resources"] = _resources(REQUESTS[name], LIMITS[name])
+    c["securityContext"] = _copy(CONTAINER_SECURITY)
     if mounts:
         c["volumeMounts"] = [dict(m) for m in _MOUNTS]
     if gpus:
@@ -350,8 +466,17 @@ def _container(a, name, command, args=None, env=(), gpus=0, mounts=True, ports=N
     return c
 
 
+def _copy(obj):
+    import copy
+
+    return copy.deepcopy(obj)
+
+
 def _pod(a, spec):
-    """Pod `spec` with the scheduling options every pod of the job shares."""
+    """Pod `spec` with the scheduling and security settings every pod of the job shares."""
+    # No Kubernetes API access: the pods never call it, so they get no token to leak.
+    spec["automountServiceAccountToken"] = False
+    spec["securityContext"] = _copy(POD_SECURITY)
     if a["node_selector"]:
         spec["nodeSelector"] = dict(text.split("=", 1) for text in a["node_selector"])
     if a["tolerations"]:
@@ -384,8 +509,10 @@ def _mpijob(a, train_args):
                                                   mounts=False)],
                         "terminationGracePeriodSeconds": a["grace_period"]})
     worker = _pod(a, {"containers": [_container(a, "worker", _entrypoint(a, workers=True),
-                                                ["/usr/sbin/sshd", "-De"],
-                                                gpus=a["gpus_per_node"], trains=True)],
+                                                ["/usr/sbin/sshd", "-De", "-f", SSHD_CONFIG],
+                                                gpus=a["gpus_per_node"], trains=True,
+                                                ports=[{"name": "ssh", "containerPort": SSH_PORT,
+                                                        "protocol": "TCP"}])],
                       "volumes": _volumes(a, a["gpus_per_node"]),
                       "terminationGracePeriodSeconds": a["grace_period"]})
     return {
@@ -441,7 +568,8 @@ def _ps_objects(a, train_args, devices=1):
         else:
             pod["initContainers"] = [wait_for_scheduler]
         if volumes:
-            pod["volumes"] = _volumes(a, container.get("resources", {}).get("limits"))
+            pod["volumes"] = _volumes(a, container["resources"].get("limits", {}).get(
+                "nvidia.com/gpu"))
         _pod(a, pod)
         spec = {"completions": count, "parallelism": count}
         if indexed:
@@ -456,11 +584,14 @@ def _ps_objects(a, train_args, devices=1):
     # ps-lite aborts if the scheduler's name does not resolve yet, and the Service publishes it
     # only once the scheduler pod has an address: servers and workers wait for it first.
     wait_for_scheduler = {
-        "name": "wait-for-scheduler", "image": a["image"], "imagePullPolicy": "IfNotPresent",
+        "name": "wait-for-scheduler", "image": a["image"],
+        "imagePullPolicy": pull_policy(a["image"]),
         "command": ["sh", "-c", 'for i in $(seq %d); do getent hosts "$DMLC_PS_ROOT_URI" '
                     '>/dev/null && exit 0; sleep 1; done; echo "$DMLC_PS_ROOT_URI does not '
                     'resolve" >&2; exit 1' % LAUNCH_TIMEOUT],
-        "env": _env([("DMLC_PS_ROOT_URI", root)])}
+        "env": _env([("DMLC_PS_ROOT_URI", root)]),
+        "resources": _resources(REQUESTS["wait-for-scheduler"], LIMITS["wait-for-scheduler"]),
+        "securityContext": _copy(CONTAINER_SECURITY)}
     scheduler = _container(a, "scheduler", _entrypoint(a), launch,
                            env=_env([("DMLC_ROLE", "scheduler")] + common), mounts=False,
                            ports=[{"name": "ps-root", "containerPort": PS_PORT,
@@ -477,6 +608,27 @@ def _ps_objects(a, train_args, devices=1):
             job("worker", workers, worker, True, True)]
 
 
+def _network_policy(a):
+    """The job's NetworkPolicy: its pods accept connections from the job's own pods only, and
+    connect only to them, to DNS and to what --allow-egress names.
+
+    Ingress is not narrowed to ports: the job's pods also listen on ports chosen at run time
+    (Gloo's pairs and horovodrun's rendezvous under Horovod, every ps-lite server and worker under
+    the parameter server), besides sshd (SSH_PORT) and the ps-lite scheduler (PS_PORT).
+    """
+    job = {"app.kubernetes.io/name": "deeplab", "app.kubernetes.io/instance": a["name"]}
+    peers = [{"podSelector": {"matchLabels": dict(job)}}]
+    egress = [{"to": _copy(peers)},
+              # DNS wherever the cluster serves it (kube-dns pods, or a node-local cache)
+              {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}]
+    egress += [_egress_rule(text) for text in a["allow_egress"]]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": a["name"], "labels": _labels(a, "network-policy")},
+            "spec": {"podSelector": {"matchLabels": dict(job)},
+                     "policyTypes": ["Ingress", "Egress"],
+                     "ingress": [{"from": peers}], "egress": egress}}
+
+
 def _normalize(args):
     """Render arguments as a dict with every option filled in."""
     a = dict(args)
@@ -488,6 +640,8 @@ def _normalize(args):
     a.setdefault("backoff_limit", None)
     for key in ("resume_from", "checkpoint", "cpu", "memory", "priority_class"):
         a.setdefault(key, None)
+    if a.get("network_policy") is None:
+        a["network_policy"] = True
     for key in LISTS:
         a[key] = list(a.get(key) or [])
     if a["backoff_limit"] is None and a["backend"] == "horovod":
@@ -501,7 +655,7 @@ def _normalize(args):
 
 DEFAULTS = {"command": "train", "data_subdir": "voc", "shm_size": "8Gi", "grace_period": 300}
 LISTS = ("overrides", "inputs", "command_args", "env", "node_selector", "tolerations",
-         "image_pull_secrets")
+         "image_pull_secrets", "allow_egress")
 
 
 # The module whose parse_args reads each command's arguments (as `deeplab COMMAND` does).
@@ -532,7 +686,8 @@ def render(args, root=None):
     `deeplab k8s render`'s options: config, backend, nodes, gpus_per_node, image, data_pvc and
     optionally name, servers, overrides, data_subdir, shm_size, grace_period, backoff_limit,
     command, checkpoint, inputs, command_args, resume_from, env, node_selector, tolerations, cpu,
-    memory, image_pull_secrets, priority_class; the list-valued ones are lists of strings).
+    memory, image_pull_secrets, priority_class, allow_egress, network_policy (default True); the
+    list-valued ones are lists of strings).
 
     Raises:
         RenderError (or ConfigError) naming the flag or config key that is wrong.
@@ -563,9 +718,14 @@ def render(args, root=None):
         raise RenderError("dist.devices_per_worker (%d) must divide --gpus-per-node (%d): each "
                           "worker pod drives that many of a node's GPUs"
                           % (devices, a["gpus_per_node"]))
-    if a["backend"] == "horovod":
-        return [_mpijob(a, train_args)]
-    return _ps_objects(a, train_args, devices)
+    docs = [_mpijob(a, train_args)] if a["backend"] == "horovod" else _ps_objects(
+        a, train_args, devices)
+    if a["network_policy"]:
+        docs.append(_network_policy(a))
+    elif a["allow_egress"]:
+        raise RenderError("--allow-egress applies to the job's NetworkPolicy, which "
+                          "--no-network-policy leaves out")
+    return docs
 
 
 def render_command(args, root=None):
@@ -592,9 +752,12 @@ def render_command(args, root=None):
             cmd += [flag, str(a[key])]
     for flag, key in (("--input", "inputs"), ("--env", "env"),
                       ("--node-selector", "node_selector"), ("--toleration", "tolerations"),
-                      ("--image-pull-secret", "image_pull_secrets")):
+                      ("--image-pull-secret", "image_pull_secrets"),
+                      ("--allow-egress", "allow_egress")):
         for text in a[key]:
             cmd += [flag, text]
+    if not a["network_policy"]:
+        cmd += ["--no-network-policy"]
     # '=' form: a value such as '--quiet' would otherwise be read as an option.
     cmd += ["--command-arg=%s" % text for text in a["command_args"]]
     for text in a["overrides"]:
@@ -603,7 +766,13 @@ def render_command(args, root=None):
 
 
 def dump_documents(docs, header_lines=()):
-    """Multi-document YAML text, keys in the order built, no line wrapping."""
+    """Multi-document YAML text, keys in the order built, no line wrapping. The header lines
+    become comments; one with a line break or control character is refused (it could end the
+    comment and start YAML of its own)."""
+    for line in header_lines:
+        if _control(line):
+            raise RenderError("refusing to write a header comment with control characters: %r"
+                              % (line,))
     out = "".join("# %s\n" % line for line in header_lines)
     out += yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, width=4096,
                               explicit_start=True)

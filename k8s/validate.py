@@ -7,6 +7,10 @@
   Kubernetes' ObjectMeta from the same kubernetes-validate schemas.
 - ENUMS: values that the API server and the MPI Operator check in code although their OpenAPI
   schemas do not list them (restartPolicy, cleanPodPolicy, ...).
+- What `deeplab k8s render` produces, and nothing else: RENDERED_KINDS only, every pod admitted
+  by the *restricted* Pod Security Standard (`restricted_problems`: no privileged container, no
+  host namespaces, ports or paths, no added capabilities, non-root, seccomp, ...) and without a
+  service-account token. A document added to a manifest by hand or by injection fails here.
 """
 import copy
 import functools
@@ -17,7 +21,8 @@ import yaml
 
 from deeplab.errors import ManifestError
 
-__all__ = ["KUBERNETES_VERSION", "CRD_PATH", "ManifestError", "load_documents", "mpijob_schema",
+__all__ = ["KUBERNETES_VERSION", "CRD_PATH", "ManifestError", "RENDERED_KINDS", "load_documents",
+           "mpijob_schema", "pod_specs", "restricted_problems", "renderer_problems",
            "validate_document", "validate_dir"]
 
 # The Kubernetes release whose API the MPI Operator 0.7.0 CRD was generated from.
@@ -42,6 +47,21 @@ ENUMS = {
     ("MPIJobSpec", "launcherCreationPolicy"): ("AtStartup", "WaitForWorkersReady"),
 }
 MPI_REPLICA_TYPES = ("Launcher", "Worker")
+# (apiVersion, kind) of the objects `deeplab k8s render` writes.
+RENDERED_KINDS = (("kubeflow.org/v2beta1", "MPIJob"), ("batch/v1", "Job"), ("v1", "Service"),
+                  ("networking.k8s.io/v1", "NetworkPolicy"))
+
+# The restricted Pod Security Standard (kubernetes.io/docs/concepts/security/
+# pod-security-standards/, Kubernetes 1.34), which includes the baseline one.
+RESTRICTED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                      "persistentVolumeClaim", "projected", "secret")
+RESTRICTED_ADD_CAPABILITIES = ("NET_BIND_SERVICE",)
+SAFE_SYSCTLS = ("kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes")
+SELINUX_TYPES = ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
 
 
 
@@ -158,6 +178,122 @@ def _enum_errors(doc):
     return errors
 
 
+def pod_specs(doc):
+    """(field path, pod spec) of every pod `doc` would create: a Pod's spec, a pod template's
+    (Job, Deployment, ...), a CronJob's job template's, each MPIJob replica's."""
+    spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
+    if doc.get("kind") == "Pod":
+        return [("spec", spec)]
+    out = []
+    if doc.get("kind") == "MPIJob":
+        for rtype, rspec in sorted((spec.get("mpiReplicaSpecs") or {}).items()):
+            template = (rspec or {}).get("template") if isinstance(rspec, dict) else None
+            out.append(("spec.mpiReplicaSpecs.%s.template.spec" % rtype,
+                        (template or {}).get("spec")))
+    for path, holder in (("spec.template", spec.get("template")),
+                         ("spec.jobTemplate.spec.template",
+                          ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template"))):
+        if isinstance(holder, dict):
+            out.append((path + ".spec", holder.get("spec")))
+    return [(p, s if isinstance(s, dict) else {}) for p, s in out]
+
+
+def restricted_problems(spec, path="spec"):
+    """Why pod `spec` would be rejected by a namespace enforcing the restricted Pod Security
+    Standard (empty if it would be admitted), as 'field.path: message' strings."""
+    errors = []
+    sc = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            errors.append("%s.%s: host namespaces are not allowed" % (path, key))
+    if (sc.get("windowsOptions") or {}).get("hostProcess"):
+        errors.append("%s.securityContext.windowsOptions.hostProcess: not allowed" % path)
+    for i, v in enumerate(spec.get("volumes") or []):
+        kinds = [k for k in (v or {}) if k != "name"]
+        for k in kinds:
+            if k not in RESTRICTED_VOLUMES:
+                errors.append("%s.volumes.%d: %s volumes are not allowed (only %s)"
+                              % (path, i, k, ", ".join(RESTRICTED_VOLUMES)))
+    for i, sysctl in enumerate(sc.get("sysctls") or []):
+        if (sysctl or {}).get("name") not in SAFE_SYSCTLS:
+            errors.append("%s.securityContext.sysctls.%d: %r is not a safe sysctl"
+                          % (path, i, (sysctl or {}).get("name")))
+    pod_non_root = sc.get("runAsNonRoot") is True
+    pod_seccomp = (sc.get("seccompProfile") or {}).get("type")
+    errors += _context_problems(sc, path + ".securityContext", container=False)
+    if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
+        errors.append("%s.securityContext.seccompProfile.type: %r is not allowed "
+                      "(RuntimeDefault or Localhost)" % (path, pod_seccomp))
+    for key in ("initContainers", "containers", "ephemeralContainers"):
+        for i, c in enumerate(spec.get(key) or []):
+            cpath = "%s.%s.%d" % (path, key, i)
+            csc = (c or {}).get("securityContext") or {}
+            spath = cpath + ".securityContext"
+            errors += _context_problems(csc, spath, container=True)
+            if csc.get("privileged"):
+                errors.append("%s.privileged: privileged containers are not allowed" % spath)
+            if csc.get("allowPrivilegeEscalation") is not False:
+                errors.append("%s.allowPrivilegeEscalation: must be false" % spath)
+            if csc.get("runAsNonRoot") is False or not (
+                    pod_non_root or csc.get("runAsNonRoot") is True):
+                errors.append("%s.runAsNonRoot: must be true (here or in the pod's "
+                              "securityContext)" % spath)
+            seccomp = (csc.get("seccompProfile") or {}).get("type")
+            if seccomp not in (None, "RuntimeDefault", "Localhost") or (
+                    seccomp is None and pod_seccomp is None):
+                errors.append("%s.seccompProfile.type: must be RuntimeDefault or Localhost (here "
+                              "or in the pod's securityContext)" % spath)
+            caps = csc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []):
+                errors.append("%s.capabilities.drop: must include ALL" % spath)
+            for cap in caps.get("add") or []:
+                if cap not in RESTRICTED_ADD_CAPABILITIES:
+                    errors.append("%s.capabilities.add: %r is not allowed (only %s)"
+                                  % (spath, cap, ", ".join(RESTRICTED_ADD_CAPABILITIES)))
+            for j, port in enumerate((c or {}).get("ports") or []):
+                if (port or {}).get("hostPort"):
+                    errors.append("%s.ports.%d.hostPort: host ports are not allowed" % (cpath, j))
+    return errors
+
+
+def _context_problems(sc, path, container):
+    """The rules a pod's and a container's securityContext share."""
+    errors = []
+    if sc.get("runAsUser") == 0:
+        errors.append("%s.runAsUser: 0 (root) is not allowed" % path)
+    if (sc.get("windowsOptions") or {}).get("hostProcess") and container:
+        errors.append("%s.windowsOptions.hostProcess: not allowed" % path)
+    se = sc.get("seLinuxOptions") or {}
+    if se.get("type", "") not in SELINUX_TYPES or se.get("user") or se.get("role"):
+        errors.append("%s.seLinuxOptions: only a container type, no user or role" % path)
+    if (sc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault",
+                                                             "Localhost"):
+        errors.append("%s.appArmorProfile.type: must be RuntimeDefault or Localhost" % path)
+    if sc.get("procMount") not in (None, "Default"):
+        errors.append("%s.procMount: must be Default" % path)
+    return errors
+
+
+def renderer_problems(doc):
+    """Why `doc` is not an object `deeplab k8s render` writes: another kind, a pod the restricted
+    Pod Security Standard rejects, a service-account token, a Service exposed outside."""
+    kind = (doc.get("apiVersion"), doc.get("kind"))
+    errors = []
+    if kind not in RENDERED_KINDS:
+        errors.append("kind: %s %s is not an object deeplab k8s render writes (%s)" % (
+            kind[0], kind[1], ", ".join("%s %s" % k for k in RENDERED_KINDS)))
+    for path, spec in pod_specs(doc):
+        errors += restricted_problems(spec, path)
+        if spec.get("automountServiceAccountToken") is not False:
+            errors.append("%s.automountServiceAccountToken: must be false (the pods never "
+                          "use the Kubernetes API)" % path)
+    if doc.get("kind") == "Service" and isinstance(doc.get("spec"), dict):
+        svc = doc["spec"]
+        if svc.get("type", "ClusterIP") != "ClusterIP" or svc.get("externalIPs"):
+            errors.append("spec: the job's Service must be an in-cluster ClusterIP one")
+    return errors
+
+
 def validate_document(doc, version=KUBERNETES_VERSION):
     """Problems with one object, as 'field.path: message' strings (empty if it is valid)."""
     import jsonschema
@@ -182,7 +318,7 @@ def validate_document(doc, version=KUBERNETES_VERSION):
             errors.append("%s: %s" % (_path(err.absolute_path), err.message))
         except kubernetes_validate.SchemaNotFoundError as err:
             errors.append("kind: %s" % err.message)
-    return errors + _enum_errors(doc)
+    return errors + _enum_errors(doc) + renderer_problems(doc)
 
 
 def validate_dir(directory, version=KUBERNETES_VERSION):

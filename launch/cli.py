@@ -7,6 +7,7 @@ CMD is train, eval, bench or predict.
 """
 import argparse
 import os
+import re
 import sys
 
 from deeplab.utils import positive_int
@@ -35,6 +36,15 @@ def _seconds(text):
     return value
 
 
+def _interfaces(text):
+    """IFACE[,IFACE...]: Linux interface names (at most 15 characters, no '/' or spaces)."""
+    names = text.split(",")
+    if not all(re.match(r"^[A-Za-z0-9_.:@-]{1,15}$", n) for n in names):
+        raise argparse.ArgumentTypeError("expected network interface names separated by ',', "
+                                         "e.g. eth1 or ib0,eth1, got %r" % text)
+    return text
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="deeplab launch", description=__doc__.split("\n\n")[0],
@@ -43,8 +53,9 @@ def _parser():
     h = sub.add_parser(
         "horovod", help="through horovodrun (Gloo, or MPI with --mpi)",
         usage="deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] "
-              "[--start-timeout S] [--grace S] [--timeline FILE] [--autotune [LOG]] "
-              "[--horovodrun-arg ARG ...] -- train|eval|bench|predict ARGS...",
+              "[--network-interface IFACE] [--start-timeout S] [--grace S] [--timeline FILE] "
+              "[--autotune [LOG]] [--horovodrun-arg ARG ...] -- train|eval|bench|predict "
+              "ARGS...",
         description="Runs `deeplab ARGS...` on N workers through horovodrun. When a worker "
                     "fails, the job stops and the rank that failed first is named. " + _STOPPING)
     h.add_argument("-np", dest="np", type=positive_int, required=True, help="number of workers")
@@ -60,6 +71,10 @@ def _parser():
     h.add_argument("--autotune", nargs="?", const=True, metavar="LOG",
                    help="Horovod's autotuner (fusion buffer, cycle time, ...), logging its "
                         "trials to LOG if given (horovodrun --autotune [--autotune-log-file])")
+    h.add_argument("--network-interface", type=_interfaces, metavar="IFACE[,IFACE...]",
+                   help="network interface(s) for horovodrun's rendezvous and the workers' "
+                        "traffic, e.g. a private cluster network (horovodrun "
+                        "--network-interface; default: its own choice)")
     h.add_argument("--horovodrun-arg", dest="horovodrun_args", action="append", default=[],
                    metavar="ARG", help="any other horovodrun argument, passed as given "
                    "(repeatable; an argument with a value: --horovodrun-arg=--cycle-time-ms "

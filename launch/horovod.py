@@ -79,10 +79,13 @@ def _horovodrun(python):
 
 
 def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, start_timeout=120,
-                    python=None, timeline=None, autotune=None, extra=()):
+                    python=None, timeline=None, autotune=None, extra=(), network_interface=None):
     """The horovodrun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers.
 
     Args:
+        network_interface: the interfaces (comma-separated) horovodrun's rendezvous and the
+            workers' Gloo or MPI traffic use (--network-interface); default: horovodrun's
+            choice among the interfaces every host can reach each other on.
         timeline: Horovod timeline file (--timeline-filename; Chrome trace of every collective).
         autotune: True, or a log file, for Horovod's autotuner (--autotune [--autotune-log-file]).
         extra: other horovodrun arguments, passed as given.
@@ -97,6 +100,8 @@ def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, star
         cmd += ["--mpi"]
     else:
         cmd += ["--gloo", "--gloo-timeout-seconds", str(max(start_timeout, GLOO_TIMEOUT))]
+    if network_interface:
+        cmd += ["--network-interface", network_interface]
     if timeline:
         cmd += ["--timeline-filename", timeline]
     if autotune:
@@ -326,7 +331,8 @@ def run(args):
     cmd = horovod_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
                           mpi=args.mpi, start_timeout=args.start_timeout,
                           timeline=args.timeline, autotune=args.autotune,
-                          extra=args.horovodrun_args)
+                          extra=args.horovodrun_args,
+                          network_interface=getattr(args, "network_interface", None))
     if not os.path.exists(cmd[0]) and shutil.which(cmd[0]) is None:
         raise LaunchError("horovodrun is neither beside %s nor on the PATH: install Horovod "
                           "(scripts/setup_env.sh)" % sys.executable)

@@ -37,12 +37,14 @@ __all__ = ["node_env", "role_command", "start_node", "run", "run_local", "run_no
            "stop_all", "wait_for_exit"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
-# ends (mxnet/kvstore/kvstore_server.py). Before it, a thread that ends the node once its
-# launcher is gone and the workers have stopped (procs.exit_when_workers_gone).
+# ends (mxnet/kvstore/kvstore_server.py), with a controller that unpickles nothing it receives
+# (deeplab.launch.ps_server; not under deeplab.dist, whose import would import mxnet first).
+# Before it, a thread that ends the node once its launcher is gone and the workers have stopped
+# (procs.exit_when_workers_gone).
 SERVER_WAIT = 120.0  # seconds a node whose launcher is gone waits for the workers to stop
-_SERVER_CODE = ("import os; from deeplab.launch import procs; procs.watch_launcher("
+_SERVER_CODE = ("import os; from deeplab.launch import procs, ps_server; procs.watch_launcher("
                 "procs.exit_when_workers_gone(os.environ.get(procs.JOB_ENV), %g)); "
-                "import mxnet" % SERVER_WAIT)
+                "ps_server.main()" % SERVER_WAIT)
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 

@@ -159,11 +159,9 @@ def test_parameter_server_two_workers(tmp_path, dl):
 def test_optimizer_states_are_saved_from_the_host_and_resumed_on_the_workers_device(tmp_path):
     """Stands in for GPUs with CPU device ids: states of a trainer on cpu(1) are saved as host
     arrays and resumed by a trainer on cpu(2) onto cpu(2), not onto the saving device."""
-    import pickle
-
     import mxnet as mx
 
-    from deeplab.dist import comm
+    from deeplab.dist import comm, trainer_state
 
     def trainer_on(ctx):
         net = mx.gluon.nn.Dense(3, in_units=4)
@@ -180,7 +178,7 @@ def test_optimizer_states_are_saved_from_the_host_and_resumed_on_the_workers_dev
     path = str(tmp_path / "t.states")
     saver.save_states(path)
     with open(path, "rb") as f:
-        states, _ = pickle.loads(f.read())
+        _, states = trainer_state.loads(f.read())
     assert states and all(s.context == mx.cpu(0) for s in states.values())
     assert all(s.context == mx.cpu(1) for s in saver.trainer._updaters[0].states.values())
     loader = trainer_on(mx.cpu(2))

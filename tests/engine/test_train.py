@@ -462,3 +462,32 @@ def test_resume_and_resume_if_exists_exclude_each_other():
         train.parse_args([TINY, "--workdir", "w", "--resume", "--resume-if-exists"])
     assert train.parse_args([TINY, "--workdir", "w", "--resume"]).resume == "required"
     assert train.parse_args([TINY, "--workdir", "w"]).resume is False
+
+
+def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_never_runs(tmp_path, dl):
+    """Whoever can write the run directory can also rewrite the checksums: resuming must not
+    unpickle anything. The planted file would create `pwned` if it were unpickled."""
+    import hashlib
+    import pickle
+
+    assert _cli_train(dl, tmp_path, "train.iterations=16").returncode == 0
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for ext in (".json", ".params", ".states"):  # as if stopped after iteration 8
+        os.remove(tmp_path / "checkpoints" / ("iter_0000016" + ext))
+    os.remove(tmp_path / "final.params")
+    stem = tmp_path / "checkpoints" / "iter_0000008"
+    stem.with_suffix(".states").write_bytes(pickle.dumps(Planted()))
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    meta["sha256"]["states"] = hashlib.sha256(
+        stem.with_suffix(".states").read_bytes()).hexdigest()
+    stem.with_suffix(".json").write_text(json.dumps(meta))
+    proc = _cli_train(dl, tmp_path, "train.iterations=16", resume=True)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "pickled optimizer state" in last and str(stem) + ".states" in last
+    assert "Traceback" not in proc.stdout and not marker.exists()

@@ -101,12 +101,13 @@ def test_a_hung_job_times_out(tmp_path):
 def test_manifests_run_local_cannot_stand_in_for_are_refused(tmp_path):
     out = rendered(tmp_path, "horovod")
     path = os.path.join(out, render.MANIFEST)
-    (job,) = yaml.safe_load_all(open(path))
+    job, policy = yaml.safe_load_all(open(path))
+    assert policy["kind"] == "NetworkPolicy"  # not run: nothing local to apply it to
     launcher = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]
     cut = launcher["args"].index("--hostfile")
     del launcher["args"][cut:cut + 2]
     with open(path, "w") as f:
-        yaml.safe_dump(job, f)
+        yaml.safe_dump_all([job, policy], f)
     with pytest.raises(ValueError, match="does not run `--hostfile /etc/mpi/hostfile`"):
         local.plan(out, str(tmp_path / "pvc"), ROOT)
     with pytest.raises(ValueError, match="holds no"):
@@ -153,3 +154,14 @@ def test_sigterm_to_run_local_stops_the_pods_as_their_deletion_would(tmp_path):
     time.sleep(0.5)
     assert not [pid for pid in procs.all_pids() if procs.alive(pid)
                 and procs.environ(pid).get("LOCAL_TEST") == marker]
+
+
+def test_secret_env_comes_from_run_locals_environment(tmp_path, monkeypatch):
+    out = rendered(tmp_path, "ps", servers=1, env=["API_TOKEN=secret:creds/token"])
+    monkeypatch.delenv("API_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="API_TOKEN of tiny-scheduler comes from Secret creds"):
+        local.plan(out, str(tmp_path / "pvc"), ROOT)
+    monkeypatch.setenv("API_TOKEN", "s3cr3t")
+    procs, _ = local.plan(out, str(tmp_path / "pvc"), ROOT)
+    assert all(p.env["API_TOKEN"] == "s3cr3t" for p in procs)
+    assert "s3cr3t" not in open(os.path.join(out, render.MANIFEST)).read()

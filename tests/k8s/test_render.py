@@ -67,20 +67,22 @@ def test_render_is_deterministic(tmp_path):
 
 
 def test_mpijob_shape():
-    (job,) = render.render(args(overrides=["train.lr=0.01"]))
+    job, _policy = render.render(args(overrides=["train.lr=0.01"]))
     assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v2beta1", "MPIJob")
     spec = job["spec"]
     assert spec["slotsPerWorker"] == 4
     assert spec["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}
-    assert spec["sshAuthMountPath"] == "/root/.ssh"
+    assert spec["sshAuthMountPath"] == "/home/mpiuser/.ssh" == render.SSH_DIR
     launcher = spec["mpiReplicaSpecs"]["Launcher"]
     worker = spec["mpiReplicaSpecs"]["Worker"]
     assert launcher["replicas"] == 1 and worker["replicas"] == 2
     wpod = worker["template"]["spec"]
     (wc,) = wpod["containers"]
     worker_pid1 = entrypoint_args(wc)
-    assert worker_pid1.command == ["/usr/sbin/sshd", "-De"] and worker_pid1.workers
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 4}}
+    assert worker_pid1.command == ["/usr/sbin/sshd", "-De", "-f", "/home/mpiuser/.sshd_config"]
+    assert worker_pid1.workers
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS,
+                               "limits": {"nvidia.com/gpu": 4}}
     assert {m["mountPath"] for m in wc["volumeMounts"]} == {"/data", "/dev/shm",
                                                              render.CUDA_STUB_DIR}
     volumes = {v["name"]: v for v in wpod["volumes"]}
@@ -112,7 +114,7 @@ def test_every_pod_stops_within_its_grace_period(backend):
 
 
 def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():
-    (job,) = render.render(args(overrides=["train.lr=0.01"]))
+    job, _policy = render.render(args(overrides=["train.lr=0.01"]))
     (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     launch_args, train_args = pod_command(c)
     launch = launch_cli.parse_args(launch_args)
@@ -124,7 +126,8 @@ def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():
 
 
 def test_ps_objects_wire_the_dmlc_environment():
-    service, sched, servers, workers = render.render(args(backend="ps", servers=3, name="run1"))
+    service, sched, servers, workers, _policy = render.render(args(backend="ps", servers=3,
+                                                                   name="run1"))
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
     spod = sched["spec"]["template"]
     # The Service selects the scheduler pod, whose hostname.subdomain is DMLC_PS_ROOT_URI.
@@ -150,16 +153,17 @@ def test_ps_objects_wire_the_dmlc_environment():
         assert "getent hosts" in init["command"][-1]
     assert "initContainers" not in spod["spec"]
     (wc,) = workers["spec"]["template"]["spec"]["containers"]
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 1}}  # one GPU per worker process
+    # one GPU per worker process
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS, "limits": {"nvidia.com/gpu": 1}}
     assert "volumes" not in servers["spec"]["template"]["spec"]
 
 
 def test_synthetic_data_needs_no_data_root_and_cpu_nodes_get_no_gpus():
-    (job,) = render.render(args(config=os.path.join(ROOT, TINY), gpus_per_node=0, nodes=2))
+    job, _policy = render.render(args(config=os.path.join(ROOT, TINY), gpus_per_node=0, nodes=2))
     spec = job["spec"]
     assert spec["slotsPerWorker"] == 1
     (wc,) = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
-    assert "resources" not in wc
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS}  # no GPU
     (c,) = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     assert not any(a.startswith("data.root=") for a in c["args"])
 
@@ -216,7 +220,7 @@ def test_manifest_header_and_documents_parse(tmp_path):
     assert "Do not edit" not in text and "You may edit this file" in second
     assert "run the command again to regenerate it" in second
     kinds = [d["kind"] for d in yaml.safe_load_all(text)]
-    assert kinds == ["Service", "Job", "Job", "Job"]
+    assert kinds == ["Service", "Job", "Job", "Job", "NetworkPolicy"]
 
 
 # --- commands other than train, cluster settings, resuming, pods without a GPU ---------------
@@ -267,7 +271,7 @@ def test_every_command_renders_runs_its_own_flags_and_validates(command, backend
     a = args(backend=backend, name="job1", command=command, **COMMAND_ARGS[command])
     path = render.render_to_dir(a, str(tmp_path))
     count, problems = validate.validate_dir(str(tmp_path))
-    assert problems == [] and count == (1 if backend == "horovod" else 4)
+    assert problems == [] and count == (2 if backend == "horovod" else 5)  # + NetworkPolicy
     docs = list(yaml.safe_load_all(open(path)))
     cmd = command_of(docs)
     assert cmd[0] == command
@@ -317,14 +321,16 @@ def test_cluster_settings_reach_every_pod_and_validate(backend, tmp_path):
         env = env_of(c)
         assert (env["NCCL_DEBUG"], env["HOROVOD_FUSION_THRESHOLD"], env["EMPTY"]) == (
             "INFO", "67108864", "")
-        # Requests on the pods that train (they hold the GPUs) only; no CPU limit (throttling
+        # --cpu/--memory on the pods that train (they hold the GPUs); no CPU limit (throttling
         # would slow the loader), no memory limit (the memory-backed /dev/shm counts towards it).
+        # The others get requests and memory limits of their own.
         gpus = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
         if gpus:
             assert c["resources"] == {"requests": {"cpu": "7500m", "memory": "64Gi"},
                                       "limits": {"nvidia.com/gpu": gpus}}
         else:
-            assert "resources" not in c
+            assert c["resources"] == {"requests": render.REQUESTS[c["name"]],
+                                      "limits": render.LIMITS[c["name"]]}
 
 
 @pytest.mark.parametrize("backend", ["horovod", "ps"])
@@ -426,11 +432,11 @@ def test_help_says_which_image_for_which_gpus(capsys):
 
 def test_ps_workers_driving_all_of_a_nodes_gpus():
     # SCALING.md's recommendation beyond one node: one worker per node with dist.devices_per_worker.
-    _, _, _, workers = render.render(args(backend="ps", servers=2, gpus_per_node=8,
+    _, _, _, workers, _ = render.render(args(backend="ps", servers=2, gpus_per_node=8,
                                           overrides=["dist.devices_per_worker=8"]))
     assert workers["spec"]["completions"] == 2
     (wc,) = workers["spec"]["template"]["spec"]["containers"]
-    assert wc["resources"] == {"limits": {"nvidia.com/gpu": 8}}
+    assert wc["resources"] == {"requests": render.TRAIN_REQUESTS, "limits": {"nvidia.com/gpu": 8}}
     env = {e["name"]: e.get("value") for e in wc["env"]}
     assert env["DMLC_NUM_WORKER"] == "2" and env["DEEPLAB_LOCAL_RANK"] == "0"
     _, train_args = pod_command(wc)
@@ -445,3 +451,189 @@ def test_ps_workers_driving_all_of_a_nodes_gpus():
 def test_devices_per_worker_that_cannot_render_is_refused(change, message):
     with pytest.raises(render.RenderError, match=re.escape(message)):
         render.render(args(**change))
+
+
+# --- security: injection, restricted pods, the NetworkPolicy, requests, images, secrets -------
+
+INJECTED = "X=1\napiVersion: v1\nkind: Pod\nmetadata: {name: evil}\nspec:\n  hostNetwork: true"
+
+
+@pytest.mark.parametrize("change, flag", [
+    (dict(env=[INJECTED]), "--env"),
+    (dict(overrides=["train.lr=0.1\n---\nkind: Pod"]), "--set"),
+    (dict(command="eval", checkpoint="/data/a.params\napiVersion: v1"), "--checkpoint"),
+    (dict(command="predict", checkpoint="/data/a.params", inputs=["/data/x\r\nkind: Pod"]),
+     "--input"),
+    (dict(command="bench", command_args=["--steps\n5"]), "--command-arg"),
+    (dict(node_selector=["pool=gpu\u2028kind: Pod"]), "--node-selector"),  # a YAML line break
+    (dict(env=["X=\x1b[2J"]), "--env"),  # a terminal escape
+])
+def test_control_characters_in_any_flag_are_refused_naming_the_flag(change, flag):
+    with pytest.raises(render.RenderError) as err:
+        render.render(args(**change))
+    message = str(err.value)
+    assert message.startswith(flag + " ") and "control characters" in message
+    assert "\n" not in message
+
+
+def test_the_injection_reproduction_is_refused_by_the_cli_and_writes_nothing(capsys, tmp_path):
+    from deeplab.cli import main
+
+    code = main(["k8s", "render", os.path.join(ROOT, REAL), "--backend", "horovod", "--nodes",
+                 "2", "--gpus-per-node", "4", "--image", "i", "--data-pvc", "p",
+                 "--out", str(tmp_path / "out"), "--env", INJECTED])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--env" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_header_line_that_could_break_out_is_never_written():
+    with pytest.raises(render.RenderError, match="control characters"):
+        render.dump_documents([{"kind": "Job"}], ["Rendered by: x\nkind: Pod"])
+
+
+def pod_specs_of(docs):
+    return [(d["kind"], path, spec) for d in docs for path, spec in validate.pod_specs(d)]
+
+
+VARIANTS = {
+    "horovod-gpu": dict(backend="horovod"),
+    "horovod-cpu": dict(backend="horovod", gpus_per_node=0, config=os.path.join(ROOT, TINY)),
+    "ps-gpu": dict(backend="ps"),
+    "ps-cpu": dict(backend="ps", gpus_per_node=0, config=os.path.join(ROOT, TINY)),
+    "ps-devices-per-worker": dict(backend="ps", gpus_per_node=8,
+                                  overrides=["dist.devices_per_worker=8"]),
+    **{"%s-%s" % (b, c): dict(backend=b, command=c, **COMMAND_ARGS[c])
+       for b in ("horovod", "ps") for c in ("bench", "eval", "predict")},
+    **{"%s-resume-from" % b: dict(backend=b, name="second", resume_from="first", nodes=1)
+       for b in ("horovod", "ps")},
+    "horovod-cluster-settings": dict(backend="horovod", **CLUSTER),
+    "ps-cluster-settings": dict(backend="ps", **CLUSTER),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_every_pod_of_every_variant_meets_the_restricted_pod_security_standard(variant):
+    docs = render.render(args(**VARIANTS[variant]))
+    pods = pod_specs_of(docs)
+    assert len(pods) == (2 if VARIANTS[variant]["backend"] == "horovod" else 3)
+    for kind, path, spec in pods:
+        assert validate.restricted_problems(spec, path) == [], (kind, path)
+        sc = spec["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == render.RUN_AS != 0
+        assert sc["fsGroup"] == render.RUN_AS  # the PVC and volumes are writable to that user
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"] + spec.get("initContainers", []):
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}, c["name"]
+            # requests on every container, so that a namespace with a ResourceQuota admits it
+            assert set(c["resources"]["requests"]) == {"cpu", "memory"}, c["name"]
+            assert c["imagePullPolicy"] == "Always", c["name"]  # a tag: never a cached one
+    for doc in docs:  # and `deeplab k8s validate` agrees
+        assert validate.validate_document(doc) == [], doc["kind"]
+
+
+def test_mpijob_sshd_runs_unprivileged_with_the_operators_keys():
+    job, _ = render.render(args())
+    spec = job["spec"]
+    assert spec["sshAuthMountPath"] == render.SSH_DIR == render.HOME + "/.ssh"
+    (wc,) = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    assert entrypoint_args(wc).command == ["/usr/sbin/sshd", "-De", "-f", render.SSHD_CONFIG]
+    assert wc["ports"] == [{"name": "ssh", "containerPort": render.SSH_PORT, "protocol": "TCP"}]
+    assert render.SSH_PORT > 1024  # a non-root sshd cannot bind below 1024 without capabilities
+    docker = open(os.path.join(ROOT, "k8s", "Dockerfile")).read()
+    final = docker[docker.index("FROM ${BASE}"):]
+    assert "--uid %d" % render.RUN_AS in final and re.search(r"^USER 1000:1000$", final, re.M)
+    for line in ("Port %d" % render.SSH_PORT, "PidFile %s/sshd.pid" % render.HOME,
+                 "HostKey %s/id_rsa" % render.SSH_DIR):
+        assert line in final, line
+    assert "> %s" % render.SSHD_CONFIG in final
+    assert "rm -f /etc/ssh/ssh_host_*_key" in final  # no host key shared by every pod
+    assert 'echo "    Port %d" >> /etc/ssh/ssh_config' % render.SSH_PORT in final
+
+
+def network_policy(docs):
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    return policy
+
+
+@pytest.mark.parametrize("backend", ["horovod", "ps"])
+def test_a_network_policy_admits_only_the_jobs_own_pods(backend):
+    docs = render.render(args(backend=backend, name="job1",
+                              allow_egress=["10.20.0.0/16:443", "192.0.2.7/32"]))
+    policy = network_policy(docs)
+    job = {"app.kubernetes.io/name": "deeplab", "app.kubernetes.io/instance": "job1"}
+    assert policy["metadata"]["name"] == "job1"
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": job}
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == [{"from": [{"podSelector": {"matchLabels": job}}]}]
+    assert spec["egress"] == [
+        {"to": [{"podSelector": {"matchLabels": job}}]},
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"protocol": "TCP",
+                                                                   "port": 443}]},
+        {"to": [{"ipBlock": {"cidr": "192.0.2.7/32"}}]}]
+    # every pod of the job carries the labels the policy selects (and admits) by
+    for d in docs:
+        for template in [d["spec"].get("template")] + [
+                r["template"] for r in d["spec"].get("mpiReplicaSpecs", {}).values()]:
+            if template:
+                labels = template["metadata"]["labels"]
+                assert {k: labels[k] for k in job} == job
+    assert validate.validate_document(policy) == []
+
+
+def test_no_network_policy_leaves_it_out_and_the_command_line_says_so(tmp_path):
+    docs = render.render(args(network_policy=False))
+    assert [d["kind"] for d in docs] == ["MPIJob"]
+    path = render.render_to_dir(args(network_policy=False), str(tmp_path))
+    assert "--no-network-policy" in open(path).readline()
+    with pytest.raises(render.RenderError, match="--allow-egress applies to the job's "
+                                                 "NetworkPolicy"):
+        render.render(args(network_policy=False, allow_egress=["10.0.0.0/8"]))
+
+
+def test_images_by_digest_are_accepted_and_not_pulled_again():
+    digest = "registry.example.com:5000/team/deeplab@sha256:" + "ab" * 32
+    docs = render.render(args(backend="ps", image=digest))
+    for _, _, spec in pod_specs_of(docs):
+        for c in spec["containers"] + spec.get("initContainers", []):
+            assert (c["image"], c["imagePullPolicy"]) == (digest, "IfNotPresent")
+    assert render.pull_policy("registry.example.com/deeplab:1") == "Always"
+
+
+@pytest.mark.parametrize("image", ["deeplab@sha256:abc", "Registry.example.com/Deeplab:1",
+                                   "deeplab:1 --privileged", "deeplab:"])
+def test_malformed_images_are_refused(image):
+    with pytest.raises(render.RenderError, match="--image must be a container image reference"):
+        render.render(args(image=image))
+
+
+def test_secret_env_renders_a_secret_key_ref_and_never_a_value(tmp_path):
+    a = args(backend="ps", env=["WANDB_API_KEY=secret:wandb-credentials/api-key", "X=1"])
+    path = render.render_to_dir(a, str(tmp_path))
+    text = open(path).read()
+    docs = list(yaml.safe_load_all(text))
+    for _, c in containers(docs):
+        env = {e["name"]: e for e in c["env"]}
+        assert env["WANDB_API_KEY"] == {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": "wandb-credentials", "key": "api-key"}}}
+        assert env["X"] == {"name": "X", "value": "1"}
+    # the header names the reference, as the manifest does; a value is never known to us
+    assert "--env WANDB_API_KEY=secret:wandb-credentials/api-key" in text.splitlines()[0]
+    assert validate.validate_dir(str(tmp_path))[1] == []
+
+
+@pytest.mark.parametrize("env", ["T=secret:Bad_Name/key", "T=secret:creds", "T=secret:creds/",
+                                 "T=secret:creds/a b"])
+def test_malformed_secret_references_are_refused(env):
+    with pytest.raises(render.RenderError, match="expected NAME=secret:SECRET/KEY"):
+        render.render(args(env=[env]))
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0", "10.0.0.0/8:http", "10.0.0.0/8:70000", "any"])
+def test_malformed_allow_egress_is_refused(text):
+    with pytest.raises(render.RenderError, match="--allow-egress must be CIDR"):
+        render.render(args(allow_egress=[text]))

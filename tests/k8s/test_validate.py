@@ -28,7 +28,7 @@ def worker_pod(mpijob):
 def test_examples_are_valid(backend):
     count, problems = validate.validate_dir(EXAMPLES[backend])
     assert problems == []
-    assert count == (4 if backend.startswith("ps") else 1)
+    assert count == (5 if backend.startswith("ps") else 2)  # with the job's NetworkPolicy
 
 
 def test_cluster_settings_are_checked_by_the_schemas():
@@ -201,3 +201,117 @@ def test_vendored_crd_pod_template_matches_the_pinned_kubernetes_podspec():
                      % sorted(set(defs["io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"][
                          "properties"]) - {"annotations", "finalizers", "labels", "name",
                                            "namespace"})], json.dumps(diffs, indent=1)
+
+
+# --- what render does not produce: other kinds, pods a restricted namespace rejects ----------
+
+PRIVILEGED_POD = """---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: evil
+spec:
+  hostNetwork: true
+  containers:
+  - name: x
+    image: busybox
+    securityContext:
+      privileged: true
+      capabilities:
+        add: [SYS_ADMIN]
+    volumeMounts:
+    - name: root
+      mountPath: /host
+  volumes:
+  - name: root
+    hostPath:
+      path: /
+"""
+
+
+def test_validate_refuses_a_manifest_with_an_injected_document(tmp_path, capsys):
+    """The issue's reproduction: a privileged, hostNetwork Pod appended to a rendered job."""
+    text = open(os.path.join(EXAMPLES["horovod"], render.MANIFEST)).read()
+    (tmp_path / render.MANIFEST).write_text(text + PRIVILEGED_POD)
+    count, problems = validate.validate_dir(str(tmp_path))
+    evil = [p for p in problems if "Pod/evil" in p]
+    assert len(problems) == len(evil) and count == 3
+    for words in ("kind: v1 Pod is not an object deeplab k8s render writes",
+                  "spec.hostNetwork: host namespaces are not allowed",
+                  "spec.volumes.0: hostPath volumes are not allowed",
+                  "spec.containers.0.securityContext.privileged: privileged containers",
+                  "spec.containers.0.securityContext.capabilities.add: 'SYS_ADMIN'",
+                  "spec.containers.0.securityContext.runAsNonRoot: must be true",
+                  "spec.automountServiceAccountToken: must be false"):
+        assert any(words in p for p in evil), (words, evil)
+    with pytest.raises(validate.ManifestError, match=r"problem\(s\) in"):
+        cli.main(cli.parse_args(["validate", str(tmp_path)]))
+    assert "Pod/evil" in capsys.readouterr().err
+
+
+def _set(obj, path, value):
+    *head, last = path.split(".")
+    for key in head:
+        obj = obj[int(key)] if isinstance(obj, list) else obj.setdefault(key, {})
+    if isinstance(obj, list):
+        last = int(last)
+    if value is _DELETE:
+        del obj[last]
+    else:
+        obj[last] = value
+
+
+_DELETE = object()
+W = "spec.mpiReplicaSpecs.Worker.template.spec"
+# (change to the worker pod of the horovod example, what validate says)
+RESTRICTED_BREAKS = {
+    "root user": ("securityContext.runAsUser", 0, "securityContext.runAsUser: 0 (root)"),
+    "may run as root": ("securityContext.runAsNonRoot", _DELETE, "runAsNonRoot: must be true"),
+    "escalation": ("containers.0.securityContext.allowPrivilegeEscalation", True,
+                   "allowPrivilegeEscalation: must be false"),
+    "capabilities kept": ("containers.0.securityContext.capabilities.drop", [],
+                          "capabilities.drop: must include ALL"),
+    "capability added": ("containers.0.securityContext.capabilities.add", ["NET_ADMIN"],
+                         "capabilities.add: 'NET_ADMIN' is not allowed"),
+    "no seccomp": ("securityContext.seccompProfile", _DELETE,
+                   "seccompProfile.type: must be RuntimeDefault or Localhost"),
+    "unconfined": ("securityContext.seccompProfile.type", "Unconfined",
+                   "seccompProfile.type: 'Unconfined' is not allowed"),
+    "privileged": ("containers.0.securityContext.privileged", True, "privileged containers"),
+    "host pid": ("hostPID", True, "hostPID: host namespaces"),
+    "host ipc": ("hostIPC", True, "hostIPC: host namespaces"),
+    "host port": ("containers.0.ports.0.hostPort", 2222, "hostPort: host ports"),
+    "host path": ("volumes.0", {"name": "data", "hostPath": {"path": "/data"}},
+                  "hostPath volumes are not allowed"),
+    "token": ("automountServiceAccountToken", _DELETE, "automountServiceAccountToken: must be "
+                                                       "false"),
+    "proc mount": ("containers.0.securityContext.procMount", "Unmasked",
+                   "procMount: must be Default"),
+    "sysctl": ("securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}],
+               "'kernel.msgmax' is not a safe sysctl"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(RESTRICTED_BREAKS))
+def test_each_restricted_rule_is_checked(label):
+    path, value, expected = RESTRICTED_BREAKS[label]
+    doc = example("horovod", "MPIJob")
+    assert validate.validate_document(doc) == []
+    _set(worker_pod(doc), path, value)
+    problems = validate.validate_document(doc)
+    assert any(expected in p and p.startswith(W) for p in problems), (label, problems)
+
+
+@pytest.mark.parametrize("backend", sorted(EXAMPLES))
+def test_every_pod_of_the_examples_meets_the_restricted_standard(backend):
+    docs = validate.load_documents(os.path.join(EXAMPLES[backend], render.MANIFEST))
+    pods = [(p, s) for d in docs for p, s in validate.pod_specs(d)]
+    assert len(pods) == (3 if backend.startswith("ps") else 2)
+    for path, spec in pods:
+        assert validate.restricted_problems(spec, path) == []
+
+
+def test_a_service_exposed_outside_the_cluster_is_refused():
+    doc = example("ps", "Service")
+    doc["spec"]["type"] = "NodePort"
+    assert any("in-cluster ClusterIP" in p for p in validate.validate_document(doc))

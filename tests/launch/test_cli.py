@@ -197,3 +197,28 @@ def test_horovod_tools_pass_through_to_horovodrun():
     cmd = horovod.horovod_command(plain.np, plain.command, autotune=plain.autotune)
     assert "--autotune" in cmd and "--autotune-log-file" not in cmd
     assert cmd[cmd.index("--gloo-timeout-seconds") + 1] == str(horovod.GLOO_TIMEOUT)
+
+
+def test_network_interface_reaches_the_horovodrun_command(monkeypatch):
+    """On bare metal the rendezvous and the workers' traffic stay on the interface named."""
+    from deeplab.launch import horovod
+
+    seen = {}
+    monkeypatch.setattr(horovod, "supervise", lambda cmd, env, grace: seen.setdefault("cmd", cmd)
+                        and 0)
+    args = cli.parse_args(["horovod", "-np", "2", "--network-interface", "lo", "--", "train",
+                           "c.yaml"])
+    assert horovod.run(args) == 0
+    cmd = seen["cmd"]
+    i = cmd.index("--network-interface")
+    assert cmd[i + 1] == "lo" and i < cmd.index("-m") and cmd[-2:] == ["train", "c.yaml"]
+    plain = cli.parse_args(["horovod", "-np", "2", "--", "train", "c.yaml"])
+    assert "--network-interface" not in horovod.horovod_command(plain.np, plain.command)
+
+
+def test_bad_network_interface_is_refused_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.parse_args(["horovod", "-np", "2", "--network-interface", "eth0; rm -rf /", "--",
+                        "train", "c.yaml"])
+    assert err.value.code == 2
+    assert "--network-interface" in capsys.readouterr().err
