@@ -124,13 +124,16 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
     m = cfg["model"]
     frozen = cfg["train"]["freeze_bn"]
     sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
-    norm_layer, norm_kwargs = nn.BatchNorm, {"use_global_stats": True} if frozen else None
+    norm_layer, norm_kwargs = nn.BatchNorm, {"momentum": m["bn_momentum"]}
+    if frozen:
+        norm_kwargs["use_global_stats"] = True
     devices = len(ctx) if isinstance(ctx, (list, tuple)) else 1
     if training and not frozen and sync_bn:
         norm_layer = SyncBatchNorm
     elif training and not frozen and devices > 1:
         # The devices of one process: MXNet's own SyncBatchNorm, synchronized in-process.
-        norm_layer, norm_kwargs = DeviceSyncBatchNorm, {"num_devices": devices}
+        norm_layer = DeviceSyncBatchNorm
+        norm_kwargs = {"num_devices": devices, "momentum": m["bn_momentum"]}
     main = dist.is_main()
     if copy_from is not None:
         params = backbone_params = None
@@ -146,7 +149,8 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
         head_channels=m["head_channels"], dropout=m["dropout"],
-        vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer, norm_kwargs=norm_kwargs,
+        vortex_cascade=m["vortex_cascade"], vortex_pool_padding=m["vortex_pool_padding"],
+        norm_layer=norm_layer, norm_kwargs=norm_kwargs,
         backbone_params=backbone_params if main else None, params=params if main else None,
         ctx=ctx, seed=seed)
     if copy_from is not None:
