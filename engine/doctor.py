@@ -27,10 +27,9 @@ A GPU of compute capability X.Y runs a cubin built for sm_XZ with Z <= Y (binary
 holds within a major version only), or PTX of any architecture up to X.Y, which the driver
 compiles when the process starts.
 
-Testing aids, for machines without a GPU (CI): DEEPLAB_DOCTOR_FAKE_GPUS replaces the GPU probe
-with GPUs given as NAME:MAJOR.MINOR:MEMORY_GB, comma-separated ("NVIDIA H100 80GB HBM3:9.0:80";
-empty: no GPU), and DEEPLAB_DOCTOR_LIBRARY=FILE is read instead of the installed libmxnet.so.
-In-process tests monkeypatch `gpu_list`, `library_archs` and `horovod_info` instead.
+What the doctor asks of the machine (MXNet, its library, the GPUs, Horovod) goes through a
+`Probes` object that `run_checks` and `main` take: tests describe another machine by passing
+their own.
 """
 import argparse
 import collections
@@ -48,12 +47,9 @@ import sys
 
 from deeplab.errors import UserError
 
-__all__ = ["Check", "GPU", "Kernels", "FAKE_GPUS_ENV", "LIBRARY_ENV", "NGC_HINT", "cuda_elf_sm",
-           "scan_cuda_binary", "library_archs", "gpu_list", "horovod_info", "mxnet_info",
-           "runs_on", "run_checks", "format_text", "report", "parse_args", "main"]
-
-FAKE_GPUS_ENV = "DEEPLAB_DOCTOR_FAKE_GPUS"
-LIBRARY_ENV = "DEEPLAB_DOCTOR_LIBRARY"
+__all__ = ["Check", "GPU", "Kernels", "Probes", "NGC_HINT", "cuda_elf_sm", "scan_cuda_binary",
+           "library_archs", "gpu_list", "horovod_info", "mxnet_info", "runs_on", "run_checks",
+           "format_text", "report", "parse_args", "main"]
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -280,20 +276,6 @@ def find_library():
     return None
 
 
-def _parse_fake_gpus(text):
-    gpus = []
-    for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
-        try:
-            name, cap, mem = item.rsplit(":", 2)
-            major, minor = (int(x) for x in cap.split("."))
-            memory = int(float(mem) * 1024)
-        except ValueError:
-            raise UserError("$%s: %r must look like NAME:MAJOR.MINOR:MEMORY_GB, e.g. "
-                            "'NVIDIA H100 80GB HBM3:9.0:80'" % (FAKE_GPUS_ENV, item)) from None
-        gpus.append(GPU(i, name, memory, (major, minor), None))
-    return gpus
-
-
 def _nvml_gpus():
     """GPUs through NVML (the nvidia-ml-py package's pynvml), or None if it is not usable."""
     try:
@@ -366,21 +348,16 @@ def _visible(gpus):
 
 
 def gpu_list():
-    """The GPUs this process can see: $DEEPLAB_DOCTOR_FAKE_GPUS if set, else NVML, else
-    nvidia-smi; [] when neither is there (no driver)."""
-    fake = os.environ.get(FAKE_GPUS_ENV)
-    if fake is not None:
-        return _parse_fake_gpus(fake)
+    """The GPUs this process can see: NVML's, else nvidia-smi's; [] when neither is there (no
+    driver)."""
     gpus = _nvml_gpus()
     if gpus is None:
         gpus = _smi_gpus()
     return _visible(gpus or [])
 
 
-def _gpu_sources():
+def gpu_sources():
     """Where the GPU probe looked, for the message when it found none."""
-    if os.environ.get(FAKE_GPUS_ENV) is not None:
-        return "$%s" % FAKE_GPUS_ENV
     nvml = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
             else "nvidia-ml-py not installed")
     smi = "nvidia-smi lists none" if shutil.which("nvidia-smi") else "nvidia-smi not on the PATH"
@@ -435,6 +412,33 @@ def horovod_info():
         else:
             info["error"] = error
     return info
+
+
+class Probes:
+    """What the doctor asks of this machine, one method per probe. `run_checks` and `main` take
+    an instance; a test passes a subclass answering for the machine it describes."""
+
+    def mxnet(self):
+        """See mxnet_info."""
+        return mxnet_info()
+
+    def library(self, mx):
+        """(path, other): the library whose GPU code is read (None if not found), and whether it
+        is another file than the one MXNet loaded, whose build features then do not describe
+        it. Here: MXNet's own libmxnet.so, found without importing MXNet if that fails."""
+        return mx.get("library") or find_library(), False
+
+    def gpus(self):
+        """See gpu_list."""
+        return gpu_list()
+
+    def gpu_sources(self):
+        """See gpu_sources."""
+        return gpu_sources()
+
+    def horovod(self):
+        """See horovod_info."""
+        return horovod_info()
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -666,6 +670,8 @@ def _divisors(n):
 
 
 def _batch_check(cfg, workers, gpus):
+    from deeplab.build import sync_bn_requested
+
     t, dist = cfg["train"], cfg["dist"]
     batch = t["batch_size"]
     counts = ", ".join(str(d) for d in _divisors(batch))
@@ -681,7 +687,10 @@ def _batch_check(cfg, workers, gpus):
     per = batch // n
     notes = []
     status = OK
-    if per == 1 and not t["freeze_bn"] and (not dist["sync_bn"] or dist["backend"] == "ps"):
+    # Synchronized when requested, unless the config names the parameter server (which keeps
+    # per-worker statistics by design); the launcher (Horovod or not) is not known here.
+    if per == 1 and not t["freeze_bn"] and not (sync_bn_requested(cfg)
+                                                and dist["backend"] != "ps"):
         status = WARN
         notes.append("BN trained on 1 image per worker without synchronized BN: set "
                      "dist.sync_bn=true and run under Horovod")
@@ -690,10 +699,10 @@ def _batch_check(cfg, workers, gpus):
                   workers=n, per_worker=per)
 
 
-def _gpus_check(gpus, cuda):
+def _gpus_check(gpus, cuda, sources):
     if not gpus:
         return _check("gpus", WARN if cuda else OK, "no GPU visible (%s)%s" % (
-            _gpu_sources(), ": this CUDA build of MXNet would train on the CPU" if cuda else ""),
+            sources(), ": this CUDA build of MXNet would train on the CPU" if cuda else ""),
             gpus=[])
     data = [dict(index=g.index, name=g.name, memory_mib=g.memory_mib, uuid=g.uuid,
                  compute_capability="%d.%d" % g.capability if g.capability else None)
@@ -704,20 +713,24 @@ def _gpus_check(gpus, cuda):
     return _check("gpus", OK, "%d visible" % len(gpus), notes, gpus=data)
 
 
-def run_checks(config=None, overrides=(), workers=None):
-    """Every check, in order; see the module docstring. Returns a list of Check."""
+def run_checks(config=None, overrides=(), workers=None, probes=None):
+    """Every check, in order; see the module docstring. Returns a list of Check.
+
+    Args:
+        probes: what to ask of the machine (default: Probes(), this machine).
+    """
+    probes = probes or Probes()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # The Horovod probe, a child process that imports MXNet too, runs meanwhile.
-        horovod = pool.submit(horovod_info)
-        mx = mxnet_info()
+        horovod = pool.submit(probes.horovod)
+        mx = probes.mxnet()
         cuda = bool((mx.get("features") or {}).get("CUDA"))
-        overridden = os.environ.get(LIBRARY_ENV)
-        library = overridden or mx.get("library") or find_library()
-        kernels, kernels_check = _kernels_check(library, mx, bool(overridden))
-        gpus = gpu_list()
-        checks = [_mxnet_check(mx), kernels_check, _gpus_check(gpus, cuda)]
-        # MXNet's features describe the installed library, not $DEEPLAB_DOCTOR_LIBRARY's.
-        checks += _gpu_checks(gpus, kernels, cuda and not overridden)
+        library, other = probes.library(mx)
+        kernels, kernels_check = _kernels_check(library, mx, other)
+        gpus = probes.gpus()
+        checks = [_mxnet_check(mx), kernels_check, _gpus_check(gpus, cuda, probes.gpu_sources)]
+        # MXNet's features describe the library it loaded, not another one read instead.
+        checks += _gpu_checks(gpus, kernels, cuda and not other)
         checks.append(_horovod_check(horovod.result(), gpus))
     if config is not None:
         checks += _config_checks(config, overrides, workers, gpus, mx)
@@ -801,8 +814,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(args):
-    checks = run_checks(args.config, args.overrides, args.workers)
+def main(args, probes=None):
+    """Runs the checks (asking `probes`, default this machine's) and prints them."""
+    checks = run_checks(args.config, args.overrides, args.workers, probes)
     if args.json:
         print(json.dumps(report(checks), indent=2))
     else:
