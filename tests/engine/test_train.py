@@ -67,6 +67,7 @@ def test_run_writes_config_checkpoints_final_params_and_results(tmp_path):
     assert_same_params(tmp_path / "final.params", tmp_path / "checkpoints" / "iter_0000024.params")
 
 
+@pytest.mark.multiproc  # loader processes
 def test_training_is_deterministic_and_independent_of_loader_processes(tmp_path):
     run_train(tmp_path / "a")
     run_train(tmp_path / "b", ["data.num_workers=2"])

@@ -63,6 +63,7 @@ def test_ps_plan_maps_names_ports_and_pod_ips(tmp_path):
     assert {p.env["DMLC_ROLE"] for p in procs} == {"scheduler", "server", "worker"}
 
 
+@pytest.mark.multiproc  # runs the rendered pods as processes
 @pytest.mark.parametrize("backend", ["horovod", "ps"])
 def test_run_local_trains_a_few_steps(backend, tmp_path):
     out = rendered(tmp_path, backend, servers=1 if backend == "ps" else None)
