@@ -397,9 +397,11 @@ def build_training(cfg, ctx, resume_from, log):
         trainer.load_states(resume_from["states"])
         start = resume_from["iteration"]
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
-    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s",
+    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s",
              dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
-             ", mixed precision (%s)" % _AMP["dtype"] if _AMP["dtype"] else "")
+             ", mixed precision (%s)" % _AMP["dtype"] if _AMP["dtype"] else "",
+             ", %d devices per worker (%s)" % (len(ctx), ", ".join(map(str, ctx)))
+             if len(ctx) > 1 else "")
     if t["hybridize"]:
         # MXNet's static allocation does not support custom operators (SyncBatchNorm's).
         net.hybridize(static_alloc=not uses_sync_bn(cfg))
