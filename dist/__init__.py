@@ -4,8 +4,8 @@ Horovod / parameter-server backends, synchronized batch normalization and the st
 `comm` works unchanged in a single process (rank 0 of 1); the engine calls only these functions.
 """
 from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broadcast,
-                   broadcast_parameters, context, contexts, exit_after_failure, init, is_main,
-                   local_rank, make_trainer, nd_allgather, nd_allreduce_sum, pin_visible_devices,
-                   rank, resolve_backend, size, stall_hint)
+                   broadcast_parameters, context, contexts, exit_after_failure, gather_rows, init,
+                   is_main, local_rank, make_trainer, nd_allgather, nd_allreduce_sum,
+                   pin_visible_devices, rank, resolve_backend, size, stall_hint)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .watchdog import EXIT_STALLED, Watchdog

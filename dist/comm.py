@@ -23,10 +23,12 @@ import tempfile
 import mxnet as mx
 import numpy as np
 
+from deeplab import nvml
+
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "nd_allreduce_sum", "nd_allgather",
-           "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
-           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
+           "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "nd_allreduce_sum",
+           "nd_allgather", "broadcast_parameters", "context", "contexts", "pin_visible_devices",
+           "stall_hint", "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
 
@@ -394,21 +396,6 @@ def contexts(count=1):
     return [mx.cpu(i) for i in range(count)]
 
 
-def _nvml_gpu_count():
-    """GPUs the NVIDIA driver shows this process (NVML opens no CUDA context), 0 without a
-    driver or without the nvidia-ml-py package."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # ImportError, or pynvml.NVMLError without a driver
-        return 0
-
-
 def pin_visible_devices(count=1, gpu_count=None, environ=None):
     """Shows this worker only its own GPUs: CUDA_VISIBLE_DEVICES = local rank x count, ...
     (DEEPLAB_LOCAL_RANK), unless already set or there are no GPUs. Returns the value set, or
@@ -423,7 +410,7 @@ def pin_visible_devices(count=1, gpu_count=None, environ=None):
     environ = os.environ if environ is None else environ
     if environ.get("CUDA_VISIBLE_DEVICES") is not None:
         return None
-    gpu_count = _nvml_gpu_count() if gpu_count is None else gpu_count
+    gpu_count = nvml.gpu_count() if gpu_count is None else gpu_count
     if not gpu_count:
         return None
     first = int(environ.get("DEEPLAB_LOCAL_RANK", "0")) * count
@@ -532,16 +519,26 @@ def new_group(spec="all"):
     return Group(spec, mine, handles[tuple(mine)])
 
 
+def gather_rows(row, name=None):
+    """COLLECTIVE. Every worker's numpy array (the same shape on all), stacked in rank order:
+    a float64 array of shape (size(),) + row's shape on every worker. One allreduce in which
+    each worker fills its own row, so it works on every backend (the parameter server has no
+    allgather)."""
+    row = np.asarray(row, dtype=np.float64)
+    out = np.zeros((size(),) + row.shape)
+    out[rank()] = row
+    return allreduce_sum(out, name=name)
+
+
 def _gather_strings(text, max_bytes=256):
-    """COLLECTIVE. Every worker's short string, in rank order (one allreduce: each worker fills
-    its own row, so this works on every backend)."""
+    """COLLECTIVE. Every worker's short string, in rank order."""
     data = text.encode("utf-8")
     if len(data) > max_bytes:
         raise ValueError("%r is longer than %d bytes" % (text, max_bytes))
-    rows = np.zeros((size(), max_bytes + 1))
-    rows[rank(), 0] = len(data)
-    rows[rank(), 1:1 + len(data)] = np.frombuffer(data, np.uint8)
-    rows = allreduce_sum(rows, name="comm.gather_strings")
+    row = np.zeros(max_bytes + 1)
+    row[0] = len(data)
+    row[1:1 + len(data)] = np.frombuffer(data, np.uint8)
+    rows = gather_rows(row, name="comm.gather_strings")
     return [bytes(row[1:1 + int(row[0])].astype(np.uint8)).decode("utf-8") for row in rows]
 
 

@@ -45,6 +45,8 @@ import struct
 import subprocess
 import sys
 
+from deeplab import nvml
+from deeplab.nvml import GPU
 from deeplab.errors import UserError
 
 __all__ = ["Check", "GPU", "Kernels", "Probes", "NGC_HINT", "cuda_elf_sm", "scan_cuda_binary",
@@ -64,10 +66,6 @@ GPU_WHEEL_MAJORS = (5, 6, 7, 8)  # its cubins: sm_50, 60, 70, 80, 86; no PTX
 Check = collections.namedtuple("Check", "name status message notes data")
 Check.__doc__ = """One finding: its name, OK / WARN / FAIL, a one-line message, further lines
 (notes) and the facts behind it for the JSON report (data, a dict)."""
-
-GPU = collections.namedtuple("GPU", "index name memory_mib capability uuid")
-GPU.__doc__ = """A GPU as the driver lists it: index (nvidia-smi's), name, memory in MiB,
-compute capability as (major, minor) or None when the driver does not say, UUID or None."""
 
 Kernels = collections.namedtuple("Kernels", "cubins ptx source")
 Kernels.__doc__ = """The GPU code in a library: SM numbers (major * 10 + minor, e.g. 86) of its
@@ -276,32 +274,6 @@ def find_library():
     return None
 
 
-def _nvml_gpus():
-    """GPUs through NVML (the nvidia-ml-py package's pynvml), or None if it is not usable."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: B902 - not installed, no driver (NVMLError_LibraryNotFound), ...
-        return None
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name, uuid = pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h)
-            gpus.append(GPU(i, name.decode() if isinstance(name, bytes) else name,
-                            pynvml.nvmlDeviceGetMemoryInfo(h).total // 2 ** 20,
-                            tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)),
-                            uuid.decode() if isinstance(uuid, bytes) else uuid))
-        return gpus
-    except Exception:  # noqa: B902 - a driver that fails a query: let nvidia-smi try
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: B902
-            pass
-
-
 def _smi_gpus():
     """GPUs as `nvidia-smi --query-gpu` lists them, or None without nvidia-smi. Drivers before
     510 know no compute_cap field: then the capability is None."""
@@ -350,7 +322,7 @@ def _visible(gpus):
 def gpu_list():
     """The GPUs this process can see: NVML's, else nvidia-smi's; [] when neither is there (no
     driver)."""
-    gpus = _nvml_gpus()
+    gpus = nvml.gpus()
     if gpus is None:
         gpus = _smi_gpus()
     return _visible(gpus or [])
@@ -358,12 +330,12 @@ def gpu_list():
 
 def gpu_sources():
     """Where the GPU probe looked, for the message when it found none."""
-    nvml = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
-            else "nvidia-ml-py not installed")
+    driver = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
+              else "nvidia-ml-py not installed")
     smi = "nvidia-smi lists none" if shutil.which("nvidia-smi") else "nvidia-smi not on the PATH"
     hidden = ("; CUDA_VISIBLE_DEVICES=%r" % os.environ["CUDA_VISIBLE_DEVICES"]
               if "CUDA_VISIBLE_DEVICES" in os.environ else "")
-    return "%s, %s%s" % (nvml, smi, hidden)
+    return "%s, %s%s" % (driver, smi, hidden)
 
 
 # Run in a child process: a Horovod whose MXNet extension was built against another MXNet can

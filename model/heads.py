@@ -122,12 +122,13 @@ def box_average(F, x, size, padding="exclude"):
 
     Computed one axis at a time, as window averages of the explicitly zero-padded map (that is
     'include'), for 'exclude' scaled by size^2 over the window's in-image pixel count: exact,
-    since both the window sum and the count factor over the two axes. The padding is an explicit `pad`, not the pooling's own:
-    with a pad of half a large window (13 for 27, 27 for 55), MKL-DNN leaves its vectorized
-    kernel for a generic one (on the blocked layout the backbone hands over, its reference
-    kernel), which made a whole training step 1.6x (output stride 16) to 3.5x (8) slower; a
-    valid pooling took the vectorized kernel at every size measured. Size 3 (pad 1) keeps the
-    direct pooling, also vectorized. benchmarks/vortex_pooling.py compares the formulations.
+    since both the window sum and the count factor over the two axes. The padding is an
+    explicit `pad`, not the pooling's own: with a pad of half a large window (13 for 27, 27 for
+    55), MKL-DNN leaves its vectorized kernel for a generic one (on the blocked layout the
+    backbone hands over, its reference kernel), which made a whole training step 1.6x (output
+    stride 16) to 3.5x (8) slower; a valid pooling took the vectorized kernel at every size
+    measured. Size 3 (pad 1) keeps the direct pooling, also vectorized.
+    benchmarks/vortex_pooling.py compares the formulations.
     """
     if padding not in POOL_PADDING:
         raise ValueError("pooling padding must be one of %s, got %r"

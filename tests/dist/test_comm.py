@@ -56,6 +56,9 @@ def test_single_process_collectives_are_identities(fresh):
     x = np.array([1, 2, 3])
     for out in (fresh.allreduce_sum(x), fresh.allreduce_sum(x, name="step")):
         assert out.dtype == np.float64 and np.array_equal(out, x) and out is not x
+    rows = fresh.gather_rows([[1, 2], [3, 4]], name="rows")
+    assert rows.shape == (1, 2, 2) and rows.dtype == np.float64
+    assert rows[0].tolist() == [[1, 2], [3, 4]]
     obj = {"a": [1, 2]}
     assert fresh.broadcast(obj) is obj
     assert fresh.barrier() is None and fresh.exit_after_failure(3) is None

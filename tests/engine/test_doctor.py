@@ -358,7 +358,7 @@ def test_nvidia_smi_is_read_when_nvml_is_not_there(tmp_path, monkeypatch):
             '*) exit 6;;\nesac\n')
     monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(doctor, "_nvml_gpus", lambda: None)
+    monkeypatch.setattr(doctor.nvml, "gpus", lambda: None)
     gpus = doctor.gpu_list()
     assert gpus == [doctor.GPU(0, H100, 81559, (9, 0), "GPU-aaaa-1111"),
                     doctor.GPU(1, H100, 81559, (9, 0), "GPU-bbbb-2222")]
