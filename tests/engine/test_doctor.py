@@ -1,6 +1,7 @@
-"""`deeplab doctor`: this machine as it is (CPU build of MXNet, Horovod with Gloo, no GPU), and
-GPUs faked against fake libraries: CUDA ELF headers, fat binary containers with compressed
-entries (as mxnet-cu112's), PTX text, and, where nvcc is installed, a library nvcc builds."""
+"""`deeplab doctor` and the GPU code it reads (deeplab.cudabin): this machine as it is (CPU
+build of MXNet, Horovod with Gloo, no GPU), and GPUs faked against fake libraries: CUDA ELF
+headers, fat binary containers with compressed entries (as mxnet-cu112's), PTX text, and, where
+nvcc is installed, a library nvcc builds."""
 import glob
 import hashlib
 import json
@@ -15,7 +16,7 @@ import types
 import pytest
 
 from conftest import ROOT, TINY
-from deeplab import doctor
+from deeplab import cudabin, doctor
 from deeplab.errors import UserError
 
 R50 = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
@@ -28,7 +29,7 @@ def cuda_elf(sm, abi=7):
     writes), V2 (8) in bits 8-15 (the low byte holding other flags, as nvcc 13 writes)."""
     flags = sm | 0x400 | sm << 16 if abi < 8 else 0x05000004 | sm << 8
     ident = b"\x7fELF" + bytes([2, 1, 1, 0x33 if abi < 8 else 0x41, abi]) + bytes(7)
-    return ident + struct.pack("<HHIQQQIHHHHHH", 2, doctor.EM_CUDA, 1, 0, 0, 0, flags, 64, 56,
+    return ident + struct.pack("<HHIQQQIHHHHHH", 2, cudabin.EM_CUDA, 1, 0, 0, 0, flags, 64, 56,
                                0, 64, 0, 0)
 
 
@@ -40,7 +41,7 @@ def fatbin(*entries):
         payload += bytes(-len(payload) % 8)
         body += struct.pack("<HHIQIIHHIIIQQQ", kind, 0x101, 64, len(payload), len(payload), 0,
                             7, 1, sm, 0, 0, flags, 0, len(payload) * 2) + payload
-    return struct.pack("<IHHQ", doctor.FATBIN_MAGIC, 1, 16, len(body)) + body
+    return struct.pack("<IHHQ", cudabin.FATBIN_MAGIC, 1, 16, len(body)) + body
 
 
 def write_library(tmp_path, *parts, name="libmxnet.so"):
@@ -249,23 +250,23 @@ def test_main_exits_1_on_a_failure_and_0_otherwise(fake, tmp_path, capsys):
 
 def test_elf_e_flags_as_llvm_defines_them():
     # EF_CUDA_SM80 = 0x50, EF_CUDA_SM86 = 0x56, EF_CUDA_SM90 = 0x5a (LLVM's BinaryFormat/ELF.h)
-    assert [doctor.cuda_elf_sm(cuda_elf(sm)) for sm in (0x32, 0x50, 0x56, 0x5a)] == \
+    assert [cudabin.cuda_elf_sm(cuda_elf(sm)) for sm in (0x32, 0x50, 0x56, 0x5a)] == \
         [50, 80, 86, 90]
     # nvcc 13.0's cubins (ELFABIVERSION_CUDA_V2): sm_80 had e_flags 0x05005004
     v2 = bytearray(cuda_elf(80, abi=8))
     assert struct.unpack_from("<I", v2, 48)[0] == 0x05005004
-    assert doctor.cuda_elf_sm(v2) == 80
+    assert cudabin.cuda_elf_sm(v2) == 80
     host = bytearray(cuda_elf(80))
     host[18] = 62  # EM_X86_64
-    assert doctor.cuda_elf_sm(host) is None
-    assert doctor.cuda_elf_sm(cuda_elf(80)[:40]) is None
+    assert cudabin.cuda_elf_sm(host) is None
+    assert cudabin.cuda_elf_sm(cuda_elf(80)[:40]) is None
 
 
 def test_scan_finds_cubins_ptx_and_compressed_fatbin_entries(tmp_path):
-    assert doctor.scan_cuda_binary(write_library(tmp_path, cuda_elf(80), cuda_elf(86))) == \
-        doctor.Kernels((80, 86), (), "scan")
-    assert doctor.scan_cuda_binary(write_library(tmp_path, ptx_text(70))) == \
-        doctor.Kernels((), (70,), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, cuda_elf(80), cuda_elf(86))) == \
+        cudabin.Kernels((80, 86), (), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, ptx_text(70))) == \
+        cudabin.Kernels((), (70,), "scan")
     # As in mxnet-cu112's libmxnet.so: every cubin compressed (no ELF header to find), the
     # entries' headers naming them; here also a compressed PTX and an uncompressed cubin.
     packed = b"\xa2\x7fELF\x02\x01\x013\x07\x00\x01" + bytes(range(200))
@@ -273,15 +274,15 @@ def test_scan_finds_cubins_ptx_and_compressed_fatbin_entries(tmp_path):
                        (1, 80, b"\x28\xb5\x2f\xfd" + bytes(50), 0x8011),
                        (2, 75, cuda_elf(75) + bytes(100), 0x11))
     lib = write_library(tmp_path, b"junk", container, container)
-    assert doctor.scan_cuda_binary(lib) == doctor.Kernels((50, 60, 70, 75, 80, 86), (80,), "scan")
-    assert doctor.scan_cuda_binary(write_library(tmp_path, b"no device code")) == \
-        doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(lib) == cudabin.Kernels((50, 60, 70, 75, 80, 86), (80,), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, b"no device code")) == \
+        cudabin.Kernels((), (), "scan")
     empty = tmp_path / "empty.so"
     empty.write_bytes(b"")
-    assert doctor.scan_cuda_binary(str(empty)) == doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(str(empty)) == cudabin.Kernels((), (), "scan")
     truncated = tmp_path / "truncated.so"  # a container longer than the file is not read
     truncated.write_bytes(container[:-300])
-    assert doctor.scan_cuda_binary(str(truncated)) == doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(str(truncated)) == cudabin.Kernels((), (), "scan")
 
 
 def _nvcc():
@@ -301,7 +302,7 @@ def test_scan_reads_a_library_nvcc_builds(tmp_path):
                     "-gencode", "arch=compute_86,code=sm_86",
                     "-gencode", "arch=compute_90,code=compute_90"], check=True, timeout=300,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert doctor.scan_cuda_binary(lib) == doctor.Kernels((80, 86), (90,), "scan")
+    assert cudabin.scan_cuda_binary(lib) == cudabin.Kernels((80, 86), (90,), "scan")
 
 
 def _script(folder, name, text):
@@ -320,21 +321,21 @@ def test_cuobjdump_is_used_when_on_the_path(tmp_path, monkeypatch):
             '--list-ptx) printf "PTX file    1: libmxnet.1.sm_90.ptx\\n";;\nesac\n')
     monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     lib = write_library(tmp_path, cuda_elf(80))
-    assert doctor.library_archs(lib) == doctor.Kernels((50, 90), (90,), "cuobjdump")
+    assert cudabin.library_archs(lib) == cudabin.Kernels((50, 90), (90,), "cuobjdump")
     _script(bin_dir, "cuobjdump", "echo broken >&2; exit 3\n")
-    assert doctor.library_archs(lib) == doctor.Kernels((80,), (), "scan")
+    assert cudabin.library_archs(lib) == cudabin.Kernels((80,), (), "scan")
 
 
 def test_runs_on_and_the_supported_range():
-    k = doctor.Kernels((50, 60, 70, 80, 86), (), "scan")
-    assert doctor.supported_text(k) == ("runs on compute capability 5.x, 6.x, 7.x, 8.x; nothing "
+    k = cudabin.Kernels((50, 60, 70, 80, 86), (), "scan")
+    assert cudabin.supported_text(k) == ("runs on compute capability 5.x, 6.x, 7.x, 8.x; nothing "
                                         "newer (no PTX)")
-    assert [doctor.runs_on(c, k) for c in [(5, 2), (7, 5), (8, 9), (9, 0), (3, 7)]] == \
+    assert [cudabin.runs_on(c, k) for c in [(5, 2), (7, 5), (8, 9), (9, 0), (3, 7)]] == \
         ["sm_50", "sm_70", "sm_86", None, None]
-    k = doctor.Kernels((86,), (80,), "scan")
-    assert doctor.supported_text(k) == ("runs on compute capability 8.6-8.x, any of 8.0 or "
+    k = cudabin.Kernels((86,), (80,), "scan")
+    assert cudabin.supported_text(k) == ("runs on compute capability 8.6-8.x, any of 8.0 or "
                                         "newer through PTX")
-    assert [doctor.runs_on(c, k) for c in [(8, 0), (8, 6), (12, 0), (7, 5)]] == \
+    assert [cudabin.runs_on(c, k) for c in [(8, 0), (8, 6), (12, 0), (7, 5)]] == \
         ["compute_80", "sm_86", "compute_80", None]
 
 
