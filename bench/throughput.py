@@ -47,13 +47,15 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.build import bn_mode, build_model, start_workers, uses_sync_bn
+from deeplab.build import bn_mode, build_model
 from deeplab.config import add_set_argument, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
+from deeplab.dist.runtime import start_workers, uses_sync_bn
 from deeplab.errors import UserError
 from deeplab.logger import progress
 from deeplab.metrics import IGNORE_LABEL
-from deeplab.train import amp_dtype, cross_entropy_sum, enable_amp, make_optimizer_params
+from deeplab.precision import amp_dtype, enable_amp
+from deeplab.train import cross_entropy_sum, make_optimizer_params
 from deeplab.utils import write_text
 
 from .common import (check_counts, device_memory, format_flops, load_baseline, peak_rss_bytes,

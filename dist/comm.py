@@ -23,12 +23,10 @@ import tempfile
 import mxnet as mx
 import numpy as np
 
-from deeplab import nvml
-
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "nd_allreduce_sum",
-           "nd_allgather", "broadcast_parameters", "context", "contexts", "pin_visible_devices",
-           "stall_hint", "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
+           "nd_allgather", "broadcast_parameters", "context", "contexts", "stall_hint",
+           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
 
@@ -394,33 +392,6 @@ def contexts(count=1):
         first = 0 if gpus == count else local_rank() * count
         return [mx.gpu(first + i) for i in range(count)]
     return [mx.cpu(i) for i in range(count)]
-
-
-def pin_visible_devices(count=1, gpu_count=None, environ=None):
-    """Shows this worker only its own GPUs: CUDA_VISIBLE_DEVICES = local rank x count, ...
-    (DEEPLAB_LOCAL_RANK), unless already set or there are no GPUs. Returns the value set, or
-    None. Call it before anything asks CUDA (mx.context.num_gpus() included).
-
-    Why: MXNet's kvstore stages the parameter server's transfers in page-locked host memory of
-    Context::CPUPinned(0) (src/kvstore/comm.h), and allocating it makes GPU 0 current: every
-    worker of a node would open a CUDA context (and its memory) on GPU 0.
-
-    Raises ValueError when the worker's GPUs are not there (e.g. local rank 3 of 2 GPUs).
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return None
-    gpu_count = nvml.gpu_count() if gpu_count is None else gpu_count
-    if not gpu_count:
-        return None
-    first = int(environ.get("DEEPLAB_LOCAL_RANK", "0")) * count
-    if first + count > gpu_count:
-        raise ValueError("worker with DEEPLAB_LOCAL_RANK %s needs GPUs %d..%d (%d per worker), "
-                         "but this machine has %d" % (environ.get("DEEPLAB_LOCAL_RANK", "0"),
-                                                      first, first + count - 1, count,
-                                                      gpu_count))
-    environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(count))
-    return environ["CUDA_VISIBLE_DEVICES"]
 
 
 def stall_hint():

@@ -1,90 +1,15 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
-import os
-
-import mxnet as mx
 from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
 from deeplab import dist
-from deeplab.config import CPU_CYCLE_TIME_MS
 from deeplab.data import get_dataset
+from deeplab.dist.runtime import uses_sync_bn
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
-           "copy_parameters", "sync_bn_requested", "uses_sync_bn", "bn_mode", "on_main"]
-
-
-def sync_bn_requested(cfg):
-    """BN trained with dist.sync_bn set: what Horovod workers synchronize."""
-    return not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
-
-
-def uses_sync_bn(cfg):
-    """Whether training normalizes with the global batch's statistics (SyncBatchNorm): BN
-    trained, dist.sync_bn set, under Horovod (one Horovod worker included, so that 1 and N
-    workers run the same layer). The local backend uses MXNet's BatchNorm; the parameter server
-    keeps per-worker statistics by design."""
-    return sync_bn_requested(cfg) and dist.backend() == "horovod"
-
-
-def horovod_cycle_time(cfg, gpus):
-    """Horovod's negotiation cycle (ms) for this config: dist.horovod_cycle_time, or by default
-    from the measurements in docs/distributed.md ("Horovod's negotiation cycle"):
-
-    - synchronized BN: each of its ~114 collectives per step (ResNet-50) waits about one cycle
-      (benchmarks/collective_latency.py: 1.1 ms at a 1 ms cycle, 0.5 ms at 0.1 ms). On GPUs
-      0.1 ms (a node has cores to spare for the thread); on CPUs Horovod's 1 ms: at 0.1 ms the
-      thread takes 0.27 of a core and the step took 17% longer on 2 workers here.
-    - otherwise a step makes a few collectives: Horovod's 1 ms on GPUs, CPU_CYCLE_TIME_MS on
-      CPUs, whose cores all compute while the thread wakes every cycle (2-worker efficiency
-      0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md).
-    """
-    value = cfg["dist"]["horovod_cycle_time"]
-    if value is not None:
-        return float(value)
-    if sync_bn_requested(cfg):
-        return 0.1 if gpus else 1.0
-    return 1.0 if gpus else CPU_CYCLE_TIME_MS
-
-
-def start_workers(cfg):
-    """COLLECTIVE. Starts the config's backend and, with synchronized BN, its BN groups (both
-    before any network or trainer exists)."""
-    from deeplab.errors import ConfigError
-
-    backend = dist.resolve_backend(cfg["dist"]["backend"])
-    if backend == "ps":  # before anything asks CUDA (below: num_gpus)
-        try:
-            dist.pin_visible_devices(cfg["dist"]["devices_per_worker"])
-        except ValueError as err:
-            raise ConfigError("dist.devices_per_worker: %s" % err) from None
-    if backend == "horovod" and not os.environ.get("HOROVOD_CYCLE_TIME"):
-        # Read by Horovod's background thread when it starts (hvd.init).
-        os.environ["HOROVOD_CYCLE_TIME"] = "%g" % horovod_cycle_time(cfg, mx.context.num_gpus())
-    dist.init(cfg["dist"]["backend"])
-    devices = cfg["dist"]["devices_per_worker"]
-    if devices > 1 and dist.backend() == "horovod":
-        raise ConfigError("dist.devices_per_worker is %d, but Horovod's trainer reduces the "
-                          "gradients of one device per worker: under Horovod run one worker "
-                          "per device, or use dist.backend local or ps" % devices)
-    if devices > 1 and cfg["train"]["batch_size"] % (devices * dist.size()):
-        raise ConfigError("train.batch_size (%d) must be divisible by the %d device(s) of the "
-                          "%d worker(s)" % (cfg["train"]["batch_size"], devices * dist.size(),
-                                            dist.size()))
-    if devices > 1 and not cfg["train"]["freeze_bn"] and not uses_sync_bn(cfg) \
-            and not mx.context.num_gpus():
-        # Measured: MXNet 1.9's contrib SyncBatchNorm never completes across CPU device ids
-        # (forward and backward are queued, the engine waits forever).
-        raise ConfigError("dist.devices_per_worker %d with BN trained needs GPUs: MXNet's "
-                          "SyncBatchNorm across devices deadlocks on CPU device ids; on CPUs "
-                          "use it with train.freeze_bn: true" % devices)
-    if uses_sync_bn(cfg):
-        try:
-            dist.configure_sync_bn(cfg["dist"]["sync_bn_group"])
-        except ValueError as err:
-            raise ConfigError("dist.sync_bn_group: %s" % err) from None
+__all__ = ["build_model", "build_dataset", "copy_parameters", "bn_mode", "on_main"]
 
 
 def bn_mode(cfg, sync_bn=None):

@@ -463,7 +463,7 @@ def _divisors(n):
 
 
 def _batch_check(cfg, workers, gpus):
-    from deeplab.build import sync_bn_requested
+    from deeplab.dist.runtime import sync_bn_requested
 
     t, dist = cfg["train"], cfg["dist"]
     batch = t["batch_size"]
@@ -553,8 +553,8 @@ def _config_checks(config, overrides, workers, gpus, mx):
 
 
 def _cycle_check(cfg, gpus):
-    """The negotiation cycle Horovod workers of this config start with (engine/build.py)."""
-    from deeplab.build import horovod_cycle_time, sync_bn_requested
+    """The negotiation cycle Horovod workers of this config start with (dist/runtime.py)."""
+    from deeplab.dist.runtime import horovod_cycle_time, sync_bn_requested
 
     ms = horovod_cycle_time(cfg, len(gpus))
     env = os.environ.get("HOROVOD_CYCLE_TIME")

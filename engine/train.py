@@ -28,16 +28,17 @@ from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
 from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
+from deeplab.dist.runtime import start_workers, uses_sync_bn
 from deeplab.errors import Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
+from deeplab.precision import amp_dtype, enable_amp
 from deeplab.record import RunInfo, RunRecord, memory_bytes
 from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
-from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
-                    start_workers, uses_sync_bn)
+from .build import bn_mode, build_dataset, build_model, copy_parameters, on_main
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
@@ -76,46 +77,6 @@ def make_optimizer_params(net, cfg):
 StepResult = collections.namedtuple("StepResult", "loss count confusion stop diverged")
 
 
-_AMP = {"dtype": None}
-
-
-def enable_amp(ctx):
-    """Turns on MXNet's automatic mixed precision for this process, before any network is
-    built: float16 with dynamic loss scaling on a GPU, bfloat16 (MKL-DNN) on the CPU. Returns
-    the low-precision type. Idempotent."""
-    if _AMP["dtype"]:
-        return _AMP["dtype"]
-    from mxnet.contrib import amp
-    from mxnet.contrib.amp.lists import symbol_bf16, symbol_fp16
-
-    from deeplab.dist import fastbn
-
-    dtype = "float16" if ctx.device_type == "gpu" else "bfloat16"
-    lists = symbol_fp16 if dtype == "float16" else symbol_bf16
-    # mx.library.load regenerates MXNet's operator functions, dropping the casting wrappers that
-    # amp.init puts on them: a later load (synchronized BN's fused CPU kernels, loaded by its
-    # first layer) silently turned AMP off. Load them first, and have AMP give them float32,
-    # their one type.
-    if ctx.device_type == "cpu" and fastbn.load():
-        lists.FP32_FUNCS.extend(op for op in fastbn.OPS if op not in lists.FP32_FUNCS)
-    if dtype == "bfloat16":
-        # MXNet 1.9's bfloat16 lists call Concat type-neutral, so ASPP's concat of bfloat16
-        # convolution outputs with its float32 image-pooling branch fails; float16's lists cast
-        # Concat's inputs to the widest type, which is what this network needs.
-        for name in ("Concat", "concat"):
-            if name in symbol_bf16.BF16_FP32_FUNCS:
-                symbol_bf16.BF16_FP32_FUNCS.remove(name)
-                symbol_bf16.WIDEST_TYPE_CASTS.append(name)
-    amp.init(target_dtype=dtype)
-    _AMP["dtype"] = dtype
-    return dtype
-
-
-def amp_dtype():
-    """The low-precision type AMP runs in this process ('float16', 'bfloat16'), or None."""
-    return _AMP["dtype"]
-
-
 def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
     """COLLECTIVE. One SGD step on this worker's slice of the global batch, on device `ctx` or
     split evenly over the devices of the list `ctx` (their gradients are summed in-process).
@@ -148,7 +109,7 @@ def train_step(net, trainer, data, label, ctx, lr, stop=False, diverged=False):
         logits = [net(x) for x in datas]
         losses = [cross_entropy_sum(mx.nd, z, y) for z, y in zip(logits, labels)]
         shares = [loss / max(count, 1.0) for loss in losses]
-    if _AMP["dtype"] == "float16":  # dynamic loss scaling: float16 gradients underflow
+    if amp_dtype() == "float16":  # dynamic loss scaling: float16 gradients underflow
         from mxnet.contrib import amp
 
         with amp.scale_loss(shares, trainer.trainer) as scaled:
@@ -386,7 +347,7 @@ def build_training(cfg, ctx, resume_from, log):
     trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
                                 fp16_compression=cfg["dist"]["fp16_compression"],
                                 num_groups=cfg["dist"]["num_groups"])
-    if _AMP["dtype"] == "float16":
+    if amp_dtype() == "float16":
         from mxnet.contrib import amp
 
         amp.init_trainer(trainer.trainer)
@@ -399,7 +360,7 @@ def build_training(cfg, ctx, resume_from, log):
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
     log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s",
              dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
-             ", mixed precision (%s)" % _AMP["dtype"] if _AMP["dtype"] else "",
+             ", mixed precision (%s)" % amp_dtype() if amp_dtype() else "",
              ", %d devices per worker (%s)" % (len(ctx), ", ".join(map(str, ctx)))
              if len(ctx) > 1 else "")
     if t["hybridize"]:
