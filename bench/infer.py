@@ -12,7 +12,7 @@ import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.build import build_model
+from deeplab.build import evaluation_network
 from deeplab.config import eval_stride
 from deeplab.data import EvalTransform, get_dataset
 from deeplab.evaluate import predict
@@ -59,8 +59,7 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
     base = load_baseline(baseline, facts) if baseline else None
     ctx = dist.context()
     stride = eval_stride(cfg)
-    net = build_model(cfg, ctx, output_stride=stride, load_backbone=False,
-                      seed=cfg["train"]["seed"])
+    net = evaluation_network(cfg, ctx, output_stride=stride, seed=cfg["train"]["seed"])
     gflops = _costs(net, cfg, crop, ctx)
     if cfg["train"]["hybridize"]:
         net.hybridize(static_alloc=True, static_shape=True)

@@ -47,7 +47,7 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.build import bn_mode, build_model
+from deeplab.build import bn_mode, training_network
 from deeplab.config import add_set_argument, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
 from deeplab.dist.runtime import start_workers, uses_sync_bn
@@ -112,7 +112,7 @@ def _costs(net, cfg, crop, ctx):
 
 def _our_variant(name, description, cfg, ctx, crop, sync_bn, hybridize, index):
     """COLLECTIVE."""
-    net = build_model(cfg, ctx, seed=cfg["train"]["seed"], training=True, sync_bn=sync_bn)
+    net = training_network(cfg, ctx, seed=cfg["train"]["seed"], sync_bn=sync_bn)
     trainer = _trainer(net, make_optimizer_params(net, cfg), cfg, index)
     costs = _costs(net, cfg, crop, ctx)
     if hybridize:

@@ -155,7 +155,7 @@ def model_costs():
     from gluoncv.model_zoo import resnet50_v1b
 
     from deeplab import dist
-    from deeplab.build import build_model
+    from deeplab.build import training_network
     from deeplab.config import load_config
     from deeplab.bench.costs import TRAIN_FLOPS_PER_FORWARD, count_costs
     from deeplab.dist.syncbn import SyncBatchNorm
@@ -172,7 +172,7 @@ def model_costs():
         for name in MODELS:
             cfg = load_config(path, ["model.name=" + name])
             crop = cfg["data"]["crop_size"]
-            net = build_model(cfg, mx.cpu(), training=True, sync_bn=True)
+            net = training_network(cfg, mx.cpu(), sync_bn=True)
             costs = count_costs(net, (1, 3, crop, crop))
             sync = []
             net.apply(lambda b: sync.append(b.gamma.shape[0])

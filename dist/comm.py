@@ -620,7 +620,7 @@ def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, nu
 
     Args:
         params: the network's ParameterDict, fully initialized and the same on every worker
-            (`broadcast_parameters` first, as `deeplab.build_model` does).
+            (`broadcast_parameters` first, as `deeplab.build.training_network` does).
         optimizer, optimizer_params: as for gluon.Trainer.
         fp16_compression: Horovod only: allreduce gradients in float16.
         num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).

@@ -9,7 +9,8 @@ from deeplab.dist.runtime import uses_sync_bn
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["build_model", "build_dataset", "copy_parameters", "bn_mode", "on_main"]
+__all__ = ["training_network", "evaluation_network", "evaluation_network_of", "build_dataset",
+           "copy_parameters", "bn_mode", "on_main"]
 
 
 def bn_mode(cfg, sync_bn=None):
@@ -27,49 +28,70 @@ def bn_mode(cfg, sync_bn=None):
     return "per-worker" if dist.size() > 1 else "plain"
 
 
-def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, seed=None,
-                training=False, sync_bn=None, copy_from=None):
-    """COLLECTIVE. The config's model on `ctx`, the same on every worker.
-
-    Parameter files are read by the main worker only and the result is broadcast, so workers
-    need not see the files. BN is frozen (running statistics, no gamma/beta updates) when
-    `train.freeze_bn` is set, and synchronized across workers in training when `uses_sync_bn`.
+def training_network(cfg, ctx, params=None, seed=None, sync_bn=None):
+    """COLLECTIVE. The config's network for training on `ctx` (a context or a worker's list of
+    devices), the same on every worker: model.backbone_params loaded (unless `params` replaces
+    every parameter), BN frozen with train.freeze_bn, else synchronized across workers when
+    `uses_sync_bn` (or `sync_bn`: benchmarks compare both layers) and across a worker's devices
+    when it has several.
 
     Args:
-        output_stride: overrides model.output_stride (evaluation at another stride).
-        params: a whole-model `.params` file (default: model.params).
-        load_backbone: load model.backbone_params first; False when `params` replaces every
-            parameter anyway (evaluating a checkpoint).
-        training: build for training (synchronized BN if configured).
-        sync_bn: overrides `uses_sync_bn(cfg)` in training (benchmarks compare both layers).
-        copy_from: a network of the same architecture (its norm layers and output stride may
-            differ) whose parameters are copied instead of reading any file; e.g. the
-            evaluation network (plain BN) of a network in training.
+        params: a whole-model `.params` file (default: model.params), e.g. a checkpoint's.
+        seed: seeds the random initialization.
     """
-    m = cfg["model"]
-    frozen = cfg["train"]["freeze_bn"]
+    m, frozen = cfg["model"], cfg["train"]["freeze_bn"]
     sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
-    norm_layer, norm_kwargs = nn.BatchNorm, {"momentum": m["bn_momentum"]}
-    if frozen:
-        norm_kwargs["use_global_stats"] = True
+    norm_layer, norm_kwargs = _norm(cfg)
     devices = len(ctx) if isinstance(ctx, (list, tuple)) else 1
-    if training and not frozen and sync_bn:
+    if not frozen and sync_bn:
         norm_layer = SyncBatchNorm
-    elif training and not frozen and devices > 1:
+    elif not frozen and devices > 1:
         # The devices of one process: MXNet's own SyncBatchNorm, synchronized in-process.
         norm_layer = DeviceSyncBatchNorm
         norm_kwargs = {"num_devices": devices, "momentum": m["bn_momentum"]}
+    backbone_params = None
+    if m["backbone_params"]:
+        from deeplab.fetch import resolve_params
+        # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
+        # reads parameter files; a failure is raised on every worker, not left in a broadcast.
+        backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
+    return _build(cfg, ctx, norm_layer, norm_kwargs, None,
+                  params if params is not None else m["params"], backbone_params, seed)
+
+
+def evaluation_network(cfg, ctx, output_stride=None, params=None, seed=None):
+    """COLLECTIVE. The config's network for evaluation and inference on `ctx`: plain BN on
+    running statistics, at `output_stride` (default: model.output_stride), its parameters read
+    from `params` (default: model.params) by the main worker and broadcast, or randomly
+    initialized from `seed` when there is neither (benchmarks)."""
+    norm_layer, norm_kwargs = _norm(cfg)
+    return _build(cfg, ctx, norm_layer, norm_kwargs, output_stride,
+                  params if params is not None else cfg["model"]["params"], None, seed)
+
+
+def evaluation_network_of(cfg, net, ctx, output_stride=None):
+    """COLLECTIVE. The evaluation network (plain BN, `output_stride`) of `net`, a network of the
+    same config in training (whose norm layers and output stride may differ): its parameters
+    are copied, no file is read."""
+    norm_layer, norm_kwargs = _norm(cfg)
+    return _build(cfg, ctx, norm_layer, norm_kwargs, output_stride, None, None, None,
+                  copy_from=net)
+
+
+def _norm(cfg):
+    """Plain BN with model.bn_momentum; frozen (running statistics) with train.freeze_bn."""
+    kwargs = {"momentum": cfg["model"]["bn_momentum"]}
+    if cfg["train"]["freeze_bn"]:
+        kwargs["use_global_stats"] = True
+    return nn.BatchNorm, kwargs
+
+
+def _build(cfg, ctx, norm_layer, norm_kwargs, output_stride, params, backbone_params, seed,
+           copy_from=None):
+    """COLLECTIVE. get_model for the config; files read on the main worker only, the result
+    broadcast (or copied from `copy_from`); gamma and beta fixed when BN is frozen."""
+    m = cfg["model"]
     main = dist.is_main()
-    if copy_from is not None:
-        params = backbone_params = None
-    else:
-        params = params if params is not None else m["params"]
-        backbone_params = None
-        if load_backbone and m["backbone_params"]:
-            from deeplab.fetch import resolve_params
-            # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
-            # reads parameter files; a failure is raised on every worker, not left in a broadcast.
-            backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
@@ -81,7 +103,7 @@ def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, s
     if copy_from is not None:
         copy_parameters(copy_from, net)
     dist.broadcast_parameters(net.collect_params())
-    if frozen:
+    if cfg["train"]["freeze_bn"]:
         for p in net.collect_params(".*_gamma|.*_beta").values():
             p.grad_req = "null"
     return net

@@ -18,7 +18,7 @@ from deeplab.metrics import confusion_matrix, scores
 from deeplab.record import provenance
 from deeplab.utils import write_json
 
-from .build import build_dataset, build_model
+from .build import build_dataset, evaluation_network
 
 __all__ = ["predict", "evaluate", "parse_args", "main"]
 
@@ -157,7 +157,7 @@ def main(args):
         from deeplab.errors import ParamsError
         raise ParamsError("--checkpoint %s does not exist" % args.checkpoint)
     # The checkpoint replaces every parameter, so the backbone file is not read.
-    net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint, load_backbone=False)
+    net = evaluation_network(cfg, ctx, output_stride=stride, params=args.checkpoint)
     if args.out and dist.is_main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,

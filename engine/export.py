@@ -21,7 +21,7 @@ from deeplab.config import add_set_argument, eval_stride, load_config
 from deeplab.errors import UserError
 from deeplab.utils import positive_int
 
-from .build import build_model
+from .build import evaluation_network
 
 __all__ = ["StaticSizeNet", "export", "parse_args", "main"]
 
@@ -144,8 +144,8 @@ def main(args):
     size = tuple(args.size) if args.size else (cfg["data"]["crop_size"],) * 2
     # The files do not depend on the device: build on the CPU, as a single process (no
     # dist.init: exporting is not a distributed job).
-    net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=args.checkpoint,
-                      load_backbone=False)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg),
+                             params=args.checkpoint)
     files = export(net, prefix, size, onnx=args.onnx)
     print("deeplab export: wrote %s (input %dx%d, output stride %d)"
           % (", ".join(files), size[0], size[1], eval_stride(cfg)))

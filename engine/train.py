@@ -38,7 +38,8 @@ from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
-from .build import bn_mode, build_dataset, build_model, copy_parameters, on_main
+from .build import (bn_mode, build_dataset, copy_parameters, evaluation_network,
+                    evaluation_network_of, on_main, training_network)
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
@@ -199,7 +200,7 @@ class PeriodicEvaluator:
         """COLLECTIVE. Evaluates the network in training; returns the scores."""
         cfg, ctx = self.cfg, dist.context()
         if self.net is None:
-            self.net = build_model(cfg, ctx, output_stride=eval_stride(cfg), copy_from=net)
+            self.net = evaluation_network_of(cfg, net, ctx, output_stride=eval_stride(cfg))
             self.dataset = build_dataset(cfg, "val")
             if cfg["train"]["hybridize"]:
                 self.net.hybridize()
@@ -339,11 +340,11 @@ def build_training(cfg, ctx, resume_from, log):
     """COLLECTIVE. The network, its distributed trainer and the first iteration to run.
 
     Horovod's order: build and fully initialize, broadcast worker 0's parameters (inside
-    build_model; when resuming they are the checkpoint's), then the distributed trainer.
+    training_network; when resuming they are the checkpoint's), then the distributed trainer.
     """
     t = cfg["train"]
-    net = build_model(cfg, ctx, params=resume_from["params"] if resume_from else None,
-                      seed=t["seed"], training=True)
+    net = training_network(cfg, ctx, params=resume_from["params"] if resume_from else None,
+                           seed=t["seed"])
     trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
                                 fp16_compression=cfg["dist"]["fp16_compression"],
                                 num_groups=cfg["dist"]["num_groups"])
@@ -455,8 +456,7 @@ def main(args):
             # The evaluation network: plain BatchNorm on the running statistics (the training
             # one may hold synchronized BN, a custom operator per layer), at the evaluation
             # stride (which changes dilations and head rates, not the parameters).
-            net = build_model(cfg, dist.context(), output_stride=stride, params=final,
-                              load_backbone=False)
+            net = evaluation_network(cfg, dist.context(), output_stride=stride, params=final)
             results = run_evaluation(net, cfg, dist.context(), stride, os.path.abspath(final),
                                      os.path.join(workdir, "results.json"), log=log,
                                      quiet=args.quiet)

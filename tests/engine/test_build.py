@@ -14,11 +14,11 @@ def test_model_keys_reach_the_network(overrides, momentum, padding):
     head's pooling."""
     import mxnet as mx
     from mxnet.gluon import nn
-    from deeplab.build import build_model
+    from deeplab.build import training_network
     from deeplab.model import walk_blocks
 
     cfg = load_config(TINY, ["model.head=vortex"] + overrides)
-    net = build_model(cfg, mx.cpu(), training=True, sync_bn=False)
+    net = training_network(cfg, mx.cpu(), sync_bn=False)
     bns = [b for b in walk_blocks(net) if isinstance(b, nn.BatchNorm)]
     assert len(bns) > 10 and {b._kwargs["momentum"] for b in bns} == {momentum}
     assert net.head.pool_padding == padding
