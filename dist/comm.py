@@ -383,7 +383,7 @@ def context():
 
 def contexts(count=1):
     """The `count` devices this worker computes on. With GPUs: all the process sees when that
-    is exactly `count` (it was given its own, e.g. by `pin_visible_devices` or a pod's one
+    is exactly `count` (it was given its own, e.g. by `runtime.pin_visible_devices` or a pod's one
     GPU), else GPUs local_rank() * count, ... (one process per node drives all of them with
     local rank 0). Without: the CPU, as device ids 0 .. count - 1 (logical devices sharing
     it: what tests and development run on)."""
