@@ -6,22 +6,21 @@ Workers do not communicate while timing: each serves its own images, as replicas
 balancer would; total images/s is the sum over workers. Latency is the wall time of one batch
 from the normalised input on the host to the class probabilities on the device.
 """
-import datetime
 import time
 
 import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.build import build_model
+from deeplab.build import evaluation_network
 from deeplab.config import eval_stride
 from deeplab.data import EvalTransform, get_dataset
 from deeplab.evaluate import predict
 from deeplab.logger import progress
 
+from .common import (check_counts, format_flops, load_baseline, peak_rss_bytes, report_header,
+                     setup_facts)
 from .costs import count_costs
-from .throughput import (_gather_rows, _machine, _peak_rss_bytes, check_counts, format_flops,
-                         load_baseline, setup_facts)
 
 __all__ = ["run_infer", "format_infer_report"]
 
@@ -60,8 +59,7 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
     base = load_baseline(baseline, facts) if baseline else None
     ctx = dist.context()
     stride = eval_stride(cfg)
-    net = build_model(cfg, ctx, output_stride=stride, load_backbone=False,
-                      seed=cfg["train"]["seed"])
+    net = evaluation_network(cfg, ctx, output_stride=stride, seed=cfg["train"]["seed"])
     gflops = _costs(net, cfg, crop, ctx)
     if cfg["train"]["hybridize"]:
         net.hybridize(static_alloc=True, static_shape=True)
@@ -76,8 +74,8 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
         tic = time.perf_counter()
         predict(net, x.as_in_context(ctx), e["scales"], e["flip"]).wait_to_read()
         latency.append(time.perf_counter() - tic)
-    lat = _gather_rows(latency)  # (workers, steps * repeat)
-    rss = _gather_rows([_peak_rss_bytes()])
+    lat = dist.gather_rows(latency)  # (workers, steps * repeat)
+    rss = dist.gather_rows([peak_rss_bytes()])
     per_worker = [{"rank": r, "images_per_s": batch / float(np.median(lat[r])),
                    "latency_s": {"p%d" % p: float(np.percentile(lat[r], p))
                                  for p in PERCENTILES},
@@ -88,20 +86,7 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
         repeats.append({"images_per_s": rate,
                         "latency_p50_s": float(np.percentile(lat[:, chunk], 50))})
     total = sum(w["images_per_s"] for w in per_worker)
-    report = {
-        "benchmark": "deeplab bench",
-        "mode": "infer",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": _machine(),
-        "backend": dist.backend(),
-        "workers": dist.size(),
-        "batch_per_worker": batch,
-        "crop": crop,
-        "warmup": warmup,
-        "steps": steps,
-        "repeat": repeat,
-        "setup": facts,
+    report = dict(report_header("infer", facts, command, batch, crop, warmup, steps, repeat), **{
         "model": dict(cfg["model"], output_stride=stride, scales=list(e["scales"]),
                       flip=e["flip"], hybridize=cfg["train"]["hybridize"],
                       forward_gflops_per_image=gflops),
@@ -114,7 +99,7 @@ def run_infer(cfg, batch=1, crop=None, steps=10, warmup=2, repeat=1, baseline=No
         "spread": {k: [min(r[k] for r in repeats), max(r[k] for r in repeats)]
                    for k in ("images_per_s", "latency_p50_s")},
         "achieved_gflops_per_s": gflops * total,
-    }
+    })
     if base:
         one = base["variants"]["infer"]["images_per_s"]
         report["scaling"] = {"baseline": baseline, "baseline_backend": base["backend"],

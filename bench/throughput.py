@@ -36,11 +36,8 @@ trainer, timed in the same processes:
 """
 import argparse
 import copy
-import datetime
 import json
 import os
-import platform
-import resource
 import sys
 import time
 import warnings
@@ -50,15 +47,19 @@ import numpy as np
 from mxnet import autograd
 
 from deeplab import dist
-from deeplab.build import bn_mode, build_model, start_workers, uses_sync_bn
-from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.build import bn_mode, training_network
+from deeplab.config import add_set_argument, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
+from deeplab.dist.runtime import start_workers, uses_sync_bn
 from deeplab.errors import UserError
 from deeplab.logger import progress
 from deeplab.metrics import IGNORE_LABEL
-from deeplab.train import amp_dtype, cross_entropy_sum, enable_amp, make_optimizer_params
+from deeplab.precision import amp_dtype, enable_amp
+from deeplab.train import cross_entropy_sum, make_optimizer_params
 from deeplab.utils import write_text
 
+from .common import (check_counts, device_memory, format_flops, load_baseline, peak_rss_bytes,
+                     report_header, setup_facts)
 from .costs import count_costs
 
 __all__ = ["parse_args", "main", "run_bench", "COMPARISONS", "PHASES"]
@@ -111,7 +112,7 @@ def _costs(net, cfg, crop, ctx):
 
 def _our_variant(name, description, cfg, ctx, crop, sync_bn, hybridize, index):
     """COLLECTIVE."""
-    net = build_model(cfg, ctx, seed=cfg["train"]["seed"], training=True, sync_bn=sync_bn)
+    net = training_network(cfg, ctx, seed=cfg["train"]["seed"], sync_bn=sync_bn)
     trainer = _trainer(net, make_optimizer_params(net, cfg), cfg, index)
     costs = _costs(net, cfg, crop, ctx)
     if hybridize:
@@ -263,52 +264,6 @@ def _step(v, batches, ctx):
     return [t1 - t0, t3 - t2, (t2 - t1) + (t4 - t3), t5 - t4]
 
 
-def _peak_rss_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def _device_memory(ctx):
-    """GPU memory in use by this process (NVML's per-process figure over every device), or
-    None on the CPU. Without NVML, or where NVML cannot see this process (a container's PID
-    namespace), MXNet's device-wide figure: other processes and MXNet's pool included."""
-    if ctx.device_type != "gpu":
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        used, seen = 0, False
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid():
-                    used, seen = used + (proc.usedGpuMemory or 0), True
-        if seen:
-            return used
-    except Exception:  # noqa: BLE001 - no NVML library or driver: the fallback below
-        pass
-    free, total = mx.context.gpu_memory_info(ctx.device_id)
-    return total - free
-
-
-def _gather_rows(rows):
-    """COLLECTIVE. Every worker's 2-D float array (same shape), as (workers, ...) on all."""
-    rows = np.asarray(rows, dtype=np.float64)
-    out = np.zeros((dist.size(),) + rows.shape)
-    out[dist.rank()] = rows
-    return dist.allreduce_sum(out)
-
-
-def _machine():
-    return {"hostname": platform.node(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "processor": platform.processor(), "python": platform.python_version(),
-            "mxnet": mx.__version__, "gpus": mx.context.num_gpus(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "MXNET_CPU_WORKER_NTHREADS": os.environ.get("MXNET_CPU_WORKER_NTHREADS"),
-            "HOROVOD_CYCLE_TIME": os.environ.get("HOROVOD_CYCLE_TIME")
-            if dist.backend() == "horovod" else None}
-
-
 def batch_per_worker(cfg, batch):
     """--batch, or train.batch_size shared among the workers."""
     if batch is not None:
@@ -318,33 +273,6 @@ def batch_per_worker(cfg, batch):
                         "--batch (images per worker)" % (cfg["train"]["batch_size"],
                                                          dist.size()))
     return cfg["train"]["batch_size"] // dist.size()
-
-
-def check_counts(steps, warmup, batch, crop, repeat):
-    if steps < 1 or warmup < 1 or batch < 1 or crop < 8 or repeat < 1:
-        raise UserError("need --steps >= 1, --warmup >= 1, --batch >= 1, --crop >= 8 and "
-                        "--repeat >= 1")
-
-
-def setup_facts(cfg, mode, batch, crop):
-    """What a run's figures depend on besides the number of workers: a baseline must match."""
-    return {"mode": mode, "model": cfg["model"]["name"], "head": cfg["model"]["head"],
-            "output_stride": eval_stride(cfg) if mode == "infer" else cfg["model"]["output_stride"],
-            "bn": bn_class(bn_mode(cfg)) if mode == "train" else "inference (running statistics)",
-            "precision": precision(cfg, mode), "crop": crop, "batch_per_worker": batch}
-
-
-def bn_class(mode):
-    """BN modes that compute alike on one worker: 'plain' (one process) is what each worker of
-    'per-worker' BN does; synchronized and frozen BN differ from both."""
-    return "per-worker" if mode in ("plain", "per-worker") else mode
-
-
-def precision(cfg, mode="train"):
-    amp = cfg["train"]["amp"] and mode == "train"  # the inference bench runs float32
-    return ", ".join(filter(None, ["mixed (AMP)" if amp else "float32",
-                                   cfg["dist"]["fp16_compression"]
-                                   and "fp16 gradient compression"]))
 
 
 def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseline=None,
@@ -371,8 +299,8 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
     def warm_up(v):  # one variant at a time: the first one's peak RSS is its own
         for _ in range(warmup):
             _step(v, batches, ctx)
-        memory[v.name] = {"peak_rss_bytes": _peak_rss_bytes(),
-                          "device_bytes_in_use": _device_memory(ctx)}
+        memory[v.name] = {"peak_rss_bytes": peak_rss_bytes(),
+                          "device_bytes_in_use": device_memory(ctx)}
 
     for v in variants:
         warm_up(v)
@@ -390,7 +318,7 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             if profiling:
                 mx.profiler.resume() if v is variants[0] else mx.profiler.pause()
             v.times.append(_step(v, batches, ctx))
-            v.device_peak = max(v.device_peak, _device_memory(ctx) or 0)
+            v.device_peak = max(v.device_peak, device_memory(ctx) or 0)
     if profiling:
         mx.nd.waitall()
         mx.profiler.set_state("stop")
@@ -400,33 +328,20 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             f.write(table)
     batches.close()
 
-    report = {
-        "benchmark": "deeplab bench",
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "machine": _machine(),
-        "backend": dist.backend(),
-        "workers": dist.size(),
-        "batch_per_worker": batch,
+    report = dict(report_header("train", facts, command, batch, crop, warmup, steps, repeat), **{
         "global_batch": batch * dist.size(),
-        "crop": crop,
-        "warmup": warmup,
-        "steps": steps,
-        "repeat": repeat,
-        "mode": "train",
-        "setup": facts,
         "model": dict(cfg["model"], freeze_bn=cfg["train"]["freeze_bn"],
                       sync_bn=uses_sync_bn(cfg), bn_mode=bn_mode(cfg),
                       hybridize=cfg["train"]["hybridize"],
                       fp16_compression=cfg["dist"]["fp16_compression"], **variants[0].costs),
         "variants": [],
-    }
+    })
     for v in variants:
-        times = _gather_rows(v.times)  # (workers, steps, phases)
+        times = dist.gather_rows(v.times)  # (workers, steps, phases)
         step = times.sum(axis=2)  # (workers, steps)
         slowest = step.max(axis=0)
         step_s = float(np.median(slowest))
-        mem = _gather_rows([memory[v.name]["peak_rss_bytes"]])
+        mem = dist.gather_rows([memory[v.name]["peak_rss_bytes"]])
         entry = {
             "name": v.name,
             "description": v.description,
@@ -443,7 +358,7 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             "step_s_all": [float(s) for s in slowest],
             "peak_rss_bytes": int(mem.max()),
             "device_bytes_in_use": memory[v.name]["device_bytes_in_use"],
-            "device_bytes_max_sampled": _gather_rows([v.device_peak]).max().item()
+            "device_bytes_max_sampled": dist.gather_rows([v.device_peak]).max().item()
             if ctx.device_type == "gpu" else None,
             "costs": v.costs,
             "achieved_gflops_per_s": v.costs["train_gflops_per_image"] * batch
@@ -477,47 +392,6 @@ def _repeats(times, batch, repeat):
     return rows, spread
 
 
-def load_baseline(path, facts):
-    """A one-worker report to compute scaling efficiency against, refused (UserError naming
-    each difference) unless it measured the same work per worker: network, head, output
-    stride, BN mode, precision, crop and batch per worker."""
-    try:
-        with open(path) as f:
-            base = json.load(f)
-        base_variants = {e["name"]: e for e in base["variants"]}
-        base_workers = base["workers"]
-        theirs = base.get("setup") or _legacy_facts(base)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError("--baseline %s: not a `deeplab bench` JSON (%s)" % (path, err))
-    if base_workers != 1:
-        raise UserError("--baseline %s ran %d workers; it must be a one-worker run"
-                        % (path, base_workers))
-    if (theirs.get("batch_per_worker"), theirs.get("crop")) != (facts["batch_per_worker"],
-                                                                facts["crop"]):
-        raise UserError("--baseline %s ran batch %s per worker at crop %s; this run has batch "
-                        "%d at crop %d: efficiency compares equal work per worker"
-                        % (path, theirs.get("batch_per_worker"), theirs.get("crop"),
-                           facts["batch_per_worker"], facts["crop"]))
-    diff = ["%s %r (baseline) vs %r (this run)" % (k, theirs.get(k), v)
-            for k, v in facts.items() if theirs.get(k) != v]
-    if diff:
-        raise UserError("--baseline %s measured other work: %s; efficiency would count the "
-                        "difference as scaling loss (run the baseline with the same settings)"
-                        % (path, "; ".join(diff)))
-    return {"path": path, "variants": base_variants, "backend": base.get("backend"),
-            "bn": theirs["bn"]}
-
-
-def _legacy_facts(base):
-    """The setup facts of a report written before reports recorded them."""
-    m = base["model"]
-    mode = "frozen" if m["freeze_bn"] else "synchronized" if m["sync_bn"] else "per-worker"
-    return {"mode": "train", "model": m["name"], "head": m["head"],
-            "output_stride": m["output_stride"], "bn": mode,
-            "precision": "float32, fp16 gradient compression" if m.get("fp16_compression")
-            else "float32", "crop": base["crop"], "batch_per_worker": base["batch_per_worker"]}
-
-
 def _scaling(report, base, path):
     """Scaling efficiency of each variant against the one-worker baseline `base`."""
     out = {"baseline": os.path.abspath(path), "baseline_backend": base["backend"],
@@ -528,15 +402,6 @@ def _scaling(report, base, path):
             out[e["name"]] = {"images_per_s_1": one, "images_per_s_n": e["images_per_s"],
                               "efficiency": e["images_per_s"] / (report["workers"] * one)}
     return out
-
-
-def format_flops(gflops):
-    """'1.23 TFLOPs', '45.6 GFLOPs', '312 MFLOPs', '8.1 kFLOPs' for a count in GFLOPs."""
-    flops = gflops * 1e9
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
-        if flops >= scale:
-            return "%.3g %s" % (flops / scale, unit)
-    return "%.3g FLOPs" % flops
 
 
 def format_report(r):

@@ -464,7 +464,7 @@ def scaling_md():
     inputs = {"--allreduce": "benchmarks/results/allreduce.json",
               "--collective-latency": "benchmarks/results/collective_latency.json"}
     if all(os.path.exists(os.path.join(ROOT, path)) for path in inputs.values()):
-        subprocess.check_call([PY, "benchmarks/scaling_model.py"]
+        subprocess.check_call([PY, "benchmarks/scaling_report.py"]
                               + [a for kv in inputs.items() for a in kv], cwd=ROOT)
 
 

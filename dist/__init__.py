@@ -1,11 +1,12 @@
 """Everything distributed sits behind this package: collectives, trainers for the local /
 Horovod / parameter-server backends, synchronized batch normalization and the stall watchdog.
 
-`comm` works unchanged in a single process (rank 0 of 1); the engine calls only these functions.
+`comm` works unchanged in a single process (rank 0 of 1); the engine calls only these functions,
+and `runtime` to start a worker for a config.
 """
 from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broadcast,
-                   broadcast_parameters, context, contexts, exit_after_failure, init, is_main,
-                   local_rank, make_trainer, nd_allgather, nd_allreduce_sum, network_failure,
-                   pin_visible_devices, rank, resolve_backend, shutdown, size, stall_hint)
+                   broadcast_parameters, context, contexts, exit_after_failure, gather_rows, init,
+                   is_main, local_rank, make_trainer, nd_allgather, nd_allreduce_sum,
+                   network_failure, rank, resolve_backend, shutdown, size, stall_hint)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .watchdog import EXIT_STALLED, Watchdog

@@ -25,9 +25,9 @@ import numpy as np
 from . import trainer_state, wire
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
-           "allreduce_sum", "broadcast", "exit_after_failure", "shutdown", "network_failure",
-           "nd_allreduce_sum", "nd_allgather",
-           "broadcast_parameters", "context", "contexts", "pin_visible_devices", "stall_hint",
+           "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "shutdown",
+           "network_failure", "nd_allreduce_sum", "nd_allgather", "broadcast_parameters",
+           "context", "contexts", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
 
 BACKENDS = ("local", "horovod", "ps")
@@ -427,7 +427,7 @@ def context():
 
 def contexts(count=1):
     """The `count` devices this worker computes on. With GPUs: all the process sees when that
-    is exactly `count` (it was given its own, e.g. by `pin_visible_devices` or a pod's one
+    is exactly `count` (it was given its own, e.g. by `runtime.pin_visible_devices` or a pod's one
     GPU), else GPUs local_rank() * count, ... (one process per node drives all of them with
     local rank 0). Without: the CPU, as device ids 0 .. count - 1 (logical devices sharing
     it: what tests and development run on)."""
@@ -436,48 +436,6 @@ def contexts(count=1):
         first = 0 if gpus == count else local_rank() * count
         return [mx.gpu(first + i) for i in range(count)]
     return [mx.cpu(i) for i in range(count)]
-
-
-def _nvml_gpu_count():
-    """GPUs the NVIDIA driver shows this process (NVML opens no CUDA context), 0 without a
-    driver or without the nvidia-ml-py package."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # ImportError, or pynvml.NVMLError without a driver
-        return 0
-
-
-def pin_visible_devices(count=1, gpu_count=None, environ=None):
-    """Shows this worker only its own GPUs: CUDA_VISIBLE_DEVICES = local rank x count, ...
-    (DEEPLAB_LOCAL_RANK), unless already set or there are no GPUs. Returns the value set, or
-    None. Call it before anything asks CUDA (mx.context.num_gpus() included).
-
-    Why: MXNet's kvstore stages the parameter server's transfers in page-locked host memory of
-    Context::CPUPinned(0) (src/kvstore/comm.h), and allocating it makes GPU 0 current: every
-    worker of a node would open a CUDA context (and its memory) on GPU 0.
-
-    Raises ValueError when the worker's GPUs are not there (e.g. local rank 3 of 2 GPUs).
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        return None
-    gpu_count = _nvml_gpu_count() if gpu_count is None else gpu_count
-    if not gpu_count:
-        return None
-    first = int(environ.get("DEEPLAB_LOCAL_RANK", "0")) * count
-    if first + count > gpu_count:
-        raise ValueError("worker with DEEPLAB_LOCAL_RANK %s needs GPUs %d..%d (%d per worker), "
-                         "but this machine has %d" % (environ.get("DEEPLAB_LOCAL_RANK", "0"),
-                                                      first, first + count - 1, count,
-                                                      gpu_count))
-    environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(count))
-    return environ["CUDA_VISIBLE_DEVICES"]
 
 
 def stall_hint():
@@ -619,16 +577,26 @@ def new_group(spec="all"):
     return Group(spec, mine, handles[tuple(mine)])
 
 
+def gather_rows(row, name=None):
+    """COLLECTIVE. Every worker's numpy array (the same shape on all), stacked in rank order:
+    a float64 array of shape (size(),) + row's shape on every worker. One allreduce in which
+    each worker fills its own row, so it works on every backend (the parameter server has no
+    allgather)."""
+    row = np.asarray(row, dtype=np.float64)
+    out = np.zeros((size(),) + row.shape)
+    out[rank()] = row
+    return allreduce_sum(out, name=name)
+
+
 def _gather_strings(text, max_bytes=256):
-    """COLLECTIVE. Every worker's short string, in rank order (one allreduce: each worker fills
-    its own row, so this works on every backend)."""
+    """COLLECTIVE. Every worker's short string, in rank order."""
     data = text.encode("utf-8")
     if len(data) > max_bytes:
         raise ValueError("%r is longer than %d bytes" % (text, max_bytes))
-    rows = np.zeros((size(), max_bytes + 1))
-    rows[rank(), 0] = len(data)
-    rows[rank(), 1:1 + len(data)] = np.frombuffer(data, np.uint8)
-    rows = allreduce_sum(rows, name="comm.gather_strings")
+    row = np.zeros(max_bytes + 1)
+    row[0] = len(data)
+    row[1:1 + len(data)] = np.frombuffer(data, np.uint8)
+    rows = gather_rows(row, name="comm.gather_strings")
     return [bytes(row[1:1 + int(row[0])].astype(np.uint8)).decode("utf-8") for row in rows]
 
 
@@ -752,7 +720,7 @@ def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, nu
 
     Args:
         params: the network's ParameterDict, fully initialized and the same on every worker
-            (`broadcast_parameters` first, as `deeplab.build_model` does).
+            (`broadcast_parameters` first, as `deeplab.build.training_network` does).
         optimizer, optimizer_params: as for gluon.Trainer.
         fp16_compression: Horovod only: allreduce gradients in float16.
         num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).

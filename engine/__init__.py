@@ -15,9 +15,10 @@ Package layout (each a top-level folder of the repository):
     deeplab.launch  launchers (horovodrun, parameter server)
     deeplab.k8s     Kubernetes manifests
     deeplab.bench   the training-throughput benchmark and analytic costs (`deeplab bench`)
-and, from engine/: deeplab.api, deeplab.config, deeplab.train, deeplab.evaluate,
-deeplab.checkpoint, deeplab.metrics, deeplab.workdir, deeplab.logger, deeplab.errors,
-deeplab.utils and the `deeplab` command (deeplab.cli).
+and, from engine/: deeplab.api, deeplab.config, deeplab.train, deeplab.precision,
+deeplab.evaluate, deeplab.checkpoint, deeplab.metrics, deeplab.workdir, deeplab.logger,
+deeplab.errors, deeplab.utils, deeplab.nvml, deeplab.cudabin and the `deeplab` command
+(deeplab.cli).
 """
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from deeplab.config import eval_stride, load_config
 from deeplab.data import EvalTransform, FolderSegmentation
 from deeplab.errors import ConfigError, ParamsError, UserError
 
-from .build import build_dataset, build_model, dataset_classes
+from .build import build_dataset, dataset_classes, evaluation_network
 from .evaluate import evaluate, no_cudnn_autotune, predict, results_dict
 
 __all__ = ["Segmenter", "load", "find_run_files"]
@@ -204,8 +204,7 @@ def load(path, config=None, overrides=(), ctx=None):
     config, params = find_run_files(path, config)
     cfg = load_config(config, list(overrides))
     ctx = ctx or dist.context()
-    net = build_model(cfg, ctx, output_stride=eval_stride(cfg), params=params,
-                      load_backbone=False)
+    net = evaluation_network(cfg, ctx, output_stride=eval_stride(cfg), params=params)
     if cfg["train"]["hybridize"]:
         net.hybridize()
     return Segmenter(net, cfg, os.path.abspath(params), ctx)

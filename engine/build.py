@@ -1,91 +1,16 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
-import os
-
-import mxnet as mx
 from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
 from deeplab import dist
-from deeplab.config import CPU_CYCLE_TIME_MS
 from deeplab.data import class_table, get_dataset
+from deeplab.dist.runtime import uses_sync_bn
 from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
-__all__ = ["start_workers", "horovod_cycle_time", "build_model", "build_dataset",
-           "copy_parameters", "dataset_classes", "sync_bn_requested", "uses_sync_bn", "bn_mode",
-           "on_main"]
-
-
-def sync_bn_requested(cfg):
-    """BN trained with dist.sync_bn set: what Horovod workers synchronize."""
-    return not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
-
-
-def uses_sync_bn(cfg):
-    """Whether training normalizes with the global batch's statistics (SyncBatchNorm): BN
-    trained, dist.sync_bn set, under Horovod (one Horovod worker included, so that 1 and N
-    workers run the same layer). The local backend uses MXNet's BatchNorm; the parameter server
-    keeps per-worker statistics by design."""
-    return sync_bn_requested(cfg) and dist.backend() == "horovod"
-
-
-def horovod_cycle_time(cfg, gpus):
-    """Horovod's negotiation cycle (ms) for this config: dist.horovod_cycle_time, or by default
-    from the measurements in docs/distributed.md ("Horovod's negotiation cycle"):
-
-    - synchronized BN: each of its ~114 collectives per step (ResNet-50) waits about one cycle
-      (benchmarks/collective_latency.py: 1.1 ms at a 1 ms cycle, 0.5 ms at 0.1 ms). On GPUs
-      0.1 ms (a node has cores to spare for the thread); on CPUs Horovod's 1 ms: at 0.1 ms the
-      thread takes 0.27 of a core and the step took 17% longer on 2 workers here.
-    - otherwise a step makes a few collectives: Horovod's 1 ms on GPUs, CPU_CYCLE_TIME_MS on
-      CPUs, whose cores all compute while the thread wakes every cycle (2-worker efficiency
-      0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md).
-    """
-    value = cfg["dist"]["horovod_cycle_time"]
-    if value is not None:
-        return float(value)
-    if sync_bn_requested(cfg):
-        return 0.1 if gpus else 1.0
-    return 1.0 if gpus else CPU_CYCLE_TIME_MS
-
-
-def start_workers(cfg):
-    """COLLECTIVE. Starts the config's backend and, with synchronized BN, its BN groups (both
-    before any network or trainer exists)."""
-    from deeplab.errors import ConfigError
-
-    backend = dist.resolve_backend(cfg["dist"]["backend"])
-    if backend == "ps":  # before anything asks CUDA (below: num_gpus)
-        try:
-            dist.pin_visible_devices(cfg["dist"]["devices_per_worker"])
-        except ValueError as err:
-            raise ConfigError("dist.devices_per_worker: %s" % err) from None
-    if backend == "horovod" and not os.environ.get("HOROVOD_CYCLE_TIME"):
-        # Read by Horovod's background thread when it starts (hvd.init).
-        os.environ["HOROVOD_CYCLE_TIME"] = "%g" % horovod_cycle_time(cfg, mx.context.num_gpus())
-    dist.init(cfg["dist"]["backend"])
-    devices = cfg["dist"]["devices_per_worker"]
-    if devices > 1 and dist.backend() == "horovod":
-        raise ConfigError("dist.devices_per_worker is %d, but Horovod's trainer reduces the "
-                          "gradients of one device per worker: under Horovod run one worker "
-                          "per device, or use dist.backend local or ps" % devices)
-    if devices > 1 and cfg["train"]["batch_size"] % (devices * dist.size()):
-        raise ConfigError("train.batch_size (%d) must be divisible by the %d device(s) of the "
-                          "%d worker(s)" % (cfg["train"]["batch_size"], devices * dist.size(),
-                                            dist.size()))
-    if devices > 1 and not cfg["train"]["freeze_bn"] and not uses_sync_bn(cfg) \
-            and not mx.context.num_gpus():
-        # Measured: MXNet 1.9's contrib SyncBatchNorm never completes across CPU device ids
-        # (forward and backward are queued, the engine waits forever).
-        raise ConfigError("dist.devices_per_worker %d with BN trained needs GPUs: MXNet's "
-                          "SyncBatchNorm across devices deadlocks on CPU device ids; on CPUs "
-                          "use it with train.freeze_bn: true" % devices)
-    if uses_sync_bn(cfg):
-        try:
-            dist.configure_sync_bn(cfg["dist"]["sync_bn_group"])
-        except ValueError as err:
-            raise ConfigError("dist.sync_bn_group: %s" % err) from None
+__all__ = ["training_network", "evaluation_network", "evaluation_network_of", "build_dataset",
+           "copy_parameters", "dataset_classes", "bn_mode", "on_main"]
 
 
 def bn_mode(cfg, sync_bn=None):
@@ -103,57 +28,82 @@ def bn_mode(cfg, sync_bn=None):
     return "per-worker" if dist.size() > 1 else "plain"
 
 
-def build_model(cfg, ctx, output_stride=None, params=None, load_backbone=True, seed=None,
-                training=False, sync_bn=None, copy_from=None):
-    """COLLECTIVE. The config's model on `ctx`, the same on every worker.
-
-    Parameter files are read by the main worker only and the result is broadcast, so workers
-    need not see the files. BN is frozen (running statistics, no gamma/beta updates) when
-    `train.freeze_bn` is set, and synchronized across workers in training when `uses_sync_bn`.
+def training_network(cfg, ctx, params=None, seed=None, sync_bn=None):
+    """COLLECTIVE. The config's network for training on `ctx` (a context or a worker's list of
+    devices), the same on every worker: model.backbone_params loaded (unless `params` replaces
+    every parameter), BN frozen with train.freeze_bn, else synchronized across workers when
+    `uses_sync_bn` (or `sync_bn`: benchmarks compare both layers) and across a worker's devices
+    when it has several.
 
     Args:
-        output_stride: overrides model.output_stride (evaluation at another stride).
-        params: a whole-model `.params` file (default: model.params).
-        load_backbone: load model.backbone_params first; False when `params` replaces every
-            parameter anyway (evaluating a checkpoint).
-        training: build for training (synchronized BN if configured).
-        sync_bn: overrides `uses_sync_bn(cfg)` in training (benchmarks compare both layers).
-        copy_from: a network of the same architecture (its norm layers and output stride may
-            differ) whose parameters are copied instead of reading any file; e.g. the
-            evaluation network (plain BN) of a network in training.
+        params: a whole-model `.params` file (default: model.params), e.g. a checkpoint's.
+        seed: seeds the random initialization.
     """
-    m = cfg["model"]
-    frozen = cfg["train"]["freeze_bn"]
+    m, frozen = cfg["model"], cfg["train"]["freeze_bn"]
     sync_bn = uses_sync_bn(cfg) if sync_bn is None else sync_bn
-    norm_layer, norm_kwargs = nn.BatchNorm, {"use_global_stats": True} if frozen else None
+    norm_layer, norm_kwargs = _norm(cfg)
     devices = len(ctx) if isinstance(ctx, (list, tuple)) else 1
-    if training and not frozen and sync_bn:
+    if not frozen and sync_bn:
         norm_layer = SyncBatchNorm
-    elif training and not frozen and devices > 1:
+    elif not frozen and devices > 1:
         # The devices of one process: MXNet's own SyncBatchNorm, synchronized in-process.
-        norm_layer, norm_kwargs = DeviceSyncBatchNorm, {"num_devices": devices}
+        norm_layer = DeviceSyncBatchNorm
+        norm_kwargs = {"num_devices": devices, "momentum": m["bn_momentum"]}
+    backbone_params = None
+    if m["backbone_params"]:
+        from deeplab.fetch import resolve_params
+        # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
+        # reads parameter files; a failure is raised on every worker, not left in a broadcast.
+        backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
+    return _build(cfg, ctx, norm_layer, norm_kwargs, None,
+                  params if params is not None else m["params"], backbone_params, seed)
+
+
+def evaluation_network(cfg, ctx, output_stride=None, params=None, seed=None):
+    """COLLECTIVE. The config's network for evaluation and inference on `ctx`: plain BN on
+    running statistics, at `output_stride` (default: model.output_stride), its parameters read
+    from `params` (default: model.params) by the main worker and broadcast, or randomly
+    initialized from `seed` when there is neither (benchmarks)."""
+    norm_layer, norm_kwargs = _norm(cfg)
+    return _build(cfg, ctx, norm_layer, norm_kwargs, output_stride,
+                  params if params is not None else cfg["model"]["params"], None, seed)
+
+
+def evaluation_network_of(cfg, net, ctx, output_stride=None):
+    """COLLECTIVE. The evaluation network (plain BN, `output_stride`) of `net`, a network of the
+    same config in training (whose norm layers and output stride may differ): its parameters
+    are copied, no file is read."""
+    norm_layer, norm_kwargs = _norm(cfg)
+    return _build(cfg, ctx, norm_layer, norm_kwargs, output_stride, None, None, None,
+                  copy_from=net)
+
+
+def _norm(cfg):
+    """Plain BN with model.bn_momentum; frozen (running statistics) with train.freeze_bn."""
+    kwargs = {"momentum": cfg["model"]["bn_momentum"]}
+    if cfg["train"]["freeze_bn"]:
+        kwargs["use_global_stats"] = True
+    return nn.BatchNorm, kwargs
+
+
+def _build(cfg, ctx, norm_layer, norm_kwargs, output_stride, params, backbone_params, seed,
+           copy_from=None):
+    """COLLECTIVE. get_model for the config; files read on the main worker only, the result
+    broadcast (or copied from `copy_from`); gamma and beta fixed when BN is frozen."""
+    m = cfg["model"]
     main = dist.is_main()
-    if copy_from is not None:
-        params = backbone_params = None
-    else:
-        params = params if params is not None else m["params"]
-        backbone_params = None
-        if load_backbone and m["backbone_params"]:
-            from deeplab.fetch import resolve_params
-            # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
-            # reads parameter files; a failure is raised on every worker, not left in a broadcast.
-            backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
     net = get_model(
         m["name"], head=m["head"], output_stride=output_stride or m["output_stride"],
         num_classes=m["num_classes"], multi_grid=tuple(m["multi_grid"]),
         head_channels=m["head_channels"], dropout=m["dropout"],
-        vortex_cascade=m["vortex_cascade"], norm_layer=norm_layer, norm_kwargs=norm_kwargs,
+        vortex_cascade=m["vortex_cascade"], vortex_pool_padding=m["vortex_pool_padding"],
+        norm_layer=norm_layer, norm_kwargs=norm_kwargs,
         backbone_params=backbone_params if main else None, params=params if main else None,
         ctx=ctx, seed=seed)
     if copy_from is not None:
         copy_parameters(copy_from, net)
     dist.broadcast_parameters(net.collect_params())
-    if frozen:
+    if cfg["train"]["freeze_bn"]:
         for p in net.collect_params(".*_gamma|.*_beta").values():
             p.grad_req = "null"
     return net

@@ -56,6 +56,15 @@ SCHEMA = {
         "vortex_cascade": K("bool", False,
                             "Vortex Pooling: cascade the poolings (cheaper, same receptive "
                             "fields)"),
+        "vortex_pool_padding": K("choice:exclude|include", "exclude",
+                                 "Vortex Pooling's average pooling near the borders: exclude "
+                                 "the zero padding from each window's mean, or include it (the "
+                                 "seed network's AvgPool2D, for weights trained that way); "
+                                 "docs/model.md"),
+        "bn_momentum": K("float", 0.9,
+                         "BN running statistics: new = momentum * old + (1 - momentum) * batch "
+                         "(MXNet's default; the paper's TensorFlow decay is 0.9997)",
+                         lo=0, hi=1, hi_open=True),
         "backbone_params": K("path", None,
                              "ImageNet weights of the backbone: a .params file, or zoo:NAME "
                              "(e.g. zoo:resnet50_v2, fetched into MXNet's model cache: deeplab "

@@ -23,14 +23,9 @@ and with CONFIG (the same CONFIG and --set as the training run):
 
 Exit code 0 when no check failed (warnings allowed), 1 when one did, 2 for bad flags.
 
-A GPU of compute capability X.Y runs a cubin built for sm_XZ with Z <= Y (binary compatibility
-holds within a major version only), or PTX of any architecture up to X.Y, which the driver
-compiles when the process starts.
-
-Testing aids, for machines without a GPU (CI): DEEPLAB_DOCTOR_FAKE_GPUS replaces the GPU probe
-with GPUs given as NAME:MAJOR.MINOR:MEMORY_GB, comma-separated ("NVIDIA H100 80GB HBM3:9.0:80";
-empty: no GPU), and DEEPLAB_DOCTOR_LIBRARY=FILE is read instead of the installed libmxnet.so.
-In-process tests monkeypatch `gpu_list`, `library_archs` and `horovod_info` instead.
+The GPU code in libmxnet.so is read by deeplab.cudabin. What the doctor asks of the machine
+(MXNet, its library, the GPUs, Horovod) goes through a `Probes` object that `run_checks` and
+`main` take: tests describe another machine by passing their own.
 """
 import argparse
 import collections
@@ -38,22 +33,19 @@ import concurrent.futures
 import csv
 import importlib.util
 import json
-import mmap
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 
+from deeplab import nvml
+from deeplab.cudabin import describe_kernels, library_archs, runs_on, supported_text
+from deeplab.nvml import GPU
 from deeplab.errors import UserError
 
-__all__ = ["Check", "GPU", "Kernels", "FAKE_GPUS_ENV", "LIBRARY_ENV", "NGC_HINT", "cuda_elf_sm",
-           "scan_cuda_binary", "library_archs", "gpu_list", "horovod_info", "mxnet_info",
-           "runs_on", "run_checks", "format_text", "report", "parse_args", "main"]
-
-FAKE_GPUS_ENV = "DEEPLAB_DOCTOR_FAKE_GPUS"
-LIBRARY_ENV = "DEEPLAB_DOCTOR_LIBRARY"
+__all__ = ["Check", "GPU", "Probes", "NGC_HINT", "gpu_list", "horovod_info", "mxnet_info",
+           "run_checks", "format_text", "report", "parse_args", "main"]
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -69,185 +61,8 @@ Check = collections.namedtuple("Check", "name status message notes data")
 Check.__doc__ = """One finding: its name, OK / WARN / FAIL, a one-line message, further lines
 (notes) and the facts behind it for the JSON report (data, a dict)."""
 
-GPU = collections.namedtuple("GPU", "index name memory_mib capability uuid")
-GPU.__doc__ = """A GPU as the driver lists it: index (nvidia-smi's), name, memory in MiB,
-compute capability as (major, minor) or None when the driver does not say, UUID or None."""
-
-Kernels = collections.namedtuple("Kernels", "cubins ptx source")
-Kernels.__doc__ = """The GPU code in a library: SM numbers (major * 10 + minor, e.g. 86) of its
-cubins and of its PTX, sorted tuples; source says how they were read ('cuobjdump' or 'scan')."""
-
-
 def _check(name, status, message, notes=(), /, **data):
     return Check(name, status, message, list(notes), data)
-
-
-# --- GPU code in libmxnet.so -----------------------------------------------------------------
-
-# A CUDA ELF image (cubin) names its SM in e_flags, as LLVM's llvm/BinaryFormat/ELF.h defines it:
-# its number in the low byte (EF_CUDA_SM = 0xff; EF_CUDA_SM80 = 0x50, the decimal 80 for sm_80)
-# under ELFABIVERSION_CUDA_V1 (e_ident[EI_ABIVERSION] 7: CUDA 11.2's cubins in mxnet-cu112), in
-# bits 8-15 (EF_CUDA_SM_MASK = 0xff00) under ELFABIVERSION_CUDA_V2 (8: nvcc 13.0's cubins, sm_80
-# included), whose low byte holds other flags.
-EM_CUDA = 190
-ELFABIVERSION_CUDA_V2 = 8
-EF_CUDA_SM = 0xff
-EF_CUDA_SM_MASK, EF_CUDA_SM_OFFSET = 0xff00, 8
-
-# nvcc embeds device code in fat binary containers (NVIDIA does not document the layout; this is
-# what cuobjdump reads, checked against mxnet-cu112 1.9.1's libmxnet.so and nvcc 13.0's output):
-# a 16-byte header (magic, version 1, header size, size of the entries) and entries, each a
-# header (kind at byte 0: 1 PTX, 2 ELF; its own size at byte 4; the payload's size at byte 8;
-# the SM at byte 28) followed by its payload, often compressed: all 990 cubins of mxnet-cu112
-# are, so scanning that file for ELF headers finds none; the entry headers still name them.
-FATBIN_MAGIC = 0xBA55ED50
-FATBIN_PTX, FATBIN_ELF = 1, 2
-FATBIN_ENTRY = 64  # the smallest entry header
-
-_PTX_TEXT = re.compile(rb"\.version\s+\d+\.\d+\s+\.target\s+sm_(\d+)")
-
-
-def _plausible_sm(sm):
-    return 10 <= sm <= 250
-
-
-def cuda_elf_sm(header):
-    """The SM number (major * 10 + minor) of the CUDA ELF image whose first bytes are `header`,
-    or None if they are not those of a CUDA ELF image."""
-    header = bytes(header[:64])
-    if len(header) < 52 or header[:4] != b"\x7fELF" or header[5] != 1:  # little-endian only
-        return None
-    flags_at = {1: 36, 2: 48}.get(header[4])  # ELF32 / ELF64
-    if flags_at is None or struct.unpack_from("<H", header, 18)[0] != EM_CUDA:
-        return None
-    flags = struct.unpack_from("<I", header, flags_at)[0]
-    if header[8] >= ELFABIVERSION_CUDA_V2:
-        sm = (flags & EF_CUDA_SM_MASK) >> EF_CUDA_SM_OFFSET
-    else:
-        sm = flags & EF_CUDA_SM
-    return sm if _plausible_sm(sm) else None
-
-
-def _read_fatbin(m, at, cubins, ptx):
-    """Adds the SMs of the container at offset `at` of `m`; returns its end, or None if `at`
-    does not start a container."""
-    if at + 16 > len(m):
-        return None
-    _, version, header_size, size = struct.unpack_from("<IHHQ", m, at)
-    end = at + header_size + size
-    if version != 1 or header_size < 16 or end > len(m):
-        return None
-    entry = at + header_size
-    while entry + FATBIN_ENTRY <= end:
-        kind, _, entry_size, payload_size = struct.unpack_from("<HHIQ", m, entry)
-        sm = struct.unpack_from("<I", m, entry + 28)[0]
-        payload = entry + entry_size
-        if entry_size < FATBIN_ENTRY or payload + payload_size > end:
-            break  # not an entry header: the rest of this container is not readable
-        if kind == FATBIN_PTX and _plausible_sm(sm):
-            ptx.add(sm)
-        elif kind == FATBIN_ELF:
-            # An uncompressed cubin names its SM itself; a compressed one only in the entry.
-            sm = cuda_elf_sm(m[payload:payload + 64]) or sm
-            if _plausible_sm(sm):
-                cubins.add(sm)
-        entry = payload + payload_size
-    return end
-
-
-def scan_cuda_binary(path):
-    """The GPU code in the file `path`, read without NVIDIA's tools: the entries of its fat
-    binary containers, CUDA ELF images outside them, and plain PTX text (`.version` then
-    `.target sm_XY`). Returns Kernels; raises OSError if the file cannot be read."""
-    cubins, ptx = set(), set()
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return Kernels((), (), "scan")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            magic = struct.pack("<I", FATBIN_MAGIC)
-            at = m.find(magic)
-            while at != -1:
-                end = _read_fatbin(m, at, cubins, ptx)
-                at = m.find(magic, end if end else at + 4)
-            at = m.find(b"\x7fELF")
-            while at != -1:
-                sm = cuda_elf_sm(m[at:at + 64])
-                if sm:
-                    cubins.add(sm)
-                at = m.find(b"\x7fELF", at + 4)
-            at = m.find(b".version")
-            while at != -1:
-                match = _PTX_TEXT.match(m, at)
-                if match and _plausible_sm(int(match.group(1))):
-                    ptx.add(int(match.group(1)))
-                at = m.find(b".version", at + 8)
-    return Kernels(tuple(sorted(cubins)), tuple(sorted(ptx)), "scan")
-
-
-def _cuobjdump(path, exe):
-    """Kernels as `cuobjdump --list-elf` / `--list-ptx` name them (FILE.N.sm_XY.cubin / .ptx),
-    or None if cuobjdump fails."""
-    found = {"--list-elf": set(), "--list-ptx": set()}
-    for flag, sms in found.items():
-        try:
-            proc = subprocess.run([exe, flag, path], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if proc.returncode != 0 and "does not contain device code" not in proc.stdout:
-            return None
-        sms.update(int(n) for n in re.findall(r"\.sm_(\d+)[a-z]?\.(?:cubin|ptx)\b",
-                                              proc.stdout))
-    return Kernels(tuple(sorted(found["--list-elf"])), tuple(sorted(found["--list-ptx"])),
-                   "cuobjdump")
-
-
-def library_archs(path):
-    """The GPU code libmxnet.so (or any CUDA binary) at `path` carries: `cuobjdump` when it is
-    on the PATH, else `scan_cuda_binary`. Raises OSError if the file cannot be read."""
-    exe = shutil.which("cuobjdump")
-    if exe:
-        kernels = _cuobjdump(path, exe)
-        if kernels is not None:
-            return kernels
-    return scan_cuda_binary(path)
-
-
-def _sm_names(sms, prefix="sm_"):
-    return ", ".join("%s%d" % (prefix, s) for s in sms)
-
-
-def describe_kernels(kernels):
-    """'kernels for sm_80, sm_86; PTX for compute_80' / '...; no PTX'."""
-    text = "kernels for %s" % (_sm_names(kernels.cubins) or "no architecture")
-    return text + ("; PTX for %s" % _sm_names(kernels.ptx, "compute_") if kernels.ptx
-                   else "; no PTX")
-
-
-def supported_text(kernels):
-    """The compute capabilities a build runs on, e.g. '5.x, 6.x, 7.x, 8.x; nothing newer'."""
-    parts = []
-    for major in sorted({s // 10 for s in kernels.cubins}):
-        low = min(s % 10 for s in kernels.cubins if s // 10 == major)
-        parts.append("%d.x" % major if low == 0 else "%d.%d-%d.x" % (major, low, major))
-    if kernels.ptx:
-        low = min(kernels.ptx)
-        parts.append("any of %d.%d or newer through PTX" % (low // 10, low % 10))
-    elif kernels.cubins:
-        parts[-1] += "; nothing newer (no PTX)"
-    return "runs on compute capability " + ", ".join(parts)
-
-
-def runs_on(capability, kernels):
-    """How a GPU of `capability` (major, minor) runs this code: 'sm_XY' (a cubin of its major
-    with a minor up to its own), 'compute_XY' (PTX up to its capability, compiled by the
-    driver), or None (it cannot)."""
-    major, minor = capability
-    same = [s for s in kernels.cubins if s // 10 == major and s % 10 <= minor]
-    if same:
-        return "sm_%d" % max(same)
-    lower = [s for s in kernels.ptx if s <= major * 10 + minor]
-    return "compute_%d" % max(lower) if lower else None
 
 
 # --- probes ----------------------------------------------------------------------------------
@@ -278,46 +93,6 @@ def find_library():
         if os.path.isfile(path):
             return path
     return None
-
-
-def _parse_fake_gpus(text):
-    gpus = []
-    for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
-        try:
-            name, cap, mem = item.rsplit(":", 2)
-            major, minor = (int(x) for x in cap.split("."))
-            memory = int(float(mem) * 1024)
-        except ValueError:
-            raise UserError("$%s: %r must look like NAME:MAJOR.MINOR:MEMORY_GB, e.g. "
-                            "'NVIDIA H100 80GB HBM3:9.0:80'" % (FAKE_GPUS_ENV, item)) from None
-        gpus.append(GPU(i, name, memory, (major, minor), None))
-    return gpus
-
-
-def _nvml_gpus():
-    """GPUs through NVML (the nvidia-ml-py package's pynvml), or None if it is not usable."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: B902 - not installed, no driver (NVMLError_LibraryNotFound), ...
-        return None
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name, uuid = pynvml.nvmlDeviceGetName(h), pynvml.nvmlDeviceGetUUID(h)
-            gpus.append(GPU(i, name.decode() if isinstance(name, bytes) else name,
-                            pynvml.nvmlDeviceGetMemoryInfo(h).total // 2 ** 20,
-                            tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h)),
-                            uuid.decode() if isinstance(uuid, bytes) else uuid))
-        return gpus
-    except Exception:  # noqa: B902 - a driver that fails a query: let nvidia-smi try
-        return None
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: B902
-            pass
 
 
 def _smi_gpus():
@@ -366,27 +141,22 @@ def _visible(gpus):
 
 
 def gpu_list():
-    """The GPUs this process can see: $DEEPLAB_DOCTOR_FAKE_GPUS if set, else NVML, else
-    nvidia-smi; [] when neither is there (no driver)."""
-    fake = os.environ.get(FAKE_GPUS_ENV)
-    if fake is not None:
-        return _parse_fake_gpus(fake)
-    gpus = _nvml_gpus()
+    """The GPUs this process can see: NVML's, else nvidia-smi's; [] when neither is there (no
+    driver)."""
+    gpus = nvml.gpus()
     if gpus is None:
         gpus = _smi_gpus()
     return _visible(gpus or [])
 
 
-def _gpu_sources():
+def gpu_sources():
     """Where the GPU probe looked, for the message when it found none."""
-    if os.environ.get(FAKE_GPUS_ENV) is not None:
-        return "$%s" % FAKE_GPUS_ENV
-    nvml = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
-            else "nvidia-ml-py not installed")
+    driver = ("nvidia-ml-py finds no NVIDIA driver" if importlib.util.find_spec("pynvml")
+              else "nvidia-ml-py not installed")
     smi = "nvidia-smi lists none" if shutil.which("nvidia-smi") else "nvidia-smi not on the PATH"
     hidden = ("; CUDA_VISIBLE_DEVICES=%r" % os.environ["CUDA_VISIBLE_DEVICES"]
               if "CUDA_VISIBLE_DEVICES" in os.environ else "")
-    return "%s, %s%s" % (nvml, smi, hidden)
+    return "%s, %s%s" % (driver, smi, hidden)
 
 
 # Run in a child process: a Horovod whose MXNet extension was built against another MXNet can
@@ -435,6 +205,33 @@ def horovod_info():
         else:
             info["error"] = error
     return info
+
+
+class Probes:
+    """What the doctor asks of this machine, one method per probe. `run_checks` and `main` take
+    an instance; a test passes a subclass answering for the machine it describes."""
+
+    def mxnet(self):
+        """See mxnet_info."""
+        return mxnet_info()
+
+    def library(self, mx):
+        """(path, other): the library whose GPU code is read (None if not found), and whether it
+        is another file than the one MXNet loaded, whose build features then do not describe
+        it. Here: MXNet's own libmxnet.so, found without importing MXNet if that fails."""
+        return mx.get("library") or find_library(), False
+
+    def gpus(self):
+        """See gpu_list."""
+        return gpu_list()
+
+    def gpu_sources(self):
+        """See gpu_sources."""
+        return gpu_sources()
+
+    def horovod(self):
+        """See horovod_info."""
+        return horovod_info()
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -668,6 +465,8 @@ def _divisors(n):
 
 
 def _batch_check(cfg, workers, gpus):
+    from deeplab.dist.runtime import sync_bn_requested
+
     t, dist = cfg["train"], cfg["dist"]
     batch = t["batch_size"]
     counts = ", ".join(str(d) for d in _divisors(batch))
@@ -683,7 +482,10 @@ def _batch_check(cfg, workers, gpus):
     per = batch // n
     notes = []
     status = OK
-    if per == 1 and not t["freeze_bn"] and (not dist["sync_bn"] or dist["backend"] == "ps"):
+    # Synchronized when requested, unless the config names the parameter server (which keeps
+    # per-worker statistics by design); the launcher (Horovod or not) is not known here.
+    if per == 1 and not t["freeze_bn"] and not (sync_bn_requested(cfg)
+                                                and dist["backend"] != "ps"):
         status = WARN
         notes.append("BN trained on 1 image per worker without synchronized BN: set "
                      "dist.sync_bn=true and run under Horovod")
@@ -692,10 +494,10 @@ def _batch_check(cfg, workers, gpus):
                   workers=n, per_worker=per)
 
 
-def _gpus_check(gpus, cuda):
+def _gpus_check(gpus, cuda, sources):
     if not gpus:
         return _check("gpus", WARN if cuda else OK, "no GPU visible (%s)%s" % (
-            _gpu_sources(), ": this CUDA build of MXNet would train on the CPU" if cuda else ""),
+            sources(), ": this CUDA build of MXNet would train on the CPU" if cuda else ""),
             gpus=[])
     data = [dict(index=g.index, name=g.name, memory_mib=g.memory_mib, uuid=g.uuid,
                  compute_capability="%d.%d" % g.capability if g.capability else None)
@@ -706,20 +508,24 @@ def _gpus_check(gpus, cuda):
     return _check("gpus", OK, "%d visible" % len(gpus), notes, gpus=data)
 
 
-def run_checks(config=None, overrides=(), workers=None):
-    """Every check, in order; see the module docstring. Returns a list of Check."""
+def run_checks(config=None, overrides=(), workers=None, probes=None):
+    """Every check, in order; see the module docstring. Returns a list of Check.
+
+    Args:
+        probes: what to ask of the machine (default: Probes(), this machine).
+    """
+    probes = probes or Probes()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # The Horovod probe, a child process that imports MXNet too, runs meanwhile.
-        horovod = pool.submit(horovod_info)
-        mx = mxnet_info()
+        horovod = pool.submit(probes.horovod)
+        mx = probes.mxnet()
         cuda = bool((mx.get("features") or {}).get("CUDA"))
-        overridden = os.environ.get(LIBRARY_ENV)
-        library = overridden or mx.get("library") or find_library()
-        kernels, kernels_check = _kernels_check(library, mx, bool(overridden))
-        gpus = gpu_list()
-        checks = [_mxnet_check(mx), kernels_check, _gpus_check(gpus, cuda)]
-        # MXNet's features describe the installed library, not $DEEPLAB_DOCTOR_LIBRARY's.
-        checks += _gpu_checks(gpus, kernels, cuda and not overridden)
+        library, other = probes.library(mx)
+        kernels, kernels_check = _kernels_check(library, mx, other)
+        gpus = probes.gpus()
+        checks = [_mxnet_check(mx), kernels_check, _gpus_check(gpus, cuda, probes.gpu_sources)]
+        # MXNet's features describe the library it loaded, not another one read instead.
+        checks += _gpu_checks(gpus, kernels, cuda and not other)
         checks.append(_horovod_check(horovod.result(), gpus))
     if config is not None:
         checks += _config_checks(config, overrides, workers, gpus, mx)
@@ -749,8 +555,8 @@ def _config_checks(config, overrides, workers, gpus, mx):
 
 
 def _cycle_check(cfg, gpus):
-    """The negotiation cycle Horovod workers of this config start with (engine/build.py)."""
-    from deeplab.build import horovod_cycle_time, sync_bn_requested
+    """The negotiation cycle Horovod workers of this config start with (dist/runtime.py)."""
+    from deeplab.dist.runtime import horovod_cycle_time, sync_bn_requested
 
     ms = horovod_cycle_time(cfg, len(gpus))
     env = os.environ.get("HOROVOD_CYCLE_TIME")
@@ -803,8 +609,9 @@ def parse_args(argv=None):
     return args
 
 
-def main(args):
-    checks = run_checks(args.config, args.overrides, args.workers)
+def main(args, probes=None):
+    """Runs the checks (asking `probes`, default this machine's) and prints them."""
+    checks = run_checks(args.config, args.overrides, args.workers, probes)
     if args.json:
         print(json.dumps(report(checks), indent=2))
     else:

@@ -20,7 +20,7 @@ from deeplab.utils import write_json
 
 from deeplab.workdir import lock_if_run
 
-from .build import build_dataset, build_model, on_main
+from .build import build_dataset, evaluation_network, on_main
 
 __all__ = ["predict", "evaluate", "results_dict", "format_results", "format_class_table",
            "run_evaluation", "parse_args", "main"]
@@ -190,8 +190,7 @@ def main(args):
         if args.out else None
     try:
         # The checkpoint replaces every parameter, so the backbone file is not read.
-        net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint,
-                          load_backbone=False)
+        net = evaluation_network(cfg, ctx, output_stride=stride, params=args.checkpoint)
         if args.out and dist.is_main():
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,

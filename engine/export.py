@@ -31,7 +31,7 @@ from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
 from deeplab.utils import atomic_write, disk_errors, positive_int, write_json
 
-from .build import build_model
+from .build import evaluation_network
 
 __all__ = ["StaticSizeNet", "export", "preprocessing", "parse_args", "main"]
 
@@ -204,8 +204,8 @@ def main(args):
     size = tuple(args.size) if args.size else (cfg["data"]["crop_size"],) * 2
     # The files do not depend on the device: build on the CPU, as a single process (no
     # dist.init: exporting is not a distributed job).
-    net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=args.checkpoint,
-                      load_backbone=False)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg),
+                             params=args.checkpoint)
     files = export(net, prefix, size, onnx=args.onnx)
     write_json(prefix + "-preprocessing.json", preprocessing(cfg, size, _class_names(cfg)))
     files.insert(2, prefix + "-preprocessing.json")  # after the symbol's two files

@@ -26,7 +26,7 @@ from deeplab.errors import DatasetError, ParamsError, UserError
 from deeplab.logger import format_duration, run_logger
 from deeplab.utils import atomic_write, positive_int
 
-from .build import build_model, dataset_classes, on_main
+from .build import dataset_classes, evaluation_network, on_main
 from .evaluate import predict, progress
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_images", "check_out", "plan_batches", "segment",
@@ -231,8 +231,7 @@ def main(args):
     ctx = dist.context()
     stride = eval_stride(cfg)
     # The checkpoint replaces every parameter, so the backbone file is not read.
-    net = build_model(cfg, ctx, output_stride=stride, params=args.checkpoint,
-                      load_backbone=False)
+    net = evaluation_network(cfg, ctx, output_stride=stride, params=args.checkpoint)
     if cfg["train"]["hybridize"]:
         net.hybridize()
     os.makedirs(args.out, exist_ok=True)  # by every worker: hosts need not share a file system

@@ -126,11 +126,18 @@ class RunInfo:
 
 
 def memory_bytes(ctx):
-    """Memory in use by this worker: on a GPU, the device's in use (MXNet's pool included); on
-    the CPU, the process's resident set."""
+    """Memory in use by this worker: on a GPU, what NVML says this process holds over every GPU,
+    else (no NVML, or a container's PID namespace hides the process) the device's memory in use
+    as MXNet reports it (other processes and MXNet's pool included); on the CPU, the process's
+    resident set."""
     if ctx.device_type == "gpu":
         import mxnet as mx
 
+        from deeplab import nvml
+
+        used = nvml.process_memory(os.getpid())
+        if used is not None:
+            return used
         free, total = mx.context.gpu_memory_info(ctx.device_id)
         return total - free
     with open("/proc/self/statm") as f:

@@ -29,16 +29,18 @@ from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
 from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
+from deeplab.dist.runtime import start_workers, uses_sync_bn
 from deeplab.errors import Interrupted, Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
+from deeplab.precision import amp_dtype, enable_amp
 from deeplab.record import RunInfo, RunRecord, memory_bytes
 from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resumable, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
-from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
-                    start_workers, uses_sync_bn)
+from .build import (bn_mode, build_dataset, copy_parameters, evaluation_network,
+                    evaluation_network_of, on_main, training_network)
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
@@ -77,46 +79,6 @@ def make_optimizer_params(net, cfg):
 StepResult = collections.namedtuple("StepResult", "loss count confusion stop diverged")
 
 
-_AMP = {"dtype": None}
-
-
-def enable_amp(ctx):
-    """Turns on MXNet's automatic mixed precision for this process, before any network is
-    built: float16 with dynamic loss scaling on a GPU, bfloat16 (MKL-DNN) on the CPU. Returns
-    the low-precision type. Idempotent."""
-    if _AMP["dtype"]:
-        return _AMP["dtype"]
-    from mxnet.contrib import amp
-    from mxnet.contrib.amp.lists import symbol_bf16, symbol_fp16
-
-    from deeplab.dist import fastbn
-
-    dtype = "float16" if ctx.device_type == "gpu" else "bfloat16"
-    lists = symbol_fp16 if dtype == "float16" else symbol_bf16
-    # mx.library.load regenerates MXNet's operator functions, dropping the casting wrappers that
-    # amp.init puts on them: a later load (synchronized BN's fused CPU kernels, loaded by its
-    # first layer) silently turned AMP off. Load them first, and have AMP give them float32,
-    # their one type.
-    if ctx.device_type == "cpu" and fastbn.load():
-        lists.FP32_FUNCS.extend(op for op in fastbn.OPS if op not in lists.FP32_FUNCS)
-    if dtype == "bfloat16":
-        # MXNet 1.9's bfloat16 lists call Concat type-neutral, so ASPP's concat of bfloat16
-        # convolution outputs with its float32 image-pooling branch fails; float16's lists cast
-        # Concat's inputs to the widest type, which is what this network needs.
-        for name in ("Concat", "concat"):
-            if name in symbol_bf16.BF16_FP32_FUNCS:
-                symbol_bf16.BF16_FP32_FUNCS.remove(name)
-                symbol_bf16.WIDEST_TYPE_CASTS.append(name)
-    amp.init(target_dtype=dtype)
-    _AMP["dtype"] = dtype
-    return dtype
-
-
-def amp_dtype():
-    """The low-precision type AMP runs in this process ('float16', 'bfloat16'), or None."""
-    return _AMP["dtype"]
-
-
 def train_step(net, trainer, data, label, ctx, lr, stop=None, diverged=False):
     """COLLECTIVE. One SGD step on this worker's slice of the global batch, on device `ctx` or
     split evenly over the devices of the list `ctx` (their gradients are summed in-process).
@@ -152,7 +114,7 @@ def train_step(net, trainer, data, label, ctx, lr, stop=None, diverged=False):
         logits = [net(x) for x in datas]
         losses = [cross_entropy_sum(mx.nd, z, y) for z, y in zip(logits, labels)]
         shares = [loss / max(count, 1.0) for loss in losses]
-    if _AMP["dtype"] == "float16":  # dynamic loss scaling: float16 gradients underflow
+    if amp_dtype() == "float16":  # dynamic loss scaling: float16 gradients underflow
         from mxnet.contrib import amp
 
         with amp.scale_loss(shares, trainer.trainer) as scaled:
@@ -242,7 +204,7 @@ class PeriodicEvaluator:
         """COLLECTIVE. Evaluates the network in training; returns the scores."""
         cfg, ctx = self.cfg, dist.context()
         if self.net is None:
-            self.net = build_model(cfg, ctx, output_stride=eval_stride(cfg), copy_from=net)
+            self.net = evaluation_network_of(cfg, net, ctx, output_stride=eval_stride(cfg))
             self.dataset = build_dataset(cfg, "val")
             if cfg["train"]["hybridize"]:
                 self.net.hybridize()
@@ -416,15 +378,15 @@ def build_training(cfg, ctx, resume_from, log):
     """COLLECTIVE. The network, its distributed trainer and the first iteration to run.
 
     Horovod's order: build and fully initialize, broadcast worker 0's parameters (inside
-    build_model; when resuming they are the checkpoint's), then the distributed trainer.
+    training_network; when resuming they are the checkpoint's), then the distributed trainer.
     """
     t = cfg["train"]
-    net = build_model(cfg, ctx, params=resume_from["params"] if resume_from else None,
-                      seed=t["seed"], training=True)
+    net = training_network(cfg, ctx, params=resume_from["params"] if resume_from else None,
+                           seed=t["seed"])
     trainer = dist.make_trainer(net.collect_params(), "sgd", make_optimizer_params(net, cfg),
                                 fp16_compression=cfg["dist"]["fp16_compression"],
                                 num_groups=cfg["dist"]["num_groups"])
-    if _AMP["dtype"] == "float16":
+    if amp_dtype() == "float16":
         from mxnet.contrib import amp
 
         amp.init_trainer(trainer.trainer)
@@ -435,9 +397,11 @@ def build_training(cfg, ctx, resume_from, log):
         trainer.load_states(resume_from["states"])
         start = resume_from["iteration"]
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
-    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s",
+    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s",
              dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
-             ", mixed precision (%s)" % _AMP["dtype"] if _AMP["dtype"] else "")
+             ", mixed precision (%s)" % amp_dtype() if amp_dtype() else "",
+             ", %d devices per worker (%s)" % (len(ctx), ", ".join(map(str, ctx)))
+             if len(ctx) > 1 else "")
     if t["hybridize"]:
         # MXNet's static allocation does not support custom operators (SyncBatchNorm's).
         net.hybridize(static_alloc=not uses_sync_bn(cfg))
@@ -582,8 +546,8 @@ def run_training(cfg, args, lock, resume_from, watchdog):
             # one may hold synchronized BN, a custom operator per layer), at the evaluation
             # stride (which changes dilations and head rates, not the parameters).
             with watchdog.extend(4 * cfg["dist"]["stall_timeout"], "the final evaluation"):
-                net = build_model(cfg, dist.context(), output_stride=stride, params=final,
-                                  load_backbone=False)
+                net = evaluation_network(cfg, dist.context(), output_stride=stride,
+                                         params=final)
                 results = run_evaluation(net, cfg, dist.context(), stride,
                                          os.path.abspath(final),
                                          os.path.join(workdir, "results.json"), log=log,

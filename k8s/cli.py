@@ -60,22 +60,25 @@ def parse_args(argv=None):
     r.add_argument("--name", help="job name (default: from the config file name)")
     r.add_argument("--servers", type=int,
                    help="parameter servers (--backend ps; default: --nodes)")
-    r.add_argument("--data-subdir", default="voc",
+    defaults = render_mod.DEFAULTS
+    r.add_argument("--data-subdir", default=defaults["data_subdir"],
                    help="dataset directory inside the PVC, becomes data.root=%s/SUBDIR unless "
-                        "--set data.root is given (default: voc; unused for synthetic data)"
-                        % MOUNT)
-    r.add_argument("--shm-size", default="8Gi",
-                   help="size of the memory-backed /dev/shm of training pods (default 8Gi)")
-    r.add_argument("--grace-period", type=int, default=300,
+                        "--set data.root is given (default: %s; unused for synthetic data)"
+                        % (MOUNT, defaults["data_subdir"]))
+    r.add_argument("--shm-size", default=defaults["shm_size"],
+                   help="size of the memory-backed /dev/shm of training pods (default %s)"
+                        % defaults["shm_size"])
+    r.add_argument("--grace-period", type=int, default=defaults["grace_period"],
                    help="terminationGracePeriodSeconds: time to checkpoint after SIGTERM "
-                        "(default 300)")
+                        "(default %d)" % defaults["grace_period"])
     r.add_argument("--backoff-limit", type=int, default=None,
                    help="--backend horovod: MPIJob runPolicy.backoffLimit, launcher restarts that "
-                        "each resume from the newest checkpoint (default 3)")
-    r.add_argument("--command", default="train", choices=render_mod.COMMANDS,
-                   help="what the pods run (default train); bench writes %s/runs/JOB/bench.json, "
+                        "each resume from the newest checkpoint (default %d)"
+                        % render_mod.HOROVOD_BACKOFF_LIMIT)
+    r.add_argument("--command", default=defaults["command"], choices=render_mod.COMMANDS,
+                   help="what the pods run (default %s); bench writes %s/runs/JOB/bench.json, "
                         "eval %s/runs/JOB/results.json, predict %s/runs/JOB/predictions/"
-                        % (MOUNT, MOUNT, MOUNT))
+                        % (defaults["command"], MOUNT, MOUNT, MOUNT))
     r.add_argument("--checkpoint",
                    help="--command eval|predict: the .params file on the PVC, e.g. "
                         "%s/runs/JOB/final.params" % MOUNT)

@@ -645,7 +645,7 @@ def _normalize(args):
     for key in LISTS:
         a[key] = list(a.get(key) or [])
     if a["backoff_limit"] is None and a["backend"] == "horovod":
-        a["backoff_limit"] = 3
+        a["backoff_limit"] = HOROVOD_BACKOFF_LIMIT
     if a["name"] is None:
         a["name"] = default_name(a["config"])
     if a["backend"] == "ps" and a["servers"] is None:
@@ -653,7 +653,9 @@ def _normalize(args):
     return a
 
 
+# The render options' defaults, for `deeplab k8s render` and the Python API alike.
 DEFAULTS = {"command": "train", "data_subdir": "voc", "shm_size": "8Gi", "grace_period": 300}
+HOROVOD_BACKOFF_LIMIT = 3  # --backoff-limit's default under --backend horovod
 LISTS = ("overrides", "inputs", "command_args", "env", "node_selector", "tolerations",
          "image_pull_secrets", "allow_egress")
 
@@ -738,12 +740,12 @@ def render_command(args, root=None):
            "--image", a["image"], "--data-pvc", a["data_pvc"], "--name", a["name"]]
     if a["backend"] == "ps":
         cmd += ["--servers", str(a["servers"])]
-    for flag, key, default in (("--data-subdir", "data_subdir", "voc"),
-                               ("--shm-size", "shm_size", "8Gi"),
-                               ("--grace-period", "grace_period", 300),
-                               ("--backoff-limit", "backoff_limit", 3 if a["backend"] == "horovod"
-                                else None),
-                               ("--command", "command", "train"),
+    for flag, key, default in (("--data-subdir", "data_subdir", DEFAULTS["data_subdir"]),
+                               ("--shm-size", "shm_size", DEFAULTS["shm_size"]),
+                               ("--grace-period", "grace_period", DEFAULTS["grace_period"]),
+                               ("--backoff-limit", "backoff_limit", HOROVOD_BACKOFF_LIMIT
+                                if a["backend"] == "horovod" else None),
+                               ("--command", "command", DEFAULTS["command"]),
                                ("--checkpoint", "checkpoint", None),
                                ("--resume-from", "resume_from", None),
                                ("--cpu", "cpu", None), ("--memory", "memory", None),

@@ -4,7 +4,7 @@ import mxnet as mx
 from mxnet.gluon import nn
 
 from .backbone import BACKBONES, CLASSIFIER_KEYS, get_backbone
-from .heads import HEADS
+from .heads import HEADS, POOL_PADDING
 from .params import load_params
 
 __all__ = ["DeepLabV3", "get_model", "MODELS"]
@@ -41,8 +41,8 @@ class DeepLabV3(nn.HybridBlock):
 
 
 def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1, 2, 4),
-              head_channels=256, dropout=0.0, vortex_cascade=False, norm_layer=nn.BatchNorm,
-              norm_kwargs=None,
+              head_channels=256, dropout=0.0, vortex_cascade=False,
+              vortex_pool_padding="exclude", norm_layer=nn.BatchNorm, norm_kwargs=None,
               backbone_params=None, params=None, ctx=None, seed=None):
     """Builds and fully initializes a DeepLabV3 model.
 
@@ -58,6 +58,9 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         head_channels: channels of the head's branches (256 in the paper).
         dropout: dropout before the classifier (0: none, as in the paper).
         vortex_cascade: the Vortex head's cascaded pooling (see VortexHead).
+        vortex_pool_padding: the Vortex head's average pooling near borders: 'exclude' the
+            zero padding from each window's mean, or 'include' it (the seed network's
+            convention; see VortexHead). The ASPP head has no such pooling and ignores it.
         norm_layer, norm_kwargs: normalisation layer and its arguments, e.g. a synchronized BN.
         backbone_params: a classification `.params` file for the backbone (e.g. Gluon model zoo
             `resnet50_v2-ecdde353.params`, GluonCV `resnet50_v1b-0ecdba34.params`).
@@ -75,7 +78,12 @@ def get_model(name, head="aspp", output_stride=16, num_classes=21, multi_grid=(1
         raise ValueError("vortex_cascade applies to head 'vortex', not %r" % (head,))
     norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
     backbone = get_backbone(name[len("deeplabv3_"):], output_stride, multi_grid, **norm)
-    extra = {"cascade": True} if vortex_cascade else {}
+    if vortex_pool_padding not in POOL_PADDING:
+        raise ValueError("vortex_pool_padding must be one of %s, got %r"
+                         % (", ".join(POOL_PADDING), vortex_pool_padding))
+    extra = {}
+    if head == "vortex":
+        extra = {"cascade": vortex_cascade, "pool_padding": vortex_pool_padding}
     decode = HEADS[head](backbone.out_channels, head_channels, num_classes, output_stride,
                          dropout=dropout, **extra, **norm)
     net = DeepLabV3(backbone, decode)

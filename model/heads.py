@@ -7,7 +7,7 @@ the classifier (as mmsegmentation's BaseDecodeHead does); a head adds only its b
 from mxnet.gluon import nn
 
 __all__ = ["DecodeHead", "ASPPHead", "VortexHead", "HEADS", "ConvBNReLU", "ImagePooling",
-           "box_average"]
+           "box_average", "POOL_PADDING"]
 
 
 class ConvBNReLU(nn.HybridSequential):
@@ -108,28 +108,42 @@ def _in_image_counts(F, x, axis, size):
     return 1 + F.minimum(i, r) + F.minimum(F.reverse(i, axis=0), r)
 
 
-def box_average(F, x, size):
-    """Mean over the in-image part of each size x size window (stride 1, same output size): the
-    average pooling of `count_include_pad=False`.
+POOL_PADDING = ("exclude", "include")
 
-    Computed one axis at a time, as window averages of the explicitly zero-padded map scaled by
-    size^2 over the window's in-image pixel count: exact, since both the window sum and the
-    count factor over the two axes. The padding is an explicit `pad`, not the pooling's own:
-    with a pad of half a large window (13 for 27, 27 for 55), MKL-DNN leaves its vectorized
-    kernel for a generic one (on the blocked layout the backbone hands over, its reference
-    kernel), which made a whole training step 1.6x (output stride 16) to 3.5x (8) slower; a
-    valid pooling took the vectorized kernel at every size measured. Size 3 (pad 1) keeps the
-    direct pooling, also vectorized. benchmarks/vortex_pooling.py compares the formulations.
+
+def box_average(F, x, size, padding="exclude"):
+    """Mean over each size x size window (stride 1, same output size, zero padding of size // 2).
+
+    Args:
+        padding: 'exclude' averages over the in-image part of the window (the average pooling
+            of `count_include_pad=False`); 'include' divides every window's sum by size^2,
+            counting the zero padding (`count_include_pad=True`, MXNet's and Gluon's
+            `AvgPool2D` default, the seed network's pooling).
+
+    Computed one axis at a time, as window averages of the explicitly zero-padded map (that is
+    'include'), for 'exclude' scaled by size^2 over the window's in-image pixel count: exact,
+    since both the window sum and the count factor over the two axes. The padding is an
+    explicit `pad`, not the pooling's own: with a pad of half a large window (13 for 27, 27 for
+    55), MKL-DNN leaves its vectorized kernel for a generic one (on the blocked layout the
+    backbone hands over, its reference kernel), which made a whole training step 1.6x (output
+    stride 16) to 3.5x (8) slower; a valid pooling took the vectorized kernel at every size
+    measured. Size 3 (pad 1) keeps the direct pooling, also vectorized.
+    benchmarks/vortex_pooling.py compares the formulations.
     """
+    if padding not in POOL_PADDING:
+        raise ValueError("pooling padding must be one of %s, got %r"
+                         % (", ".join(POOL_PADDING), padding))
     if size <= 3:
         return F.Pooling(x, kernel=(size, size), stride=(1, 1), pad=(size // 2, size // 2),
-                         pool_type="avg", count_include_pad=False)
+                         pool_type="avg", count_include_pad=padding == "include")
     r = size // 2
     kw = dict(stride=(1, 1), pool_type="avg", pooling_convention="valid")
     y = F.pad(x, mode="constant", pad_width=(0, 0, 0, 0, r, r, 0, 0))
     y = F.Pooling(y, kernel=(size, 1), **kw)
     y = F.pad(y, mode="constant", pad_width=(0, 0, 0, 0, 0, 0, r, r))
     y = F.Pooling(y, kernel=(1, size), **kw)
+    if padding == "include":
+        return y
     counts = F.broadcast_mul(F.reshape(_in_image_counts(F, x, 2, size), (1, 1, -1, 1)),
                              F.reshape(_in_image_counts(F, x, 3, size), (1, 1, 1, -1)))
     return F.broadcast_mul(y, F.BlockGrad(float(size * size) / counts))
@@ -149,10 +163,18 @@ class VortexHead(DecodeHead):
             27x27 window costs 9 taps instead of 729. It equals direct pooling inside the image
             at output stride 16 but not near borders (zero padding) nor at output stride 8
             (overlapping windows), so it is a different model: train and evaluate with the same.
+        pool_padding: 'exclude' (default) averages over the in-image part of each window;
+            'include' counts the zero padding, as the seed network's `AvgPool2D` does (for
+            weights trained that way). Near the borders of a 33x33 map a 27x27 window differs
+            by up to 3.7x between the two. See box_average.
     """
 
     def __init__(self, in_channels, channels, num_classes, pool_sizes=(3, 9, 27),
-                 rates=(3, 9, 27), cascade=False, **kwargs):
+                 rates=(3, 9, 27), cascade=False, pool_padding="exclude", **kwargs):
+        if pool_padding not in POOL_PADDING:
+            raise ValueError("vortex pool_padding must be one of %s, got %r"
+                             % (", ".join(POOL_PADDING), pool_padding))
+        self.pool_padding = pool_padding
         if len(pool_sizes) != len(rates):
             raise ValueError("vortex pool_sizes %r and rates %r must have the same length"
                              % (pool_sizes, rates))
@@ -177,7 +199,7 @@ class VortexHead(DecodeHead):
                                      num_filter=self.in_channels, num_group=self.in_channels,
                                      no_bias=True)
             else:
-                prev = box_average(F, x, k)
+                prev = box_average(F, x, k, self.pool_padding)
             prev_k = k
             pooled.append(prev)
         return [x, x] + pooled

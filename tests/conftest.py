@@ -1,4 +1,8 @@
-"""Shared helpers for tests that start worker processes (Horovod, the parameter server)."""
+"""Shared helpers for tests that start worker processes (Horovod, the parameter server), and
+the test tiers: every test is marked `unit` (in-process, seconds) or `multiproc` (starts worker
+processes) by the rule in `pytest_collection_modifyitems`, so `pytest -m unit` is the
+developer's loop; `multihost` tests (emulated hosts) are marked by hand."""
+import inspect
 import os
 import signal
 import subprocess
@@ -106,3 +110,112 @@ def dl():
     """Helpers as a fixture: dl.run, dl.deeplab, dl.sets, dl.environ, dl.TINY, dl.ROOT, dl.BIN."""
     return types.SimpleNamespace(run=run, deeplab=deeplab, sets=sets, environ=worker_environ,
                                  TINY=TINY, ROOT=ROOT, BIN=BIN)
+
+
+# ---- test tiers ----------------------------------------------------------------------------
+
+# What starts processes when a test calls it: the helpers above that run commands, the fixture
+# that hands them out, the standard library's process modules, and the package's launchers.
+_LAUNCH_HELPERS = {"run", "deeplab", "horovod", "ps", "stop_started"}
+_LAUNCH_MODULES = ("subprocess", "multiprocessing", "deeplab.launch", "deeplab.k8s.local",
+                   "deeplab.k8s.entrypoint")
+# Commands whose main() runs a whole training or evaluation in the test's process.
+_COMMAND_MODULES = ("deeplab.train", "deeplab.evaluate", "deeplab.predict", "deeplab.export",
+                    "deeplab.bench")
+_TIER_MARKERS = ("unit", "integration", "multiproc", "multihost")
+
+
+def _reaches(obj, seen):
+    """What calling `obj` (a test, a fixture's or a helper's function) reaches through the
+    functions of the test modules and this file it names: {'multiproc'} if it starts
+    processes, {'integration'} if it runs a command's main() in-process, else nothing."""
+    code = getattr(obj, "__code__", None)
+    if code is None or id(code) in seen:
+        return set()
+    seen.add(id(code))
+    glb = getattr(obj, "__globals__", {})
+    found, stack = set(), [code]
+    while stack:
+        c = stack.pop()
+        stack.extend(k for k in c.co_consts if inspect.iscode(k))  # lambdas, inner functions
+        if "dl" in c.co_varnames:  # handed the `dl` fixture: runs commands with it
+            found.add("multiproc")
+        for name in c.co_names:
+            if name in ("subprocess", "multiprocessing"):  # also imported inside a function
+                found.add("multiproc")
+            target = glb.get(name)
+            if target is None:
+                continue
+            module = getattr(target, "__name__", "") if inspect.ismodule(target) \
+                else getattr(target, "__module__", "") or ""
+            if module.startswith(_LAUNCH_MODULES) or (module == "conftest"
+                                                      and name in _LAUNCH_HELPERS):
+                found.add("multiproc")
+            elif inspect.ismodule(target) and module.startswith(_COMMAND_MODULES) \
+                    and "main" in c.co_names:
+                found.add("integration")
+            elif inspect.isfunction(target) and not module.startswith(("deeplab", "mxnet")):
+                found |= _reaches(target, seen)  # a helper of the test module or conftest
+    return found
+
+
+def _tier(item):
+    funcs = [getattr(item, "function", None)]
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    for name in item.fixturenames:  # the fixtures of the tests, not pytest's own
+        funcs.extend(d.func for d in defs.get(name, ())
+                     if not d.func.__module__.startswith(("_pytest", "pytest"))
+                     and d.func is not _unit_tier_starts_no_process.__wrapped__)
+    found, seen = set(), set()
+    for f in funcs:
+        if f is not None:
+            found |= _reaches(f, seen)
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "dl" in item.fixturenames or params.get("num_workers", 0) > 0:  # loader processes
+        found.add("multiproc")
+    return "multiproc" if "multiproc" in found else \
+        "integration" if "integration" in found else "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Marks each test `multiproc` if it (or a fixture or test-module helper it uses) starts
+    processes, `integration` if it runs a whole command in-process, else `unit`; a test already
+    carrying a tier marker keeps it."""
+    for item in items:
+        if not any(item.get_closest_marker(m) for m in _TIER_MARKERS):
+            item.add_marker(getattr(pytest.mark, _tier(item)))
+
+
+_started = []
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_starts_no_process(request, monkeypatch):
+    """A test in the `unit` or `integration` tier must not start processes (fork, or a
+    subprocess of Python or a launcher): if it does, it fails, naming what to change."""
+    tier = next((m for m in ("unit", "integration") if request.node.get_closest_marker(m)), None)
+    if tier is None:
+        yield
+        return
+    del _started[:]
+    real_fork, real_execute = os.fork, subprocess.Popen._execute_child
+
+    def fork():
+        _started.append("os.fork (e.g. loader processes)")
+        return real_fork()
+
+    def execute(self, args, executable, *rest, **kw):
+        argv = [args] if isinstance(args, (str, bytes)) else list(args)
+        program = os.path.basename(str(executable or argv[0]))
+        if program.startswith(("python", "deeplab", "horovodrun", "mpirun", "sshd", "ssh")):
+            _started.append(" ".join(map(str, argv))[:200])
+        return real_execute(self, args, executable, *rest, **kw)
+
+    monkeypatch.setattr(os, "fork", fork)
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", execute)
+    yield
+    if _started:
+        pytest.fail("marked `%s` (in-process) but started processes: %s; mark it `multiproc` "
+                    "or extend the tier rule in tests/conftest.py (_LAUNCH_HELPERS, "
+                    "_LAUNCH_MODULES)" % (tier, "; ".join(_started[:3])))

@@ -180,7 +180,7 @@ def test_inference_bench_reports_throughput_latency_and_spread(dl, tmp_path):
 
 
 def test_flops_print_in_adaptive_units():
-    from deeplab.bench.throughput import format_flops
+    from deeplab.bench.common import format_flops
 
     assert format_flops(123.4) == "123 GFLOPs"
     assert format_flops(0.0123) == "12.3 MFLOPs"

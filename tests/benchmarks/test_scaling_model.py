@@ -1,6 +1,7 @@
-"""benchmarks/scaling_model.py: its formulas against hand computations, and a full run on hand-made
-inputs that must produce every table cell; benchmarks/allreduce.py: its fit, and a tiny run under
-horovodrun that writes a well-formed report. No speed is asserted.
+"""benchmarks/scaling_model.py: its formulas against hand computations; benchmarks/
+scaling_report.py: a full run on hand-made inputs that must produce every table cell;
+benchmarks/allreduce.py: its fit, and a tiny run under horovodrun that writes a well-formed
+report. No speed is asserted.
 """
 import importlib.util
 import json
@@ -16,6 +17,9 @@ ZERO = {"base": 0.0, "nvlink": 0.0, "net": 0.0}
 
 
 def load(name):
+    # benchmarks/ on sys.path, as for its scripts (scaling_report imports scaling_model)
+    if os.path.join(ROOT, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks",
                                                                      name + ".py"))
     module = importlib.util.module_from_spec(spec)
@@ -26,6 +30,11 @@ def load(name):
 @pytest.fixture(scope="module")
 def sm():
     return load("scaling_model")
+
+
+@pytest.fixture(scope="module")
+def report():
+    return load("scaling_report")
 
 
 def test_ring_allreduce_by_hand(sm):
@@ -249,7 +258,7 @@ def test_horovod_designs_by_hand(sm):
     assert math.isclose(t["grad"], sm.ps_pushpull_s(100e6, 64, 8, 12.5e9, 8, sm.c("lat_large")))
 
 
-def test_recommendation_keeps_bn_statistics(sm, tmp_path):
+def test_recommendation_keeps_bn_statistics(sm, report, tmp_path):
     paths = write_inputs(tmp_path)
     costs = json.loads(paths["costs"].read_text())
     dp = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()))
@@ -268,7 +277,7 @@ def test_recommendation_keeps_bn_statistics(sm, tmp_path):
                                                       False), best, rel_tol=1e-5)
                     if phase == 1:  # 2 images per GPU: per-GPU BN never qualifies
                         assert d["bn"] != "gpu"
-    table = sm.recommended_table(dp, costs)
+    table = report.recommended_table(dp, costs)
     assert [r.split(" | ")[0] for r in table.splitlines()[2:5]] == ["| 8 (1 node)",
                                                                   "| 64 (8 nodes)",
                                                                   "| 512 (64 nodes)"]
@@ -291,12 +300,12 @@ def tables(markdown):
 def test_report_has_every_cell(sm, dl, tmp_path):
     paths = write_inputs(tmp_path)
     out = tmp_path / "SCALING.md"
-    proc = dl.run([sys.executable, "benchmarks/scaling_model.py", "--allreduce",
+    proc = dl.run([sys.executable, "benchmarks/scaling_report.py", "--allreduce",
                    str(paths["allreduce"]), "--collective-latency", str(paths["latency"]),
                    "--costs", str(paths["costs"]), "--bench", str(paths["bench"]), "--out",
                    str(out), "--print-recommended"], timeout=60)
     text = out.read_text()
-    assert "benchmarks/scaling_model.py --allreduce %s --collective-latency %s" % (
+    assert "benchmarks/scaling_report.py --allreduce %s --collective-latency %s" % (
         paths["allreduce"], paths["latency"]) in text
     for name in sm.CONSTANTS:
         assert "| `%s` |" % name in text

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import ROOT, TINY
 from deeplab import evaluate
-from deeplab.build import build_model, dataset_classes
+from deeplab.build import dataset_classes, evaluation_network
 from deeplab.config import load_config
 from deeplab.data import (CITYSCAPES_CLASSES, IGNORE_LABEL, CityscapesSegmentation, DatasetError,
                           get_dataset)
@@ -99,7 +99,7 @@ def test_full_resolution_evaluation_counts_every_labelled_pixel(tmp_path, stride
                  "data.val_split=val", "model.num_classes=19", "eval.output_stride=%d" % stride]
     cfg = load_config(TINY, overrides)
     import mxnet as mx
-    net = build_model(cfg, mx.cpu(), seed=0)  # untrained: the counts do not depend on it
+    net = evaluation_network(cfg, mx.cpu(), seed=0)  # untrained: the counts do not depend on it
     params = str(tmp_path / "net.params")
     net.save_parameters(params)
     out = tmp_path / "results.json"

@@ -43,6 +43,7 @@ def test_batches_have_the_documented_types_and_content(dataset):
             assert np.array_equal(label[k].asnumpy(), expected[1])
 
 
+@pytest.mark.multiproc  # loader processes
 def test_worker_processes_give_identical_batches(dataset):
     # Use MXNet first, so the workers are forked from a process whose engine threads are running.
     (mx.nd.ones((64, 64)) * 2).wait_to_read()
@@ -67,6 +68,7 @@ def test_rank_slices_concatenate_to_the_single_worker_batch(dataset, world_size,
         assert np.array_equal(data, reference[t][1]) and np.array_equal(label, reference[t][2])
 
 
+@pytest.mark.multiproc  # loader processes
 def test_resuming_at_an_iteration_replays_nothing(dataset):
     full = _train(dataset, stop=7)
     resumed = _train(dataset, num_workers=2, start=4, stop=7)
@@ -144,6 +146,7 @@ class _FailingDataset:
         return self.dataset.load(index)
 
 
+@pytest.mark.multiproc  # loader processes
 def test_unpicklable_worker_error_still_reports_its_message(dataset):
     failing = _FailingDataset(dataset, 4, lambda: _Unpicklable("x", "y"))
     with pytest.raises(RuntimeError, match="_Unpicklable: bad sample x/y"):

@@ -32,8 +32,11 @@ def test_bfloat16_amp_is_active_finite_and_the_same_on_1_and_2_workers(tmp_path,
 
     fp32, _ = run("fp32", workers=2)
     amp2, out = run("amp2", "train.amp=true", workers=2)
-    amp1, _ = run("amp1", "train.amp=true")
+    amp1, out1 = run("amp1", "train.amp=true")
     assert "mixed precision (bfloat16)" in out
+    assert "training on 2 worker(s) (dist.backend horovod)" in out
+    assert "training on 1 worker(s) (dist.backend local), global batch 6, frozen BN, mixed " \
+        "precision (bfloat16)" in out1
     assert _worst(fp32, amp2) > 1e-3  # bfloat16 really ran
     assert _worst(amp1, amp2) <= 5e-2
 
@@ -59,8 +62,11 @@ def test_bfloat16_amp_runs_with_synchronized_bn_and_1_equals_2_workers(tmp_path,
     bn = [r for r in RUN if r != "train.freeze_bn=true"]
 
     def run(name, *extra, workers):
-        dl.deeplab("launch", "horovod", "-np", str(workers), "--", "train", dl.TINY,
-                   "--workdir", tmp_path / name, "--no-eval", *dl.sets(*bn, *extra), timeout=300)
+        out = dl.deeplab("launch", "horovod", "-np", str(workers), "--", "train", dl.TINY,
+                         "--workdir", tmp_path / name, "--no-eval", *dl.sets(*bn, *extra),
+                         timeout=300).stdout
+        assert "training on %d worker(s) (dist.backend horovod), global batch 6, synchronized " \
+            "BN%s" % (workers, ", mixed precision (bfloat16)" if extra else "") in out
         return tmp_path / name / "final.params"
 
     fp32 = run("fp32", workers=2)

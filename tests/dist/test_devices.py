@@ -20,8 +20,11 @@ def train(dl, workdir, launcher=(), overrides=()):
 
 
 def test_two_devices_train_like_one(tmp_path, dl):
-    train(dl, tmp_path / "one")
-    train(dl, tmp_path / "two", overrides=["dist.devices_per_worker=2"])
+    one = train(dl, tmp_path / "one")
+    assert "training on 1 worker(s) (dist.backend local), global batch 8, frozen BN\n" in one
+    two = train(dl, tmp_path / "two", overrides=["dist.devices_per_worker=2"])
+    assert "training on 1 worker(s) (dist.backend local), global batch 8, frozen BN, 2 devices " \
+        "per worker (cpu(0), cpu(1))" in two
     assert_params_close(tmp_path / "one" / "final.params", tmp_path / "two" / "final.params",
                         rel=5e-6)
 
@@ -30,6 +33,7 @@ def test_parameter_server_workers_of_two_devices_train_like_one_device(tmp_path,
     train(dl, tmp_path / "one")
     out = train(dl, tmp_path / "ps", ps(2, 1), ["dist.devices_per_worker=2"])
     assert "training on 2 worker(s) (dist.backend ps)" in out
+    assert "frozen BN, 2 devices per worker (cpu(0), cpu(1))" in out
     assert_params_close(tmp_path / "one" / "final.params", tmp_path / "ps" / "final.params",
                         rel=5e-6)
 

@@ -36,10 +36,12 @@ def stop_after(workdir, iteration):
 def test_horovod_resume_on_another_number_of_workers(tmp_path, dl, before, after):
     train(dl, tmp_path / "straight", horovod(after))
     work = tmp_path / "elastic"
-    train(dl, work, horovod(before))
+    first = train(dl, work, horovod(before))
+    assert "training on %d worker(s) (dist.backend horovod)" % before in first
     stop_after(work, 3)
     out = train(dl, work, horovod(after), resume=True)
     assert "resuming from" in out and "training on %d worker(s)" % after in out
+    assert "training on %d worker(s) (dist.backend horovod)" % after in out
     assert_params_close(tmp_path / "straight" / "final.params", work / "final.params",
                         rel=2e-4)
 
@@ -48,8 +50,10 @@ def test_parameter_server_run_resumes_on_one_process(tmp_path, dl):
     frozen = ["train.freeze_bn=true"]
     train(dl, tmp_path / "straight", [], frozen)
     work = tmp_path / "elastic"
-    train(dl, work, ps(2, 1), frozen)
+    first = train(dl, work, ps(2, 1), frozen)
+    assert "training on 2 worker(s) (dist.backend ps)" in first
     stop_after(work, 3)
-    train(dl, work, [], frozen, resume=True)
+    out = train(dl, work, [], frozen, resume=True)
+    assert "resuming from" in out and "training on 1 worker(s) (dist.backend local)" in out
     assert_params_close(tmp_path / "straight" / "final.params", work / "final.params",
                         rel=5e-6)

@@ -40,9 +40,12 @@ def test_synchronized_bn_training_is_the_same_on_1_2_and_3_workers(tmp_path, dl)
 
 
 def test_frozen_bn_training_under_horovod_is_the_same_as_one_process(tmp_path, dl):
-    train(dl, tmp_path / "local", overrides=["train.freeze_bn=true"])
+    out = train(dl, tmp_path / "local", overrides=["train.freeze_bn=true"]).stdout
+    assert "training on 1 worker(s) (dist.backend local), global batch 6, frozen BN" in out
     for n in (2, 3):
-        train(dl, tmp_path / str(n), horovod(n), ["train.freeze_bn=true"])
+        out = train(dl, tmp_path / str(n), horovod(n), ["train.freeze_bn=true"]).stdout
+        assert "training on %d worker(s) (dist.backend horovod), global batch 6, frozen BN" \
+            % n in out
         assert_params_close(tmp_path / "local" / "final.params",
                             tmp_path / str(n) / "final.params", rel=5e-6)
 
@@ -50,7 +53,8 @@ def test_frozen_bn_training_under_horovod_is_the_same_as_one_process(tmp_path, d
 @pytest.mark.parametrize("servers", [1, 2])
 def test_parameter_server_training_is_the_same_as_one_process(tmp_path, dl, servers):
     frozen = ["train.freeze_bn=true", "train.iterations=4"]
-    train(dl, tmp_path / "local", overrides=frozen)
+    local = train(dl, tmp_path / "local", overrides=frozen).stdout
+    assert "training on 1 worker(s) (dist.backend local), global batch 6, frozen BN" in local
     out = train(dl, tmp_path / "ps", ps(2, servers), frozen).stdout
     assert "training on 2 worker(s) (dist.backend ps), global batch 6, frozen BN" in out
     assert_params_close(tmp_path / "local" / "final.params", tmp_path / "ps" / "final.params",

@@ -17,9 +17,10 @@ RUN = ["train.iterations=4", "data.crop_size=321", "data.synthetic.image_size=[3
 
 def test_fp16_compression_is_finite_and_close_to_float32(tmp_path, dl):
     for fp16 in ("false", "true"):
-        dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
-                   tmp_path / fp16, "--no-eval",
-                   *dl.sets(*RUN, "dist.fp16_compression=" + fp16), timeout=300)
+        out = dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
+                         tmp_path / fp16, "--no-eval",
+                         *dl.sets(*RUN, "dist.fp16_compression=" + fp16), timeout=300).stdout
+        assert "training on 2 worker(s) (dist.backend horovod)" in out
     a = mx.nd.load(str(tmp_path / "false" / "final.params"))
     b = mx.nd.load(str(tmp_path / "true" / "final.params"))
     worst = 0.0

@@ -144,7 +144,7 @@ def test_predict_and_the_api_name_and_colour_with_the_folder_datasets_classes(tm
     import mxnet as mx
     import yaml
 
-    from deeplab.build import build_model
+    from deeplab.build import evaluation_network
 
     colours = [[0, 0, 0], [250, 10, 10], [10, 250, 10]]
     config = tmp_path / "config.yaml"
@@ -155,7 +155,7 @@ def test_predict_and_the_api_name_and_colour_with_the_folder_datasets_classes(tm
     cfg = load_config(str(config))
     assert cfg["model"]["num_classes"] == 3
     params = str(tmp_path / "final.params")
-    build_model(cfg, mx.cpu(), seed=0).save_parameters(params)
+    evaluation_network(cfg, mx.cpu(), seed=0).save_parameters(params)
     image, _ = val_image(0)
     Image.fromarray(image).save(str(tmp_path / "x.png"))
     predict.main(predict.parse_args([str(config), str(tmp_path / "x.png"), "--checkpoint",

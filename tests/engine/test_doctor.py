@@ -1,6 +1,7 @@
-"""`deeplab doctor`: this machine as it is (CPU build of MXNet, Horovod with Gloo, no GPU), and
-GPUs faked against fake libraries: CUDA ELF headers, fat binary containers with compressed
-entries (as mxnet-cu112's), PTX text, and, where nvcc is installed, a library nvcc builds."""
+"""`deeplab doctor` and the GPU code it reads (deeplab.cudabin): this machine as it is (CPU
+build of MXNet, Horovod with Gloo, no GPU), and GPUs faked against fake libraries: CUDA ELF
+headers, fat binary containers with compressed entries (as mxnet-cu112's), PTX text, and, where
+nvcc is installed, a library nvcc builds."""
 import glob
 import hashlib
 import json
@@ -10,11 +11,12 @@ import stat
 import struct
 import subprocess
 import sys
+import types
 
 import pytest
 
 from conftest import ROOT, TINY
-from deeplab import doctor
+from deeplab import cudabin, doctor
 from deeplab.errors import EXIT_CHECK_FAILED, UserError
 
 R50 = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
@@ -27,7 +29,7 @@ def cuda_elf(sm, abi=7):
     writes), V2 (8) in bits 8-15 (the low byte holding other flags, as nvcc 13 writes)."""
     flags = sm | 0x400 | sm << 16 if abi < 8 else 0x05000004 | sm << 8
     ident = b"\x7fELF" + bytes([2, 1, 1, 0x33 if abi < 8 else 0x41, abi]) + bytes(7)
-    return ident + struct.pack("<HHIQQQIHHHHHH", 2, doctor.EM_CUDA, 1, 0, 0, 0, flags, 64, 56,
+    return ident + struct.pack("<HHIQQQIHHHHHH", 2, cudabin.EM_CUDA, 1, 0, 0, 0, flags, 64, 56,
                                0, 64, 0, 0)
 
 
@@ -39,7 +41,7 @@ def fatbin(*entries):
         payload += bytes(-len(payload) % 8)
         body += struct.pack("<HHIQIIHHIIIQQQ", kind, 0x101, 64, len(payload), len(payload), 0,
                             7, 1, sm, 0, 0, flags, 0, len(payload) * 2) + payload
-    return struct.pack("<IHHQ", doctor.FATBIN_MAGIC, 1, 16, len(body)) + body
+    return struct.pack("<IHHQ", cudabin.FATBIN_MAGIC, 1, 16, len(body)) + body
 
 
 def write_library(tmp_path, *parts, name="libmxnet.so"):
@@ -59,16 +61,55 @@ HOROVOD = {"installed": True, "version": "0.28.1", "mxnet": True, "gloo": True, 
            "nccl": 0, "cuda": False}
 
 
+def gpus_from_spec(text):
+    """GPUs described as NAME:MAJOR.MINOR:MEMORY_GB, comma-separated ("NVIDIA H100 80GB
+    HBM3:9.0:80"; empty: no GPU)."""
+    gpus = []
+    for i, item in enumerate(p.strip() for p in text.split(",") if p.strip()):
+        try:
+            name, cap, mem = item.rsplit(":", 2)
+            major, minor = (int(x) for x in cap.split("."))
+            memory = int(float(mem) * 1024)
+        except ValueError:
+            raise ValueError("GPU spec %r must look like NAME:MAJOR.MINOR:MEMORY_GB, e.g. "
+                             "'NVIDIA H100 80GB HBM3:9.0:80'" % item) from None
+        gpus.append(doctor.GPU(i, name, memory, (major, minor), None))
+    return gpus
+
+
+class FakeProbes(doctor.Probes):
+    """A machine described by the test: GPUs given as a spec (gpus_from_spec), a library file
+    read instead of MXNet's, a fixed Horovod report instead of the probe process, and
+    optionally an MXNet report."""
+
+    def __init__(self, gpus="", library=None, horovod=HOROVOD, mxnet=None):
+        self._gpus, self._library = gpus_from_spec(gpus), library
+        self._horovod, self._mxnet = dict(horovod), mxnet
+
+    def mxnet(self):
+        return self._mxnet if self._mxnet is not None else super().mxnet()
+
+    def library(self, mx):
+        return (self._library, True) if self._library else super().library(mx)
+
+    def gpus(self):
+        return list(self._gpus)
+
+    def gpu_sources(self):
+        return "GPUs described by the test"
+
+    def horovod(self):
+        return dict(self._horovod)
+
+
 @pytest.fixture
 def fake(monkeypatch):
-    """In-process doctor runs: a fixed Horovod report instead of the probe process, no GPU
-    (whatever the machine has; tests set their own), no cuobjdump, no inherited variables."""
-    monkeypatch.setattr(doctor, "horovod_info", lambda: dict(HOROVOD))
+    """In-process doctor runs: no cuobjdump, no inherited variables; tests pass FakeProbes (no
+    GPU, a fixed Horovod report unless they say otherwise)."""
     which = shutil.which
     monkeypatch.setattr(shutil, "which",
                         lambda exe, *a, **k: None if exe == "cuobjdump" else which(exe, *a, **k))
-    monkeypatch.setenv(doctor.FAKE_GPUS_ENV, "")
-    for var in (doctor.LIBRARY_ENV, "CUDA_VISIBLE_DEVICES", "HOROVOD_CYCLE_TIME"):
+    for var in ("CUDA_VISIBLE_DEVICES", "HOROVOD_CYCLE_TIME"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -113,7 +154,7 @@ def test_this_machine_cpu_build_horovod_with_gloo_tiny_config_passes():
 
 
 def test_text_lines_start_with_their_status(fake):
-    checks = doctor.run_checks(TINY)
+    checks = doctor.run_checks(TINY, probes=FakeProbes())
     text = doctor.format_text(checks)
     lines = text.splitlines()
     assert lines[0].startswith("ok    mxnet: MXNet 1.9.1, CPU build, ")
@@ -129,10 +170,12 @@ def test_text_lines_start_with_their_status(fake):
 
 # --- GPUs against libraries ------------------------------------------------------------------
 
-def test_h100_against_the_sm80_sm86_build_fails_naming_the_ngc_image(tmp_path):
+def test_h100_against_the_sm80_sm86_build_fails_naming_the_ngc_image(fake, tmp_path, capsys):
     lib = write_library(tmp_path, cuda_elf(80), cuda_elf(86))
-    proc = doctor_cli(**{doctor.FAKE_GPUS_ENV: H100 + ":9.0:80", doctor.LIBRARY_ENV: lib})
-    assert proc.returncode == EXIT_CHECK_FAILED == 6, proc.stdout + proc.stderr
+    with pytest.raises(SystemExit) as exc:
+        doctor.main(doctor.parse_args([]), FakeProbes(H100 + ":9.0:80", lib))
+    proc = types.SimpleNamespace(returncode=exc.value.code, stdout=capsys.readouterr().out)
+    assert proc.returncode == EXIT_CHECK_FAILED == 6, proc.stdout
     assert ("FAIL  gpu: GPU 0 (NVIDIA H100 80GB HBM3, compute capability 9.0) cannot run this "
             "MXNet build (kernels for sm_80, sm_86; no PTX): use the image built on NVIDIA's "
             "NGC MXNet container (docker build -f k8s/Dockerfile --build-arg BASE=ngc") \
@@ -150,9 +193,8 @@ def test_h100_against_the_sm80_sm86_build_fails_naming_the_ngc_image(tmp_path):
     ("9.0", [cuda_elf(90, abi=8)], "sm_90"),
 ])
 def test_gpu_runs_a_cubin_of_its_major_or_lower_ptx(fake, tmp_path, capability, parts, runs):
-    fake.setenv(doctor.LIBRARY_ENV, write_library(tmp_path, *parts))
-    fake.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA GPU:%s:40" % capability)
-    checks = doctor.run_checks()
+    probes = FakeProbes("NVIDIA GPU:%s:40" % capability, write_library(tmp_path, *parts))
+    checks = doctor.run_checks(probes=probes)
     (gpu,) = by_name(checks, "gpu")
     assert gpu.status == "ok", gpu.message
     assert gpu.data["runs"] == runs and gpu.data["compute_capability"] == capability
@@ -166,17 +208,16 @@ def test_gpu_runs_a_cubin_of_its_major_or_lower_ptx(fake, tmp_path, capability, 
     ("7.0", [cuda_elf(80), cuda_elf(86)], "needs compute capability 8.0 or newer"),
 ])
 def test_gpu_without_usable_code_fails(fake, tmp_path, capability, parts, expected):
-    fake.setenv(doctor.LIBRARY_ENV, write_library(tmp_path, *parts))
-    fake.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA GPU:%s:40" % capability)
-    (gpu,) = by_name(doctor.run_checks(), "gpu")
+    probes = FakeProbes("NVIDIA GPU:%s:40" % capability, write_library(tmp_path, *parts))
+    (gpu,) = by_name(doctor.run_checks(probes=probes), "gpu")
     assert gpu.status == "FAIL" and expected in gpu.message
     assert gpu.message.startswith("GPU 0 (NVIDIA GPU, compute capability %s) cannot run this "
                                   "MXNet build (kernels for " % capability)
 
 
 def test_cpu_build_with_a_gpu_fails_and_names_the_gpu_wheel_or_ngc(fake):
-    fake.setenv(doctor.FAKE_GPUS_ENV, "Tesla V100-SXM2-16GB:7.0:16,%s:9.0:80" % H100)
-    checks = doctor.run_checks()
+    checks = doctor.run_checks(probes=FakeProbes("Tesla V100-SXM2-16GB:7.0:16,%s:9.0:80"
+                                                 % H100))
     v100, h100 = by_name(checks, "gpu")
     assert v100.status == h100.status == "FAIL"
     assert "CPU build" in v100.message and "mxnet-cu112==1.9.1" in v100.message
@@ -184,9 +225,8 @@ def test_cpu_build_with_a_gpu_fails_and_names_the_gpu_wheel_or_ngc(fake):
 
 
 def test_gpus_of_one_kind_share_a_line_and_the_json_report_lists_each(fake, tmp_path):
-    fake.setenv(doctor.LIBRARY_ENV, write_library(tmp_path, cuda_elf(80)))
-    fake.setenv(doctor.FAKE_GPUS_ENV, ",".join(["NVIDIA A100-SXM4-80GB:8.0:80"] * 4))
-    checks = doctor.run_checks()
+    checks = doctor.run_checks(probes=FakeProbes(",".join(["NVIDIA A100-SXM4-80GB:8.0:80"] * 4),
+                                                 write_library(tmp_path, cuda_elf(80))))
     (gpu,) = by_name(checks, "gpu")
     assert gpu.message == ("GPUs 0-3 (NVIDIA A100-SXM4-80GB, compute capability 8.0) runs the "
                            "sm_80 kernels")
@@ -196,16 +236,14 @@ def test_gpus_of_one_kind_share_a_line_and_the_json_report_lists_each(fake, tmp_
 
 
 def test_main_exits_with_its_own_code_on_a_failure_and_0_otherwise(fake, tmp_path, capsys):
-    fake.setenv(doctor.LIBRARY_ENV, write_library(tmp_path, cuda_elf(80)))
-    fake.setenv(doctor.FAKE_GPUS_ENV, H100 + ":9.0:80")
+    lib = write_library(tmp_path, cuda_elf(80))
     with pytest.raises(SystemExit) as exc:
-        doctor.main(doctor.parse_args(["--json"]))
+        doctor.main(doctor.parse_args(["--json"]), FakeProbes(H100 + ":9.0:80", lib))
     # Its own code: 1 means a bug (README's exit-code table).
     assert exc.value.code == EXIT_CHECK_FAILED == 6
     rep = json.loads(capsys.readouterr().out)
     assert not rep["ok"] and rep["failed"] == 1
-    fake.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA A100-SXM4-80GB:8.0:80")
-    doctor.main(doctor.parse_args([]))
+    doctor.main(doctor.parse_args([]), FakeProbes("NVIDIA A100-SXM4-80GB:8.0:80", lib))
     assert "no check failed" in capsys.readouterr().out
 
 
@@ -213,23 +251,23 @@ def test_main_exits_with_its_own_code_on_a_failure_and_0_otherwise(fake, tmp_pat
 
 def test_elf_e_flags_as_llvm_defines_them():
     # EF_CUDA_SM80 = 0x50, EF_CUDA_SM86 = 0x56, EF_CUDA_SM90 = 0x5a (LLVM's BinaryFormat/ELF.h)
-    assert [doctor.cuda_elf_sm(cuda_elf(sm)) for sm in (0x32, 0x50, 0x56, 0x5a)] == \
+    assert [cudabin.cuda_elf_sm(cuda_elf(sm)) for sm in (0x32, 0x50, 0x56, 0x5a)] == \
         [50, 80, 86, 90]
     # nvcc 13.0's cubins (ELFABIVERSION_CUDA_V2): sm_80 had e_flags 0x05005004
     v2 = bytearray(cuda_elf(80, abi=8))
     assert struct.unpack_from("<I", v2, 48)[0] == 0x05005004
-    assert doctor.cuda_elf_sm(v2) == 80
+    assert cudabin.cuda_elf_sm(v2) == 80
     host = bytearray(cuda_elf(80))
     host[18] = 62  # EM_X86_64
-    assert doctor.cuda_elf_sm(host) is None
-    assert doctor.cuda_elf_sm(cuda_elf(80)[:40]) is None
+    assert cudabin.cuda_elf_sm(host) is None
+    assert cudabin.cuda_elf_sm(cuda_elf(80)[:40]) is None
 
 
 def test_scan_finds_cubins_ptx_and_compressed_fatbin_entries(tmp_path):
-    assert doctor.scan_cuda_binary(write_library(tmp_path, cuda_elf(80), cuda_elf(86))) == \
-        doctor.Kernels((80, 86), (), "scan")
-    assert doctor.scan_cuda_binary(write_library(tmp_path, ptx_text(70))) == \
-        doctor.Kernels((), (70,), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, cuda_elf(80), cuda_elf(86))) == \
+        cudabin.Kernels((80, 86), (), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, ptx_text(70))) == \
+        cudabin.Kernels((), (70,), "scan")
     # As in mxnet-cu112's libmxnet.so: every cubin compressed (no ELF header to find), the
     # entries' headers naming them; here also a compressed PTX and an uncompressed cubin.
     packed = b"\xa2\x7fELF\x02\x01\x013\x07\x00\x01" + bytes(range(200))
@@ -237,15 +275,15 @@ def test_scan_finds_cubins_ptx_and_compressed_fatbin_entries(tmp_path):
                        (1, 80, b"\x28\xb5\x2f\xfd" + bytes(50), 0x8011),
                        (2, 75, cuda_elf(75) + bytes(100), 0x11))
     lib = write_library(tmp_path, b"junk", container, container)
-    assert doctor.scan_cuda_binary(lib) == doctor.Kernels((50, 60, 70, 75, 80, 86), (80,), "scan")
-    assert doctor.scan_cuda_binary(write_library(tmp_path, b"no device code")) == \
-        doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(lib) == cudabin.Kernels((50, 60, 70, 75, 80, 86), (80,), "scan")
+    assert cudabin.scan_cuda_binary(write_library(tmp_path, b"no device code")) == \
+        cudabin.Kernels((), (), "scan")
     empty = tmp_path / "empty.so"
     empty.write_bytes(b"")
-    assert doctor.scan_cuda_binary(str(empty)) == doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(str(empty)) == cudabin.Kernels((), (), "scan")
     truncated = tmp_path / "truncated.so"  # a container longer than the file is not read
     truncated.write_bytes(container[:-300])
-    assert doctor.scan_cuda_binary(str(truncated)) == doctor.Kernels((), (), "scan")
+    assert cudabin.scan_cuda_binary(str(truncated)) == cudabin.Kernels((), (), "scan")
 
 
 def _nvcc():
@@ -265,7 +303,7 @@ def test_scan_reads_a_library_nvcc_builds(tmp_path):
                     "-gencode", "arch=compute_86,code=sm_86",
                     "-gencode", "arch=compute_90,code=compute_90"], check=True, timeout=300,
                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert doctor.scan_cuda_binary(lib) == doctor.Kernels((80, 86), (90,), "scan")
+    assert cudabin.scan_cuda_binary(lib) == cudabin.Kernels((80, 86), (90,), "scan")
 
 
 def _script(folder, name, text):
@@ -284,35 +322,33 @@ def test_cuobjdump_is_used_when_on_the_path(tmp_path, monkeypatch):
             '--list-ptx) printf "PTX file    1: libmxnet.1.sm_90.ptx\\n";;\nesac\n')
     monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     lib = write_library(tmp_path, cuda_elf(80))
-    assert doctor.library_archs(lib) == doctor.Kernels((50, 90), (90,), "cuobjdump")
+    assert cudabin.library_archs(lib) == cudabin.Kernels((50, 90), (90,), "cuobjdump")
     _script(bin_dir, "cuobjdump", "echo broken >&2; exit 3\n")
-    assert doctor.library_archs(lib) == doctor.Kernels((80,), (), "scan")
+    assert cudabin.library_archs(lib) == cudabin.Kernels((80,), (), "scan")
 
 
 def test_runs_on_and_the_supported_range():
-    k = doctor.Kernels((50, 60, 70, 80, 86), (), "scan")
-    assert doctor.supported_text(k) == ("runs on compute capability 5.x, 6.x, 7.x, 8.x; nothing "
+    k = cudabin.Kernels((50, 60, 70, 80, 86), (), "scan")
+    assert cudabin.supported_text(k) == ("runs on compute capability 5.x, 6.x, 7.x, 8.x; nothing "
                                         "newer (no PTX)")
-    assert [doctor.runs_on(c, k) for c in [(5, 2), (7, 5), (8, 9), (9, 0), (3, 7)]] == \
+    assert [cudabin.runs_on(c, k) for c in [(5, 2), (7, 5), (8, 9), (9, 0), (3, 7)]] == \
         ["sm_50", "sm_70", "sm_86", None, None]
-    k = doctor.Kernels((86,), (80,), "scan")
-    assert doctor.supported_text(k) == ("runs on compute capability 8.6-8.x, any of 8.0 or "
+    k = cudabin.Kernels((86,), (80,), "scan")
+    assert cudabin.supported_text(k) == ("runs on compute capability 8.6-8.x, any of 8.0 or "
                                         "newer through PTX")
-    assert [doctor.runs_on(c, k) for c in [(8, 0), (8, 6), (12, 0), (7, 5)]] == \
+    assert [cudabin.runs_on(c, k) for c in [(8, 0), (8, 6), (12, 0), (7, 5)]] == \
         ["compute_80", "sm_86", "compute_80", None]
 
 
 # --- GPU probe -------------------------------------------------------------------------------
 
-def test_fake_gpus_parse_and_refuse_a_bad_spec(monkeypatch):
-    monkeypatch.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA H100 80GB HBM3:9.0:80, Tesla T4:7.5:15.5")
-    assert doctor.gpu_list() == [doctor.GPU(0, H100, 81920, (9, 0), None),
-                                 doctor.GPU(1, "Tesla T4", 15872, (7, 5), None)]
-    monkeypatch.setenv(doctor.FAKE_GPUS_ENV, "")
-    assert doctor.gpu_list() == []
-    monkeypatch.setenv(doctor.FAKE_GPUS_ENV, "NVIDIA H100:9")
-    with pytest.raises(UserError, match="DEEPLAB_DOCTOR_FAKE_GPUS.*NAME:MAJOR.MINOR:MEMORY_GB"):
-        doctor.gpu_list()
+def test_fake_gpus_parse_and_refuse_a_bad_spec():
+    """The tests' GPU descriptions (the machines they fake) mean what they say."""
+    assert FakeProbes("NVIDIA H100 80GB HBM3:9.0:80, Tesla T4:7.5:15.5").gpus() == [
+        doctor.GPU(0, H100, 81920, (9, 0), None), doctor.GPU(1, "Tesla T4", 15872, (7, 5), None)]
+    assert FakeProbes("").gpus() == []
+    with pytest.raises(ValueError, match="NVIDIA H100:9.*NAME:MAJOR.MINOR:MEMORY_GB"):
+        FakeProbes("NVIDIA H100:9")
 
 
 def test_nvidia_smi_is_read_when_nvml_is_not_there(tmp_path, monkeypatch):
@@ -323,9 +359,8 @@ def test_nvidia_smi_is_read_when_nvml_is_not_there(tmp_path, monkeypatch):
             'echo "1, NVIDIA H100 80GB HBM3, 81559, GPU-bbbb-2222, 9.0";;\n'
             '*) exit 6;;\nesac\n')
     monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
-    monkeypatch.delenv(doctor.FAKE_GPUS_ENV, raising=False)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.setattr(doctor, "_nvml_gpus", lambda: None)
+    monkeypatch.setattr(doctor.nvml, "gpus", lambda: None)
     gpus = doctor.gpu_list()
     assert gpus == [doctor.GPU(0, H100, 81559, (9, 0), "GPU-aaaa-1111"),
                     doctor.GPU(1, H100, 81559, (9, 0), "GPU-bbbb-2222")]
@@ -345,18 +380,17 @@ def test_nvidia_smi_is_read_when_nvml_is_not_there(tmp_path, monkeypatch):
 # --- MXNet and Horovod -----------------------------------------------------------------------
 
 def test_mxnet_that_does_not_load_fails_and_the_library_is_still_read(fake):
-    fake.setattr(doctor, "mxnet_info", lambda: {
-        "error": "OSError: libcuda.so.1: cannot open shared object file: No such file"})
-    checks = doctor.run_checks(TINY)
+    checks = doctor.run_checks(TINY, probes=FakeProbes(mxnet={
+        "error": "OSError: libcuda.so.1: cannot open shared object file: No such file"}))
     (mx,) = by_name(checks, "mxnet")
     assert mx.status == "FAIL" and "needs the NVIDIA driver (libcuda.so.1)" in mx.message
     (kernels,) = by_name(checks, "kernels")
     assert kernels.data["library"].endswith("libmxnet.so")  # found without importing MXNet
     (config,) = by_name(checks, "config")
     assert config.status == "warn" and "not checked" in config.message
-    fake.setattr(doctor, "mxnet_info", lambda: {
-        "error": "OSError: libcudnn.so.8: cannot open shared object file: No such file"})
-    (mx,) = by_name(doctor.run_checks(), "mxnet")
+    (mx,) = by_name(doctor.run_checks(probes=FakeProbes(mxnet={
+        "error": "OSError: libcudnn.so.8: cannot open shared object file: No such file"})),
+        "mxnet")
     assert mx.status == "FAIL" and "needs CUDA 11.2, cuDNN 8 and NCCL 2" in mx.message
 
 
@@ -370,9 +404,7 @@ def test_mxnet_that_does_not_load_fails_and_the_library_is_still_read(fake):
     (dict(HOROVOD, nccl=21805, cuda=True), "NVIDIA A100:8.0:80", "ok", "NCCL 2.18.5"),
 ])
 def test_horovod_findings(fake, info, gpus, status, expected):
-    fake.setattr(doctor, "horovod_info", lambda: info)
-    fake.setenv(doctor.FAKE_GPUS_ENV, gpus)
-    (hvd,) = by_name(doctor.run_checks(), "horovod")
+    (hvd,) = by_name(doctor.run_checks(probes=FakeProbes(gpus, horovod=info)), "horovod")
     assert hvd.status == status and expected in " ".join([hvd.message] + hvd.notes)
 
 
@@ -380,7 +412,7 @@ def test_horovod_findings(fake, info, gpus, status, expected):
 
 def test_voc_root_missing_fails_naming_the_path(fake, tmp_path):
     root = str(tmp_path / "no-voc-here")
-    checks = doctor.run_checks(R50, ["data.root=" + root])
+    checks = doctor.run_checks(R50, ["data.root=" + root], probes=FakeProbes())
     (config,) = by_name(checks, "config")
     assert config.status == "ok" and "+ 1 override(s)" in config.message
     (ds,) = by_name(checks, "dataset")
@@ -395,7 +427,8 @@ def test_voc_val_split_missing_names_the_split_list(fake, tmp_path):
     for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (voc / d).mkdir(parents=True)
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("")
-    checks = doctor.run_checks(R50, ["data.root=%s" % (tmp_path / "voc"), "data.train_split=train"])
+    checks = doctor.run_checks(R50, ["data.root=%s" % (tmp_path / "voc"), "data.train_split=train"],
+                               probes=FakeProbes())
     (ds,) = by_name(checks, "dataset")
     assert ds.status == "FAIL" and ds.data["sizes"] == {"train": 0}
     assert "val split 'val': split list %s does not exist" % (
@@ -426,7 +459,7 @@ def test_cityscapes_and_folder_datasets_are_checked_naming_their_splits(fake, tm
 def test_bad_config_is_a_failed_check(fake, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_sise: 8\n")
-    (config,) = by_name(doctor.run_checks(str(bad)), "config")
+    (config,) = by_name(doctor.run_checks(str(bad), probes=FakeProbes()), "config")
     assert config.status == "FAIL" and "unknown key train.batch_sise" in config.message
 
 
@@ -437,7 +470,7 @@ def test_weights_present_missing_and_in_the_zoo_cache(fake, tmp_path):
     params.write_bytes(b"x" * 2000)
     missing = tmp_path / "missing.params"
     checks = doctor.run_checks(TINY, ["model.params=%s" % params,
-                                      "model.backbone_params=%s" % missing])
+                                      "model.backbone_params=%s" % missing], probes=FakeProbes())
     (bb,) = by_name(checks, "model.backbone_params")
     assert bb.status == "FAIL" and bb.message == "%s does not exist" % missing
     assert by_name(checks, "model.params")[0].status == "ok"
@@ -450,8 +483,8 @@ def test_weights_present_missing_and_in_the_zoo_cache(fake, tmp_path):
     cached = tmp_path / "mxnet-home" / "models" / ("resnet50_v2-%s.params" % digest[:8])
 
     def backbone_check(value="zoo:resnet50_v2"):
-        (bb,) = by_name(doctor.run_checks(TINY, ["model.backbone_params=" + value]),
-                        "model.backbone_params")
+        (bb,) = by_name(doctor.run_checks(TINY, ["model.backbone_params=" + value],
+                                          probes=FakeProbes()), "model.backbone_params")
         return bb
 
     bb = backbone_check()
@@ -469,15 +502,15 @@ def test_weights_present_missing_and_in_the_zoo_cache(fake, tmp_path):
 
 
 def test_batch_against_workers_and_gpus(fake):
-    (b,) = by_name(doctor.run_checks(TINY, workers=3), "batch")
+    (b,) = by_name(doctor.run_checks(TINY, workers=3, probes=FakeProbes()), "batch")
     assert b.status == "FAIL" and b.message.startswith(
         "train.batch_size 8 is not divisible by 3 workers (--workers)")
     assert "use 1, 2, 4, 8 workers" in b.message
-    fake.setenv(doctor.FAKE_GPUS_ENV, "A:8.0:80,A:8.0:80")
-    (b,) = by_name(doctor.run_checks(TINY), "batch")
+    (b,) = by_name(doctor.run_checks(TINY, probes=FakeProbes("A:8.0:80,A:8.0:80")), "batch")
     assert b.status == "ok" and b.message == ("global batch 8 on 2 workers (one per visible GPU): "
                                               "4 images each")
-    (b,) = by_name(doctor.run_checks(TINY, ["train.batch_size=2", "dist.sync_bn=false"]), "batch")
+    (b,) = by_name(doctor.run_checks(TINY, ["train.batch_size=2", "dist.sync_bn=false"],
+                                     probes=FakeProbes("A:8.0:80,A:8.0:80")), "batch")
     assert b.status == "warn" and "1 image per worker" in b.notes[0]
 
 
@@ -491,15 +524,14 @@ def test_flags():
 
 
 def test_horovod_cycle_the_workers_will_start_with(fake):
-    (c,) = by_name(doctor.run_checks(TINY), "cycle")
+    (c,) = by_name(doctor.run_checks(TINY, probes=FakeProbes()), "cycle")
     assert c.message == ("under Horovod, workers negotiate every 1 ms (the default for "
                          "synchronized BN on CPUs)")
-    fake.setenv(doctor.FAKE_GPUS_ENV, "A:8.0:80,A:8.0:80")
-    (c,) = by_name(doctor.run_checks(TINY, ["train.freeze_bn=true"]), "cycle")
+    (c,) = by_name(doctor.run_checks(TINY, ["train.freeze_bn=true"],
+                                     probes=FakeProbes("A:8.0:80,A:8.0:80")), "cycle")
     assert c.data["cycle_ms"] == 1.0 and "unsynchronized BN on GPUs" in c.message
-    fake.setenv(doctor.FAKE_GPUS_ENV, "")
-    (c,) = by_name(doctor.run_checks(TINY, ["dist.sync_bn=false"]), "cycle")
+    (c,) = by_name(doctor.run_checks(TINY, ["dist.sync_bn=false"], probes=FakeProbes()), "cycle")
     assert c.data["cycle_ms"] == 25.0
     fake.setenv("HOROVOD_CYCLE_TIME", "3")
-    (c,) = by_name(doctor.run_checks(TINY), "cycle")
+    (c,) = by_name(doctor.run_checks(TINY, probes=FakeProbes()), "cycle")
     assert c.data["cycle_ms"] == 3.0 and "HOROVOD_CYCLE_TIME in this environment" in c.message

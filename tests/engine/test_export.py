@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, train_tiny
 from deeplab import cli, export
-from deeplab.build import build_model
+from deeplab.build import evaluation_network
 from deeplab.config import eval_stride, load_config
 
 
@@ -26,8 +26,7 @@ def run_export(ckpt, prefix, extra=(), overrides=()):
 def gluon_logits(ckpt, x, overrides=()):
     """The logits of the evaluation network built as `deeplab eval` builds it."""
     cfg = load_config(TINY, list(overrides))
-    net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=ckpt,
-                      load_backbone=False)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=ckpt)
     return net(mx.nd.array(x)).asnumpy()
 
 
@@ -77,7 +76,7 @@ def test_onnx_at_an_odd_static_size(head, checkpoint, tmp_path):
     if head != "aspp":  # the trained checkpoint is an ASPP model
         cfg = load_config(TINY, overrides)
         checkpoint = str(tmp_path / "vortex.params")
-        build_model(cfg, mx.cpu(), load_backbone=False, seed=0).save_parameters(checkpoint)
+        evaluation_network(cfg, mx.cpu(), seed=0).save_parameters(checkpoint)
     prefix = str(tmp_path / "tiny")
     files = run_export(checkpoint, prefix, ["--onnx", "--size", "19", "27"], overrides)
     assert files[-1] == prefix + ".onnx"

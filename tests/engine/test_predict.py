@@ -11,7 +11,7 @@ from PIL import Image
 
 from conftest import TINY, train_tiny
 from deeplab import cli, evaluate, predict
-from deeplab.build import build_dataset, build_model
+from deeplab.build import build_dataset, evaluation_network
 from deeplab.config import eval_stride, load_config
 from deeplab.data import EvalTransform, voc_palette
 from deeplab.errors import DatasetError
@@ -49,8 +49,7 @@ def run_predict(ckpt, out, inputs, extra=(), overrides=()):
 def expected_classes(ckpt, image, overrides=()):
     """Argmax of the logits of a network built here, as `deeplab eval` builds it."""
     cfg = load_config(TINY, list(FAST) + list(overrides))
-    net = build_model(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=ckpt,
-                      load_backbone=False)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=ckpt)
     x = mx.nd.array(EvalTransform()(image)[None])
     prob = evaluate.predict(net, x, cfg["eval"]["scales"], cfg["eval"]["flip"])
     return prob.argmax(axis=1)[0].asnumpy().astype(np.uint8)

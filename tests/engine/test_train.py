@@ -68,9 +68,47 @@ def test_run_writes_config_checkpoints_final_params_and_results(tmp_path):
     assert_same_params(tmp_path / "final.params", tmp_path / "checkpoints" / "iter_0000024.params")
 
 
+def _loader_children():
+    """PIDs of this process's children named as loader processes are."""
+    from deeplab.data.loader import LOADER_NAME
+
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open("/proc/self/task/%s/children" % task) as f:
+                pids = f.read().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                with open("/proc/%s/comm" % pid) as f:
+                    if f.read().strip() == LOADER_NAME:
+                        found.add(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.multiproc  # loader processes
 def test_training_is_deterministic_and_independent_of_loader_processes(tmp_path):
+    import threading
+
     run_train(tmp_path / "a")
-    run_train(tmp_path / "b", ["data.num_workers=2"])
+    seen, done = set(), threading.Event()
+
+    def watch():  # the loader processes this run starts, seen while they run
+        while not done.is_set():
+            seen.update(_loader_children())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run_train(tmp_path / "b", ["data.num_workers=2"])
+    finally:
+        done.set()
+        watcher.join()
+    assert len(seen) >= 2, "no loader processes ran: %s" % seen
     assert_same_params(tmp_path / "a" / "final.params", tmp_path / "b" / "final.params")
 
 

@@ -14,8 +14,19 @@ from deeplab.workdir import (WorkdirLock, check_resume, check_workdir, lock_if_r
 
 
 def test_new_and_empty_directories_are_accepted(tmp_path):
-    check_workdir(str(tmp_path / "new" / "run"), resume=False)
-    check_workdir(str(tmp_path), resume=False)
+    """Accepted without an error and without writing anything (the run creates the directory
+    later); so is a run's own directory that saved nothing yet."""
+    assert check_workdir(str(tmp_path / "new" / "run"), resume=False) is None
+    assert not (tmp_path / "new").exists()
+    assert check_workdir(str(tmp_path), resume=False) is None
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "config.yaml").write_text("model: {}\n")
+    (tmp_path / "train.log").write_text("")
+    assert check_workdir(str(tmp_path), resume=False) is None
+    assert sorted(os.listdir(tmp_path)) == ["config.yaml", "train.log"]
+    (tmp_path / "final.params").write_bytes(b"")  # a finished run, by contrast, is refused
+    with pytest.raises(WorkdirError, match="already holds a run"):
+        check_workdir(str(tmp_path), resume=False)
 
 
 def test_a_file_is_refused(tmp_path):

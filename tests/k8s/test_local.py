@@ -63,6 +63,7 @@ def test_ps_plan_maps_names_ports_and_pod_ips(tmp_path):
     assert {p.env["DMLC_ROLE"] for p in procs} == {"scheduler", "server", "worker"}
 
 
+@pytest.mark.multiproc  # runs the rendered pods as processes
 @pytest.mark.parametrize("backend", ["horovod", "ps"])
 def test_run_local_trains_a_few_steps(backend, tmp_path):
     out = rendered(tmp_path, backend, servers=1 if backend == "ps" else None)
@@ -72,6 +73,8 @@ def test_run_local_trains_a_few_steps(backend, tmp_path):
                              "--timeout", "150"]))
     run = pvc / "runs" / "tiny"
     assert (run / "final.params").is_file()
+    info = json.loads((run / "run.json").read_text())  # the pods really ran the backend
+    assert (info["backend"], info["world_size"]) == (backend, 2)
     results = json.loads((run / "results.json").read_text())
     assert 0.0 <= results["mIoU"] <= 1.0 and 0.0 <= results["pixAcc"] <= 1.0
     assert time.time() - tic < 150

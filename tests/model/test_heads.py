@@ -84,12 +84,12 @@ def test_box_average_equals_square_average_pooling(size):
 
 
 class _BoxAverage(nn.HybridBlock):
-    def __init__(self, size):
+    def __init__(self, size, padding="exclude"):
         super().__init__()
-        self.size = size
+        self.size, self.padding = size, padding
 
     def hybrid_forward(self, F, x):
-        return box_average(F, x, self.size)
+        return box_average(F, x, self.size, self.padding)
 
 
 def _value_and_grad(block, x, head_grad):
@@ -101,24 +101,44 @@ def _value_and_grad(block, x, head_grad):
     return y.asnumpy(), x.grad.asnumpy()
 
 
-@pytest.mark.parametrize("hybridize", [False, True])
-@pytest.mark.parametrize("size, shape", [
+# The real sizes: a 513 crop gives a 33x33 map at output stride 16 (windows 3, 9, 27) and
+# 65x65 at 8 (windows 7, 19, 55); odd, non-square and smaller-than-the-window maps besides.
+_POOL_CASES = [
     (3, (2, 3, 33, 33)),
+    (9, (1, 4, 33, 33)),
+    (27, (1, 3, 33, 33)),
     (9, (1, 4, 33, 20)),
     (27, (1, 3, 24, 33)),  # window wider than the map
     (7, (1, 2, 65, 41)),
     (19, (2, 2, 17, 65)),
     (55, (1, 2, 65, 65)),
     (27, (1, 2, 5, 8)),  # window larger than the map in both axes
-])
+]
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("size, shape", _POOL_CASES)
 def test_box_average_equals_average_pooling_without_padding_counted(size, shape, hybridize):
     """Forward and gradient equal nn.AvgPool2D(count_include_pad=False): the mean over the
     in-image part of each window, on odd and non-square maps, imperative and hybridized."""
+    _check_box_average(size, shape, hybridize, "exclude")
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+@pytest.mark.parametrize("size, shape", _POOL_CASES)
+def test_box_average_include_equals_average_pooling_with_padding_counted(size, shape, hybridize):
+    """padding='include' (the seed's AvgPool2D): forward and gradient equal
+    nn.AvgPool2D(count_include_pad=True), every window's sum over size^2."""
+    _check_box_average(size, shape, hybridize, "include")
+
+
+def _check_box_average(size, shape, hybridize, padding):
     rng = np.random.RandomState(size)
     x = mx.nd.array(rng.standard_normal(shape))
     head_grad = mx.nd.array(rng.standard_normal(shape))
-    direct = nn.AvgPool2D(pool_size=size, strides=1, padding=size // 2, count_include_pad=False)
-    ours = _BoxAverage(size)
+    direct = nn.AvgPool2D(pool_size=size, strides=1, padding=size // 2,
+                          count_include_pad=padding == "include")
+    ours = _BoxAverage(size, padding)
     if hybridize:
         direct.hybridize()
         ours.hybridize()
@@ -127,6 +147,35 @@ def test_box_average_equals_average_pooling_without_padding_counted(size, shape,
     assert y.shape == shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_vortex_pool_padding_include_is_the_seed_convention_and_differs_near_borders():
+    """On a constant 33x33 map (a 513 crop at output stride 16) the 27x27 branch averages to the
+    constant everywhere with 'exclude'; with 'include' a corner window holds 14x14 of its 729
+    pixels: 3.7x lower."""
+    x = mx.nd.ones((1, 4, 33, 33))
+    exclude = HEADS["vortex"](4, 2, 3, 16)
+    include = HEADS["vortex"](4, 2, 3, 16, pool_padding="include")
+    assert (exclude.pool_padding, include.pool_padding) == ("exclude", "include")
+    e = exclude.branch_inputs(mx.nd, x)[4].asnumpy()
+    i = include.branch_inputs(mx.nd, x)[4].asnumpy()
+    np.testing.assert_allclose(e, 1.0, rtol=1e-5)
+    np.testing.assert_allclose(i[0, 0, 0, 0], 14 * 14 / 729.0, rtol=1e-5)
+    np.testing.assert_allclose(e[0, 0, 0, 0] / i[0, 0, 0, 0], 729 / 196.0, rtol=1e-5)
+    np.testing.assert_allclose(i[0, 0, 16, 16], 1.0, rtol=1e-5)  # the centre window is inside
+    with pytest.raises(ValueError, match="pool_padding"):
+        HEADS["vortex"](4, 2, 3, 16, pool_padding="same")
+
+
+def test_vortex_pool_padding_reaches_the_head_through_get_model():
+    from deeplab.model import get_model
+    net = get_model("deeplabv3_tiny_v2", head="vortex", vortex_pool_padding="include",
+                    num_classes=3, head_channels=4)
+    assert net.head.pool_padding == "include"
+    assert get_model("deeplabv3_tiny_v2", head="vortex", num_classes=3,
+                     head_channels=4).head.pool_padding == "exclude"
+    with pytest.raises(ValueError, match="vortex_pool_padding"):
+        get_model("deeplabv3_tiny_v2", head="vortex", vortex_pool_padding="all")
 
 
 def test_one_vortex_graph_serves_every_input_size():
