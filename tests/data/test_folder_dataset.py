@@ -159,6 +159,7 @@ def test_dataset_class_checks_its_arguments(folder_tree):
         FolderSegmentation(root, "val", FOLDER_CLASSES, palette=[(1, 2, 3)])
 
 
+@pytest.mark.multiproc  # loader processes (data.num_workers 2)
 def test_deeplab_train_and_eval_run_on_a_folder_dataset(tmp_path, folder_tree):
     """`deeplab train` with the shipped loader processes (data.num_workers 2) on the folder
     dataset: the pre-flight, training and the final evaluation, whose results name the classes

@@ -438,7 +438,7 @@ def test_voc_val_split_missing_names_the_split_list(fake, tmp_path):
 def test_cityscapes_and_folder_datasets_are_checked_naming_their_splits(fake, tmp_path):
     cs = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs8_90k_cityscapes_769.yaml")
     root = str(tmp_path / "no-cityscapes")
-    (ds,) = by_name(doctor.run_checks(cs, ["data.root=" + root]), "dataset")
+    (ds,) = by_name(doctor.run_checks(cs, ["data.root=" + root], probes=FakeProbes()), "dataset")
     assert ds.status == "FAIL" and ds.message.startswith("cityscapes at %s: " % root)
     assert os.path.join(root, "leftImg8bit", "train") in ds.message
     assert "deeplab fetch cityscapes says what to download" in ds.message
@@ -449,7 +449,7 @@ def test_cityscapes_and_folder_datasets_are_checked_naming_their_splits(fake, tm
                 (tmp_path / "mine" / folder / split / (name + suffix)).write_bytes(b"")
     checks = doctor.run_checks(R50, ["data.name=folder", "data.root=%s" % (tmp_path / "mine"),
                                      "data.classes=[background,thing]", "model.num_classes=2",
-                                     "data.train_split=train"])
+                                     "data.train_split=train"], probes=FakeProbes())
     (ds,) = by_name(checks, "dataset")
     assert ds.status == "ok", ds.message
     assert ds.message == "folder at %s: train (train) 2 images, val (val) 1 images" % (
