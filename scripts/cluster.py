@@ -209,7 +209,7 @@ class Cluster:
                     "AuthorizedKeysFile %s\nPermitRootLogin prohibit-password\n"
                     "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
                     "StrictModes no\nPrintMotd no\nAcceptEnv none\nMaxStartups 200:30:400\n"
-                    "MaxSessions 200\nLogLevel ERROR\n"
+                    "MaxSessions 200\nLogLevel INFO\n"
                     % (hostkey, os.path.join(d, "sshd.pid"),
                        os.path.join(self.dir, "authorized_keys")))
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
@@ -312,6 +312,14 @@ class Cluster:
 
     def restore(self, host):
         _run(["ip", "-n", self.bridge_ns, "link", "set", self._port(host), "up"])
+
+    def logins(self, host):
+        """The ssh logins `host`'s sshd accepted so far (lines of its log)."""
+        try:
+            with open(os.path.join(self.dir, self._host(host), "sshd.log")) as f:
+                return [line.strip() for line in f if "Accepted publickey" in line]
+        except OSError:
+            return []
 
     def stop_sshd(self, host):
         """Stops `host`'s sshd (a host that cannot be reached over ssh)."""
