@@ -21,6 +21,7 @@ every process carrying the job id on this machine is killed at the end.
 """
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,12 +29,12 @@ import sys
 import threading
 import time
 
-from deeplab.errors import LaunchError
+from deeplab.errors import EXIT_STALLED, LaunchError
 
 from . import procs
 
-__all__ = ["horovod_command", "worker_env", "check_hosts", "run", "supervise",
-           "FAILURE_GRACE"]
+__all__ = ["horovod_command", "worker_env", "check_hosts", "rank_hosts", "unreachable_hosts",
+           "run", "supervise", "FAILURE_GRACE"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
 # Gloo's timeout for a collective. Above the workers' own stall watchdog (dist.stall_timeout,
@@ -46,6 +47,10 @@ _FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
 _PREFIXED = re.compile(r"^(?:.*?)\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
 _USER_ERROR = re.compile(r"^deeplab \w+: error: ")
 _HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-zero status"
+# horovodrun's check that every remote host answers over ssh, and its verdict.
+_SSH_CHECK = re.compile(r"^ssh not successful for host (\S+?):?\s*$")
+_SSH_FAILED = "could not connect to some hosts via ssh"
+_LOCAL_NAMES = {"localhost", "127.0.0.1"}
 
 
 def _slots(hosts):
@@ -69,6 +74,44 @@ def check_hosts(np, hosts=None, hostfile=None):
     slots = sum(_slots(hosts).values()) if hosts else np
     if slots < np:
         raise LaunchError("-np %d needs %d slots, but -H %s gives %d" % (np, np, hosts, slots))
+
+
+def rank_hosts(np, hosts=None, hostfile=None):
+    """[host of rank 0, host of rank 1, ...] as horovodrun places the ranks (Horovod's own
+    assignment: each host's slots in turn)."""
+    from horovod.runner.common.util import hosts as hvd_hosts
+
+    spec = hvd_hosts.parse_host_files(hostfile) if hostfile else \
+        ",".join("%s:%d" % hs for hs in _slots(hosts or "localhost:%d" % np).items())
+    return [slot.hostname for slot in hvd_hosts.get_host_assignments(
+        hvd_hosts.parse_hosts(spec), np, np)]
+
+
+def unreachable_hosts(hosts, timeout=10):
+    """{host: ssh's error} for the `hosts` that do not answer `ssh HOST true` within
+    `timeout` seconds (asked in parallel, with the user's ssh configuration)."""
+    out = {}
+
+    def probe(host):
+        try:
+            proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d"
+                                   % timeout, host, "true"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  timeout=timeout + 2)
+            if proc.returncode != 0:
+                out[host] = (proc.stderr.strip().splitlines() or ["exit code %d"
+                                                                 % proc.returncode])[-1]
+        except subprocess.TimeoutExpired:
+            out[host] = "no answer within %d s" % timeout
+        except OSError as err:
+            out[host] = "cannot run ssh: %s" % err
+
+    threads = [threading.Thread(target=probe, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def _horovodrun(python):
@@ -124,6 +167,9 @@ class _Output:
         self.failures = []  # (rank, status, monotonic time), in the order horovodrun saw them
         self.missing = []  # Horovod's lines about ranks that did not submit a collective
         self.errors = {}  # rank -> its one-line "deeplab CMD: error: ..." message
+        self.ssh_errors = {}  # rank -> ssh's own error line (its worker never started, or lost)
+        self.unreachable = {}  # host -> ssh's error, from horovodrun's check before the start
+        self._checking = None  # host whose failed ssh check horovodrun is printing
         self._missing_from = None  # rank whose "Missing ranks:" list is being read
 
     def line(self, text):
@@ -134,10 +180,19 @@ class _Output:
                 f = _FAILED.match(text)
                 if f:
                     self.failures.append((int(f.group(1)), int(f.group(2)), time.monotonic()))
+                c = _SSH_CHECK.match(text)
+                if c:
+                    self._checking = c.group(1)
+                elif self._checking and text.strip():
+                    self.unreachable[self._checking] = text.strip()
+                    self._checking = None
                 return
             rank, body = int(m.group(1)), m.group(3).strip()
             if _USER_ERROR.match(body):
                 self.errors.setdefault(rank, body)
+            if body.startswith(("ssh: ", "Timeout, server ", "Connection closed by ",
+                                "Connection reset by ")):
+                self.ssh_errors.setdefault(rank, body)
             if "Missing ranks:" in body:
                 self._missing_from = rank
                 self.missing.append(body)
@@ -160,7 +215,7 @@ class _Output:
             self.line(text)
             out.write(text)
             out.flush()
-        if held and not any(_HOROVOD_FAILED in t for t in held):
+        if held and not any(_HOROVOD_FAILED in t or _SSH_FAILED in t for t in held):
             out.write("".join(held))
             out.flush()
 
@@ -169,17 +224,23 @@ def _say(text):
     print("deeplab launch: %s" % text, file=sys.stderr, flush=True)
 
 
-def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
+def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
-    the job ends; returns the launcher's exit code. See the module docstring."""
+    the job ends; returns the launcher's exit code. See the module docstring.
+
+    Args:
+        hosts: the host of each rank (rank_hosts), to name it in the report; when workers run
+            on other machines and the job stalled, the hosts that no longer answer over ssh
+            are named as its likely cause.
+    """
     job_id = env[procs.JOB_ENV]
     output = _Output()
     signalled = set()
     killed = paused = False
     stalled = None
 
-    def job_processes():
-        return procs.job_processes(job_id)
+    def job_processes():  # on this host: the workers elsewhere are horovodrun's (over ssh)
+        return [pid for pid in procs.job_processes(job_id) if procs.on_this_host(pid)]
 
     with procs.StopSignals() as stop:
         try:
@@ -199,7 +260,7 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
                     _say("%s again: killing the job" % signal.Signals(stop.signum).name)
                     break
                 if stop.count:
-                    training = procs.training_processes(job_id)
+                    training = procs.training_processes(job_id, among=job_processes())
                     fresh = [pid for pid in training if pid not in signalled]
                     if fresh and not paused:
                         # As soon as one worker exits, horovodrun would SIGTERM the others (a
@@ -233,9 +294,11 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
             procs.signal_group(proc.pid, signal.SIGKILL)
             procs.kill_processes(job_processes)
             code = proc.wait()
+            if code != 0 and hosts:
+                _reap_remote(_remote_hosts(hosts), job_id)
             for t in pumps:
                 t.join(timeout=5)
-    return _report(output, code, stop, killed, signalled, stalled or [])
+    return _report(output, code, stop, killed, signalled, stalled or [], hosts)
 
 
 def _rank_of(pid):
@@ -243,11 +306,34 @@ def _rank_of(pid):
     return int(rank) if rank is not None and rank.isdigit() else None
 
 
-def _report(output, code, stop, killed, signalled, stalled=()):
+def _where(rank, hosts):
+    """' on HOST' for a rank when the job spans several hosts, else ''."""
+    if not hosts or len(set(hosts)) < 2 or rank >= len(hosts):
+        return ""
+    return " on %s" % hosts[rank]
+
+
+def _is_remote(rank, hosts):
+    """True if `rank` ran on another machine than this one (horovodrun started it over ssh)."""
+    if not _where(rank, hosts) or hosts[rank] in _LOCAL_NAMES:
+        return False
+    from horovod.runner.util.network import filter_local_addresses
+
+    try:
+        return bool(filter_local_addresses([hosts[rank]]))
+    except Exception:  # a name that no longer resolves here: not this machine
+        return True
+
+
+def _report(output, code, stop, killed, signalled, stalled=(), hosts=None):
     """Prints what happened to the job; returns the launcher's exit code."""
     failures = output.failures
     if code == 0 and not killed:
         return 0
+    if output.unreachable:
+        for host, why in sorted(output.unreachable.items()):
+            _say("cannot reach host %s over ssh, nothing was started: %s" % (host, why))
+        return code if 0 < code < 256 else 1
     if stop.count:
         name = signal.Signals(stop.signum).name
         _say("stopped by %s: %s" % (name, "SIGTERM sent to %d local worker(s), which save a "
@@ -259,23 +345,81 @@ def _report(output, code, stop, killed, signalled, stalled=()):
         detail = procs.describe_status(status)
         if rank in output.errors:
             detail += ": %s" % output.errors[rank]
+        elif rank in output.ssh_errors:
+            detail += ": %s" % output.ssh_errors[rank]
         later = ", ".join("rank %d %s" % (r, procs.describe_status(s))
                           for r, s, _ in failures[1:])
         verb = "was lost" if procs.killed_by_signal(status) else \
             "exited" if procs.describe_status(status).startswith("stopped") else "failed"
-        _say("worker rank %d %s first: %s; %s" % (
-            rank, verb, detail,
+        if status == 255 and rank not in output.errors and rank not in output.ssh_errors \
+                and _is_remote(rank, hosts):
+            # ssh's own status for a remote command killed by a signal (OpenSSH says no more)
+            verb, detail = "was lost", "its ssh session ended with exit code 255: killed by a " \
+                "signal on %s, or the connection to it broke" % hosts[rank]
+        _say("worker rank %d%s %s first: %s; %s" % (
+            rank, _where(rank, hosts), verb, detail,
             "the others were killed" if killed else
             "later: %s" % later if later else "the others were stopped"))
         for text in output.missing:
             _say("Horovod reported: %s" % text)
         for text in procs.describe_stopped(stalled):
             _say(text)
+        if status == EXIT_STALLED and hosts:
+            _name_silent_hosts(hosts)
         return status if 0 < status < 256 else 1
     if code:
         _say("horovodrun failed with exit code %d%s" % (code, " (killed)" if killed else ""))
         return code if code > 0 else 128 - code
     return 0
+
+
+def _remote_hosts(hosts):
+    """The distinct hosts of `hosts` that are not this machine."""
+    from horovod.runner.util.network import filter_local_addresses
+
+    remote = [h for h in dict.fromkeys(hosts) if h not in _LOCAL_NAMES]
+    try:
+        return filter_local_addresses(remote)
+    except Exception:  # a name that does not resolve here: not this machine
+        return remote
+
+
+# Run over ssh on another host: kills what carries the job id there (the same Python and
+# package are on every host, as horovodrun itself requires).
+_REAP = ("from deeplab.launch import procs; procs.kill_processes(lambda: [p for p in "
+         "procs.job_processes(%r) if procs.on_this_host(p)])")
+
+
+def _reap_remote(hosts, job_id, timeout=20):
+    """Kills the job's processes left on the other `hosts` (in parallel, over ssh).
+
+    horovodrun starts remote workers with `ssh HOST CMD` (no terminal): when it stops a job it
+    ends the local ssh client, which does not reach the remote process, so a worker that was
+    not itself failing (waiting in a collective for a dead peer, say) would run on until its
+    stall watchdog. A host that does not answer is left to that watchdog."""
+    def reap(host):
+        try:
+            subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host,
+                            "%s -c %s" % (sys.executable, shlex.quote(_REAP % job_id))],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=timeout)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+
+    threads = [threading.Thread(target=reap, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _name_silent_hosts(hosts):
+    """After a stall: names the other hosts of the job that no longer answer over ssh (cut
+    off, powered down), with their ranks, as what the others waited for."""
+    for host, why in sorted(unreachable_hosts(_remote_hosts(hosts)).items()):
+        ranks = ", ".join(str(r) for r, h in enumerate(hosts) if h == host)
+        _say("host %s (worker rank%s %s) does not answer over ssh (%s): the workers waiting "
+             "for it stalled" % (host, "s" if "," in ranks else "", ranks, why))
 
 
 def run(args):
@@ -290,4 +434,5 @@ def run(args):
                           "(scripts/setup_env.sh)" % sys.executable)
     env = worker_env(args.np, args.hosts, args.hostfile)
     _say(" ".join(cmd))
-    return supervise(cmd, env, grace=args.grace)
+    return supervise(cmd, env, grace=args.grace,
+                     hosts=rank_hosts(args.np, args.hosts, args.hostfile))
