@@ -169,6 +169,9 @@ def parse_args(argv=None):
     p.add_argument("--bench", nargs="*", default=[],
                    help="JSON reports of `deeplab bench` (CPU), shown for comparison")
     p.add_argument("--costs", help="model costs JSON instead of building the networks")
+    p.add_argument("--multihost",
+                   help="JSON of benchmarks/multihost.py: collectives measured across emulated "
+                        "hosts over shaped links, set beside this model's formulas")
     p.add_argument("--out", default="benchmarks/SCALING.md")
     p.add_argument("--print-recommended", action="store_true",
                    help="also print the recommended-settings table (markdown)")
@@ -1356,8 +1359,60 @@ def render(args, costs, ar, benches, software_s, latency):
                   "Shares of the measured step; the last column is what the allreduce fit "
                   "predicts for the gradient allreduce on this machine (same number of "
                   "workers only).", "", bench_section(benches, ar), ""]
+    if getattr(args, "multihost", None):
+        with open(args.multihost) as f:
+            parts += [multihost_section(json.load(f), args.multihost), ""]
     parts += ["## What this says", "", observations(pred, ps, costs, dp, calls), ""]
     return "\n".join(parts)
+
+
+def _pct(measured, predicted):
+    return 100.0 * (measured - predicted) / predicted
+
+
+def multihost_section(mh, path):
+    """'The model against an emulated network': benchmarks/multihost.py's measurements beside
+    ring_allreduce_s / ring_allgather_s for the same links (its JSON carries both)."""
+    rows = ["| hosts | link each way | collective | measured | model | measured vs model |",
+            "|---|---|---|---|---|---|"]
+    far = []
+    for r in mh["results"]:
+        m, p = r["measured"], r["predicted"]
+        link = "not shaped" if r["rate"] == "none" else r["rate"]
+        cases = [("allreduce %s" % _bytes(size), a * 1e3, b * 1e3, "ms")
+                 for size, a, b in zip(mh["sizes"], m["allreduce_s"], p["allreduce_s"])]
+        cases += [("SyncBN %s (3 x C float32)" % op, m["syncbn_call_us"][op],
+                   p["syncbn_call_us"][op], "us") for op in ("allgather", "allreduce")]
+        for what, a, b, unit in cases:
+            d = _pct(a, b)
+            if abs(d) > 25:
+                far.append((r["hosts"], link, what, d))
+            rows.append("| %d | %s | %s | %.3g %s | %.3g %s | %+.0f%% |"
+                        % (r["hosts"], link, what, a, unit, b, unit, d))
+        rows.append("| %d | %s | tiny training step (`deeplab bench`, SyncBN) | %.3g s | — | "
+                    "— |" % (r["hosts"], link, m["train_step_s"]))
+    soft = mh["software"]
+    text = [
+        "## The model against an emulated network", "",
+        "Measured by `%s` (`%s`, %s, %d CPU cores, netem %s): each host a network namespace "
+        "with its own sshd, links limited with tc tbf in both directions, one Horovod worker per "
+        "host over Gloo. The model is this file's `ring_allreduce_s` / `ring_allgather_s` with "
+        "those links (one worker per node, the rate each way, %.1f us per network hop: the "
+        "one-way latency of a TCP round trip between two unshaped hosts), plus the software cost "
+        "per call measured over loopback (allreduce alpha %.2f ms; synchronized-BN calls at the "
+        "1 ms cycle %.0f / %.0f us)."
+        % (" ".join(mh["command"]), path, mh["date"], mh["cpu_count"],
+           "available" if mh["netem"] else "absent: no delay cases", mh["hop_latency_s"] * 1e6,
+           soft["alpha_s"] * 1e3, soft["allgather_s"] * 1e6, soft["allreduce_s"] * 1e6), "",
+        "\n".join(rows), ""]
+    text += ["%d of %d cases differ from the model by more than 25%%: %s." % (
+        len(far), sum(len(mh["sizes"]) + 2 for _ in mh["results"]),
+        "; ".join("%d hosts %s %s %+.0f%%" % f for f in far) if far else "none")]
+    return "\n".join(text)
+
+
+def _bytes(n):
+    return "%d MiB" % (n >> 20) if n >= MiB and n % MiB == 0 else "%d KiB" % (n >> 10)
 
 
 def main(args):

@@ -16,8 +16,14 @@ machines; this Python and package on every host), sets the workers' backend and 
   it would SIGTERM the other workers again as soon as the first one exits. Workers on other
   hosts are not signalled from here (on Kubernetes, each worker pod's PID 1 stops its own; see
   deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
-Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
-every process carrying the job id on this machine is killed at the end.
+- across hosts (-H, --hostfile): names the host of the failed rank, a host horovodrun's ssh
+  check could not reach, and after a stall the hosts that no longer answer over ssh.
+Nothing of the job is left running when it returns: horovodrun runs in a session of its own,
+every process carrying the job id on this machine is killed at the end, and after a failure the
+same is done on every other host of the job over ssh (horovodrun's remote workers do not die
+with its ssh clients; a host that does not answer is left to the workers' stall watchdog).
+"This machine" is this network namespace (procs.on_this_host), so emulated hosts sharing one
+process table (scripts/cluster.py) behave as separate machines.
 """
 import os
 import re
