@@ -188,7 +188,7 @@ def main(args):
             for rate in args.rates:
                 cluster = cl.Cluster(n, name).up(rate=None if rate == "none" else rate)
                 try:
-                    t0 = time.time()
+                    t0, load = time.time(), os.getloadavg()[0]
                     measured = measure(cluster, n, args, tmp)
                 finally:
                     cluster.down()
@@ -198,7 +198,7 @@ def main(args):
                                 "rate_bits_per_s": None if rate == "none" else bits,
                                 "measured": measured, "predicted": {
                                     "allreduce_s": pred_ar, "syncbn_call_us": pred_call},
-                                "seconds": time.time() - t0})
+                                "seconds": time.time() - t0, "loadavg_1min_at_start": load})
                 print(format_row(results[-1], args.sizes), flush=True)
     report = {"benchmark": "multihost",
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
