@@ -23,7 +23,9 @@ def test_parameter_server_on_three_hosts_equals_one_process(tmp_path, dl, cluste
     one, three = tmp_path / "one", tmp_path / "three"
     dl.deeplab("train", dl.TINY, "--workdir", one, "--no-eval", *dl.sets(*RUN), timeout=300)
 
-    job = {"DMLC_PS_ROOT_URI": "node1", "DMLC_PS_ROOT_PORT": "9091", "DMLC_NUM_SERVER": "1",
+    # ps-lite binds (ZeroMQ) to the scheduler's address and each node's DMLC_NODE_HOST: they
+    # must be IP addresses, not host names.
+    job = {"DMLC_PS_ROOT_URI": hosts.address("node1"), "DMLC_PS_ROOT_PORT": "9091", "DMLC_NUM_SERVER": "1",
            "DMLC_NUM_WORKER": "2", "OMP_NUM_THREADS": "1", "MULTIHOST_TEST": hosts.marker}
     cmd = [sys.executable, "-m", "deeplab.cli", "launch", "ps", "--", "train", dl.TINY,
            "--workdir", str(three), "--no-eval", *dl.sets(*RUN)]
@@ -32,7 +34,8 @@ def test_parameter_server_on_three_hosts_equals_one_process(tmp_path, dl, cluste
     started = []
     for host, role in roles:
         remote = "cd %s && env %s %s" % (shlex.quote(dl.ROOT), " ".join(
-            "%s=%s" % kv for kv in sorted({**job, "DMLC_ROLE": role}.items())),
+            "%s=%s" % kv for kv in sorted({**job, "DMLC_ROLE": role,
+                                             "DMLC_NODE_HOST": hosts.address(host)}.items())),
             " ".join(shlex.quote(c) for c in cmd))
         proc = hosts.cluster.popen("node1", ["ssh", host, remote], stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True,
