@@ -160,11 +160,13 @@ class Cluster:
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "deeplab-cluster",
               "-f", self.key])
         shutil.copy(self.key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        # No ServerAliveInterval: ssh's default, so that a cut-off host is found the way it is
+        # on most clusters, by the workers' stall watchdog, not by the ssh sessions' keep-alive.
         with open(self.ssh_config, "w") as f:
             f.write("Host *\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n"
                     "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
                     "  GlobalKnownHostsFile /dev/null\n  LogLevel ERROR\n  BatchMode yes\n"
-                    "  ConnectTimeout 10\n  ServerAliveInterval 5\n" % self.key)
+                    "  ConnectTimeout 10\n" % self.key)
 
     def _network(self):
         br = self.bridge_ns
