@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--calls", type=int, default=60, help="timed calls per synchronized-BN case")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--out", default=os.path.join(HERE, "results", "multihost.json"))
+    p.add_argument("--repredict", action="store_true",
+                   help="only recompute the predictions in --out from its measurements")
     return p.parse_args(argv)
 
 
@@ -159,13 +161,25 @@ def predictions(n, rate_bits, sizes, hop_s, software):
     return allreduce, {k: v * 1e6 for k, v in call.items()}
 
 
-def software_costs():
-    """Per-call software costs measured over loopback: allreduce.py's alpha (2 workers) and
-    collective_latency.py's synchronized-BN calls at Horovod's default 1 ms cycle."""
+def software_costs(n):
+    """Per-call software costs measured over loopback: allreduce.py's alpha (2 workers: the
+    only count it measures) and collective_latency.py's synchronized-BN calls over all workers
+    at Horovod's default 1 ms cycle with the response cache on, from its run with `n` workers
+    (on 2 cores, 4 workers wait for each other's scheduling: 3.5-7.6 ms per call against 1.1
+    ms with 2), else with 2."""
     with open(os.path.join(HERE, "results", "allreduce.json")) as f:
         alpha = json.load(f)["fit"]["alpha_s"]
     with open(os.path.join(HERE, "results", "collective_latency.json")) as f:
-        calls = scaling_model.calls_at(scaling_model.sync_call_costs(json.load(f)), 1e-3)
+        latency = json.load(f)
+    calls = scaling_model.calls_at(scaling_model.sync_call_costs(latency), 1e-3)
+    for r in latency["results"]:
+        env = r.get("environment", {})
+        if r["workers"] == n and n != 2 and env.get("HOROVOD_CYCLE_TIME") == "1" \
+                and "HOROVOD_CACHE_CAPACITY" not in env and r.get("sets") != "dynamic":
+            calls = {op: statistics.mean(v["median_us"] * 1e-6 for k, v in r["calls"].items()
+                                         if k.startswith(op + " ") and k.endswith(" all"))
+                     for op in ("allgather", "allreduce")}
+            break
     return {"alpha_s": alpha, "allgather_s": calls["allgather"],
             "allreduce_s": calls["allreduce"]}
 
@@ -175,7 +189,8 @@ def main(args):
     why = cl.available()
     if why:
         raise SystemExit("benchmarks/multihost.py: %s" % why)
-    software = software_costs()
+    if args.repredict:
+        return repredict(args.out)
     name = "dlbench%d" % os.getpid()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,7 +208,7 @@ def main(args):
                 finally:
                     cluster.down()
                 bits = float("inf") if rate == "none" else cl._rate_bits(rate)
-                pred_ar, pred_call = predictions(n, bits, args.sizes, hop, software)
+                pred_ar, pred_call = predictions(n, bits, args.sizes, hop, software_costs(n))
                 results.append({"hosts": n, "rate": rate,
                                 "rate_bits_per_s": None if rate == "none" else bits,
                                 "measured": measured, "predicted": {
@@ -204,11 +219,28 @@ def main(args):
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:],
               "cpu_count": os.cpu_count(), "netem": cl.netem_available(),
-              "hop_latency_s": hop, "software": software, "sizes": args.sizes,
+              "hop_latency_s": hop, "software": {n: software_costs(n) for n in args.hosts},
+              "sizes": args.sizes,
               "results": results}
     write_json(args.out, report)
     print("netem: %s; hop latency %.1f us; written %s" % (
         "available" if report["netem"] else "absent (no delay cases)", hop * 1e6, args.out))
+
+
+def repredict(path):
+    """Recomputes the predictions of the report `path` from its measurements with the current
+    formulas and loopback costs (the measurements are kept as they are)."""
+    with open(path) as f:
+        report = json.load(f)
+    hosts = sorted({r["hosts"] for r in report["results"]})
+    report["software"] = {str(n): software_costs(n) for n in hosts}
+    for r in report["results"]:
+        bits = r["rate_bits_per_s"] or float("inf")
+        pred_ar, pred_call = predictions(r["hosts"], bits, report["sizes"],
+                                         report["hop_latency_s"], software_costs(r["hosts"]))
+        r["predicted"] = {"allreduce_s": pred_ar, "syncbn_call_us": pred_call}
+        print(format_row(r, report["sizes"]))
+    write_json(path, report)
 
 
 def format_row(r, sizes):
