@@ -84,13 +84,17 @@ def check_hosts(np, hosts=None, hostfile=None):
 
 def rank_hosts(np, hosts=None, hostfile=None):
     """[host of rank 0, host of rank 1, ...] as horovodrun places the ranks (Horovod's own
-    assignment: each host's slots in turn)."""
+    assignment: each host's slots in turn), or None if Horovod cannot read the hosts (then
+    horovodrun itself says why)."""
     from horovod.runner.common.util import hosts as hvd_hosts
 
-    spec = hvd_hosts.parse_host_files(hostfile) if hostfile else \
-        ",".join("%s:%d" % hs for hs in _slots(hosts or "localhost:%d" % np).items())
-    return [slot.hostname for slot in hvd_hosts.get_host_assignments(
-        hvd_hosts.parse_hosts(spec), np, np)]
+    try:
+        spec = hvd_hosts.parse_host_files(hostfile) if hostfile else \
+            ",".join("%s:%d" % hs for hs in _slots(hosts or "localhost:%d" % np).items())
+        return [slot.hostname for slot in hvd_hosts.get_host_assignments(
+            hvd_hosts.parse_hosts(spec), np, np)]
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def unreachable_hosts(hosts, timeout=10):
