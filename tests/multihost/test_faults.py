@@ -15,7 +15,6 @@ After each, no process of the job is left on any host (the job's marker, walked 
 namespaces share this machine's PID namespace).
 """
 import os
-import re
 import signal
 import time
 
@@ -148,10 +147,13 @@ def test_a_signal_to_the_launcher_stops_every_host_after_one_step(tmp_path, dl, 
     assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
     assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
     # The launcher signalled its own host's workers only; ranks 2 and 3 on node2 stopped after
-    # the same step through the vote, with the stop's exit status.
+    # the same step through the vote, and said so (their exit statuses may not reach
+    # horovodrun, which ends their ssh sessions once the first worker exited).
     assert "stopped by %s: SIGTERM sent to 2 local worker(s)" % signal.Signals(sig).name \
         in out, out[-3000:]
-    assert re.search(r"Process [23] exit with status code 143", out), out[-3000:]
+    for rank in range(4):
+        assert "[%d]<stderr>:deeplab train: stopped by SIGTERM after iteration %d;" \
+            % (rank, saved[0]) in out, out[-3000:]
 
 
 @pytest.mark.parametrize("how", ["wrong name", "no sshd"])
