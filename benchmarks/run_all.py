@@ -463,6 +463,9 @@ def scaling_md():
     # Relative to the checkout (the command is recorded in SCALING.md).
     inputs = {"--allreduce": "benchmarks/results/allreduce.json",
               "--collective-latency": "benchmarks/results/collective_latency.json"}
+    # benchmarks/multihost.py (root only) is run by hand; its report is used when present.
+    if os.path.exists(os.path.join(ROOT, "benchmarks/results/multihost.json")):
+        inputs["--multihost"] = "benchmarks/results/multihost.json"
     if all(os.path.exists(os.path.join(ROOT, path)) for path in inputs.values()):
         subprocess.check_call([PY, "benchmarks/scaling_report.py"]
                               + [a for kv in inputs.items() for a in kv], cwd=ROOT)

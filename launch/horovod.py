@@ -17,13 +17,20 @@ machines; this Python and package on every host), sets the workers' backend and 
   Workers on other hosts are not signalled from here (on Kubernetes, each worker pod's PID 1
   stops its own; see deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all
   anyway.
-Nothing of the job is left running when it returns: horovodrun runs in a session of its own and
-every process carrying the job id on this machine is killed at the end. If the launcher itself is
-killed, each worker notices within a second and stops with a checkpoint (procs.watch_launcher).
+- across hosts (-H, --hostfile): names the host of the failed rank, a host horovodrun's ssh
+  check could not reach, and after a stall the hosts that no longer answer over ssh.
+Nothing of the job is left running when it returns: horovodrun runs in a session of its own,
+every process carrying the job id on this machine is killed at the end, and after a failure the
+same is done on every other host of the job over ssh (horovodrun's remote workers do not die
+with its ssh clients; a host that does not answer is left to the workers' stall watchdog). If
+the launcher itself is killed, each worker notices within a second and stops with a checkpoint
+(procs.watch_launcher). "This machine" is this network namespace (procs.on_this_host), so
+emulated hosts sharing one process table (scripts/cluster.py) behave as separate machines.
 The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
 """
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -31,12 +38,12 @@ import sys
 import threading
 import time
 
-from deeplab.errors import LaunchError
+from deeplab.errors import EXIT_STALLED, LaunchError
 
 from . import procs
 
-__all__ = ["horovod_command", "worker_env", "check_hosts", "run", "supervise",
-           "FAILURE_GRACE"]
+__all__ = ["horovod_command", "worker_env", "check_hosts", "rank_hosts", "unreachable_hosts",
+           "run", "supervise", "FAILURE_GRACE"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
 # Gloo's timeout for a collective. Above the workers' own stall watchdog (dist.stall_timeout,
@@ -48,6 +55,10 @@ _FAILED = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.?\s*$")
 # horovodrun's prefix on each line a worker prints: "[rank]<stdout>:" or "[rank]<stderr>:".
 _PREFIXED = re.compile(r"^(?:.*?)\[(\d+)\]<(stdout|stderr)>:(.*)$", re.S)
 _HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-zero status"
+# horovodrun's check that every remote host answers over ssh, and its verdict.
+_SSH_CHECK = re.compile(r"^ssh not successful for host (\S+?):?\s*$")
+_SSH_FAILED = "could not connect to some hosts via ssh"
+_LOCAL_NAMES = {"localhost", "127.0.0.1"}
 
 
 def _slots(hosts):
@@ -71,6 +82,48 @@ def check_hosts(np, hosts=None, hostfile=None):
     slots = sum(_slots(hosts).values()) if hosts else np
     if slots < np:
         raise LaunchError("-np %d needs %d slots, but -H %s gives %d" % (np, np, hosts, slots))
+
+
+def rank_hosts(np, hosts=None, hostfile=None):
+    """[host of rank 0, host of rank 1, ...] as horovodrun places the ranks (Horovod's own
+    assignment: each host's slots in turn), or None if Horovod cannot read the hosts (then
+    horovodrun itself says why)."""
+    from horovod.runner.common.util import hosts as hvd_hosts
+
+    try:
+        spec = hvd_hosts.parse_host_files(hostfile) if hostfile else \
+            ",".join("%s:%d" % hs for hs in _slots(hosts or "localhost:%d" % np).items())
+        return [slot.hostname for slot in hvd_hosts.get_host_assignments(
+            hvd_hosts.parse_hosts(spec), np, np)]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def unreachable_hosts(hosts, timeout=10):
+    """{host: ssh's error} for the `hosts` that do not answer `ssh HOST true` within
+    `timeout` seconds (asked in parallel, with the user's ssh configuration)."""
+    out = {}
+
+    def probe(host):
+        try:
+            proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d"
+                                   % timeout, host, "true"], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  timeout=timeout + 2)
+            if proc.returncode != 0:
+                out[host] = (proc.stderr.strip().splitlines() or ["exit code %d"
+                                                                 % proc.returncode])[-1]
+        except subprocess.TimeoutExpired:
+            out[host] = "no answer within %d s" % timeout
+        except OSError as err:
+            out[host] = "cannot run ssh: %s" % err
+
+    threads = [threading.Thread(target=probe, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
 
 
 def _horovodrun(python):
@@ -133,6 +186,9 @@ class _Output:
         # rank -> (exit code, monotonic time, line) of its documented one-line error
         # (procs.ROOT_CAUSES: "deeplab CMD: error: ...", a stall, a divergence)
         self.errors = {}
+        self.ssh_errors = {}  # rank -> ssh's own error line (its worker never started, or lost)
+        self.unreachable = {}  # host -> ssh's error, from horovodrun's check before the start
+        self._checking = None  # host whose failed ssh check horovodrun is printing
         self._missing_from = None  # rank whose "Missing ranks:" list is being read
 
     def line(self, text):
@@ -143,11 +199,20 @@ class _Output:
                 f = _FAILED.match(text)
                 if f:
                     self.failures.append((int(f.group(1)), int(f.group(2)), time.monotonic()))
+                c = _SSH_CHECK.match(text)
+                if c:
+                    self._checking = c.group(1)
+                elif self._checking and text.strip():
+                    self.unreachable[self._checking] = text.strip()
+                    self._checking = None
                 return
             rank, body = int(m.group(1)), m.group(3).strip()
             code = procs.documented_exit(body)
             if code is not None and rank not in self.errors:
                 self.errors[rank] = (code, time.monotonic(), body)
+            if body.startswith(("ssh: ", "Timeout, server ", "Connection closed by ",
+                                "Connection reset by ")):
+                self.ssh_errors.setdefault(rank, body)
             if "Missing ranks:" in body:
                 self._missing_from = rank
                 self.missing.append(body)
@@ -170,7 +235,7 @@ class _Output:
             self.line(text)
             out.write(text)
             out.flush()
-        if held and not any(_HOROVOD_FAILED in t for t in held):
+        if held and not any(_HOROVOD_FAILED in t or _SSH_FAILED in t for t in held):
             out.write("".join(held))
             out.flush()
 
@@ -183,8 +248,8 @@ class _HorovodJob(procs.Policy):
     """The Supervisor's policy for horovodrun: its output parsed, its workers stopped while it
     is paused, the rank that failed first reported."""
 
-    def __init__(self, cmd, env, failure_grace):
-        self.cmd, self.env, self.failure_grace = cmd, env, failure_grace
+    def __init__(self, cmd, env, failure_grace, hosts=None):
+        self.cmd, self.env, self.failure_grace, self.hosts = cmd, env, failure_grace, hosts
         self.job_id = env[procs.JOB_ENV]
         self.output = _Output()
         self.proc, self.pumps = None, []
@@ -211,8 +276,11 @@ class _HorovodJob(procs.Policy):
         for t in self.pumps:
             t.start()
 
+    def _here(self):  # on this host: the workers elsewhere are horovodrun's (over ssh)
+        return [pid for pid in procs.job_processes(self.job_id) if procs.on_this_host(pid)]
+
     def targets(self, sup):
-        self.training = procs.training_processes(self.job_id)
+        self.training = procs.training_processes(self.job_id, among=self._here())
         fresh = [pid for pid in self.training if pid not in sup.signalled]
         if fresh and not self.paused:
             # As soon as one worker exits, horovodrun would SIGTERM the others (a second
@@ -251,21 +319,29 @@ class _HorovodJob(procs.Policy):
         procs.signal_group(self.proc.pid, signal.SIGKILL)
 
     def leftovers(self):
-        return procs.job_processes(self.job_id)
+        return self._here()
 
     def report(self, sup, outcome):
         self.code = self.proc.wait()
+        if self.code != 0 and self.hosts:
+            _reap_remote(_remote_hosts(self.hosts), self.job_id)
         for t in self.pumps:
             t.join(timeout=5)
         return _report(self.output, self.code, sup.stop, self.killed, sup.signalled,
-                       self.stalled or [], self.oom)
+                       self.stalled or [], self.oom, self.hosts)
 
 
-def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1):
+def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
-    the job ends; returns the launcher's exit code. See the module docstring."""
-    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace), grace, poll, say=_say,
-                            workdir=procs.workdir_of(cmd)).run()
+    the job ends; returns the launcher's exit code. See the module docstring.
+
+    Args:
+        hosts: the host of each rank (rank_hosts), to name it in the report; when workers run
+            on other machines and the job stalled, the hosts that no longer answer over ssh
+            are named as its likely cause.
+    """
+    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace, hosts), grace, poll,
+                            say=_say, workdir=procs.workdir_of(cmd)).run()
 
 
 def _rank_of(pid):
@@ -273,11 +349,34 @@ def _rank_of(pid):
     return int(rank) if rank is not None and rank.isdigit() else None
 
 
-def _report(output, code, stop, killed, signalled, stalled=(), oom=None):
+def _where(rank, hosts):
+    """' on HOST' for a rank when the job spans several hosts, else ''."""
+    if not hosts or len(set(hosts)) < 2 or rank >= len(hosts):
+        return ""
+    return " on %s" % hosts[rank]
+
+
+def _is_remote(rank, hosts):
+    """True if `rank` ran on another machine than this one (horovodrun started it over ssh)."""
+    if not _where(rank, hosts) or hosts[rank] in _LOCAL_NAMES:
+        return False
+    from horovod.runner.util.network import filter_local_addresses
+
+    try:
+        return bool(filter_local_addresses([hosts[rank]]))
+    except Exception:  # a name that no longer resolves here: not this machine
+        return True
+
+
+def _report(output, code, stop, killed, signalled, stalled=(), oom=None, hosts=None):
     """Prints what happened to the job; returns the launcher's exit code."""
     failures = output.failures
     if code == 0 and not killed:
         return 0
+    if output.unreachable:
+        for host, why in sorted(output.unreachable.items()):
+            _say("cannot reach host %s over ssh, nothing was started: %s" % (host, why))
+        return code if 0 < code < 256 else 1
     if stop.count:
         name = signal.Signals(stop.signum).name
         if stop.count > 1:
@@ -302,27 +401,85 @@ def _report(output, code, stop, killed, signalled, stalled=(), oom=None):
         detail = procs.describe_status(status, oom)
         if rank in output.errors and output.errors[rank][0] == procs.EXIT_USER_ERROR:
             detail += ": %s" % output.errors[rank][2]
+        elif rank in output.ssh_errors:
+            detail += ": %s" % output.ssh_errors[rank]
         others = failures[:root] + failures[root + 1:]
         later = ", ".join("rank %d %s" % (r, procs.describe_status(s, oom)) for r, s, _ in others)
         verb = "was lost" if procs.killed_by_signal(status) else \
             "exited" if procs.describe_status(status).startswith("stopped") else "failed"
+        if status == 255 and rank not in output.errors and rank not in output.ssh_errors \
+                and _is_remote(rank, hosts):
+            # ssh's own status for a remote command killed by a signal (OpenSSH says no more)
+            verb, detail = "was lost", "its ssh session ended with exit code 255: killed by a " \
+                "signal on %s, or the connection to it broke" % hosts[rank]
         if root == 0:
-            _say("worker rank %d %s first: %s; %s" % (
-                rank, verb, detail,
+            _say("worker rank %d%s %s first: %s; %s" % (
+                rank, _where(rank, hosts), verb, detail,
                 "the others were killed" if killed else
                 "later: %s" % later if later else "the others were stopped"))
         else:
-            _say("worker rank %d %s: %s; the cause of the job's end (the failure of %s, seen "
-                 "first, followed from it)" % (rank, verb, detail, later))
+            _say("worker rank %d%s %s: %s; the cause of the job's end (the failure of %s, seen "
+                 "first, followed from it)" % (rank, _where(rank, hosts), verb, detail, later))
         for text in output.missing:
             _say("Horovod reported: %s" % text)
         for text in procs.describe_stopped(stalled):
             _say(text)
+        if status == EXIT_STALLED and hosts:
+            _name_silent_hosts(hosts)
         return status if 0 < status < 256 else 1
     if code:
         _say("horovodrun failed with exit code %d%s" % (code, " (killed)" if killed else ""))
         return code if code > 0 else 128 - code
     return 0
+
+
+def _remote_hosts(hosts):
+    """The distinct hosts of `hosts` that are not this machine."""
+    from horovod.runner.util.network import filter_local_addresses
+
+    remote = [h for h in dict.fromkeys(hosts) if h not in _LOCAL_NAMES]
+    try:
+        return filter_local_addresses(remote)
+    except Exception:  # a name that does not resolve here: not this machine
+        return remote
+
+
+# Run over ssh on another host: kills what carries the job id there (the same Python and
+# package are on every host, as horovodrun itself requires).
+_REAP = ("from deeplab.launch import procs; procs.kill_processes(lambda: [p for p in "
+         "procs.job_processes(%r) if procs.on_this_host(p)])")
+
+
+def _reap_remote(hosts, job_id, timeout=20):
+    """Kills the job's processes left on the other `hosts` (in parallel, over ssh).
+
+    horovodrun starts remote workers with `ssh HOST CMD` (no terminal): when it stops a job it
+    ends the local ssh client, which does not reach the remote process, so a worker that was
+    not itself failing (waiting in a collective for a dead peer, say) would run on until its
+    stall watchdog. A host that does not answer is left to that watchdog."""
+    def reap(host):
+        try:
+            subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host,
+                            "%s -c %s" % (sys.executable, shlex.quote(_REAP % job_id))],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=timeout)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+
+    threads = [threading.Thread(target=reap, args=(h,), daemon=True) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _name_silent_hosts(hosts):
+    """After a stall: names the other hosts of the job that no longer answer over ssh (cut
+    off, powered down), with their ranks, as what the others waited for."""
+    for host, why in sorted(unreachable_hosts(_remote_hosts(hosts)).items()):
+        ranks = ", ".join(str(r) for r, h in enumerate(hosts) if h == host)
+        _say("host %s (worker rank%s %s) does not answer over ssh (%s): the workers waiting "
+             "for it stalled" % (host, "s" if "," in ranks else "", ranks, why))
 
 
 def run(args):
@@ -338,4 +495,5 @@ def run(args):
                           "(scripts/setup_env.sh)" % sys.executable)
     env = worker_env(args.np, args.hosts, args.hostfile)
     _say(" ".join(cmd))
-    return supervise(cmd, env, grace=args.grace)
+    return supervise(cmd, env, grace=args.grace,
+                     hosts=rank_hosts(args.np, args.hosts, args.hostfile))

@@ -23,7 +23,7 @@ import uuid
 from deeplab.errors import EXIT_DIVERGED, EXIT_NETWORK, EXIT_STALLED, EXIT_USER_ERROR
 
 __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
-           "all_pids", "descendants", "job_processes", "is_training_process",
+           "all_pids", "descendants", "on_this_host", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
            "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
            "root_cause",
@@ -101,6 +101,16 @@ def descendants(root):
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def on_this_host(pid):
+    """True if process `pid` shares this process's network namespace: runs on this host, as
+    far as the network can tell (always, outside containers; emulated hosts of
+    scripts/cluster.py share the process table but not the network)."""
+    try:
+        return os.readlink("/proc/%d/ns/net" % pid) == os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
 
 
 def job_processes(job_id, var=JOB_ENV):

@@ -11,6 +11,7 @@
 #   PYTHON            interpreter used to create the venv (default: python3)
 #   DEEPLAB_TENSORBOARD=1  also install the TensorBoard viewer (requirements/tensorboard.txt)
 #                     for `tensorboard --logdir DIR/tb`; runs record events without it
+#   DEEPLAB_NO_SSHD   set to skip installing openssh-server (as root, for tests/multihost)
 #   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo on CPU. On GPU
 #                     clusters set e.g. HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1.
 set -euo pipefail
@@ -39,6 +40,24 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
 stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version tensorboard=$tensorboard"; } | sha256sum | cut -c1-16)
 stamp=$venv/.deeplab-setup-$stamp_key
+
+# The multi-host tests and scripts/cluster.sh run an sshd in each emulated host (network
+# namespaces, root only): install Debian's openssh-server when it is missing, without letting
+# the package start its own daemon on this machine (policy-rc.d answers "not now").
+if [ "$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null 2>&1 \
+    && [ -z "${DEEPLAB_NO_SSHD:-}" ]; then
+  echo "[setup] installing openssh-server (for the emulated hosts of tests/multihost)" >&2
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
+  { apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 \
+           && apt-get install -y -q --no-install-recommends openssh-server >/dev/null 2>&1; }; } \
+    || echo "[setup] warning: openssh-server did not install; the multihost tests will skip" >&2
+  [ -z "$own_policy" ] || rm -f "$policy"
+fi
 
 if [ -f "$stamp" ]; then
   exit 0

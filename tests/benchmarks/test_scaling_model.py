@@ -376,3 +376,41 @@ def test_allreduce_benchmark_report(dl, tmp_path):
         assert all(math.isfinite(t) and t > 0 for t in part["seconds"])
         assert set(part["fit"]) == {"alpha_s", "beta_s_per_byte", "algbw_bytes_per_s",
                                     "busbw_bytes_per_s"}
+
+
+def test_multihost_section_sets_measurement_beside_model_and_sorts_the_differences(report):
+    """benchmarks/multihost.py's report rendered: one row per collective, and each difference
+    over 25% put under the emulation's ceiling (a shaped rate above what unshaped links
+    carried), the per-call software cost (small calls), or left unexplained."""
+    sizes = [65536, 8 << 20]
+
+    def result(rate, bits, ar, pred_ar, calls=(1000.0, 1000.0)):
+        return {"hosts": 2, "rate": rate, "rate_bits_per_s": bits,
+                "loadavg_1min_at_start": 3.0,
+                "measured": {"allreduce_s": ar, "train_step_s": 0.2,
+                             "syncbn_call_us": dict(zip(("allgather", "allreduce"), calls))},
+                "predicted": {"allreduce_s": pred_ar,
+                              "syncbn_call_us": {"allgather": 1000.0, "allreduce": 1000.0}}}
+    mh = {"command": ["benchmarks/multihost.py"], "date": "2026-12-02", "cpu_count": 2,
+          "netem": False, "hop_latency_s": 1e-5, "sizes": sizes,
+          "software": {"alpha_s": 2e-3, "allgather_s": 1e-3, "allreduce_s": 1e-3},
+          "results": [
+              # unshaped: 8 MiB in 80 ms, a ceiling of 2 (1/2) 8 MiB / 80 ms = 105 MB/s
+              result("none", None, [2e-3, 80e-3], [2e-3, 2e-3]),
+              result("100mbit", 1e8, [2.1e-3, 700e-3], [2e-3, 690e-3]),
+              result("10gbit", 1e10, [2e-3, 80e-3], [2e-3, 9e-3], calls=(1000.0, 2000.0)),
+              result("1gbit", 1e9, [2e-3, 200e-3], [2e-3, 70e-3])]}
+    text = report.multihost_section(mh, "multihost.json")
+    assert text.startswith("## The model against an emulated network")
+    assert "| 2 | 100mbit | allreduce 8 MiB | 700 ms | 690 ms | +1% |" in text
+    assert "| 2 | 10gbit | SyncBN allreduce (3 x C float32) | 2000 us | 1000 us | +100% |" in text
+    assert "4 of 16 cases differ from the model by more than 25%." in text
+    ceiling = text.split("**Above what the emulation can carry** (")[1].split("): with")[0]
+    assert "2 hosts not shaped allreduce 8 MiB" in ceiling
+    assert "2 hosts 10gbit allreduce 8 MiB" in ceiling
+    assert "105 MB/s on 2 hosts" in text
+    software = text.split("**Per-call software cost** (")[1].split("): these")[0]
+    assert software == "2 hosts 10gbit SyncBN allreduce (3 x C float32) +100%"
+    # 1 Gbit/s (125 MB/s) is above the 105 MB/s ceiling too.
+    assert "2 hosts 1gbit allreduce 8 MiB" in ceiling
+    assert "Not explained" not in text
