@@ -25,6 +25,9 @@ COMMANDS = {
     "doctor": "deeplab.doctor",
 }
 
+# subcommand -> its parser in deeplab.parsers, for the modules that import MXNet
+LIGHT_PARSERS = {"train": "train", "eval": "evaluate", "predict": "predict", "export": "export"}
+
 USAGE = """usage: deeplab [--version] {%s} ...
 
   train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume [--allow-config-change]]
@@ -62,10 +65,17 @@ def main(argv=None):
         return 2
     from deeplab.errors import EXIT_USER_ERROR, JobStopped, UserError
 
-    module = importlib.import_module(COMMANDS[argv[0]])
     code = 0
     try:
-        args = module.parse_args(argv[1:])
+        # Options first, MXNet after: `-h` and a bad flag answer at once.
+        light = LIGHT_PARSERS.get(argv[0])
+        if light:
+            from deeplab import parsers
+
+            args = getattr(parsers, light)(argv[1:])
+        module = importlib.import_module(COMMANDS[argv[0]])
+        if not light:
+            args = module.parse_args(argv[1:])
         module.main(args)
     except UserError as err:
         # Bad input: one clear line rather than a traceback, unless asked for.

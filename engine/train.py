@@ -11,13 +11,11 @@ Three layers, read top-down: `train_step` (forward, backward, the step's one all
 `train` (the loop: asks the checkpointer whether to save and the meter whether to log) and
 `prepare` (pre-flight checks, the run directory, the checkpoint to resume from).
 """
-import argparse
 import collections
 import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -27,7 +25,7 @@ from mxnet import autograd
 
 from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
-from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
+from deeplab.config import dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
 from deeplab.errors import Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
@@ -37,6 +35,7 @@ from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resumable, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
+from . import parsers
 from .build import (bn_mode, build_dataset, build_model, copy_parameters, on_main,
                     start_workers, uses_sync_bn)
 from .evaluate import evaluate, run_evaluation
@@ -463,27 +462,8 @@ def record_final(cfg, workdir, net, res, log):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="deeplab train", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="YAML config, e.g. configs/tiny_synthetic.yaml")
-    p.add_argument("--workdir", required=True, help="run directory (config, checkpoints, results)")
-    add_set_argument(p)
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_const", const="required", default=False,
-                        help="continue from the newest intact checkpoint in --workdir (an "
-                             "error if there is none)")
-    resume.add_argument("--resume-if-exists", dest="resume", action="store_const",
-                        const="if-exists",
-                        help="continue from the newest intact checkpoint if --workdir holds "
-                             "one, else start a new run (for schedulers that restart jobs)")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="when resuming: accept a config that changes the training (model, data, "
-                        "batch, schedule, seed, BN mode) against the checkpoint's")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bar during evaluation")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    args.argv = ["train"] + argv
-    return args
+    """The options (deeplab.parsers.train: parsed without importing MXNet)."""
+    return parsers.train(argv)
 
 
 def main(args):
