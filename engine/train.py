@@ -27,7 +27,7 @@ from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
 from deeplab.config import dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
-from deeplab.errors import Preempted, TrainingDiverged
+from deeplab.errors import ConfigError, Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
 from deeplab.record import RunInfo, RunRecord, memory_bytes
@@ -433,6 +433,11 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
         build_dataset(cfg, split)
 
     def check():
+        batch, world = cfg["train"]["batch_size"], dist.size()
+        if batch % world:  # else every worker fails at its first batch, the run dir written
+            raise ConfigError("train.batch_size %d (the global batch) does not split over %d "
+                              "workers: use a number of workers that divides it, or a "
+                              "multiple of %d" % (batch, world, world))
         check_workdir(workdir, resume)
         for key in ("params", "backbone_params"):
             path = cfg["model"][key]
@@ -510,7 +515,7 @@ def main(args):
                                      quiet=args.quiet)
             record_final(cfg, workdir, net, results, log)
         status = "finished"
-        log.info("done in %s; curves: deeplab plot %s", format_duration(
+        log.info("done in %s; curves: deeplab plot --workdir %s", format_duration(
             run.elapsed()), workdir)
         return results
     finally:

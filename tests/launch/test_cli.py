@@ -197,3 +197,22 @@ def test_horovod_tools_pass_through_to_horovodrun():
     cmd = horovod.horovod_command(plain.np, plain.command, autotune=plain.autotune)
     assert "--autotune" in cmd and "--autotune-log-file" not in cmd
     assert cmd[cmd.index("--gloo-timeout-seconds") + 1] == str(horovod.GLOO_TIMEOUT)
+
+
+@pytest.mark.parametrize("launcher", [["horovod", "-np", "3"], ["ps", "--workers", "3"]])
+def test_a_global_batch_that_does_not_split_is_one_line_before_any_worker(launcher, tmp_path):
+    """Regression: -np 3 with a global batch of 8 buried the reason under ~90 lines of three
+    ranks' tracebacks and Horovod's shutdown, and left a run directory behind."""
+    from conftest import TINY
+
+    work = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "deeplab.cli", "launch", *launcher, "--",
+                           "train", TINY, "--workdir", str(work)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "deeplab launch: error: train.batch_size 8 (the global batch) does not split over %s: "
+        "use a number of workers among 1, 2, 4, 8, or a train.batch_size that is a multiple of "
+        "3; no worker was started" % ("-np 3" if launcher[0] == "horovod" else "3 workers")]
+    assert not work.exists()
