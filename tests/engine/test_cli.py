@@ -46,3 +46,56 @@ def test_a_run_imports_it_after_parsing(tmp_path):
     out, err = probe("eval", TINY, "--checkpoint", str(tmp_path / "none.params"))
     assert "none.params does not exist" in err
     assert out.strip() == "mxnet imported: True code: 2"
+
+
+# k8s validate has no options.
+HELP_COMMANDS = [("train",), ("eval",), ("predict",), ("export",), ("plot",), ("bench",),
+                 ("fetch", "backbone"), ("fetch", "voc"), ("doctor",), ("launch", "horovod"),
+                 ("launch", "ps"), ("k8s", "render"), ("k8s", "run-local")]
+
+
+def _flags(help_text):
+    """The first spelling of each option in an argparse help (aliases after it are older
+    spellings), -h excluded."""
+    flags = []
+    for line in help_text.splitlines():
+        words = line.strip().split(", ")
+        if line.startswith("  -") and not words[0].startswith("-h"):
+            flags.append(words[0].split()[0].split("=")[0])
+    return flags
+
+
+def _readme_usage():
+    """{subcommand: text of its entries} from README.md's usage block."""
+    import os
+
+    from conftest import ROOT
+
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text[text.index("## Command line"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    entries, current = {}, None
+    for line in block.splitlines():
+        if line.startswith("deeplab "):
+            for part in line.replace(" | deeplab ", " |\0deeplab ").split("\0"):
+                current = part.split()[1]
+                entries[current] = entries.get(current, "") + " " + part
+        elif current:
+            entries[current] += " " + line
+    return entries
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
+def test_readme_usage_lists_every_flag(command, capsys):
+    from deeplab import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(list(command) + ["-h"])
+    assert exit_.value.code in (0, None)
+    flags = _flags(capsys.readouterr().out)
+    assert flags, "no options found in %s -h" % " ".join(command)
+    usage = _readme_usage()[command[0]]
+    missing = [f for f in flags if f not in usage.replace("[", " ").replace("]", " ").split()
+               and f + "=" not in usage]
+    assert not missing, "README's usage of deeplab %s lacks %s" % (" ".join(command), missing)
