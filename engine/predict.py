@@ -4,7 +4,7 @@
                     INPUT... [--set KEY=VALUE ...]
 
 INPUT: image files (.jpg, .jpeg, .png, .bmp) or folders of them (not searched recursively).
-For each image writes DIR/<stem>.png, a palette PNG (VOC colours) whose pixel values are the
+For each image writes DIR/<stem>.png, a palette PNG (the dataset's colours: its `palette`, else VOC's) whose pixel values are the
 predicted class indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended
 half and half with those colours. Inference is `deeplab eval`'s: the evaluation output stride,
 eval.scales and eval.flip. Under `deeplab launch` the images are split across the workers, and
@@ -166,6 +166,22 @@ def check_out(out, inputs, images):
                                 "choose another --out folder" % (out, name, hit))
 
 
+def dataset_palette(cfg):
+    """The 256-colour palette of the config's dataset (its `palette` attribute, where it has
+    one), else VOC's; VOC's too where the dataset is not on this machine (predicting needs
+    only images)."""
+    from .build import build_dataset
+
+    try:
+        palette = getattr(build_dataset(cfg, "val"), "palette", None)
+    except (UserError, OSError):
+        palette = None
+    if palette is None:
+        return voc_palette()
+    palette = [int(v) for v in np.asarray(palette).ravel()]
+    return palette + [0] * (3 * 256 - len(palette))  # PIL: 256 entries
+
+
 def _check_paths(args, cfg):
     """Inputs, output folder and checkpoint file as the main worker sees them (raises
     UserError)."""
@@ -173,7 +189,7 @@ def _check_paths(args, cfg):
         raise UserError("--out %s is a file; expected a folder for the outputs" % args.out)
     images = collect_images(args.inputs)
     check_out(args.out, args.inputs, images)
-    return images, resolve_checkpoint(args.checkpoint, cfg)
+    return images, resolve_checkpoint(args.checkpoint, cfg), dataset_palette(cfg)
 
 
 def _predictions(net, batches, ctx, e):
@@ -209,7 +225,7 @@ def main(args):
     cfg = load_config(args.config, args.overrides)
     dist.init(cfg["dist"]["backend"])
     log = run_logger()
-    images, args.checkpoint = on_main(lambda: _check_paths(args, cfg), share=True)
+    images, args.checkpoint, palette = on_main(lambda: _check_paths(args, cfg), share=True)
     ctx = dist.context()
     stride = eval_stride(cfg)
     # The checkpoint replaces every parameter, so the backbone file is not read.
@@ -221,7 +237,6 @@ def main(args):
     mine = [images[i] for i in eval_shard(len(images), dist.rank(), dist.size())]
     start = time.monotonic()
     results = _predictions(net, plan_batches(mine, args.batch), ctx, cfg["eval"])
-    palette = voc_palette()
     # A worker that stops would leave the others waiting in the final sum forever; the stall
     # allowance per image is evaluation's (new shapes compile, shares finish at different times).
     with dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:
