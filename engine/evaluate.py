@@ -1,7 +1,8 @@
 """Evaluation on full images: optional multi-scale + flip inference, one confusion matrix summed
 over workers, scores computed and written by the main worker.
 
-    deeplab eval CONFIG --checkpoint PATH --out results.json [--set key=value ...]
+    deeplab eval CONFIG --checkpoint PARAMS|RUN_DIR [--out results.json] [--quiet]
+                 [--set key=value ...]
 """
 import contextlib
 import os

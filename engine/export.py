@@ -1,7 +1,7 @@
 """Export of the evaluation network for deployment: an MXNet symbol and parameters, optionally
 an ONNX model.
 
-    deeplab export CONFIG --checkpoint PARAMS --out PREFIX [--onnx] [--size H W]
+    deeplab export CONFIG --checkpoint PARAMS|RUN_DIR --out PREFIX [--onnx] [--size H W]
                    [--set KEY=VALUE ...]
 
 Writes PREFIX-symbol.json and PREFIX-0000.params (HybridBlock.export), which load with

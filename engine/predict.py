@@ -1,14 +1,15 @@
 """Segmentation of image files: a class-index PNG and a colour overlay per image.
 
-    deeplab predict CONFIG --checkpoint PARAMS --out DIR [--batch B] [--quiet]
-                    INPUT... [--set KEY=VALUE ...]
+    deeplab predict CONFIG --checkpoint PARAMS|RUN_DIR --out DIR [--batch-per-call B]
+                    [--quiet] INPUT... [--set KEY=VALUE ...]
 
 INPUT: image files (.jpg, .jpeg, .png, .bmp) or folders of them (not searched recursively).
-For each image writes DIR/<stem>.png, a palette PNG (the dataset's colours: its `palette`, else VOC's) whose pixel values are the
-predicted class indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended
-half and half with those colours. Inference is `deeplab eval`'s: the evaluation output stride,
-eval.scales and eval.flip. Under `deeplab launch` the images are split across the workers, and
-each worker writes the files of its own share.
+For each image writes DIR/<stem>.png, a palette PNG (the dataset's colours: its `palette`,
+else VOC's) whose pixel values are the predicted class indices at the image's size, and
+DIR/<stem>_overlay.jpg, the image blended half and half with those colours. Inference is
+`deeplab eval`'s: the evaluation output stride, eval.scales and eval.flip. Under `deeplab
+launch` the images are split across the workers, and each worker writes the files of its own
+share. DIR may not be an input folder or inside one: no input is ever written over.
 """
 import os
 import time
