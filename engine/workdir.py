@@ -145,6 +145,9 @@ def check_resumable(path, state, required):
     iteration 0 (`--resume-if-exists`, for schedulers that restart jobs, allows it)."""
     if state is not None or not required:
         return
+    probe = lock_if_run(path, "--workdir") if os.path.isdir(path) else None
+    if probe:  # not held: no run going there (which would be the news, not the checkpoints)
+        probe.release()
     if not os.path.isdir(path):
         raise WorkdirError("--resume: %s does not exist; nothing to resume (use "
                            "--resume-if-exists to start a new run when there is none)" % path)

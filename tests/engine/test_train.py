@@ -409,3 +409,18 @@ def test_resume_and_resume_if_exists_exclude_each_other():
         train.parse_args([TINY, "--workdir", "w", "--resume", "--resume-if-exists"])
     assert train.parse_args([TINY, "--workdir", "w", "--resume"]).resume == "required"
     assert train.parse_args([TINY, "--workdir", "w"]).resume is False
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_the_run_directory(tmp_path,
+                                                                                monkeypatch):
+    """Rank 0's pre-flight (for jobs started without `deeplab launch`'s own check): as if on 3
+    workers with the global batch of 8."""
+    from deeplab import dist
+    from deeplab.errors import ConfigError
+
+    cfg = load_config(TINY, FAST)
+    monkeypatch.setattr(dist, "size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"train.batch_size 8 \(the global batch\) does not "
+                                          r"split over 3 workers"):
+        train.prepare(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
