@@ -1,7 +1,8 @@
 """Training-throughput benchmark on synthetic data: images/s per worker and in total, the time of
 each part of a step, peak memory, analytic FLOPs, and side-by-side comparisons in the same run.
 
-    deeplab bench CONFIG [--set key=value ...] [--batch B] [--crop N] [--steps 10] [--warmup 2]
+    deeplab bench CONFIG [--set key=value ...] [--batch-per-worker B] [--crop N] [--steps 10]
+                  [--warmup 2]
                   [--compare gluoncv,head,bn,hybridize] [--baseline ONE_WORKER.json]
                   [--out FILE.json] [--plot FILE.png] [--profile FILE.json]
 
@@ -9,7 +10,8 @@ Run it like training: alone (local backend) or on N workers with `deeplab launch
 -- bench ...` / `deeplab launch ps --workers N -- bench ...`. The model, BN mode, hybridization,
 loader processes and distributed settings come from CONFIG; the data are always the built-in
 synthetic images (about crop-sized), decoded and augmented by the training pipeline, so the data
-wait is real. `--batch` is per worker (default: train.batch_size / workers).
+wait is real. `--batch-per-worker B` (older spelling `--batch`): images per worker per step
+(default: train.batch_size / workers).
 
 Each step is timed in four parts, with the engine drained between them so that each part is
 charged its own work (training itself does not wait there, so a bench step is slightly slower
@@ -265,13 +267,13 @@ def _step(v, batches, ctx):
 
 
 def batch_per_worker(cfg, batch):
-    """--batch, or train.batch_size shared among the workers."""
+    """--batch-per-worker, or train.batch_size shared among the workers."""
     if batch is not None:
         return batch
     if cfg["train"]["batch_size"] % dist.size():
         raise UserError("train.batch_size %d is not divisible by the %d workers; pass "
-                        "--batch (images per worker)" % (cfg["train"]["batch_size"],
-                                                         dist.size()))
+                        "--batch-per-worker (images per worker)"
+                        % (cfg["train"]["batch_size"], dist.size()))
     return cfg["train"]["batch_size"] // dist.size()
 
 
@@ -492,8 +494,10 @@ def parse_args(argv=None):
     p.add_argument("--mode", choices=("train", "infer"), default="train",
                    help="train: training steps (default); infer: the evaluation network's "
                         "images/s and latency (eval.scales, eval.flip, eval.output_stride)")
-    p.add_argument("--batch", type=int, help="images per worker (default: train.batch_size / "
-                   "workers; --mode infer: 1)")
+    # Per worker, unlike predict's --batch-per-call; --batch is the older spelling.
+    p.add_argument("--batch-per-worker", "--batch", dest="batch", type=int, metavar="B",
+                   help="images per worker per step (default: train.batch_size / workers; "
+                        "--mode infer: 1)")
     p.add_argument("--crop", type=int, help="image size (default: data.crop_size)")
     p.add_argument("--steps", type=int, default=10, help="timed steps (images with --mode "
                    "infer) per variant and repeat (default 10)")

@@ -29,7 +29,7 @@ DEEPLAB = [PY, "-m", "deeplab.cli"]
 R50 = "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml"
 # Real sizes: ResNet-50 at a 512x512 crop (the recipe's 513 rounded to a multiple of the stride),
 # one image per worker (the most a CPU step allows in reasonable time), one loader process.
-REAL = ["--crop", "512", "--batch", "1", "--set", "data.num_workers=1"]
+REAL = ["--crop", "512", "--batch-per-worker", "1", "--set", "data.num_workers=1"]
 
 
 def _bench(*args):

@@ -27,25 +27,34 @@ COMMANDS = {
     "check-data": "deeplab.check_data",
 }
 
+# subcommand -> its parser in deeplab.parsers, for the modules that import MXNet
+LIGHT_PARSERS = {"train": "train", "eval": "evaluate", "predict": "predict", "export": "export"}
+
 USAGE = """usage: deeplab [--version] {%s} ...
 
-  train CONFIG --workdir DIR [--set KEY=VALUE ...] [--resume [--allow-config-change]]
-        [--no-eval] [--quiet]
-  eval  CONFIG --checkpoint PARAMS [--out results.json] [--set KEY=VALUE ...]
-  predict CONFIG --checkpoint PARAMS --out DIR [--batch B] [--quiet] INPUT...
+  train CONFIG --workdir DIR [--resume | --resume-if-exists] [--allow-config-change]
+        [--no-eval] [--quiet] [--set KEY=VALUE ...]
+  eval  CONFIG --checkpoint PARAMS|RUN_DIR [--out results.json] [--quiet] [--set KEY=VALUE ...]
+  predict CONFIG --checkpoint PARAMS|RUN_DIR --out DIR [--batch-per-call B] [--quiet] INPUT...
           [--set KEY=VALUE ...]
-  export CONFIG --checkpoint PARAMS --out PREFIX [--onnx] [--size H W] [--set KEY=VALUE ...]
-  plot  DIR [--out curves.png]
-  bench CONFIG [--batch B] [--crop N] [--steps S] [--compare gluoncv,head,bn,hybridize]
-        [--baseline ONE_WORKER.json] [--out FILE.json] [--plot FILE.png] [--set KEY=VALUE ...]
-  launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] -- train|eval|bench|predict ARGS...
-  launch ps --workers N --servers M -- train|eval|bench|predict ARGS...
+  export CONFIG --checkpoint PARAMS|RUN_DIR --out PREFIX [--onnx] [--size H W]
+         [--set KEY=VALUE ...]
+  plot  --workdir DIR [--workdir DIR2 ...] [--out curves.png] | plot --confusion RESULTS [--out PNG]
+  bench CONFIG [--mode train|infer] [--batch-per-worker B] [--crop N] [--steps S] [--warmup W]
+        [--repeat R] [--compare gluoncv,head,bn,hybridize,amp] [--baseline ONE_WORKER.json]
+        [--out FILE.json] [--plot FILE.png] [--profile T.json] [--quiet] [--set KEY=VALUE ...]
+  launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] [--start-timeout S] [--grace S]
+         [--timeline FILE] [--autotune [LOG]] [--horovodrun-arg ARG ...]
+         -- train|eval|bench|predict ARGS...
+  launch ps [--workers N --servers M] [--grace S] -- train|eval|bench|predict ARGS...
   k8s render CONFIG --backend horovod|ps --nodes N --gpus-per-node G --image IMG
-             --data-pvc NAME --out DIR [--set KEY=VALUE ...]
-  k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR
+             --data-pvc NAME --out DIR [--name JOB] [...]  (deeplab k8s render -h)
+  k8s validate DIR | k8s run-local DIR --data-dir LOCAL_DIR [--source SRC] [--timeout S]
+             [--dry-run]
   fetch backbone NAME [--root DIR] | fetch voc --root DIR [--keep-archives]
         | fetch cityscapes [--root DIR] [--delete-archives]
-  doctor [CONFIG] [--workers N] [--set KEY=VALUE ...] [--json]
+        ($DEEPLAB_FETCH_MIRROR replaces the download base URL)
+  doctor [CONFIG] [--workers N] [--json] [--set KEY=VALUE ...]
   check-data CONFIG [--split train val] [--set KEY=VALUE ...]
 
 KEY=VALUE sets a config key (docs/configuration.md), e.g. train.lr=1e-3 data.num_workers=4.
@@ -68,8 +77,15 @@ def main(argv=None):
 
     code = 0
     try:
+        # Options first, MXNet after: `-h` and a bad flag answer at once.
+        light = LIGHT_PARSERS.get(argv[0])
+        if light:
+            from deeplab import parsers
+
+            args = getattr(parsers, light)(argv[1:])
         module = importlib.import_module(COMMANDS[argv[0]])
-        args = module.parse_args(argv[1:])
+        if not light:
+            args = module.parse_args(argv[1:])
         from deeplab.launch import procs
 
         if argv[0] in procs.COMMANDS:

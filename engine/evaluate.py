@@ -1,9 +1,9 @@
 """Evaluation on full images: optional multi-scale + flip inference, one confusion matrix summed
 over workers, scores computed and written by the main worker.
 
-    deeplab eval CONFIG --checkpoint PATH --out results.json [--set key=value ...]
+    deeplab eval CONFIG --checkpoint PARAMS|RUN_DIR [--out results.json] [--quiet]
+                 [--set key=value ...]
 """
-import argparse
 import contextlib
 import os
 
@@ -11,15 +11,16 @@ import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.config import eval_stride, load_config
 from deeplab.data import EvalTransform, eval_samples, eval_shard
 from deeplab.logger import progress, run_logger
 from deeplab.metrics import confusion_matrix, scores
 from deeplab.record import provenance
 from deeplab.utils import write_json
 
-from deeplab.workdir import lock_if_run
+from deeplab.workdir import lock_if_run, resolve_checkpoint
 
+from . import parsers
 from .build import build_dataset, evaluation_network, on_main
 
 __all__ = ["predict", "evaluate", "results_dict", "format_results", "format_class_table",
@@ -163,16 +164,8 @@ def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None,
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="deeplab eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="YAML config (the model and data sections are used)")
-    p.add_argument("--checkpoint", required=True,
-                   help="a .params file: final.params, best.params or checkpoints/iter_*.params")
-    p.add_argument("--out", default=None,
-                   help="where to write the results JSON (in a run directory: refused while "
-                        "that run is going)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_set_argument(p, example="eval.output_stride=8")
-    return p.parse_args(argv)
+    """The options (deeplab.parsers.evaluate: parsed without importing MXNet)."""
+    return parsers.evaluate(argv)
 
 
 def main(args):
@@ -181,9 +174,7 @@ def main(args):
     ctx = dist.context()
     stride = eval_stride(cfg)
     no_cudnn_autotune()
-    if not os.path.isfile(args.checkpoint):
-        from deeplab.errors import ParamsError
-        raise ParamsError("--checkpoint %s does not exist" % args.checkpoint)
+    args.checkpoint = on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
     # --out inside a run directory (DIR/results.json): the run's lock, as a second run would
     # take it, so that a run still going is not overwritten and does not overwrite this.
     lock = on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \

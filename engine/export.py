@@ -1,7 +1,7 @@
 """Export of the evaluation network for deployment: an MXNet symbol and parameters, optionally
 an ONNX model.
 
-    deeplab export CONFIG --checkpoint PARAMS --out PREFIX [--onnx] [--size H W]
+    deeplab export CONFIG --checkpoint PARAMS|RUN_DIR --out PREFIX [--onnx] [--size H W]
                    [--set KEY=VALUE ...]
 
 Writes PREFIX-symbol.json and PREFIX-0000.params (HybridBlock.export), which load with
@@ -16,7 +16,6 @@ The graphs' input is preprocessed outside them, as `deeplab predict` does (PREFI
 ImageNet std (0.229, 0.224, 0.225); transpose to (3, H, W) and add the batch axis: float32
 (1, 3, H, W), NCHW. The class of a pixel is the argmax of the logits over axis 1.
 """
-import argparse
 import os
 import shutil
 import tempfile
@@ -26,11 +25,13 @@ import numpy as np
 from mxnet.gluon import nn
 
 from deeplab.checkpoint import verify_ndarrays
-from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.config import eval_stride, load_config
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
-from deeplab.utils import atomic_write, disk_errors, positive_int, write_json
+from deeplab.utils import atomic_write, disk_errors, write_json
+from deeplab.workdir import resolve_checkpoint
 
+from . import parsers
 from .build import evaluation_network
 
 __all__ = ["StaticSizeNet", "export", "preprocessing", "parse_args", "main"]
@@ -173,39 +174,19 @@ def _class_names(cfg):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="deeplab export", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Input (PREFIX-preprocessing.json): RGB, float32 / 255, minus the ImageNet mean "
-               "(0.485, 0.456, 0.406), divided by the ImageNet std (0.229, 0.224, 0.225), NCHW "
-               "(1, 3, H, W); output: logits (1, classes, H, W), argmax over axis 1.\n"
-               "PREFIX-symbol.json takes inputs of any size, like the Gluon network. ONNX needs "
-               "static shapes: PREFIX.onnx takes exactly (1, 3, H, W) with H W from --size "
-               "(default: the config's data.crop_size); resize or pad images to it.")
-    p.add_argument("config", help="YAML config (the model and eval sections are used)")
-    p.add_argument("--checkpoint", required=True,
-                   help="a .params file: final.params or checkpoints/iter_*.params")
-    p.add_argument("--out", required=True, metavar="PREFIX",
-                   help="output prefix: writes PREFIX-symbol.json, PREFIX-0000.params, "
-                        "PREFIX-preprocessing.json (and PREFIX.onnx)")
-    p.add_argument("--onnx", action="store_true",
-                   help="also write PREFIX.onnx (ONNX opset of mx.onnx; static input shape)")
-    p.add_argument("--size", nargs=2, type=positive_int, metavar=("H", "W"), default=None,
-                   help="input height and width the graphs are traced at and the fixed input "
-                        "size of the ONNX model (default: data.crop_size square)")
-    add_set_argument(p, example="eval.output_stride=8")
-    return p.parse_args(argv)
+    """The options (deeplab.parsers.export: parsed without importing MXNet)."""
+    return parsers.export(argv)
 
 
 def main(args):
     """Builds the evaluation network from the checkpoint and exports it; returns the files."""
     cfg = load_config(args.config, args.overrides)
     prefix = _check_prefix(args.out)
+    checkpoint = resolve_checkpoint(args.checkpoint, cfg)
     size = tuple(args.size) if args.size else (cfg["data"]["crop_size"],) * 2
     # The files do not depend on the device: build on the CPU, as a single process (no
     # dist.init: exporting is not a distributed job).
-    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg),
-                             params=args.checkpoint)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=checkpoint)
     files = export(net, prefix, size, onnx=args.onnx)
     write_json(prefix + "-preprocessing.json", preprocessing(cfg, size, _class_names(cfg)))
     files.insert(2, prefix + "-preprocessing.json")  # after the symbol's two files

@@ -1,7 +1,7 @@
 """Segmentation of image files: a class-index PNG and a colour overlay per image.
 
-    deeplab predict CONFIG --checkpoint PARAMS --out DIR [--batch B] [--quiet]
-                    INPUT... [--set KEY=VALUE ...]
+    deeplab predict CONFIG --checkpoint PARAMS|RUN_DIR --out DIR [--batch-per-call B]
+                    [--quiet] INPUT... [--set KEY=VALUE ...]
 
 INPUT: image files (.jpg, .jpeg, .png, .bmp) or folders of them (not searched recursively).
 For each image writes DIR/<stem>.png, a palette PNG (the config's dataset's colours: VOC's,
@@ -9,9 +9,9 @@ Cityscapes', or data.palette for the folder dataset) whose pixel values are the 
 indices at the image's size, and DIR/<stem>_overlay.jpg, the image blended half and half with
 those colours. Inference is `deeplab eval`'s: the evaluation output stride,
 eval.scales and eval.flip. Under `deeplab launch` the images are split across the workers, and
-each worker writes the files of its own share.
+each worker writes the files of its own share. DIR may not be an input folder or inside one: no
+input is ever written over.
 """
-import argparse
 import os
 import time
 
@@ -19,13 +19,15 @@ import mxnet as mx
 import numpy as np
 
 from deeplab import dist
-from deeplab.config import add_set_argument, eval_stride, load_config
+from deeplab.config import eval_stride, load_config
 from deeplab.data import EvalTransform, eval_shard
 from deeplab.data.base import read_image
-from deeplab.errors import DatasetError, ParamsError, UserError
+from deeplab.errors import DatasetError, UserError
 from deeplab.logger import format_duration, run_logger
-from deeplab.utils import atomic_write, positive_int
+from deeplab.utils import atomic_write
+from deeplab.workdir import resolve_checkpoint
 
+from . import parsers
 from .build import dataset_classes, evaluation_network, on_main
 from .evaluate import predict, progress
 
@@ -33,7 +35,7 @@ __all__ = ["IMAGE_EXTENSIONS", "collect_images", "check_out", "plan_batches", "s
            "write_outputs",
            "parse_args", "main"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = parsers.IMAGE_EXTENSIONS
 OVERLAY_ALPHA = 0.5  # weight of the class colours in the overlay
 
 
@@ -166,15 +168,14 @@ def check_out(out, inputs, images):
                                 "choose another --out folder" % (out, name, hit))
 
 
-def _check_paths(args):
-    """Inputs and output folder as the main worker sees them (raises UserError)."""
-    if not os.path.isfile(args.checkpoint):
-        raise ParamsError("params file %s does not exist" % args.checkpoint)
+def _check_paths(args, cfg):
+    """Inputs, output folder and checkpoint file as the main worker sees them (raises
+    UserError)."""
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError("--out %s is a file; expected a folder for the outputs" % args.out)
     images = collect_images(args.inputs)
     check_out(args.out, args.inputs, images)
-    return images
+    return images, resolve_checkpoint(args.checkpoint, cfg)
 
 
 def _predictions(net, batches, ctx, e):
@@ -197,25 +198,8 @@ def _predictions(net, batches, ctx, e):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="deeplab predict", description=__doc__.split("\n\n")[0],
-        epilog="Images of the same size are inferred together, --batch at a time, with any "
-               "eval.scales and eval.flip. --set takes every value that follows it: put it "
-               "last, or end it with --.")
-    p.add_argument("config", help="YAML config (the model and eval sections are used)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files (%s) or folders of them" % ", ".join(IMAGE_EXTENSIONS))
-    p.add_argument("--checkpoint", required=True,
-                   help="a .params file: final.params or checkpoints/iter_*.params")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for <stem>.png and <stem>_overlay.jpg (created if missing; "
-                        "not an input folder nor inside one)")
-    p.add_argument("--batch", type=positive_int, default=1,
-                   help="images of one size inferred together (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_set_argument(p, example="eval.flip=true")
-    # Inputs may come before, between or after the options.
-    return p.parse_intermixed_args(argv)
+    """The options (deeplab.parsers.predict: parsed without importing MXNet)."""
+    return parsers.predict(argv)
 
 
 def main(args):
@@ -227,7 +211,7 @@ def main(args):
     cfg = load_config(args.config, args.overrides)
     dist.init(cfg["dist"]["backend"])
     log = run_logger()
-    images = on_main(lambda: _check_paths(args), share=True)
+    images, args.checkpoint = on_main(lambda: _check_paths(args, cfg), share=True)
     ctx = dist.context()
     stride = eval_stride(cfg)
     # The checkpoint replaces every parameter, so the backbone file is not read.
@@ -238,7 +222,7 @@ def main(args):
     mine = [images[i] for i in eval_shard(len(images), dist.rank(), dist.size())]
     start = time.monotonic()
     results = _predictions(net, plan_batches(mine, args.batch), ctx, cfg["eval"])
-    palette = dataset_classes(cfg)[1]
+    palette = dataset_classes(cfg)[1]  # from the config: the data need not be here
     # A worker that stops would leave the others waiting in the final sum forever; the stall
     # allowance per image is evaluation's (new shapes compile, shares finish at different times).
     with dist.Watchdog(4 * cfg["dist"]["stall_timeout"]) as watchdog:

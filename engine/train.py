@@ -11,13 +11,11 @@ Three layers, read top-down: `train_step` (forward, backward, the step's one all
 `train` (the loop: asks the checkpointer whether to save and the meter whether to log) and
 `prepare` (pre-flight checks, the run directory, the checkpoint to resume from).
 """
-import argparse
 import collections
 import contextlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 
@@ -27,10 +25,10 @@ from mxnet import autograd
 
 from deeplab import dist
 from deeplab.checkpoint import Checkpointer, save_params
-from deeplab.config import add_set_argument, dump_config, eval_stride, load_config
+from deeplab.config import dump_config, eval_stride, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, train_batches
 from deeplab.dist.runtime import start_workers, uses_sync_bn
-from deeplab.errors import Interrupted, Preempted, TrainingDiverged
+from deeplab.errors import ConfigError, Interrupted, Preempted, TrainingDiverged
 from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
 from deeplab.precision import amp_dtype, enable_amp
@@ -39,6 +37,7 @@ from deeplab.utils import write_json
 from deeplab.workdir import WorkdirLock, check_resumable, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
+from . import parsers
 from .build import (bn_mode, build_dataset, copy_parameters, evaluation_network,
                     evaluation_network_of, on_main, training_network)
 from .evaluate import evaluate, run_evaluation
@@ -424,6 +423,11 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
         build_dataset(cfg, split)
 
     def check():
+        batch, world = cfg["train"]["batch_size"], dist.size()
+        if batch % world:  # else every worker fails at its first batch, the run dir written
+            raise ConfigError("train.batch_size %d (the global batch) does not split over %d "
+                              "workers: use a number of workers that divides it, or a "
+                              "multiple of %d" % (batch, world, world))
         check_workdir(workdir, resume)
         for key in ("params", "backbone_params"):
             path = cfg["model"][key]
@@ -453,27 +457,8 @@ def record_final(cfg, workdir, net, res, log):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="deeplab train", description=__doc__.split("\n\n")[0])
-    p.add_argument("config", help="YAML config, e.g. configs/tiny_synthetic.yaml")
-    p.add_argument("--workdir", required=True, help="run directory (config, checkpoints, results)")
-    add_set_argument(p)
-    resume = p.add_mutually_exclusive_group()
-    resume.add_argument("--resume", action="store_const", const="required", default=False,
-                        help="continue from the newest intact checkpoint in --workdir (an "
-                             "error if there is none)")
-    resume.add_argument("--resume-if-exists", dest="resume", action="store_const",
-                        const="if-exists",
-                        help="continue from the newest intact checkpoint if --workdir holds "
-                             "one, else start a new run (for schedulers that restart jobs)")
-    p.add_argument("--allow-config-change", action="store_true",
-                   help="when resuming: accept a config that changes the training (model, data, "
-                        "batch, schedule, seed, BN mode) against the checkpoint's")
-    p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
-    p.add_argument("--quiet", action="store_true", help="no progress bar during evaluation")
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = p.parse_args(argv)
-    args.argv = ["train"] + argv
-    return args
+    """The options (deeplab.parsers.train: parsed without importing MXNet)."""
+    return parsers.train(argv)
 
 
 def main(args):
@@ -554,7 +539,7 @@ def run_training(cfg, args, lock, resume_from, watchdog):
                                          quiet=args.quiet, watchdog=watchdog)
             record_final(cfg, workdir, net, results, log)
         status = "finished"
-        log.info("done in %s; curves: deeplab plot %s", format_duration(
+        log.info("done in %s; curves: deeplab plot --workdir %s", format_duration(
             run.elapsed()), workdir)
         return results
     finally:

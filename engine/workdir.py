@@ -8,10 +8,11 @@ import os
 import shutil
 import socket
 
-from deeplab.errors import CheckpointError, WorkdirError
+from deeplab.errors import CheckpointError, ParamsError, WorkdirError
 
 __all__ = ["RUN_FILES", "is_run_file", "check_workdir", "WorkdirLock", "lock_if_run",
-           "replace_run", "RESUMABLE_KEYS", "check_resume", "check_resumable"]
+           "replace_run", "RESUMABLE_KEYS", "check_resume", "check_resumable", "ARCHITECTURE_KEYS",
+           "resolve_checkpoint"]
 
 # What a run writes at the top of its directory; anything else means the directory is not a
 # run's (a typo in --workdir pointing at a dataset or a home directory).
@@ -153,6 +154,9 @@ def check_resumable(path, state, required):
     iteration 0 (`--resume-if-exists`, for schedulers that restart jobs, allows it)."""
     if state is not None or not required:
         return
+    probe = lock_if_run(path, "--workdir") if os.path.isdir(path) else None
+    if probe:  # not held: no run going there (which would be the news, not the checkpoints)
+        probe.release()
     if not os.path.isdir(path):
         raise WorkdirError("--resume: %s does not exist; nothing to resume (use "
                            "--resume-if-exists to start a new run when there is none)" % path)
@@ -205,3 +209,79 @@ def check_resume(saved_cfg, cfg, iteration, allow_change=False):
             "resume with the original settings, or pass --allow-config-change to continue "
             "anyway" % "; ".join(changed))
     return changed
+
+
+# Model keys that change the parameters' names or shapes: a checkpoint trained with other values
+# cannot be loaded (output_stride, multi_grid, dropout only change how they are used).
+ARCHITECTURE_KEYS = ("name", "head", "num_classes", "head_channels")
+
+
+def _network(model):
+    return "%s (head %s, %s classes, head_channels %s)" % tuple(
+        model.get(k) for k in ARCHITECTURE_KEYS)
+
+
+def _recorded_model(path):
+    """The model section recorded beside checkpoint file `path` by the run that wrote it
+    (checkpoints/iter_N.json, or the run's config.yaml), as (model dict, where), or None."""
+    import json
+
+    import yaml
+
+    stem, _ = os.path.splitext(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    candidates = [(stem + ".json", "json")]
+    if os.path.basename(folder) == "checkpoints":
+        candidates.append((os.path.join(os.path.dirname(folder), "config.yaml"), "yaml"))
+    else:
+        candidates.append((os.path.join(folder, "config.yaml"), "yaml"))
+    for where, kind in candidates:
+        try:
+            with open(where) as f:
+                data = json.load(f).get("config") if kind == "json" else yaml.safe_load(f)
+            model = data["model"]
+        except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            continue
+        if isinstance(model, dict) and all(k in model for k in ARCHITECTURE_KEYS):
+            return model, where
+    return None
+
+
+def resolve_checkpoint(path, cfg):
+    """The `.params` file that `--checkpoint path` names for a network configured by `cfg`.
+
+    A run directory gives its final.params. Raised as ParamsError, in one line: a missing
+    path; a run directory without final.params (naming the files it holds); a trainer state
+    (`.states`); a file whose run recorded another network than `cfg`'s (naming both).
+    """
+    if os.path.isdir(path):
+        final = os.path.join(path, "final.params")
+        if os.path.isfile(final):
+            path = final
+        else:
+            found = sorted(n for n in os.listdir(path) if n.endswith(".params"))
+            ckpt = os.path.join(path, "checkpoints")
+            if os.path.isdir(ckpt):
+                found += sorted(os.path.join("checkpoints", n) for n in os.listdir(ckpt)
+                                if n.endswith(".params"))
+            raise ParamsError(
+                "--checkpoint %s is a directory without final.params (the run has not "
+                "finished?); %s" % (path, "give one of its parameter files: %s"
+                                    % ", ".join(os.path.join(path, n) for n in found[-5:])
+                                    if found else "it holds no .params file"))
+    if not os.path.exists(path):
+        raise ParamsError("params file %s does not exist" % path)
+    if path.endswith(".states"):
+        params = path[:-len(".states")] + ".params"
+        raise ParamsError("--checkpoint %s is a trainer state (optimizer momentum, for "
+                          "--resume), not network parameters; expected a .params file%s"
+                          % (path, " such as %s" % params if os.path.isfile(params) else ""))
+    recorded = _recorded_model(path)
+    if recorded:
+        model, where = recorded
+        if any(model.get(k) != cfg["model"][k] for k in ARCHITECTURE_KEYS):
+            raise ParamsError(
+                "--checkpoint %s is a checkpoint of another network: %s (recorded in %s), but "
+                "the config builds %s; use the run's config or a checkpoint of this network"
+                % (path, _network(model), where, _network(cfg["model"])))
+    return path

@@ -118,8 +118,54 @@ def parse_args(argv=None):
     return args
 
 
+def _world_size(args):
+    """The number of training workers the job will have, or None where this launcher cannot
+    tell (a parameter-server node of a cluster without DMLC_NUM_WORKER)."""
+    if args.backend == "horovod":
+        return args.np
+    if os.environ.get("DMLC_ROLE"):
+        count = os.environ.get("DMLC_NUM_WORKER", "")
+        return int(count) if count.isdigit() and int(count) > 0 else None
+    return args.workers
+
+
+def preflight(args):
+    """Before any worker starts: for `train`, its options and config, and that the global batch
+    splits evenly over the workers (and their devices); raises UserError, so that the user reads
+    one line instead of every worker's traceback, and nothing is written.
+
+    The workers check it again (deeplab train's pre-flight): this is to fail before starting
+    them."""
+    if args.command[0] != "train":
+        return
+    from deeplab import parsers
+    from deeplab.config import load_config
+    from deeplab.errors import ConfigError
+
+    if args.backend == "horovod":  # the launcher's own arguments first
+        horovod.check_hosts(args.np, args.hosts, args.hostfile)
+    options = parsers.train(args.command[1:])
+    if not os.path.isfile(options.config):
+        return  # on the workers' machines only: they report it
+    cfg = load_config(options.config, options.overrides)
+    world = _world_size(args)
+    if world is None:
+        return
+    batch, devices = cfg["train"]["batch_size"], cfg["dist"]["devices_per_worker"]
+    if batch % (world * devices) == 0:
+        return
+    flag = "-np %d" % world if args.backend == "horovod" else "%d workers" % world
+    fits = [n for n in range(1, batch + 1) if batch % (n * devices) == 0]
+    raise ConfigError(
+        "train.batch_size %d (the global batch) does not split over %s%s: use a number of "
+        "workers among %s, or a train.batch_size that is a multiple of %d; no worker was "
+        "started" % (batch, flag, " x %d devices" % devices if devices > 1 else "",
+                     ", ".join(map(str, fits)), world * devices))
+
+
 def main(args):
     """Runs the job; exits with its code (see horovod.run and ps.run)."""
+    preflight(args)
     code = horovod.run(args) if args.backend == "horovod" else ps.run(args)
     if code:
         raise SystemExit(code)

@@ -178,9 +178,9 @@ step "6/8 deeplab bench, ResNet-50 recipe at crop 321, 4 images per GPU, 20 step
   "2 GPUs: scaling efficiency against 1 GPU (on one node, well above 0.8; far lower: the" \
   "allreduce or synchronized BN's collectives are slow)"
 # The baseline runs under Horovod too, so that both measure synchronized BN.
-deeplab launch horovod -np 1 -- bench "$r50" --batch 4 --crop 321 --steps 20 \
+deeplab launch horovod -np 1 -- bench "$r50" --batch-per-worker 4 --crop 321 --steps 20 \
   --out "$out/bench_1gpu.json"
-deeplab launch horovod -np 2 -- bench "$r50" --batch 4 --crop 321 --steps 20 \
+deeplab launch horovod -np 2 -- bench "$r50" --batch-per-worker 4 --crop 321 --steps 20 \
   --baseline "$out/bench_1gpu.json" --out "$out/bench_2gpu.json"
 
 step "7/8 parameter server: 2 workers + 1 server, BN frozen (tiny model, 300 iterations)" \

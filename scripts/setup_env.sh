@@ -38,7 +38,7 @@ if [ -z "${HOROVOD_WITH_MPI:-}" ]; then export HOROVOD_WITHOUT_MPI=${HOROVOD_WIT
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
-stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version tensorboard=$tensorboard"; } | sha256sum | cut -c1-16)
+stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version"; } | sha256sum | cut -c1-16)
 stamp=$venv/.deeplab-setup-$stamp_key
 
 # The multi-host tests and scripts/cluster.sh run an sshd in each emulated host (network
@@ -59,7 +59,15 @@ if [ "$(id -u)" = 0 ] && [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/nul
   [ -z "$own_policy" ] || rm -f "$policy"
 fi
 
+install_tensorboard() {
+  if [ "$tensorboard" = 1 ] && ! "$venv/bin/python" -c 'import tensorboard' 2>/dev/null; then
+    "$venv/bin/python" -m pip --disable-pip-version-check -q install \
+      -r "$root/requirements/tensorboard.txt"
+  fi
+}
+
 if [ -f "$stamp" ]; then
+  install_tensorboard  # an optional extra asked for after the environment was made
   exit 0
 fi
 
@@ -67,7 +75,7 @@ echo "[setup] creating environment in $venv ($variant)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt"
-if [ "$tensorboard" = 1 ]; then "${pip[@]}" install -r "$root/requirements/tensorboard.txt"; fi
+install_tensorboard
 
 # Horovod has no wheel on PyPI: build it once per (Python, MXNet, flags) and keep the wheel, so a
 # fresh clone on the same machine installs it in seconds. It needs mxnet importable at build time,

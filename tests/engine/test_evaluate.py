@@ -36,3 +36,22 @@ def test_eval_out_onto_a_running_runs_results_is_refused(tmp_path, capsys):
     assert cli.main(args) == 0
     assert json.loads(results.read_text())["num_images"] == 2
     assert cli.main(args) == 0
+
+
+def test_checkpoint_may_be_a_run_directory_or_is_named_when_wrong(tmp_path, capsys):
+    run = tmp_path / "run"
+    final = train_tiny(run, 2)
+    base = ["eval", TINY, "--quiet", "--set", "data.num_workers=0", "data.synthetic.val_size=2",
+            "--out", str(tmp_path / "r.json"), "--checkpoint"]
+    assert cli.main(base + [str(run)]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["checkpoint"] == final
+    states = str(run / "checkpoints" / "iter_0000002.states")
+    assert cli.main(base + [states]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("deeplab eval: error: --checkpoint %s is a trainer state (optimizer "
+                   "momentum, for --resume), not network parameters; expected a .params file "
+                   "such as %s" % (states, states[:-len(".states")] + ".params"))
+    assert cli.main(base + [final, "--set", "model.num_classes=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another network" in err and "3 classes" in err and "5 classes" in err
+    assert "missing" not in err  # not the list of every parameter that does not fit

@@ -194,3 +194,23 @@ def test_images_split_across_horovod_workers(checkpoint, tmp_path, dl):
         name for stem in images for name in (stem + ".png", stem + "_overlay.jpg"))
     for stem, im in images.items():
         check_outputs(out, stem, im, expected_classes(checkpoint, im))
+
+
+def test_masks_take_the_datasets_palette_when_it_has_one(checkpoint, tmp_path, monkeypatch):
+    from deeplab.data import SyntheticSegmentation
+
+    colours = [(0, 0, 0), (250, 10, 10), (10, 250, 10), (10, 10, 250), (200, 200, 0)]
+    monkeypatch.setattr(SyntheticSegmentation, "palette", colours, raising=False)
+    image = save_png(tmp_path / "a.png", synthetic_image(0))
+    run_predict(checkpoint, tmp_path / "out", [image])
+    with Image.open(tmp_path / "out" / "a.png") as png:
+        assert png.getpalette()[:15] == [v for c in colours for v in c]
+        pred = np.asarray(png)
+    with Image.open(tmp_path / "out" / "a_overlay.jpg") as overlay:
+        blend = np.asarray(overlay, np.float32)
+    def error(palette):
+        colours = np.asarray(palette, np.float32).reshape(-1, 3)[pred]
+        return np.abs(blend - (0.5 * synthetic_image(0) + 0.5 * colours)).mean()
+
+    # The overlay blends the dataset's colours (JPEG leaves a few levels), not VOC's.
+    assert error(colours) < 6 and error(voc_palette()) > 3 * error(colours)

@@ -529,3 +529,18 @@ def test_a_planted_pickle_in_the_newest_checkpoint_is_refused_and_never_runs(tmp
     last = proc.stdout.strip().splitlines()[-1]
     assert "pickled optimizer state" in last and str(stem) + ".states" in last
     assert "Traceback" not in proc.stdout and not marker.exists()
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_the_run_directory(tmp_path,
+                                                                                monkeypatch):
+    """Rank 0's pre-flight (for jobs started without `deeplab launch`'s own check): as if on 3
+    workers with the global batch of 8."""
+    from deeplab import dist
+    from deeplab.errors import ConfigError
+
+    cfg = load_config(TINY, FAST)
+    monkeypatch.setattr(dist, "size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"train.batch_size 8 \(the global batch\) does not "
+                                          r"split over 3 workers"):
+        train.prepare(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

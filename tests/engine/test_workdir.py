@@ -8,9 +8,9 @@ import pytest
 
 from conftest import TINY
 from deeplab.config import load_config
-from deeplab.errors import CheckpointError, WorkdirError
+from deeplab.errors import CheckpointError, ParamsError, WorkdirError
 from deeplab.workdir import (WorkdirLock, check_resume, check_workdir, lock_if_run,
-                             replace_run)
+                             replace_run, resolve_checkpoint)
 
 
 def test_new_and_empty_directories_are_accepted(tmp_path):
@@ -148,3 +148,56 @@ def test_lock_if_run_locks_only_run_directories(tmp_path):
     with pytest.raises(WorkdirError, match="in use by another run"):
         WorkdirLock(str(tmp_path)).acquire()
     lock.release()
+
+
+def _run(tmp_path, final=True, model=None):
+    """A finished run's directory as deeplab train leaves it (config.yaml, checkpoints/)."""
+    import json
+
+    import yaml
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg = load_config(TINY, ["%s=%s" % kv for kv in (model or {}).items()])
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    for ext in (".params", ".states"):
+        (run / "checkpoints" / ("iter_0000008" + ext)).write_bytes(b"x")
+    (run / "checkpoints" / "iter_0000008.json").write_text(json.dumps({"iteration": 8,
+                                                                       "config": cfg}))
+    if final:
+        (run / "final.params").write_bytes(b"x")
+    return run
+
+
+def test_a_run_directory_gives_its_final_params(tmp_path):
+    run = _run(tmp_path)
+    assert resolve_checkpoint(str(run), load_config(TINY)) == str(run / "final.params")
+
+
+def test_an_unfinished_run_directory_names_its_parameter_files(tmp_path):
+    run = _run(tmp_path, final=False)
+    with pytest.raises(ParamsError, match=r"is a directory without final.params.*give one of "
+                                          r"its parameter files: .*iter_0000008.params"):
+        resolve_checkpoint(str(run), load_config(TINY))
+
+
+def test_a_states_file_is_named_as_a_trainer_state_with_the_params_to_use(tmp_path):
+    run = _run(tmp_path)
+    states = run / "checkpoints" / "iter_0000008.states"
+    with pytest.raises(ParamsError, match=r"is a trainer state .*not network parameters; "
+                                          r"expected a .params file such as .*iter_0000008"
+                                          r"\.params"):
+        resolve_checkpoint(str(states), load_config(TINY))
+
+
+@pytest.mark.parametrize("name", ["final.params", "checkpoints/iter_0000008.params"])
+def test_a_checkpoint_of_another_network_names_both(tmp_path, name):
+    run = _run(tmp_path, model={"model.head": "vortex", "model.num_classes": 7})
+    with pytest.raises(ParamsError) as err:
+        resolve_checkpoint(str(run / name), load_config(TINY))
+    text = str(err.value)
+    assert "checkpoint of another network: deeplabv3_tiny_v2 (head vortex, 7 classes" in text
+    assert "the config builds deeplabv3_tiny_v2 (head aspp, 5 classes" in text
+    # The same network: accepted.
+    cfg = load_config(TINY, ["model.head=vortex", "model.num_classes=7"])
+    assert resolve_checkpoint(str(run / name), cfg) == str(run / name)

@@ -204,8 +204,8 @@ def test_network_interface_reaches_the_horovodrun_command(monkeypatch):
     from deeplab.launch import horovod
 
     seen = {}
-    monkeypatch.setattr(horovod, "supervise", lambda cmd, env, grace: seen.setdefault("cmd", cmd)
-                        and 0)
+    monkeypatch.setattr(horovod, "supervise",
+                        lambda cmd, env, grace, **kw: seen.setdefault("cmd", cmd) and 0)
     args = cli.parse_args(["horovod", "-np", "2", "--network-interface", "lo", "--", "train",
                            "c.yaml"])
     assert horovod.run(args) == 0
@@ -222,3 +222,22 @@ def test_bad_network_interface_is_refused_naming_the_flag(capsys):
                         "train", "c.yaml"])
     assert err.value.code == 2
     assert "--network-interface" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launcher", [["horovod", "-np", "3"], ["ps", "--workers", "3"]])
+def test_a_global_batch_that_does_not_split_is_one_line_before_any_worker(launcher, tmp_path):
+    """Regression: -np 3 with a global batch of 8 buried the reason under ~90 lines of three
+    ranks' tracebacks and Horovod's shutdown, and left a run directory behind."""
+    from conftest import TINY
+
+    work = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "deeplab.cli", "launch", *launcher, "--",
+                           "train", TINY, "--workdir", str(work)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "deeplab launch: error: train.batch_size 8 (the global batch) does not split over %s: "
+        "use a number of workers among 1, 2, 4, 8, or a train.batch_size that is a multiple of "
+        "3; no worker was started" % ("-np 3" if launcher[0] == "horovod" else "3 workers")]
+    assert not work.exists()
