@@ -88,6 +88,7 @@ def test_recipes_train_on_769_crops_and_evaluate_full_images_at_os16_and_os8():
         assert cfg["train"]["batch_size"] == 8 and cfg["train"]["iterations"] == 90000
 
 
+@pytest.mark.multiproc  # the recipe's loader processes (data.num_workers 2)
 @pytest.mark.parametrize("stride", [16, 8])
 def test_full_resolution_evaluation_counts_every_labelled_pixel(tmp_path, stride):
     """`deeplab eval` on a Cityscapes tree of 2:1 images: the network sees each whole image
