@@ -1,5 +1,6 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
+import numpy as np
 from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
@@ -164,7 +165,9 @@ def on_main(fn, share=False):
             result = fn()
         except UserError as err:
             error = err
-    error = dist.broadcast(error)
-    if error is not None:
-        raise error
+    # Whether it failed travels in an allreduce (a kvstore key reused under the parameter
+    # server); only a failure's message is broadcast (a new key there, whose first use waits
+    # for the scheduler: a checkpoint must not).
+    if dist.allreduce_sum(np.array([float(error is not None)]))[0]:
+        raise dist.broadcast(error)
     return dist.broadcast(result) if share else result

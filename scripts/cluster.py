@@ -312,8 +312,21 @@ class Cluster:
         """Cuts `host` off: its bridge port goes down and its traffic is dropped silently."""
         _run(["ip", "-n", self.bridge_ns, "link", "set", self._port(host), "down"])
 
-    def restore(self, host):
-        _run(["ip", "-n", self.bridge_ns, "link", "set", self._port(host), "up"])
+    def restore(self, host, timeout=10):
+        """Reconnects a cut host: its bridge port up and forwarding, and every host's neighbour
+        cache forgotten (an entry that failed while the link was down answers "No route to
+        host" at once instead of asking again)."""
+        port = self._port(host)
+        _run(["ip", "-n", self.bridge_ns, "link", "set", port, "up"])
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = subprocess.run(["ip", "-n", self.bridge_ns, "-o", "link", "show", port],
+                                   stdout=subprocess.PIPE, text=True).stdout
+            if "state UP" in state or "LOWER_UP" in state.split(">")[0]:
+                break
+            time.sleep(0.1)
+        for h in self.hosts:
+            _run(["ip", "-n", self.ns(h), "neigh", "flush", "all"], check=False)
 
     def logins(self, host):
         """The ssh logins `host`'s sshd accepted so far (lines of its log)."""

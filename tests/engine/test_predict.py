@@ -197,10 +197,15 @@ def test_images_split_across_horovod_workers(checkpoint, tmp_path, dl):
 
 
 def test_masks_take_the_datasets_palette_when_it_has_one(checkpoint, tmp_path, monkeypatch):
-    from deeplab.data import SyntheticSegmentation
+    from deeplab import predict
 
+    # The palette predict takes from the config's dataset (build.dataset_classes: VOC's for the
+    # synthetic data, data.palette for a folder dataset), replaced by one of the test's.
     colours = [(0, 0, 0), (250, 10, 10), (10, 250, 10), (10, 10, 250), (200, 200, 0)]
-    monkeypatch.setattr(SyntheticSegmentation, "palette", colours, raising=False)
+    flat = [v for c in colours for v in c]
+    real = predict.dataset_classes
+    monkeypatch.setattr(predict, "dataset_classes",
+                        lambda cfg: (real(cfg)[0], flat + [0] * (768 - len(flat))))
     image = save_png(tmp_path / "a.png", synthetic_image(0))
     run_predict(checkpoint, tmp_path / "out", [image])
     with Image.open(tmp_path / "out" / "a.png") as png:
