@@ -42,8 +42,10 @@ def _saved(path):
 
 
 def _foreign(path):
-    """The entries of directory `path` that a run does not write."""
-    return sorted(n for n in os.listdir(path) if not is_run_file(n))
+    """The entries of directory `path` that a run does not write, listed for a message (the
+    first five), or '' if there is none."""
+    foreign = sorted(n for n in os.listdir(path) if not is_run_file(n))
+    return ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
 
 
 def check_workdir(path, resume):
@@ -57,10 +59,8 @@ def check_workdir(path, resume):
     if os.path.isdir(path):
         foreign = _foreign(path)
         if foreign:
-            raise WorkdirError(
-                "--workdir %s holds files that are not a training run's (%s%s); choose an "
-                "empty or new directory" % (path, ", ".join(foreign[:5]),
-                                            " ..." if len(foreign) > 5 else ""))
+            raise WorkdirError("--workdir %s holds files that are not a training run's (%s); "
+                               "choose an empty or new directory" % (path, foreign))
         if not os.access(path, os.W_OK | os.X_OK):
             raise WorkdirError("--workdir %s is not writable by this user" % path)
         done = _saved(path)
@@ -140,10 +140,8 @@ def replace_run(path):
         raise WorkdirError("%s is not a directory; not replacing it with a run" % path)
     foreign = _foreign(path)
     if foreign:
-        raise WorkdirError(
-            "%s holds files that are not a training run's (%s%s); not deleting it: choose an "
-            "empty or new directory" % (path, ", ".join(foreign[:5]),
-                                        " ..." if len(foreign) > 5 else ""))
+        raise WorkdirError("%s holds files that are not a training run's (%s); not deleting it: "
+                           "choose an empty or new directory" % (path, foreign))
     with WorkdirLock(path):  # a run still writing there is refused, naming it
         shutil.rmtree(path)
 
