@@ -110,6 +110,11 @@ class LocalBackend:
     def exit_after_failure(self, code):
         pass
 
+    def pending_error(self):
+        """The error an asynchronous operation left in MXNet's engine, or None (the backend
+        failed underneath the operation that raised)."""
+        return None
+
     def shutdown(self):
         pass
 
@@ -231,6 +236,16 @@ class HorovodBackend(LocalBackend):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+    def pending_error(self):
+        # MXNet's engine keeps the exceptions of failed asynchronous operations until a
+        # WaitForAll rethrows the first and forgets them all (threaded_engine.cc), so this also
+        # spares the traceback MXNotifyShutdown would print at exit. The watchdog covers a hang.
+        try:
+            mx.nd.waitall()
+        except Exception as err:  # noqa: B902 - whatever the engine kept is the answer
+            return err
+        return None
 
     def host(self):
         # horovodrun names each worker's host in HOROVOD_HOSTNAME; Horovod's local ranks follow it
@@ -472,6 +487,31 @@ def network_failure(exc):
     finds it in `exc` and its causes and says it in one line, naming the peer (Gloo knows its
     address and port, not its rank).
     """
+    lost = _network_failure_in(exc)
+    if lost is None and _HOROVOD_SHUT_DOWN in _chain_text(exc):
+        # Horovod's background loop met the transport error itself (in its negotiation), logged
+        # it, and shut down: the operation that raised here only says "Horovod has been shut
+        # down". The error that shut it down waits in MXNet's engine, on the operation that
+        # was running at the time; the backend takes it from there.
+        cause = _backend.pending_error()
+        if cause is not None:
+            lost = _network_failure_in(cause)
+    return lost
+
+
+_HOROVOD_SHUT_DOWN = "Horovod has been shut down"
+
+
+def _chain_text(exc):
+    texts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        texts.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(texts)
+
+
+def _network_failure_in(exc):
     from deeplab.errors import NetworkLost
 
     seen = set()

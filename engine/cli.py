@@ -89,8 +89,10 @@ def main(argv=None):
         from deeplab.launch import procs
 
         if argv[0] in procs.COMMANDS:
-            # A worker of a launcher stops (with a checkpoint) if its launcher is killed.
-            procs.watch_launcher(procs.stop_when_launcher_lost)
+            # A worker of a launcher stops (with a checkpoint) if its launcher is killed, or
+            # when the launcher on another host asks through its lifeline.
+            procs.watch_launcher(procs.stop_when_launcher_lost,
+                                 on_stop=procs.stop_when_launcher_asks)
         module.main(args)
     except UserError as err:
         # Bad input: one clear line rather than a traceback, unless asked for.

@@ -317,6 +317,11 @@ def train(cfg, workdir, resume_from=None, log=None, watchdog=None):
                 # No worker exits before rank 0 has saved: a launcher that sees one worker end
                 # may signal the others again, and must not catch rank 0 mid-write.
                 dist.barrier()
+                # Every worker stops here together (the vote): the backend can end in order, so
+                # that the parameter server's servers and scheduler end with the workers
+                # wherever they run, as after the last iteration.
+                with watchdog.extend(stall, "the %s backend's shutdown" % dist.backend()):
+                    dist.shutdown()
                 log.info("stopped by %s after iteration %d; checkpoint saved, continue with "
                          "--resume", _signal_words(r.stop), done)
                 stopped = Interrupted if r.stop == signal.SIGINT else Preempted

@@ -1,7 +1,7 @@
 """`deeplab launch`: start a deeplab subcommand on many workers.
 
     deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] [--grace S] -- CMD ARGS...
-    deeplab launch ps [--workers N --servers M] [--grace S] -- CMD ARGS...
+    deeplab launch ps [--workers N --servers M] [-H HOSTS] [--grace S] -- CMD ARGS...
 
 CMD is train, eval, bench or predict.
 """
@@ -81,16 +81,22 @@ def _parser():
                    "--horovodrun-arg=5)")
     s = sub.add_parser(
         "ps", help="MXNet parameter server (kvstore dist_sync)",
-        usage="deeplab launch ps [--workers N --servers M] [--grace S] -- "
+        usage="deeplab launch ps [--workers N --servers M] [-H HOSTS] [--grace S] -- "
               "train|eval|bench|predict ARGS...",
-        description="Runs a scheduler, M servers and N workers on this machine, or this node's "
-                    "role only when DMLC_ROLE is set (a cluster). When a process fails, the job "
+        description="Runs a scheduler, M servers and N workers on this machine, across hosts "
+                    "reached over ssh (-H), or this node's role only when DMLC_ROLE is set (a "
+                    "cluster). When a process fails, the job "
                     "stops and the worker that failed first is named. " + _STOPPING + " The "
                     "servers and the scheduler are stopped after the workers.")
     s.add_argument("--workers", type=positive_int, default=2,
-                   help="worker processes (one machine; default 2)")
+                   help="worker processes (default 2)")
     s.add_argument("--servers", type=positive_int, default=1,
-                   help="server processes (one machine; default 1)")
+                   help="server processes (default 1)")
+    s.add_argument("-H", "--hosts", default=None, metavar="HOSTS",
+                   help="host:slots,... to run on, each reached with `ssh HOST` (same paths, "
+                        "Python and package everywhere): the workers fill each host's slots "
+                        "in turn, the servers go one per host in turn, the scheduler runs "
+                        "here (default: all on this machine)")
     for sp in (h, s):
         sp.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
                         help="seconds the workers get to checkpoint and exit after SIGTERM "
@@ -137,6 +143,11 @@ def preflight(args):
     The workers check it again (deeplab train's pre-flight): this is to fail before starting
     them."""
     if args.command[0] != "train":
+        return
+    if args.backend == "ps" and os.environ.get("DMLC_ROLE") in ("scheduler", "server"):
+        # Such a node trains nothing; and `import mxnet` (which loading the config does) with
+        # DMLC_ROLE=server|scheduler makes this process the ps-lite node itself, in place of
+        # the supervised child (mxnet/kvstore/kvstore_server.py).
         return
     from deeplab import parsers
     from deeplab.config import load_config

@@ -14,17 +14,18 @@ machines; this Python and package on every host), sets the workers' backend and 
   waits up to --grace seconds for them, kills what is left and exits with 128 + the signal.
   horovodrun is not asked to do it (it gives its workers 5 s, then SIGKILL), and it is paused
   meanwhile, since it would SIGTERM the other workers again as soon as the first one exits.
-  Workers on other hosts are not signalled from here (on Kubernetes, each worker pod's PID 1
-  stops its own; see deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all
-  anyway.
+  Workers on other hosts are asked through the launcher's lifeline (procs.Lifeline: each
+  holds a TCP connection to it and sends itself the SIGTERM), and horovodrun stays paused until
+  they have closed it (on Kubernetes, each worker pod's PID 1 also stops its own; see
+  deeplab.k8s.entrypoint); a SIGTERM to any one worker stops them all anyway.
 - across hosts (-H, --hostfile): names the host of the failed rank, a host horovodrun's ssh
   check could not reach, and after a stall the hosts that no longer answer over ssh.
 Nothing of the job is left running when it returns: horovodrun runs in a session of its own,
 every process carrying the job id on this machine is killed at the end, and after a failure the
 same is done on every other host of the job over ssh (horovodrun's remote workers do not die
 with its ssh clients; a host that does not answer is left to the workers' stall watchdog). If
-the launcher itself is killed, each worker notices within a second and stops with a checkpoint
-(procs.watch_launcher). "This machine" is this network namespace (procs.on_this_host), so
+the launcher itself is killed, each worker notices (within a second on this machine, at once
+through the lifeline elsewhere) and stops with a checkpoint (procs.watch_launcher). "This machine" is this network namespace (procs.on_this_host), so
 emulated hosts sharing one process table (scripts/cluster.py) behave as separate machines.
 The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
 """
@@ -40,9 +41,10 @@ import time
 
 from deeplab.errors import EXIT_STALLED, LaunchError
 
+from . import hosts as hosts_
 from . import procs
 
-__all__ = ["horovod_command", "worker_env", "check_hosts", "rank_hosts", "unreachable_hosts",
+__all__ = ["horovod_command", "worker_env", "check_hosts", "rank_hosts",
            "run", "supervise", "FAILURE_GRACE"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
@@ -58,19 +60,6 @@ _HOROVOD_FAILED = "Horovod detected that one or more processes exited with non-z
 # horovodrun's check that every remote host answers over ssh, and its verdict.
 _SSH_CHECK = re.compile(r"^ssh not successful for host (\S+?):?\s*$")
 _SSH_FAILED = "could not connect to some hosts via ssh"
-_LOCAL_NAMES = {"localhost", "127.0.0.1"}
-
-
-def _slots(hosts):
-    """{host: slots} from 'h1:4,h2:4' (a host without ':n' has 1 slot)."""
-    out = {}
-    for item in hosts.split(","):
-        host, _, n = item.strip().partition(":")
-        if not host or (n and not (n.isdigit() and int(n) > 0)):
-            raise LaunchError("-H %s: expected host:slots,... with slots >= 1, e.g. "
-                              "node1:4,node2:4" % hosts)
-        out[host] = int(n) if n else 1
-    return out
 
 
 def check_hosts(np, hosts=None, hostfile=None):
@@ -79,7 +68,7 @@ def check_hosts(np, hosts=None, hostfile=None):
         if not os.path.isfile(hostfile):
             raise LaunchError("--hostfile %s does not exist" % hostfile)
         return
-    slots = sum(_slots(hosts).values()) if hosts else np
+    slots = sum(hosts_.slots(hosts).values()) if hosts else np
     if slots < np:
         raise LaunchError("-np %d needs %d slots, but -H %s gives %d" % (np, np, hosts, slots))
 
@@ -92,38 +81,11 @@ def rank_hosts(np, hosts=None, hostfile=None):
 
     try:
         spec = hvd_hosts.parse_host_files(hostfile) if hostfile else \
-            ",".join("%s:%d" % hs for hs in _slots(hosts or "localhost:%d" % np).items())
+            ",".join("%s:%d" % hs for hs in hosts_.slots(hosts or "localhost:%d" % np).items())
         return [slot.hostname for slot in hvd_hosts.get_host_assignments(
             hvd_hosts.parse_hosts(spec), np, np)]
     except (OSError, ValueError, IndexError):
         return None
-
-
-def unreachable_hosts(hosts, timeout=10):
-    """{host: ssh's error} for the `hosts` that do not answer `ssh HOST true` within
-    `timeout` seconds (asked in parallel, with the user's ssh configuration)."""
-    out = {}
-
-    def probe(host):
-        try:
-            proc = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=%d"
-                                   % timeout, host, "true"], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  timeout=timeout + 2)
-            if proc.returncode != 0:
-                out[host] = (proc.stderr.strip().splitlines() or ["exit code %d"
-                                                                 % proc.returncode])[-1]
-        except subprocess.TimeoutExpired:
-            out[host] = "no answer within %d s" % timeout
-        except OSError as err:
-            out[host] = "cannot run ssh: %s" % err
-
-    threads = [threading.Thread(target=probe, args=(h,), daemon=True) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
 
 
 def _horovodrun(python):
@@ -169,7 +131,7 @@ def worker_env(np, hosts=None, hostfile=None, environ=None, job_id=None):
     env = dict(os.environ if environ is None else environ)
     env["DEEPLAB_DIST_BACKEND"] = "horovod"
     env[procs.JOB_ENV] = job_id or procs.new_job_id()
-    local = not hostfile and set(_slots(hosts or "localhost:%d" % np)) <= {"localhost",
+    local = not hostfile and set(hosts_.slots(hosts or "localhost:%d" % np)) <= {"localhost",
                                                                            "127.0.0.1"}
     if local and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // np))
@@ -258,12 +220,17 @@ class _HorovodJob(procs.Policy):
         self.stalled = None
         self.code = None
         self.oom = None
+        self.lifeline = None
 
     def start(self, sup):
         self.oom = procs.OomWatch()
         # Every process of the job stops by itself if this launcher is killed (SIGKILL, out of
-        # memory): see procs.watch_launcher.
-        self.env = dict(self.env, **{procs.LAUNCHER_ENV: procs.launcher_token()})
+        # memory): see procs.watch_launcher. Workers on other hosts hold a connection to its
+        # lifeline, through which it also asks them to stop.
+        if self.hosts and hosts_.remote_hosts(self.hosts):
+            self.lifeline = procs.Lifeline()
+        self.env = dict(self.env, **{procs.LAUNCHER_ENV: procs.launcher_token(
+            lifeline=self.lifeline)})
         try:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -282,7 +249,8 @@ class _HorovodJob(procs.Policy):
     def targets(self, sup):
         self.training = procs.training_processes(self.job_id, among=self._here())
         fresh = [pid for pid in self.training if pid not in sup.signalled]
-        if fresh and not self.paused:
+        told = self.lifeline is not None and self.lifeline.stop()  # the workers elsewhere
+        if (fresh or told) and not self.paused:
             # As soon as one worker exits, horovodrun would SIGTERM the others (a second
             # SIGTERM, which ends rank 0 even while it writes the checkpoint) and SIGKILL them
             # 5 s later: it waits, paused, until they have exited.
@@ -290,7 +258,8 @@ class _HorovodJob(procs.Policy):
         return fresh
 
     def while_stopping(self, sup):
-        if self.paused and not self.training:
+        # Resumed once the workers here have exited and those elsewhere closed the lifeline.
+        if self.paused and not self.training and not (self.lifeline and self.lifeline.open()):
             self.paused = not procs.signal_process(self.proc.pid, signal.SIGCONT)
 
     def check(self, sup, now):
@@ -317,6 +286,8 @@ class _HorovodJob(procs.Policy):
             procs.signal_process(self.proc.pid, signal.SIGCONT)
         self.killed = self.proc.poll() is None
         procs.signal_group(self.proc.pid, signal.SIGKILL)
+        if self.lifeline is not None:
+            self.lifeline.close()
 
     def leftovers(self):
         return self._here()
@@ -324,7 +295,7 @@ class _HorovodJob(procs.Policy):
     def report(self, sup, outcome):
         self.code = self.proc.wait()
         if self.code != 0 and self.hosts:
-            _reap_remote(_remote_hosts(self.hosts), self.job_id)
+            hosts_.reap_remote(hosts_.remote_hosts(self.hosts), self.job_id)
         for t in self.pumps:
             t.join(timeout=5)
         return _report(self.output, self.code, sup.stop, self.killed, sup.signalled,
@@ -358,14 +329,7 @@ def _where(rank, hosts):
 
 def _is_remote(rank, hosts):
     """True if `rank` ran on another machine than this one (horovodrun started it over ssh)."""
-    if not _where(rank, hosts) or hosts[rank] in _LOCAL_NAMES:
-        return False
-    from horovod.runner.util.network import filter_local_addresses
-
-    try:
-        return bool(filter_local_addresses([hosts[rank]]))
-    except Exception:  # a name that no longer resolves here: not this machine
-        return True
+    return bool(_where(rank, hosts)) and not hosts_.is_local(hosts[rank])
 
 
 def _report(output, code, stop, killed, signalled, stalled=(), oom=None, hosts=None):
@@ -433,50 +397,10 @@ def _report(output, code, stop, killed, signalled, stalled=(), oom=None, hosts=N
     return 0
 
 
-def _remote_hosts(hosts):
-    """The distinct hosts of `hosts` that are not this machine."""
-    from horovod.runner.util.network import filter_local_addresses
-
-    remote = [h for h in dict.fromkeys(hosts) if h not in _LOCAL_NAMES]
-    try:
-        return filter_local_addresses(remote)
-    except Exception:  # a name that does not resolve here: not this machine
-        return remote
-
-
-# Run over ssh on another host: kills what carries the job id there (the same Python and
-# package are on every host, as horovodrun itself requires).
-_REAP = ("from deeplab.launch import procs; procs.kill_processes(lambda: [p for p in "
-         "procs.job_processes(%r) if procs.on_this_host(p)])")
-
-
-def _reap_remote(hosts, job_id, timeout=20):
-    """Kills the job's processes left on the other `hosts` (in parallel, over ssh).
-
-    horovodrun starts remote workers with `ssh HOST CMD` (no terminal): when it stops a job it
-    ends the local ssh client, which does not reach the remote process, so a worker that was
-    not itself failing (waiting in a collective for a dead peer, say) would run on until its
-    stall watchdog. A host that does not answer is left to that watchdog."""
-    def reap(host):
-        try:
-            subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", host,
-                            "%s -c %s" % (sys.executable, shlex.quote(_REAP % job_id))],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=timeout)
-        except (subprocess.TimeoutExpired, OSError):
-            pass
-
-    threads = [threading.Thread(target=reap, args=(h,), daemon=True) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-
 def _name_silent_hosts(hosts):
     """After a stall: names the other hosts of the job that no longer answer over ssh (cut
     off, powered down), with their ranks, as what the others waited for."""
-    for host, why in sorted(unreachable_hosts(_remote_hosts(hosts)).items()):
+    for host, why in sorted(hosts_.unreachable_hosts(hosts_.remote_hosts(hosts)).items()):
         ranks = ", ".join(str(r) for r, h in enumerate(hosts) if h == host)
         _say("host %s (worker rank%s %s) does not answer over ssh (%s): the workers waiting "
              "for it stalled" % (host, "s" if "," in ranks else "", ranks, why))

@@ -22,7 +22,8 @@ import uuid
 
 from deeplab.errors import EXIT_DIVERGED, EXIT_NETWORK, EXIT_STALLED, EXIT_USER_ERROR
 
-__all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat", "alive",
+__all__ = ["JOB_ENV", "JOB_GROUP_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline",
+           "stat", "alive",
            "all_pids", "descendants", "on_this_host", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
            "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
@@ -30,9 +31,13 @@ __all__ = ["JOB_ENV", "LOADER_NAME", "new_job_id", "environ", "cmdline", "stat",
            "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals",
            "stopped_workers",
            "describe_stopped", "Policy", "Supervisor", "LAUNCHER_ENV", "launcher_token",
+           "Lifeline", "local_addresses", "stop_when_launcher_asks", "stop_when_launcher_lost",
            "launcher_alive", "watch_launcher", "workdir_of", "record_killed"]
 
 JOB_ENV = "DEEPLAB_JOB"
+# Every process of a parameter-server job across hosts (`deeplab launch ps -H`), whose nodes
+# each have a JOB_ENV of their own: the launcher's job id.
+JOB_GROUP_ENV = "DEEPLAB_JOB_GROUP"
 LOADER_NAME = "deeplab-loader"  # /proc/PID/comm of a loader process (deeplab.data.loader)
 COMMANDS = ("train", "eval", "bench", "predict")  # the subcommands that run a network
 
@@ -586,14 +591,23 @@ def record_killed(workdir, started, stopped, how):
         else "", path if mine else "run.json not")
 
 
-# How the workers notice that their launcher is gone: the launcher's pid and start time (a
-# reused pid has another), polled every LAUNCHER_POLL seconds by a thread in each process of
-# the job. A parent-death signal would not do: horovodrun, the workers and the parameter
-# server's nodes run in sessions of their own and are not the launcher's children. The token
-# also names the launcher's host and PID namespace: a worker elsewhere (another host, another
-# pod) cannot see the launcher's pid and does not watch it; it stops when its peers do.
+# How the workers notice that their launcher is gone. On the launcher's machine: the launcher's
+# pid and start time (a reused pid has another), polled every LAUNCHER_POLL seconds by a thread
+# in each process of the job. A parent-death signal would not do: horovodrun, the workers and
+# the parameter server's nodes run in sessions of their own and are not the launcher's
+# children. The token names the launcher's host, PID and network namespaces: a process
+# elsewhere (another host, another pod, an emulated host of scripts/cluster.py) cannot see that
+# pid. When the job has processes on other hosts the launcher also opens a lifeline (Lifeline):
+# a TCP port whose addresses the token carries, to which each of those processes holds a
+# connection. The launcher's death closes it at once (its kernel sends FIN/RST whatever killed
+# it); a launcher host that vanishes is found by TCP keep-alive (LIFELINE_KEEPALIVE); and the
+# launcher asks them to stop through it (one byte), since its signals do not cross hosts.
 LAUNCHER_ENV = "DEEPLAB_LAUNCHER"
 LAUNCHER_POLL = 1.0
+# (idle s, interval s, probes): the launcher's host silent for ~40 s counts as gone.
+LIFELINE_KEEPALIVE = (20, 5, 4)
+LIFELINE_CONNECT = 10.0  # seconds to reach the lifeline at start, per address
+_STOP = b"S"
 
 
 def _start_time(pid):
@@ -602,54 +616,255 @@ def _start_time(pid):
 
 
 def _where():
-    """'HOST/PID-NAMESPACE' of this process: where a pid means the same process."""
+    """'HOST/PID-NAMESPACE/NET-NAMESPACE' of this process: where a pid means the same process
+    (the network namespace stands for the host where hosts share a kernel)."""
+    names = []
+    for ns in ("pid", "net"):
+        try:
+            names.append(os.readlink("/proc/self/ns/" + ns))
+        except OSError:
+            names.append("?")
+    return "/".join([os.uname().nodename] + names)
+
+
+def local_addresses():
+    """This host's IPv4 addresses other than loopback (its interfaces', in the order the kernel
+    lists them)."""
+    import fcntl
+    import socket
+    import struct
+
+    out = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        ns = os.readlink("/proc/self/ns/pid")
+        for _, name in socket.if_nameindex():
+            try:
+                raw = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                                  struct.pack("256s", name[:15].encode()))
+            except OSError:  # no IPv4 address on it
+                continue
+            address = socket.inet_ntoa(raw[20:24])
+            if not address.startswith("127.") and address not in out:
+                out.append(address)
+    finally:
+        sock.close()
+    return out
+
+
+class Lifeline:
+    """The launcher's end of the lifeline: a TCP port (all interfaces, a free port) that
+    accepts the job's processes on other hosts, reads nothing from them, holds each connection
+    open while the launcher lives, and sends one stop byte when asked.
+
+    Its sockets are not inherited by what the launcher starts (Python's default), so only the
+    launcher's own death closes them. It carries no data but that byte: a stranger who connects
+    learns nothing and can only be told to stop.
+    """
+
+    def __init__(self, addresses=None, max_connections=4096):
+        import socket
+
+        self.addresses = list(addresses) if addresses is not None else local_addresses()
+        self.server = socket.create_server(("0.0.0.0", 0), backlog=128)
+        self.port = self.server.getsockname()[1]
+        self.max_connections = max_connections
+        self.lock = threading.Lock()
+        self.conns = []  # open connections
+        self.stopped = False
+        threading.Thread(target=self._accept, name="deeplab-lifeline", daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            with self.lock:
+                if len(self.conns) >= self.max_connections:
+                    conn.close()
+                    continue
+                if self.stopped:
+                    _send_quietly(conn, _STOP)
+                self.conns.append(conn)
+            threading.Thread(target=self._watch, args=(conn,), daemon=True).start()
+
+    def _watch(self, conn):
+        # The peer sends nothing: recv returns when it closes (its process and every process
+        # it forked, which share the socket, have exited).
+        try:
+            while conn.recv(1024):
+                pass
+        except OSError:
+            pass
+        with self.lock:
+            if conn in self.conns:
+                self.conns.remove(conn)
+        conn.close()
+
+    def part(self):
+        """What the launcher token carries: 'lifeline=ADDR,ADDR:PORT'."""
+        return "lifeline=%s:%d" % (",".join(self.addresses), self.port)
+
+    def open(self):
+        """How many processes elsewhere still hold a connection."""
+        with self.lock:
+            return len(self.conns)
+
+    def stop(self):
+        """Asks every connected process (and any that connects later) to stop; returns how many
+        were asked now (0 after the first call)."""
+        with self.lock:
+            if self.stopped:
+                return 0
+            self.stopped = True
+            conns = list(self.conns)
+        for conn in conns:
+            _send_quietly(conn, _STOP)
+        return len(conns)
+
+    def close(self):
+        with self.lock:
+            conns, self.conns = self.conns, []
+        import socket
+
+        for sock in [self.server] + conns:
+            try:  # shutdown first: it wakes a thread blocked on the socket and sends FIN
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+def _send_quietly(conn, data):
+    try:
+        conn.sendall(data)
     except OSError:
-        ns = "?"
-    return "%s/%s" % (os.uname().nodename, ns)
+        pass
 
 
-def launcher_token(pid=None):
-    """'PID:STARTTIME:HOST/PID-NAMESPACE' of this process (or `pid`), for LAUNCHER_ENV."""
+def launcher_token(pid=None, lifeline=None):
+    """'PID:STARTTIME:HOST/PID-NS/NET-NS' of this process (or `pid`), then ' ' and the
+    `lifeline`'s part if one is given, for LAUNCHER_ENV."""
     pid = os.getpid() if pid is None else pid
-    return "%d:%s:%s" % (pid, _start_time(pid), _where())
+    token = "%d:%s:%s" % (pid, _start_time(pid), _where())
+    return token + " " + lifeline.part() if lifeline is not None else token
+
+
+def _lifeline_of(token):
+    """([addresses], port) of the token's lifeline, or None."""
+    for field in token.split()[1:]:
+        if field.startswith("lifeline="):
+            addresses, _, port = field[len("lifeline="):].rpartition(":")
+            if port.isdigit() and addresses:
+                return addresses.split(","), int(port)
+    return None
 
 
 def watchable(token):
     """True if the launcher of `token` runs where this process can see its pid."""
-    return token.split(":", 2)[2:] == [_where()]
+    return token.split()[0].split(":", 2)[2:] == [_where()]
 
 
 def launcher_alive(token):
     """True while the process `token` (launcher_token) runs (a zombie has ended)."""
-    pid, start = token.split(":")[:2]
+    pid, start = token.split()[0].split(":")[:2]
     return pid.isdigit() and alive(int(pid)) and _start_time(int(pid)) == start
 
 
-def watch_launcher(on_lost, environ=None, poll=LAUNCHER_POLL):
-    """If LAUNCHER_ENV names a launcher this process can see (watchable), calls `on_lost(pid)`
-    from a daemon thread once it is gone; returns the thread, or None."""
-    token = (os.environ if environ is None else environ).get(LAUNCHER_ENV)
-    if not token or not watchable(token):
-        return None
+def _connect_lifeline(addresses, port):
+    """A connected socket to the lifeline (keep-alive on), or None."""
+    import socket
 
-    def watch():
-        while launcher_alive(token):
-            time.sleep(poll)
-        on_lost(int(token.partition(":")[0]))
+    for address in addresses:
+        try:
+            sock = socket.create_connection((address, port), timeout=LIFELINE_CONNECT)
+        except OSError:
+            continue
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = LIFELINE_KEEPALIVE
+        for opt, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval),
+                           ("TCP_KEEPCNT", count), ("TCP_USER_TIMEOUT",
+                                                    1000 * (idle + interval * count))):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+        return sock
+    return None
+
+
+def watch_launcher(on_lost, environ=None, poll=LAUNCHER_POLL, on_stop=None):
+    """Calls `on_lost(pid)` from a daemon thread once the launcher named by LAUNCHER_ENV is
+    gone, and `on_stop(pid)` if it asks this process to stop through its lifeline; returns the
+    thread, or None when there is nothing to watch (no token; a launcher elsewhere without a
+    lifeline, or whose lifeline cannot be reached: said in one line).
+
+    Where this process can see the launcher's pid (watchable), the pid is polled every `poll`
+    seconds; elsewhere the token's lifeline is watched: its connection closed or silent past
+    TCP keep-alive means the launcher is gone.
+    """
+    token = (os.environ if environ is None else environ).get(LAUNCHER_ENV)
+    if not token:
+        return None
+    pid = int(token.partition(":")[0])
+    if watchable(token):
+        def watch():
+            while launcher_alive(token):
+                time.sleep(poll)
+            on_lost(pid)
+    else:
+        lifeline = _lifeline_of(token)
+        if lifeline is None:
+            return None
+        sock = _connect_lifeline(*lifeline)
+        if sock is None:
+            print("deeplab: cannot reach the launcher's lifeline at %s port %d: this process "
+                  "will not notice the launcher's loss (dist.stall_timeout still applies)"
+                  % (" or ".join(lifeline[0]), lifeline[1]), file=sys.stderr, flush=True)
+            return None
+
+        def watch():
+            try:
+                while True:
+                    data = sock.recv(64)
+                    if not data:
+                        break
+                    if _STOP in data and on_stop is not None:
+                        on_stop(pid)
+            except OSError:
+                pass
+            on_lost(pid)
 
     thread = threading.Thread(target=watch, name="deeplab-launcher-watch", daemon=True)
     thread.start()
     return thread
 
 
+_told = []  # the watch sends its SIGTERM once: a second one would end the worker at once
+
+
+def _stop_self_once(text):
+    if _told:
+        return
+    _told.append(text)
+    os.kill(os.getpid(), signal.SIGTERM)
+    try:  # after: with the launcher gone, nothing may read this any more (EPIPE)
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def stop_when_launcher_lost(pid):
     """A worker's reaction to its launcher's loss: one SIGTERM to itself, the stop request the
     launcher would have sent (finish the step, checkpoint, exit 143)."""
-    print("deeplab: the launcher (pid %d) is gone: stopping after the current step, with a "
-          "checkpoint" % pid, file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGTERM)
+    _stop_self_once("deeplab: the launcher (pid %d) is gone: stopping after the current step, "
+                    "with a checkpoint" % pid)
+
+
+def stop_when_launcher_asks(pid):
+    """A worker's reaction to its launcher's stop request through the lifeline (it runs on
+    another host, where the launcher's SIGTERM cannot reach it): the same one SIGTERM."""
+    _stop_self_once("deeplab: the launcher (pid %d) asks the job to stop: stopping after the "
+                    "current step" % pid)
 
 
 def exit_when_workers_gone(job_id, timeout):
@@ -661,7 +876,10 @@ def exit_when_workers_gone(job_id, timeout):
               "have stopped" % (pid, os.environ.get("DMLC_ROLE", "node")), file=sys.stderr,
               flush=True)
         deadline = time.monotonic() + timeout
-        while training_processes(job_id) and time.monotonic() < deadline:
+        # Workers on other hosts (`deeplab launch ps -H`) cannot be seen from here: ps-lite's
+        # own end, once they have finalized, ends this process before the deadline.
+        elsewhere = os.environ.get("DEEPLAB_PS_WORKERS_ELSEWHERE") == "1"
+        while (elsewhere or training_processes(job_id)) and time.monotonic() < deadline:
             time.sleep(LAUNCHER_POLL)
         os._exit(128 + signal.SIGTERM)
     return on_lost

@@ -23,18 +23,22 @@ If the launcher itself is killed, the workers stop with a checkpoint and the ser
 scheduler follow them (procs.watch_launcher).
 """
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+from deeplab.errors import LaunchError
 from deeplab.utils import free_port
 
+from . import hosts as hosts_
 from . import procs
 
 __all__ = ["node_env", "role_command", "start_node", "run", "run_local", "run_node",
-           "stop_all", "wait_for_exit"]
+           "run_hosts", "place", "route_address", "stop_all", "wait_for_exit"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
 # ends (mxnet/kvstore/kvstore_server.py), with a controller that unpickles nothing it receives
@@ -102,6 +106,8 @@ def _who(name, proc, rank_dir):
     ranks at registration, so the start order does not give it); the name for other nodes."""
     if not name.startswith("worker"):
         return "%s (pid %d)" % (name, proc.pid)
+    if " on " in name:  # on another host: the pid here is its ssh client's
+        return name
     try:
         with open(os.path.join(rank_dir, str(proc.pid))) as f:
             rank = f.read().strip()
@@ -233,6 +239,137 @@ def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grac
                                 workdir=procs.workdir_of(deeplab_args)).run()
 
 
+def place(workers, servers, slots):
+    """([host of worker 0, ...], [host of server 0, ...]) for `slots` ({host: slots}, in order):
+    the workers fill each host's slots in turn (as horovodrun places ranks), the servers go one
+    per host in turn (as MXNet's ssh tracker spreads them)."""
+    room = sum(slots.values())
+    if room < workers:
+        raise LaunchError("--workers %d needs %d slots, but -H gives %d (%s)" % (
+            workers, workers, room, ",".join("%s:%d" % hs for hs in slots.items())))
+    worker_hosts = [h for h, n in slots.items() for _ in range(n)][:workers]
+    names = list(slots)
+    return worker_hosts, [names[i % len(names)] for i in range(servers)]
+
+
+def route_address(host):
+    """This host's address on the route to `host` (no packet is sent)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.connect((socket.gethostbyname(host), 9))
+        return sock.getsockname()[0]
+    finally:
+        sock.close()
+
+
+# The launcher's environment that its nodes on other hosts get over ssh, as horovodrun passes
+# its own (horovod.runner.common.util.env.IGNORE_REGEXES): all of it but what belongs to this
+# shell or session, or to this host's devices.
+_NOT_PASSED = re.compile(r"^(BASH_FUNC_.*|OLDPWD|PWD|SHLVL|_|HOSTNAME|SSH_.*|DISPLAY|TERM|"
+                         r"TMUX.*|STY|XDG_.*|.*CUDA_VISIBLE_DEVICES|.*_SECRET_.*)$")
+
+
+def _remote_command(cmd, env):
+    """The shell command line that runs `cmd` with `env` in this directory on another host."""
+    assigned = " ".join(shlex.quote("%s=%s" % kv) for kv in sorted(env.items())
+                        if not _NOT_PASSED.match(kv[0]))
+    return "cd %s && exec env %s %s" % (shlex.quote(os.getcwd()), assigned,
+                                        " ".join(shlex.quote(c) for c in cmd))
+
+
+class _HostsJob(_LocalJob):
+    """The Supervisor's policy for a parameter-server job across hosts: the scheduler here, the
+    servers and workers where place() puts them, each remote one started over ssh as a node of a
+    cluster (`deeplab launch ps` with DMLC_ROLE, which runs and supervises its role there).
+
+    Signals do not cross hosts: the remote nodes hold the launcher's lifeline, through which it
+    asks them to stop (a node's worker gets one SIGTERM; its servers keep serving until the
+    workers are done) and whose closing tells them it is gone. After a failure what is left of
+    the job on the other hosts is killed over ssh."""
+
+    def __init__(self, placed, deeplab_args, rank_dir, finish_grace, poll, grace):
+        worker_hosts, server_hosts = placed
+        super().__init__(len(worker_hosts), len(server_hosts), deeplab_args, rank_dir,
+                         finish_grace, poll)
+        self.placed, self.node_grace = placed, grace
+        self.lifeline = None
+        self.local = []  # (name, Popen) of the nodes running here
+        self.remote = []
+
+    def start(self, sup):
+        self.oom = procs.OomWatch()
+        worker_hosts, server_hosts = self.placed
+        self.remote = hosts_.remote_hosts(worker_hosts + server_hosts)
+        root = route_address(self.remote[0])
+        port = free_port()
+        self.lifeline = procs.Lifeline()
+        here = procs.launcher_token()
+        token = procs.launcher_token(lifeline=self.lifeline)
+        nodes = [("scheduler", None)] + [("server %d" % i, h) for i, h in
+                                         enumerate(server_hosts)] + \
+            [("worker %d" % i, h) for i, h in enumerate(worker_hosts)]
+        local_ranks = {}
+        for name, host in nodes:
+            role = name.split()[0]
+            local = host is None or hosts_.is_local(host)
+            count = local_ranks[host, role] = local_ranks.get((host, role), -1) + 1
+            env = node_env(role, self.n_workers, self.n_servers, root, port, local_rank=count)
+            env[procs.JOB_ENV] = env[procs.JOB_GROUP_ENV] = self.job_id
+            env["DEEPLAB_PS_WORKERS_ELSEWHERE"] = "1"  # see procs.exit_when_workers_gone
+            if host is None:  # the scheduler: this launcher's own child
+                env["DMLC_NODE_HOST"] = root
+                env[procs.LAUNCHER_ENV] = here
+                p = start_node(role_command(role, self.deeplab_args), env)
+            else:  # a node of a cluster, run and supervised by `deeplab launch ps` there
+                env.pop("DMLC_NODE_HOST", None)
+                env[procs.LAUNCHER_ENV] = here if local else token
+                cmd = [sys.executable, "-m", "deeplab.cli", "launch", "ps", "--grace",
+                       "%g" % self.node_grace, "--"] + list(self.deeplab_args)
+                p = start_node(cmd if local else hosts_.ssh_command(
+                    host, _remote_command(cmd, env)), env)
+                name = "%s on %s" % (name, host)
+            self.nodes.append((name, p))
+            if local:
+                self.local.append((name, p))
+        self.workers = [(name, p) for name, p in self.nodes if name.startswith("worker")]
+
+    def targets(self, sup):
+        if not sup.stop.count:  # a worker SIGTERMed directly: the workers stop together
+            return []
+        self.lifeline.stop()  # the nodes elsewhere; their ssh clients are not signalled
+        return [p.pid for name, p in self.local if name.startswith("worker")
+                and p.poll() is None]
+
+    def teardown(self, sup):
+        stop_all(self.nodes)
+        self.lifeline.close()
+        if any(p.returncode != 0 for _, p in self.nodes):
+            hosts_.reap_remote(self.remote, self.job_id, procs.JOB_GROUP_ENV)
+
+    def leftovers(self):
+        return [pid for pid in set(procs.job_processes(self.job_id)) | set(
+            procs.job_processes(self.job_id, procs.JOB_GROUP_ENV)) if procs.on_this_host(pid)]
+
+
+def run_hosts(placed, deeplab_args, grace=120.0, poll=0.2, finish_grace=30.0):
+    """Runs the job across hosts (`placed`: from place()); returns run_local's codes.
+
+    Every host must hold this directory, this Python and this package at the same paths, and
+    accept `ssh HOST` without a prompt; the hosts must reach this one (the scheduler and the
+    lifeline listen here) and each other (servers and workers)."""
+    unreachable = hosts_.unreachable_hosts(hosts_.remote_hosts(placed[0] + placed[1]))
+    if unreachable:
+        for host, why in sorted(unreachable.items()):
+            _say("cannot reach host %s over ssh, nothing was started: %s" % (host, why))
+        return 1
+    with tempfile.TemporaryDirectory(prefix="deeplab-ps-") as rank_dir:
+        job = _HostsJob(placed, deeplab_args, rank_dir, finish_grace, poll, grace)
+        return procs.Supervisor(job, grace, poll, say=_say,
+                                workdir=procs.workdir_of(deeplab_args)).run()
+
+
 class _Node(procs.Policy):
     """The Supervisor's policy for one node of a cluster job (DMLC_ROLE set)."""
 
@@ -256,7 +393,8 @@ class _Node(procs.Policy):
             stop_all([(self.role, self.proc)])
 
     def leftovers(self):
-        return procs.job_processes(self.env[procs.JOB_ENV])
+        return [pid for pid in procs.job_processes(self.env[procs.JOB_ENV])
+                if procs.on_this_host(pid)]
 
     def report(self, sup, outcome):
         code = _exit_status(self.proc.returncode)
@@ -284,7 +422,18 @@ def run_node(deeplab_args, grace=120.0, poll=0.2):
     env = dict(os.environ)
     env.pop("PORT", None)
     env["DEEPLAB_DIST_BACKEND"] = "ps"
+    if not env.get("DMLC_NODE_HOST"):
+        # ps-lite binds this node to DMLC_NODE_HOST, by default the first interface it finds:
+        # on a machine with several networks, take the one that reaches the scheduler.
+        env["DMLC_NODE_HOST"] = route_address(env["DMLC_PS_ROOT_URI"])
+    # This node's processes carry a job id of its own (what it stops and leaves nothing of;
+    # another node may run on this host). Started by `deeplab launch ps -H` from another host,
+    # they also carry that job's id (procs.JOB_GROUP_ENV, by which that launcher clears the
+    # hosts after a failure), and this node stops when that launcher asks or is gone.
     env[procs.JOB_ENV] = procs.new_job_id()
+    if os.environ.get(procs.LAUNCHER_ENV):
+        procs.watch_launcher(procs.stop_when_launcher_lost,
+                             on_stop=procs.stop_when_launcher_asks)
     env[procs.LAUNCHER_ENV] = procs.launcher_token()
     node = _Node(role, role_command(role, deeplab_args), env)
     return procs.Supervisor(node, grace, poll, say=_say,
@@ -297,4 +446,9 @@ def run(args):
     grace = getattr(args, "grace", 120.0)
     if os.environ.get("DMLC_ROLE"):
         return run_node(args.command, grace=grace)
+    spec = getattr(args, "hosts", None)
+    if spec:
+        placed = place(args.workers, args.servers, hosts_.slots(spec))
+        if any(not hosts_.is_local(h) for h in placed[0] + placed[1]):
+            return run_hosts(placed, args.command, grace=grace)
     return run_local(args.workers, args.servers, args.command, grace=grace)

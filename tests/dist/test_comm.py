@@ -235,6 +235,45 @@ def test_a_lost_gloo_connection_is_one_line_naming_the_peer_with_exit_5(text, pe
     assert "\n" not in str(lost)
 
 
+HOROVOD_SHUT_DOWN = ("MXNetError: Horovod has been shut down. This was caused by an exception on "
+                     "one of the ranks or an attempt to allreduce, allgather or broadcast a "
+                     "tensor after one of the ranks finished execution.")
+
+
+def test_a_lost_connection_behind_horovods_shutdown_is_found_in_the_engine(monkeypatch):
+    """Horovod's background loop can meet Gloo's error itself and shut down: the operation that
+    raises then says only "Horovod has been shut down" and the transport error waits in MXNet's
+    engine (the CI run of 2026-12-02 ended that way with exit 1 and a traceback). The backend's
+    pending error is asked, and only then."""
+    from deeplab.errors import NetworkLost
+
+    asked = []
+
+    class Backend(comm.LocalBackend):
+        def pending_error(self):
+            asked.append(True)
+            return mx.base.MXNetError(GLOO_RAISED)
+
+    monkeypatch.setattr(comm, "_backend", Backend())
+    lost = comm.network_failure(mx.base.MXNetError(HOROVOD_SHUT_DOWN))
+    assert isinstance(lost, NetworkLost), lost
+    assert "the worker at 127.0.0.1:25010 (Gloo: Read error [127.0.0.1]:25010: Connection " \
+           "reset by peer)" in str(lost)
+    assert comm.network_failure(ValueError("cannot read image x.jpg")) is None
+    assert len(asked) == 1  # the engine is asked only after Horovod's shutdown
+
+
+def test_horovods_shutdown_without_a_transport_error_is_not_a_network_failure(monkeypatch):
+    class Backend(comm.LocalBackend):
+        def pending_error(self):
+            return mx.base.MXNetError("Check failed: shape mismatch [3] vs [4]")
+
+    monkeypatch.setattr(comm, "_backend", Backend())
+    assert comm.network_failure(mx.base.MXNetError(HOROVOD_SHUT_DOWN)) is None
+    monkeypatch.setattr(comm, "_backend", comm.LocalBackend())
+    assert comm.network_failure(mx.base.MXNetError(HOROVOD_SHUT_DOWN)) is None
+
+
 def test_other_errors_are_not_network_failures():
     assert comm.network_failure(RuntimeError("Check failed: shape mismatch [3] vs [4]")) is None
     assert comm.network_failure(ValueError("cannot read image x.jpg")) is None

@@ -241,3 +241,51 @@ def test_a_global_batch_that_does_not_split_is_one_line_before_any_worker(launch
         "use a number of workers among 1, 2, 4, 8, or a train.batch_size that is a multiple of "
         "3; no worker was started" % ("-np 3" if launcher[0] == "horovod" else "3 workers")]
     assert not work.exists()
+
+
+from conftest import ROOT  # noqa: E402
+
+PREFLIGHT = """
+import os, sys
+os.environ.update(DMLC_ROLE=sys.argv[1])
+from deeplab.launch import cli
+cli.preflight(cli.parse_args(["ps", "--", "train", "configs/tiny_synthetic.yaml",
+                              "--workdir", "runs/never"]))
+print("mxnet" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("role, imported", [("server", "False"), ("scheduler", "False"),
+                                            ("worker", "True")])
+def test_a_server_or_scheduler_node_does_not_import_mxnet_before_its_child(role, imported):
+    """`import mxnet` with DMLC_ROLE=server|scheduler turns the importing process into the
+    ps-lite node: the node's launcher (`deeplab launch ps` on a cluster node, or started over
+    ssh by `deeplab launch ps -H`) would serve in place of its supervised child. Only a worker
+    node checks the config (which imports the model)."""
+    proc = subprocess.run([sys.executable, "-c", PREFLIGHT, role], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.stdout.split() == [imported], proc.stderr[-2000:]
+
+
+def test_parameter_server_nodes_are_placed_like_horovodrun_and_mxnets_tracker():
+    from deeplab.errors import LaunchError
+    from deeplab.launch import hosts
+
+    workers, servers = ps.place(3, 2, hosts.slots("a:2,b:2"))
+    assert workers == ["a", "a", "b"] and servers == ["a", "b"]
+    assert ps.place(2, 3, hosts.slots("a,b")) == (["a", "b"], ["a", "b", "a"])
+    with pytest.raises(LaunchError, match="--workers 5 needs 5 slots, but -H gives 4"):
+        ps.place(5, 1, hosts.slots("a:2,b:2"))
+    assert cli.parse_args(["ps", "-H", "a:1,b:1", "--", "train", "c.yaml"]).hosts == "a:1,b:1"
+
+
+def test_a_remote_node_gets_the_launchers_environment_but_not_its_sessions():
+    cmd = ps._remote_command(["python", "-m", "deeplab.cli", "train", "a b.yaml"],
+                             {"DMLC_ROLE": "worker", "OMP_NUM_THREADS": "1", "PWD": "/x",
+                              "SSH_CONNECTION": "1 2 3 4", "CUDA_VISIBLE_DEVICES": "0",
+                              "X": "it's"})
+    assert cmd.startswith("cd %s && exec env " % os.getcwd())
+    assert "DMLC_ROLE=worker" in cmd and "OMP_NUM_THREADS=1" in cmd
+    assert "'X=it'\"'\"'s'" in cmd and "'a b.yaml'" in cmd
+    for dropped in ("PWD=", "SSH_CONNECTION", "CUDA_VISIBLE_DEVICES"):
+        assert dropped not in cmd

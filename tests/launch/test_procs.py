@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 from deeplab.launch import procs
@@ -106,6 +107,92 @@ def test_a_launcher_on_another_host_or_pid_namespace_is_not_watched():
     assert procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: "1:1:other-host/%s" % ns}) \
         is None
     assert procs.watch_launcher(lost.append, {}) is None
+
+
+def elsewhere(token):
+    """`token` as a process on another host sees it: another host name in its place."""
+    head, _, rest = token.partition(" ")
+    pid, start, where = head.split(":", 2)
+    return "%s:%s:other-host/%s %s" % (pid, start, where.split("/", 1)[1], rest)
+
+
+def test_a_process_elsewhere_follows_the_lifeline_stop_then_loss():
+    """A worker on another host cannot see the launcher's pid: it holds a connection to the
+    launcher's lifeline, which asks it to stop (one byte) and, closed, says the launcher is
+    gone."""
+    from conftest import wait_for
+
+    lifeline = procs.Lifeline(addresses=["127.0.0.1"])
+    token = elsewhere(procs.launcher_token(lifeline=lifeline))
+    assert not procs.watchable(token) and "lifeline=127.0.0.1:%d" % lifeline.port in token
+    lost, asked = [], []
+    thread = procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: token}, on_stop=asked.append)
+    assert thread is not None
+    wait_for(lambda: lifeline.open() == 1, 10, "the connection")
+    assert lifeline.stop() == 1 and lifeline.stop() == 0  # asked once
+    wait_for(lambda: asked == [os.getpid()], 10, "the stop request")
+    assert not lost
+    lifeline.close()
+    wait_for(lambda: lost == [os.getpid()], 10, "the loss")
+    assert asked == [os.getpid()]
+
+
+def test_a_process_that_connects_after_the_stop_is_asked_at_once():
+    from conftest import wait_for
+
+    lifeline = procs.Lifeline(addresses=["127.0.0.1"])
+    lifeline.stop()
+    asked = []
+    procs.watch_launcher(lambda pid: None, {procs.LAUNCHER_ENV: elsewhere(
+        procs.launcher_token(lifeline=lifeline))}, on_stop=asked.append)
+    wait_for(lambda: asked, 10, "the stop request")
+    lifeline.close()
+
+
+LAUNCHER = """
+import subprocess, sys, time
+from deeplab.launch import procs
+lifeline = procs.Lifeline(addresses=["127.0.0.1"])
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+print(procs.launcher_token(lifeline=lifeline), child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_launchers_death_closes_the_lifeline_though_its_children_live():
+    """SIGKILL leaves no time for goodbyes: the launcher's kernel closes the connection. The
+    processes it started (horovodrun, a scheduler) do not inherit the lifeline, so they cannot
+    keep it open."""
+    from conftest import wait_for
+
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        line = launcher.stdout.readline().split()
+        token, child = " ".join(line[:2]), int(line[2])
+        lost = []
+        assert procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: elsewhere(token)})
+        time.sleep(0.5)
+        assert not lost
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: lost == [launcher.pid], 10, "the loss")
+        assert procs.alive(child)
+    finally:
+        launcher.kill()
+        procs.kill_processes(lambda: [child] if procs.alive(child) else [])
+
+
+def test_an_unreachable_lifeline_is_said_and_not_taken_for_a_loss(capfd, monkeypatch):
+    monkeypatch.setattr(procs, "LIFELINE_CONNECT", 1.0)
+    lifeline = procs.Lifeline(addresses=["127.0.0.1"])
+    token = elsewhere(procs.launcher_token(lifeline=lifeline))
+    lifeline.close()  # nobody listens there any more
+    lost = []
+    assert procs.watch_launcher(lost.append, {procs.LAUNCHER_ENV: token}) is None
+    assert not lost
+    assert "cannot reach the launcher's lifeline at 127.0.0.1 port %d" % lifeline.port \
+        in capfd.readouterr().err
 
 
 def test_workdir_of_a_deeplab_command_line():

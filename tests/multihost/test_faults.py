@@ -174,3 +174,101 @@ def test_a_host_that_cannot_be_reached_at_start_is_named(tmp_path, dl, cluster, 
     lines = [line for line in out.splitlines() if line.startswith("deeplab launch: ")][1:]
     assert len(lines) == 1 and "cannot reach host %s over ssh" % name in lines[0], out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+
+
+ELSEWHERE = ["launch", "horovod", "-np", "2", "-H", "node2:1,node3:1", "--"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_launcher_with_every_worker_on_other_hosts_stops_them_through_its_lifeline(
+        tmp_path, dl, cluster, sig):
+    """The launcher on node1 (a login node), its two workers on node2 and node3: no worker
+    can see its pid and its signals do not cross hosts. SIGTERM: it asks them through its
+    lifeline; SIGKILL: its kernel closes the lifeline and each worker sends itself the SIGTERM
+    the launcher would have sent. Either way they stop after the same step, rank 0 saves it,
+    and nothing is left on any host."""
+    hosts = cluster(3)
+    workdir = tmp_path / "elsewhere"
+    job = start(hosts, dl, workdir, ["train.iterations=400", "train.checkpoint_every=1000"],
+                launcher=ELSEWHERE)
+    log = workdir / "train.log"
+    wait_for(lambda: log.exists() and "iter " in log.read_text(), 240, "the first log line")
+    ranks = wait_for(lambda: all_four(hosts, 2), 30, "the two workers")
+    assert [hosts.host_of(ranks[r]) for r in (0, 1)] == ["node2", "node3"]
+    os.kill(job.pid, sig)
+    signalled = time.time()
+    if sig == signal.SIGKILL:
+        # Nobody reads the launcher's output now: the workers' own ending is in the run's files.
+        job.wait(timeout=30)
+        wait_for(lambda: not left(hosts), BOUND, "the job's processes to end")
+        elapsed, out = time.time() - signalled, ""
+        print("the job's processes ended %.1f s after the launcher was killed" % elapsed)
+    else:
+        code, out, elapsed = finish(hosts, job, signalled)
+        assert code == 128 + sig, out[-3000:]
+        for rank in range(2):
+            assert "[%d]<stderr>:deeplab: the launcher (pid %d) asks the job to stop" \
+                % (rank, job.pid) in out, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    saved = Checkpointer(str(workdir)).iterations()
+    assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
+    assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
+
+
+PS_ELSEWHERE = ["launch", "ps", "--workers", "2", "--servers", "2", "-H", "node2:1,node3:1",
+                "--"]
+
+
+def ps_workers(hosts):
+    found = [pid for pid in procs.training_processes(among=left(hosts))
+             if procs.environ(pid).get("DMLC_ROLE") == "worker"]
+    return found if len(found) == 2 else None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_parameter_server_launcher_stops_its_nodes_on_other_hosts(tmp_path, dl, cluster, sig):
+    """`deeplab launch ps -H node2:1,node3:1` on node1: the scheduler on node1, a server and a
+    worker on each other host, each supervised there by `deeplab launch ps` started over ssh.
+    SIGTERM to the launcher: through its lifeline each node's worker gets one SIGTERM, they stop
+    after the same step, rank 0 saves it, the servers serve until then; exit 143. SIGKILL: the
+    lifeline closes and the nodes do the same by themselves. Nothing is left on any host."""
+    hosts = cluster(3)
+    workdir = tmp_path / "ps"
+    job = start(hosts, dl, workdir, ["train.iterations=400", "train.checkpoint_every=1000",
+                                     "train.freeze_bn=true"], launcher=PS_ELSEWHERE)
+    log = workdir / "train.log"
+    wait_for(lambda: log.exists() and "iter " in log.read_text(), 240, "the first log line")
+    pids = wait_for(lambda: ps_workers(hosts), 30, "the two workers")
+    assert sorted(hosts.host_of(p) for p in pids) == ["node2", "node3"]
+    os.kill(job.pid, sig)
+    signalled = time.time()
+    if sig == signal.SIGKILL:
+        job.wait(timeout=30)
+        wait_for(lambda: not left(hosts), BOUND, "the job's processes to end")
+        elapsed, out = time.time() - signalled, ""
+        print("the job's processes ended %.1f s after the launcher was killed" % elapsed)
+    else:
+        code, out, elapsed = finish(hosts, job, signalled)
+        assert code == 128 + sig, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    saved = Checkpointer(str(workdir)).iterations()
+    assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
+    assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
+
+
+def test_a_parameter_server_worker_killed_on_another_host_is_named(tmp_path, dl, cluster):
+    hosts = cluster(3)
+    workdir = tmp_path / "ps-killed"
+    job = start(hosts, dl, workdir, ["train.iterations=400", "train.freeze_bn=true"],
+                launcher=PS_ELSEWHERE)
+    wait_for(Checkpointer(str(workdir)).iterations, 240, "the first checkpoint")
+    pids = wait_for(lambda: ps_workers(hosts), 30, "the two workers")
+    victim = next(p for p in pids if hosts.host_of(p) == "node3")
+    os.kill(victim, signal.SIGKILL)
+    code, out, elapsed = finish(hosts, job, time.time())
+    assert code == 128 + signal.SIGKILL, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    assert "deeplab launch ps: worker 1 on node3 was lost first: killed by SIGKILL" in out, \
+        out[-3000:]
+    state = Checkpointer(str(workdir)).latest()
+    assert state is not None and state["iteration"] % 4 == 0

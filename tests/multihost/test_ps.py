@@ -52,3 +52,21 @@ def test_parameter_server_on_three_hosts_equals_one_process(tmp_path, dl, cluste
     for host in ("node2", "node3"):
         assert any("from %s" % hosts.address("node1") in line for line in hosts.logins(host))
     assert_params_close(one / "final.params", three / "final.params", rel=5e-6)
+
+
+def test_deeplab_launch_ps_across_hosts_equals_one_process(tmp_path, dl, cluster):
+    """`deeplab launch ps -H` from node1 places the nodes itself: the scheduler on node1, the
+    workers on node2 and node3 (one slot each), a server on each of them, every remote node
+    started over ssh as a cluster node. The same parameters as one process."""
+    hosts = cluster(3)
+    one, three = tmp_path / "one", tmp_path / "three"
+    dl.deeplab("train", dl.TINY, "--workdir", one, "--no-eval", *dl.sets(*RUN), timeout=300)
+    proc = hosts.deeplab("node1", "launch", "ps", "--workers", "2", "--servers", "2",
+                         "-H", "node2:1,node3:1", "--", "train", dl.TINY, "--workdir", three,
+                         "--no-eval", *dl.sets(*RUN))
+    log = (three / "train.log").read_text()
+    assert "training on 2 worker(s) (dist.backend ps), global batch 6, frozen BN" in log, log
+    for host in ("node2", "node3"):
+        assert any("from %s" % hosts.address("node1") in line for line in hosts.logins(host))
+    assert_params_close(one / "final.params", three / "final.params", rel=5e-6)
+    assert "Traceback" not in proc.stdout
