@@ -1,7 +1,8 @@
 """`deeplab launch`: start a deeplab subcommand on many workers.
 
     deeplab launch horovod -np N [-H HOSTS | --hostfile FILE] [--mpi] [--grace S] -- CMD ARGS...
-    deeplab launch ps [--workers N --servers M] [-H HOSTS] [--grace S] -- CMD ARGS...
+    deeplab launch ps [--workers N --servers M] [-H HOSTS [--server-hosts H,...]] [--grace S]
+        -- CMD ARGS...
 
 CMD is train, eval, bench or predict.
 """
@@ -81,7 +82,8 @@ def _parser():
                    "--horovodrun-arg=5)")
     s = sub.add_parser(
         "ps", help="MXNet parameter server (kvstore dist_sync)",
-        usage="deeplab launch ps [--workers N --servers M] [-H HOSTS] [--grace S] -- "
+        usage="deeplab launch ps [--workers N --servers M] [-H HOSTS [--server-hosts H,...]] "
+              "[--grace S] -- "
               "train|eval|bench|predict ARGS...",
         description="Runs a scheduler, M servers and N workers on this machine, across hosts "
                     "reached over ssh (-H), or this node's role only when DMLC_ROLE is set (a "
@@ -97,6 +99,9 @@ def _parser():
                         "Python and package everywhere): the workers fill each host's slots "
                         "in turn, the servers go one per host in turn, the scheduler runs "
                         "here (default: all on this machine)")
+    s.add_argument("--server-hosts", default=None, metavar="HOST,...",
+                   help="with -H: the hosts the servers go to, one per host in turn "
+                        "(default: the -H hosts), e.g. the launching host")
     for sp in (h, s):
         sp.add_argument("--grace", type=_seconds, default=DEFAULT_GRACE,
                         help="seconds the workers get to checkpoint and exit after SIGTERM "

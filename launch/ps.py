@@ -239,16 +239,17 @@ def run_local(workers, servers, deeplab_args, grace=120.0, poll=0.2, finish_grac
                                 workdir=procs.workdir_of(deeplab_args)).run()
 
 
-def place(workers, servers, slots):
+def place(workers, servers, slots, server_hosts=None):
     """([host of worker 0, ...], [host of server 0, ...]) for `slots` ({host: slots}, in order):
     the workers fill each host's slots in turn (as horovodrun places ranks), the servers go one
-    per host in turn (as MXNet's ssh tracker spreads them)."""
+    per host in turn (as MXNet's ssh tracker spreads them) over `server_hosts` (a list;
+    default: the hosts of `slots`)."""
     room = sum(slots.values())
     if room < workers:
         raise LaunchError("--workers %d needs %d slots, but -H gives %d (%s)" % (
             workers, workers, room, ",".join("%s:%d" % hs for hs in slots.items())))
     worker_hosts = [h for h, n in slots.items() for _ in range(n)][:workers]
-    names = list(slots)
+    names = list(server_hosts or slots)
     return worker_hosts, [names[i % len(names)] for i in range(servers)]
 
 
@@ -447,8 +448,12 @@ def run(args):
     if os.environ.get("DMLC_ROLE"):
         return run_node(args.command, grace=grace)
     spec = getattr(args, "hosts", None)
+    if getattr(args, "server_hosts", None) and not spec:
+        raise LaunchError("--server-hosts needs -H (the workers' hosts)")
     if spec:
-        placed = place(args.workers, args.servers, hosts_.slots(spec))
+        servers = getattr(args, "server_hosts", None)
+        placed = place(args.workers, args.servers, hosts_.slots(spec),
+                       [h.strip() for h in servers.split(",") if h.strip()] if servers else None)
         if any(not hosts_.is_local(h) for h in placed[0] + placed[1]):
             return run_hosts(placed, args.command, grace=grace)
     return run_local(args.workers, args.servers, args.command, grace=grace)

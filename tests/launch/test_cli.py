@@ -276,7 +276,11 @@ def test_parameter_server_nodes_are_placed_like_horovodrun_and_mxnets_tracker():
     assert ps.place(2, 3, hosts.slots("a,b")) == (["a", "b"], ["a", "b", "a"])
     with pytest.raises(LaunchError, match="--workers 5 needs 5 slots, but -H gives 4"):
         ps.place(5, 1, hosts.slots("a:2,b:2"))
-    assert cli.parse_args(["ps", "-H", "a:1,b:1", "--", "train", "c.yaml"]).hosts == "a:1,b:1"
+    assert ps.place(2, 1, hosts.slots("b:1,c:1"), ["a"]) == (["b", "c"], ["a"])
+    args = cli.parse_args(["ps", "-H", "a:1,b:1", "--server-hosts", "c", "--", "train", "c.yaml"])
+    assert (args.hosts, args.server_hosts) == ("a:1,b:1", "c")
+    with pytest.raises(LaunchError, match="--server-hosts needs -H"):
+        ps.run(cli.parse_args(["ps", "--server-hosts", "c", "--", "train", "c.yaml"]))
 
 
 def test_a_remote_node_gets_the_launchers_environment_but_not_its_sessions():

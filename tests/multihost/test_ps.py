@@ -55,14 +55,15 @@ def test_parameter_server_on_three_hosts_equals_one_process(tmp_path, dl, cluste
 
 
 def test_deeplab_launch_ps_across_hosts_equals_one_process(tmp_path, dl, cluster):
-    """`deeplab launch ps -H` from node1 places the nodes itself: the scheduler on node1, the
-    workers on node2 and node3 (one slot each), a server on each of them, every remote node
-    started over ssh as a cluster node. The same parameters as one process."""
+    """`deeplab launch ps -H` from node1 places the nodes itself, as the issue's example: the
+    scheduler and the server on node1 (--server-hosts), the workers on node2 and node3 (one
+    slot each), every remote node started over ssh as a cluster node. The same parameters as
+    one process."""
     hosts = cluster(3)
     one, three = tmp_path / "one", tmp_path / "three"
     dl.deeplab("train", dl.TINY, "--workdir", one, "--no-eval", *dl.sets(*RUN), timeout=300)
-    proc = hosts.deeplab("node1", "launch", "ps", "--workers", "2", "--servers", "2",
-                         "-H", "node2:1,node3:1", "--", "train", dl.TINY, "--workdir", three,
+    proc = hosts.deeplab("node1", "launch", "ps", "--workers", "2", "--servers", "1",
+                         "-H", "node2:1,node3:1", "--server-hosts", "node1", "--", "train", dl.TINY, "--workdir", three,
                          "--no-eval", *dl.sets(*RUN))
     log = (three / "train.log").read_text()
     assert "training on 2 worker(s) (dist.backend ps), global batch 6, frozen BN" in log, log
