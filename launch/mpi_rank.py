@@ -82,8 +82,9 @@ def main(argv=None):
     code = proc.wait()
     for t in pumps:
         t.join()
-    if code != 0:
-        os.write(2, b"Process %s exit with status code %d.\n" % (rank.encode(), code))
+    if code != 0:  # a signal as a shell says it (128 + N), like horovodrun's workers
+        os.write(2, b"Process %s exit with status code %d.\n"
+                 % (rank.encode(), 128 - code if code < 0 else code))
     if code < 0:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
