@@ -410,7 +410,10 @@ class _MpirunJob(_HorovodJob):
     by SIGTERM exits with 143 and leaves its peers alone)."""
 
     def __init__(self, cmd, env, failure_grace, hosts=None):
-        super().__init__(cmd, env, failure_grace, hosts)
+        # mpirun behind a relay (deeplab.launch.mpi_rank --relay): mpirun ends the job when a
+        # write to its output fails, as it would once this launcher is killed.
+        super().__init__([sys.executable, "-m", "deeplab.launch.mpi_rank", "--relay"]
+                         + list(cmd), env, failure_grace, hosts)
         self.output = _MpiOutput()
 
     def targets(self, sup):

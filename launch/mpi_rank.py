@@ -16,6 +16,12 @@ with this process (PR_SET_PDEATHSIG) if Hydra kills it.
 
     python -m deeplab.launch.mpi_rank 'COMMAND LINE'   (one shell-quoted argument, so that this
                                                         process is not taken for the worker)
+
+`python -m deeplab.launch.mpi_rank --relay MPIRUN ARGS...` runs mpirun itself and copies its
+output on: mpirun exits, ending every rank, the moment a write to its output fails, so it must
+not write to the launcher's pipe directly. If the launcher is killed, the workers notice
+(procs.watch_launcher) and stop with a checkpoint while the relay goes on draining mpirun's
+output into the void.
 """
 import ctypes
 import os
@@ -25,7 +31,7 @@ import subprocess
 import sys
 import threading
 
-__all__ = ["child_environ", "main"]
+__all__ = ["child_environ", "main", "relay"]
 
 # Hydra's variable -> Horovod's
 _RANK_VARS = (("PMI_RANK", "HOROVOD_RANK"), ("PMI_SIZE", "HOROVOD_SIZE"),
@@ -61,8 +67,39 @@ def _pump(stream, fd, prefix):
         os.write(fd, prefix + line)  # one write per line: Hydra passes it on whole
 
 
+def _drain(stream, fd):
+    """Copies `stream` to `fd` until end-of-file; after a failed write, only reads."""
+    ok = True
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        if ok:
+            try:
+                os.write(fd, chunk)
+            except OSError:
+                ok = False
+
+
+def relay(argv):
+    """Runs `argv` (mpirun) with its output copied to this process's; returns its exit code
+    (128 + N if it died of signal N)."""
+    for sig in _STOPS:  # the launcher signals the workers, never mpirun
+        signal.signal(sig, signal.SIG_IGN)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL)
+                                                for s in _STOPS])
+    pumps = [threading.Thread(target=_drain, args=(proc.stdout, 1)),
+             threading.Thread(target=_drain, args=(proc.stderr, 2))]
+    for t in pumps:
+        t.start()
+    code = proc.wait()
+    for t in pumps:
+        t.join()
+    return 128 - code if code < 0 else code
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--relay"] and len(argv) > 1:
+        return relay(argv[1:])
     if len(argv) != 1:
         print("usage: python -m deeplab.launch.mpi_rank 'COMMAND LINE'", file=sys.stderr)
         return 2
