@@ -112,6 +112,8 @@ for so in glob.glob(os.path.join(top, "**", "*.so"), recursive=True):
     old = subprocess.check_output([patchelf, "--print-rpath", so], text=True).strip()
     new = ["$ORIGIN/" + os.path.relpath(os.path.realpath(d), home) if d.startswith(venvs) else d
            for d in old.split(":") if d]
+    if any(d.startswith("/") for d in new):  # e.g. a wheel built in another venv
+        sys.exit("[setup] %s keeps absolute RUNPATH entries: %s" % (so, ":".join(new)))
     subprocess.check_call([patchelf, "--set-rpath", ":".join(new), so])
     print("[setup] %s: RUNPATH %s" % (os.path.relpath(so, top), ":".join(new)), file=sys.stderr)
 PY
@@ -129,7 +131,9 @@ then
     mkdir -p "$whl_dir"
     tmp=$(mktemp -d "$whl_dir.tmp.XXXXXX")
     # The venv's bin/ first: CMake's FindMPI takes the mpicc of MPICH's wheel.
-    PATH="$venv/bin:$PATH" MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel \
+    # --no-cache-dir: pip's own wheel cache ignores the HOROVOD_* flags and the venv it was
+    # built in; this script's cache (above) is the one keyed by them.
+    PATH="$venv/bin:$PATH" MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel --no-cache-dir \
       --no-build-isolation --no-deps "horovod==$horovod_version" -w "$tmp"
     if [ -n "$with_mpi" ]; then fix_runpath "$(ls "$tmp"/horovod-*.whl)"; fi
     mv "$tmp"/horovod-*.whl "$whl_dir"/ && rmdir "$tmp"
