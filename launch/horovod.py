@@ -393,7 +393,19 @@ _HYDRA_BANNER = re.compile(r"^(=+|=   .*|YOUR APPLICATION TERMINATED WITH THE EX
 
 class _MpiOutput(_Output):
     """mpirun's output: the ranks' lines as horovodrun prints them (deeplab.launch.mpi_rank);
-    Hydra's banner about a rank killed by a signal is left out."""
+    Hydra's banner about a rank killed by a signal is left out. `on_stall` is called (from the
+    reading thread) when a rank announces a stall: Hydra kills the other ranks as soon as the
+    stalled one exits, so what is stopped must be looked at before."""
+
+    def __init__(self):
+        super().__init__()
+        self.on_stall = None
+
+    def line(self, text):
+        super().line(text)
+        m = _PREFIXED.match(text)
+        if m and self.on_stall and procs.documented_exit(m.group(3).strip()) == EXIT_STALLED:
+            self.on_stall()
 
     def pump(self, stream, out):
         for text in stream:
@@ -415,6 +427,11 @@ class _MpirunJob(_HorovodJob):
         super().__init__([sys.executable, "-m", "deeplab.launch.mpi_rank", "--relay"]
                          + list(cmd), env, failure_grace, hosts)
         self.output = _MpiOutput()
+        self.output.on_stall = self._look_for_stopped
+
+    def _look_for_stopped(self):
+        if self.stalled is None:
+            self.stalled = procs.stopped_workers(self.job_id, _rank_of)
 
     def targets(self, sup):
         self.training = procs.training_processes(self.job_id, among=self._here())
