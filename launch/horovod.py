@@ -47,8 +47,8 @@ from deeplab.errors import EXIT_STALLED, LaunchError
 
 from . import procs
 
-__all__ = ["horovod_command", "mpirun_command", "mpi_env", "worker_env", "check_hosts", "rank_hosts", "unreachable_hosts",
-           "run", "supervise", "FAILURE_GRACE"]
+__all__ = ["horovod_command", "mpirun_command", "mpi_env", "worker_env", "check_hosts",
+           "rank_hosts", "unreachable_hosts", "run", "supervise", "FAILURE_GRACE", "MPI_ENV"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
 # Gloo's timeout for a collective. Above the workers' own stall watchdog (dist.stall_timeout,
@@ -203,9 +203,10 @@ def mpirun_command(np, deeplab_args, hosts=None, hostfile=None, python=None, ext
     return cmd + list(extra) + [python, "-m", "deeplab.launch.mpi_rank", shlex.join(worker)]
 
 
-# MPICH's settings for the workers, chosen by measurement (docs/distributed.md, "MPI"): a rank
-# waiting for a peer polls; yielding the core between polls costs the waiting rank nothing
-# measurable and leaves the core to the peer it waits for and to the loader processes.
+# MPICH's settings for the workers, chosen by measurement (docs/distributed.md, "Busy
+# polling"): a rank waiting for a peer polls. MPICH's defaults, pinned here: a yield of the core
+# every 1000 polls (never yielding saved 2-5 us a call but kept the waiting process on a core;
+# sleeping to yield cost 200-450 us a call), and no progress thread.
 MPI_ENV = {"MPIR_CVAR_POLLS_BEFORE_YIELD": "1000", "MPIR_CVAR_ASYNC_PROGRESS": "0"}
 
 
@@ -613,6 +614,8 @@ def run(args):
 
 
 def _run_mpi(args):
+    """`run` with --mpi: mpirun_command under the same supervision (--horovodrun-arg values go to
+    mpirun)."""
     if args.timeline or args.autotune:
         raise LaunchError("--timeline and --autotune are horovodrun's; with --mpi set "
                           "HOROVOD_TIMELINE=FILE or HOROVOD_AUTOTUNE=1 in the environment")
