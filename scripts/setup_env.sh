@@ -121,9 +121,15 @@ PY
   "$venv/bin/python" -m wheel pack -d "$(dirname "$1")" "$work"/* >/dev/null
   rm -rf "$work"
 }
+# Installed and built as asked (an environment made before Horovod was built with MPI has a
+# Gloo-only build of the same version: it is replaced).
 if ! "$venv/bin/python" - <<EOF 2>/dev/null
 import importlib.metadata as m, sys
-sys.exit(0 if m.version("horovod") == "$horovod_version" else 1)
+if m.version("horovod") != "$horovod_version":
+    sys.exit(1)
+if "$with_mpi":
+    import horovod.mxnet as hvd
+    sys.exit(0 if hvd.mpi_built() else 1)
 EOF
 then
   if ! ls "$whl_dir"/horovod-*.whl >/dev/null 2>&1; then
@@ -138,7 +144,7 @@ then
     if [ -n "$with_mpi" ]; then fix_runpath "$(ls "$tmp"/horovod-*.whl)"; fi
     mv "$tmp"/horovod-*.whl "$whl_dir"/ && rmdir "$tmp"
   fi
-  "${pip[@]}" install --no-deps "$whl_dir"/horovod-*.whl
+  "${pip[@]}" install --no-deps --force-reinstall "$whl_dir"/horovod-*.whl
 fi
 "$venv/bin/python" -c 'import horovod.mxnet' || {
   echo "[setup] horovod.mxnet does not import: the Horovod build lacks the MXNet extension" >&2; exit 1; }
