@@ -1,6 +1,6 @@
-"""Latency of one small Horovod collective (the size synchronized BN sends per layer) as a function
-of HOROVOD_CYCLE_TIME, the response cache and the process set, on this machine (Gloo over
-loopback).
+"""Latency of one small collective (the size synchronized BN sends per layer) through Horovod, as
+a function of HOROVOD_CYCLE_TIME, the response cache and the process set (Gloo over loopback),
+and straight over MPI (dist.sync_bn_transport mpi: deeplab.dist.mpi), on this machine.
 
     .venv/bin/python benchmarks/collective_latency.py [--calls 150] [--out benchmarks/results/collective_latency.json]
 
@@ -14,6 +14,15 @@ for (as the layers of a network wait for their statistics), of an allgather of (
 allreduce of (3, C) float32 for C = 64, 256 and 2048; the kinds of call alternate, block by
 block, so that they share the machine's state. Also recorded: the CPU time Horovod's background
 thread takes while the process idles (it wakes every cycle), as a share of one core.
+
+MPI configurations (label "mpi ..."): the same workers under MPICH's mpirun, the calls through
+`comm.nd_allgather` / `comm.nd_allreduce_sum` with the MPI transport (`comm.use_transport`),
+groups as MPI communicators; with MPICH's defaults, and with the waiting rank never yielding the
+core (MPIR_CVAR_POLLS_BEFORE_YIELD=0) or sleeping to yield it (MPIR_CVAR_ENABLE_HEAVY_YIELD=1);
+and Horovod's own collectives over its MPI controller at a 1 ms cycle ("mpi horovod ..."), for
+the ratio printed at the end (Horovod's per-call time over the MPI transport's, same calls).
+Also recorded for them: the CPU the calling process used while timing, as a share of one core
+(a waiting rank polls).
 
 Prints a table; writes JSON (--out) and the table as a .log beside it. Times are per call, in
 microseconds, medians over the calls of rank 0 (p10-p90 in the JSON).
@@ -53,6 +62,11 @@ def configurations():
         out.append(("4w cycle %sms static sets" % cycle, 4, {"HOROVOD_CYCLE_TIME": cycle},
                     "static"))
     out.append(("4w cycle 1ms dynamic sets", 4, {"HOROVOD_CYCLE_TIME": "1"}, "dynamic"))
+    out.append(("mpi 2w", 2, {}, "mpi"))
+    out.append(("mpi 2w never yield", 2, {"MPIR_CVAR_POLLS_BEFORE_YIELD": "0"}, "mpi"))
+    out.append(("mpi 2w heavy yield", 2, {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}, "mpi"))
+    out.append(("mpi 4w comms", 4, {}, "mpi-static"))
+    out.append(("mpi horovod 2w cycle 1ms", 2, {"HOROVOD_CYCLE_TIME": "1"}, "mpi-horovod"))
     return out
 
 
@@ -69,7 +83,16 @@ def worker(args):
     from deeplab.dist import comm
 
     groups = {}
-    if args.sets == "dynamic":
+    mpi_transport = args.sets in ("mpi", "mpi-static")
+    if args.sets.startswith("mpi"):
+        comm.init("horovod")
+        size, rank = comm.size(), comm.rank()
+        if mpi_transport:
+            assert comm.use_transport("mpi") == "mpi"
+        groups["all"] = None
+        if args.sets == "mpi-static":
+            groups["pair"] = comm.new_group(2)
+    elif args.sets == "dynamic":
         hvd.init(process_sets="dynamic")
         size, rank = hvd.size(), hvd.rank()
         pairs = [hvd.add_process_set(list(range(i, i + 2))) for i in range(0, size, 2)]
@@ -89,6 +112,9 @@ def worker(args):
     idle_cpu = (_cpu_seconds() - c0) / (time.perf_counter() - t0)
 
     def call(op, x, name, ps):
+        if mpi_transport:  # synchronous: the result is there when it returns
+            fn = comm.nd_allgather if op == "allgather" else comm.nd_allreduce_sum
+            return fn(x, name, ps)
         kw = {} if ps is None else {"process_set": ps}
         if op == "allgather":
             return hvd.allgather(x, name=name, **kw)
@@ -105,6 +131,7 @@ def worker(args):
         op, c, g = case
         for _ in range(10):
             call(op, arrays[c], "%s.%d.%s" % case, groups[g]).wait_to_read()
+    busy_c0, busy_t0 = _cpu_seconds(), time.perf_counter()
     for _ in range(5):
         for case in cases:
             op, c, g = case
@@ -113,9 +140,11 @@ def worker(args):
                 t = time.perf_counter()
                 call(op, arrays[c], "%s.%d.%s" % case, groups[g]).wait_to_read()
                 times[case].append(time.perf_counter() - t)
+    busy_cpu = (_cpu_seconds() - busy_c0) / (time.perf_counter() - busy_t0)
     barrier()  # a worker that exits shuts Horovod down for all: wait for the other groups
     if rank == 0:
-        result = {"workers": size, "idle_cpu_cores": idle_cpu, "calls": {}}
+        result = {"workers": size, "idle_cpu_cores": idle_cpu, "calling_cpu_cores": busy_cpu,
+                  "calls": {}}
         for (op, c, g), ts in times.items():
             us = np.array(ts) * 1e6
             result["calls"]["%s C=%d %s" % (op, c, g)] = {
@@ -128,14 +157,18 @@ def worker(args):
 # ---- driver ------------------------------------------------------------------------------
 
 def run_configuration(label, workers, env_extra, sets, calls):
-    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    bindir = os.path.dirname(sys.executable)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.json")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HOROVOD_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "MPIR_"))}
         env.update(OMP_NUM_THREADS="1", **env_extra)
-        cmd = [horovodrun, "-np", str(workers), "-H", "localhost:%d" % workers, "--gloo",
-               sys.executable, os.path.abspath(__file__), "--worker", "--worker-out", out,
-               "--sets", sets, "--calls", str(calls)]
+        if sets.startswith("mpi"):
+            launcher = [os.path.join(bindir, "mpirun"), "-np", str(workers)]
+        else:
+            launcher = [os.path.join(bindir, "horovodrun"), "-np", str(workers), "-H",
+                        "localhost:%d" % workers, "--gloo"]
+        cmd = launcher + [sys.executable, os.path.abspath(__file__), "--worker",
+                          "--worker-out", out, "--sets", sets, "--calls", str(calls)]
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=ROOT, timeout=600)
         if proc.returncode != 0:
@@ -147,6 +180,18 @@ def run_configuration(label, workers, env_extra, sets, calls):
                   + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c
                              for c in cmd[:-6]))
     return result
+
+
+def ratios(results):
+    """Horovod's per-call time (its MPI controller, 1 ms cycle) over the MPI transport's
+    (MPICH's defaults), per call of 2 workers: [(call, horovod us, mpi us, ratio)]."""
+    by = {r["label"]: r for r in results}
+    hvd, mpi = by.get("mpi horovod 2w cycle 1ms"), by.get("mpi 2w")
+    if not hvd or not mpi:
+        return []
+    return [(k, hvd["calls"][k]["median_us"], mpi["calls"][k]["median_us"],
+             hvd["calls"][k]["median_us"] / mpi["calls"][k]["median_us"])
+            for k in mpi["calls"] if k in hvd["calls"]]
 
 
 def format_table(results):
@@ -162,6 +207,14 @@ def format_table(results):
                 continue
             lines.append("%-30s %9.2f %5s " % (r["label"], r["idle_cpu_cores"], g) +
                          " ".join("%15.0f" % r["calls"][k]["median_us"] for k in keys))
+    mpi = [r for r in results if "calling_cpu_cores" in r and r["label"].startswith("mpi")]
+    if mpi:
+        lines.append("CPU of the calling process while timing back-to-back calls (share of one "
+                     "core): " + ", ".join("%s %.2f" % (r["label"], r["calling_cpu_cores"])
+                                           for r in mpi))
+    for call, hvd_us, mpi_us, ratio in ratios(results):
+        lines.append("%-22s Horovod (MPI controller, 1 ms cycle) %7.0f us / MPI transport "
+                     "%5.1f us = %6.1fx" % (call, hvd_us, mpi_us, ratio))
     return "\n".join(lines)
 
 
@@ -172,7 +225,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="JSON file (a .log with the table is written beside it)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
-    p.add_argument("--sets", default="none", choices=("none", "static", "dynamic"),
+    p.add_argument("--sets", default="none", choices=("none", "static", "dynamic", "mpi",
+                                                      "mpi-static", "mpi-horovod"),
                    help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

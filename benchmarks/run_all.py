@@ -44,6 +44,9 @@ SCALING = [*REAL, "--set", "dist.sync_bn=false", "--steps", "6", "--warmup", "2"
 BASELINE = ["--baseline", "{results}/scaling_1worker.json"]
 ONE, TWO = {"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}
 
+SYNCBN_384 = [R50, "--crop", "384", *REAL[2:], "--steps", "4", "--warmup", "2", "--repeat", "3",
+              "--compare", "bn", "--out", "{out}"]
+
 # name -> (environment, command[, processes]); `{out}` is the run's JSON, `{results}` the folder.
 # Runs with several processes start them at once (each its own JSON, merged afterwards).
 RUNS = {
@@ -76,6 +79,16 @@ RUNS = {
         ["horovod", "-np", "2"], R50, *SCALING, *BASELINE, "--out", "{out}")),
     "scaling_ps_2workers": (ONE, _launch(["ps", "--workers", "2", "--servers", "1"], R50,
                                          *SCALING, *BASELINE, "--out", "{out}")),
+    # Synchronized BN's statistics straight over MPI (`launch horovod --mpi`), beside the same
+    # run through Horovod over Gloo, one worker (the layer's compute alone), and MPICH's heavy
+    # yield; and the per-call cost of the MPI transport against Horovod's.
+    "syncbn_2workers_384_mpi": (ONE, _launch(["horovod", "--mpi", "-np", "2"], *SYNCBN_384)),
+    "syncbn_2workers_384_gloo_sameday": (ONE, _launch(["horovod", "-np", "2"], *SYNCBN_384)),
+    "syncbn_1worker_384_mpi": (ONE, _launch(["horovod", "--mpi", "-np", "1"], *SYNCBN_384)),
+    "syncbn_2workers_384_mpi_heavyyield": (dict(ONE, MPIR_CVAR_ENABLE_HEAVY_YIELD="1"), _launch(
+        ["horovod", "--mpi", "-np", "2"], *SYNCBN_384)),
+    "collective_latency_mpi": (ONE, [PY, "benchmarks/collective_latency.py", "--only", "mpi",
+                                     "--calls", "150", "--out", "{out}"]),
     "data_pipeline": (ONE, [PY, "benchmarks/data_pipeline.py", "--out", "{out}"]),
     "vortex_pooling": (TWO, [PY, "benchmarks/vortex_pooling.py", "--out", "{out}"]),
     # The seed project's network beside ours: needs DEEPLAB_SEED_REPO, a checkout (or bare git
@@ -245,6 +258,64 @@ def _profile_groups(path):
     return groups
 
 
+def _mpi_section(load):
+    """RESULTS.md's lines on synchronized BN's statistics over MPI ([] without the reports)."""
+    lat = load("collective_latency_mpi")
+    runs = [(label, load(name)) for label, name in (
+        ("2 workers, statistics over MPI (MPICH defaults)", "syncbn_2workers_384_mpi"),
+        ("2 workers, statistics through Horovod (Gloo), the same day",
+         "syncbn_2workers_384_gloo_sameday"),
+        ("1 worker (the layer's own compute, nothing sent)", "syncbn_1worker_384_mpi"),
+        ("2 workers over MPI, heavy yield (MPIR_CVAR_ENABLE_HEAVY_YIELD=1)",
+         "syncbn_2workers_384_mpi_heavyyield"))]
+    if not lat or not all(r for _, r in runs):
+        return []
+    cols = [(op, c) for c in (64, 256, 2048) for op in ("allgather", "allreduce")]
+    by = {r["label"]: r for r in lat["results"]}
+    parts = ["## Synchronized BN's statistics straight over MPI (2 workers, crop 384)", "",
+             "Per call: " + _provenance(lat), "",
+             "| configuration | idle CPU | " + " | ".join("%s C=%d" % oc for oc in cols) + " |",
+             "|---|---|" + "---|" * len(cols)]
+    for r in lat["results"]:
+        for g in ("all", "pair"):
+            keys = ["%s C=%d %s" % (op, c, g) for op, c in cols]
+            if keys[0] in r["calls"]:
+                parts.append("| %s%s | %.2f | " % (r["label"], " (pairs)" if g == "pair" else "",
+                                                   r["idle_cpu_cores"]) +
+                             " | ".join("%.0f us" % r["calls"][k]["median_us"] for k in keys)
+                             + " |")
+    hvd, mpi = by["mpi horovod 2w cycle 1ms"], by["mpi 2w"]
+    ratios = [hvd["calls"][k]["median_us"] / mpi["calls"][k]["median_us"] for k in mpi["calls"]]
+    worst = max(v["median_us"] for v in mpi["calls"].values())
+    parts += ["", "(mpi: the MPI transport, `deeplab.dist.mpi`, through `comm.nd_allgather` / "
+              "`comm.nd_allreduce_sum`; mpi horovod: Horovod's own collectives over its MPI "
+              "controller; idle CPU: the process while its main thread sleeps, share of one "
+              "core.)", "",
+              "- per call of the MPI transport, 2 workers, MPICH's defaults, the slowest of the "
+              "six calls: %.0f us (target <= 50 us: %s); Horovod / MPI transport, same calls: "
+              "%.0fx-%.0fx" % (worst, "met" if worst <= 50 else "**not met**", min(ratios),
+                               max(ratios)), ""]
+    parts += ["Step overhead of synchronized BN over per-worker BN:", ""]
+    parts += ["- %s: %s" % (label, _provenance(r)) for label, r in runs]
+    parts += ["", "ResNet-50 v2 OS16, crop 384, 1 image per worker, one thread and one loader "
+              "process per worker.", "",
+              "| run | synchronized BN s/step | per-worker BN s/step | overhead | comm (sync / "
+              "per-worker) |", "|---|---|---|---|---|"]
+    over = {}
+    for label, r in runs:
+        ours, plain = _variant(r, "ours"), _variant(r, "ours-plainbn")
+        over[label] = ours["step_s"] / plain["step_s"] - 1
+        parts.append("| %s | %.3f | %.3f | %+.0f%% | %.3f / %.3f |" % (
+            label, ours["step_s"], plain["step_s"], 100 * over[label],
+            ours["breakdown_s"]["comm"], plain["breakdown_s"]["comm"]))
+    labels = [label for label, _ in runs]
+    parts += ["", "- cost of synchronized BN over MPI, 2 workers: " +
+              _target(over[labels[0]], "<=", 0.15) + "; through Horovod the same day: %.3f; "
+              "one worker alone (no communication): %.3f" % (over[labels[1]], over[labels[2]]),
+              ""]
+    return parts
+
+
 def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
     """Writes `out` (RESULTS.md) from the JSON reports in `results`."""
     def _load(name):
@@ -310,6 +381,7 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
                       r["crop"], r["batch_per_worker"]), "", _bench_table(r), "",
                   "- cost of synchronized BN, (sync - per-worker) / per-worker step: " +
                   _target(ours["step_s"] / plain["step_s"] - 1, "<=", 0.15), ""]
+    parts += _mpi_section(_load)
     one = _load("scaling_1worker")
     runs = [(label, _load(name)) for label, name in (
         ("1 worker (Horovod, 1 process)", "scaling_1worker"),

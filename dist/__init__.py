@@ -7,6 +7,7 @@ and `runtime` to start a worker for a config.
 from .comm import (BACKENDS, DistTrainer, allreduce_sum, backend, barrier, broadcast,
                    broadcast_parameters, context, contexts, exit_after_failure, gather_rows, init,
                    is_main, local_rank, make_trainer, nd_allgather, nd_allreduce_sum,
-                   network_failure, rank, resolve_backend, shutdown, size, stall_hint)
+                   network_failure, rank, resolve_backend, shutdown, size, stall_hint, transport,
+                   use_transport)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .watchdog import EXIT_STALLED, Watchdog

@@ -13,6 +13,10 @@ Backends, one class each, chosen once by `init()`:
              collectives through kvstore keys of our own.
 `auto` picks horovod under horovodrun (HOROVOD_RANK set), ps when DMLC_ROLE=worker, else local;
 DEEPLAB_DIST_BACKEND overrides it.
+
+The in-layer collectives (`nd_allgather`, `nd_allreduce_sum`: synchronized BN's statistics) go
+through a transport, chosen once by `use_transport`: the backend's own (Horovod), or MPI
+directly (`deeplab.dist.mpi`) when the workers were launched under MPI.
 """
 import os
 import re
@@ -28,9 +32,11 @@ __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main
            "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "shutdown",
            "network_failure", "nd_allreduce_sum", "nd_allgather", "broadcast_parameters",
            "context", "contexts", "stall_hint",
-           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group"]
+           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group", "TRANSPORTS",
+           "use_transport", "transport"]
 
 BACKENDS = ("local", "horovod", "ps")
+TRANSPORTS = ("auto", "horovod", "mpi")
 
 # kvstore keys of our own collectives: above the trainer's parameter indices (0, 1, ...), and
 # below 215,000 because MXNet places a small array on server (key * 9973) % num_servers in int32
@@ -395,6 +401,7 @@ _NO_SYNC_BN = ("synchronized BN needs dist.backend=horovod; under the parameter 
 _BACKEND_CLASSES = {"local": LocalBackend, "horovod": HorovodBackend, "ps": PSBackend}
 _backend = LocalBackend()  # what every function below asks; replaced once by init()
 _started = False
+_transport = None  # the in-layer collectives' transport when not the backend (use_transport)
 
 
 def init(backend="auto"):
@@ -532,6 +539,40 @@ def _network_failure_in(exc):
     return None
 
 
+def use_transport(choice="auto"):
+    """COLLECTIVE. Chooses the transport of the in-layer collectives (`nd_allgather`,
+    `nd_allreduce_sum`, and the groups `new_group` makes for them) once, after `init()` and
+    before `new_group`; returns its name (`transport()`).
+
+    Args:
+        choice: 'mpi' (straight over MPI: needs Horovod running over MPI, i.e. workers
+            launched under mpirun, and mpi4py), 'horovod' (Horovod's collectives, with its
+            negotiation) or 'auto' (mpi when Horovod runs over MPI and mpi4py imports, else
+            the backend's own).
+    Raises ValueError for an unknown choice or 'mpi' where MPI does not run.
+    """
+    global _transport
+    if choice not in TRANSPORTS:
+        raise ValueError("unknown transport %r; valid: %s" % (choice, ", ".join(TRANSPORTS)))
+    if _transport is not None:
+        return _transport.name
+    from . import mpi
+
+    under_mpi = _backend.name == "horovod" and mpi.launched_under_mpi(_backend.hvd)
+    if choice == "mpi" and not under_mpi:
+        raise ValueError("mpi needs workers launched under MPI (deeplab launch horovod --mpi) "
+                         "with mpi4py installed; this worker runs backend %s%s" % (
+                             _backend.name, " over Gloo" if _backend.name == "horovod" else ""))
+    if choice == "mpi" or (choice == "auto" and under_mpi):
+        _transport = mpi.MpiTransport()
+    return transport()
+
+
+def transport():
+    """The name of the in-layer collectives' transport: 'mpi', or the backend's name."""
+    return _transport.name if _transport is not None else _backend.name
+
+
 def nd_allreduce_sum(array, name, group=None):
     """COLLECTIVE. Sum of an NDArray over workers, asynchronous (a new NDArray).
 
@@ -543,7 +584,7 @@ def nd_allreduce_sum(array, name, group=None):
         group: a `Group` from `new_group`: sum over its workers only (COLLECTIVE for them).
             Default: all workers.
     """
-    return _backend.nd_allreduce_sum(array, name, group)
+    return (_transport or _backend).nd_allreduce_sum(array, name, group)
 
 
 def nd_allgather(array, name, group=None):
@@ -551,7 +592,7 @@ def nd_allgather(array, name, group=None):
 
     Same contract as `nd_allreduce_sum`; with `group`, its workers' arrays in rank order.
     """
-    return _backend.nd_allgather(array, name, group)
+    return (_transport or _backend).nd_allgather(array, name, group)
 
 
 class Group:
@@ -605,9 +646,14 @@ def new_group(spec="all"):
 
     Under Horovod over Gloo, a partition with groups of 2 or more workers (other than all)
     restarts Horovod with process sets for them (see `HorovodBackend.new_groups`): call it right
-    after `init()`, before any model, trainer or other collective exists.
+    after `init()`, before any model, trainer or other collective exists. With the MPI
+    transport (`use_transport`) the group is an MPI communicator and Horovod is left alone.
     """
     world = size()
+    if _transport is not None:
+        ranks, handle = _transport.group(spec, None if spec == "node" else
+                                         group_ranks(spec, world))
+        return Group(spec, ranks, handle if len(ranks) > 1 else None)
     hosts = None
     if spec == "node":
         hosts = _gather_strings(_backend.host())

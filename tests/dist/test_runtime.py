@@ -45,3 +45,29 @@ def test_pinning_keeps_a_users_choice_and_names_missing_gpus():
     assert env["CUDA_VISIBLE_DEVICES"] == "5"
     with pytest.raises(ValueError, match="DEEPLAB_LOCAL_RANK 3 needs GPUs 3..3 .* has 2"):
         runtime.pin_visible_devices(1, gpu_count=2, environ={"DEEPLAB_LOCAL_RANK": "3"})
+
+
+@pytest.mark.parametrize("overrides, environ, expected", [
+    ([], {"PMI_RANK": "0"}, CPU_CYCLE_TIME_MS),  # under mpirun BN's statistics skip Horovod
+    ([], {"OMPI_COMM_WORLD_RANK": "0"}, CPU_CYCLE_TIME_MS),
+    (["dist.sync_bn_transport=horovod"], {"PMI_RANK": "0"}, 1.0),  # they go through Horovod
+    (["dist.sync_bn_transport=mpi"], {}, CPU_CYCLE_TIME_MS),
+    ([], {}, 1.0),  # horovodrun: through Horovod
+])
+def test_cycle_time_with_the_statistics_over_mpi(overrides, environ, expected):
+    cfg = load_config(TINY, overrides)
+    assert horovod_cycle_time(cfg, 0, environ) == expected
+    assert runtime.sync_bn_over_mpi(cfg, environ) == (expected == CPU_CYCLE_TIME_MS)
+
+
+def test_the_transport_of_one_process_and_a_bad_choice():
+    from deeplab.dist import comm
+
+    assert comm.use_transport("auto") == "local" and comm.transport() == "local"
+    assert comm.use_transport("horovod") == "local"  # one process: nothing to transport
+    with pytest.raises(ValueError, match="mpi needs workers launched under MPI"):
+        comm.use_transport("mpi")
+    with pytest.raises(ValueError, match="unknown transport 'tcp'; valid: auto, horovod, mpi"):
+        comm.use_transport("tcp")
+    with pytest.raises(ConfigError, match="dist.sync_bn_transport"):
+        load_config(TINY, ["dist.sync_bn_transport=tcp"])

@@ -3,7 +3,8 @@ in both implementations (fused C++ kernels and composed MXNet operators), which 
 each other.
 
 Each worker runs `syncbn_worker.py` on its slice of a fixed global batch under
-`horovodrun --gloo` (2 and 3 workers; groups: 2 workers alone, 4 workers in pairs),
+`horovodrun --gloo` (2 and 3 workers; groups: 2 workers alone, 4 workers in pairs), and the
+same under MPICH's `mpirun` with the statistics straight over MPI (dist/mpi.py),
 imperatively and hybridized; the reference is MXNet's own BatchNorm in this process, on the
 whole batch or on each group's part of it. Largest differences measured (float32, 1-4 workers,
 either implementation): outputs 2.9e-6 absolute on values up to 16, input gradients 9.5e-7;
@@ -55,9 +56,11 @@ def reference(gamma, beta, batch, lo, hi):
     return out
 
 
-def load_ranks(out_dir, workers):
+def load_ranks(out_dir, workers, transport=None):
     ranks = [dict(np.load(os.path.join(out_dir, "rank%d.npz" % r))) for r in range(workers)]
     assert all(int(r["size"]) == workers for r in ranks)
+    if transport is not None:  # the transport the test is about really ran
+        assert all(str(r["transport"]) == transport for r in ranks)
     return ranks
 
 
@@ -97,9 +100,9 @@ def check_implementations_agree(ranks):
             np.testing.assert_allclose(r[key], r["composed." + name], err_msg=name, **tol)
 
 
-def check(out_dir, workers, groups, batch=BATCH):
+def check(out_dir, workers, groups, batch=BATCH, transport=None):
     """`groups`: the expected partition of the ranks."""
-    ranks = load_ranks(out_dir, workers)
+    ranks = load_ranks(out_dir, workers, transport)
     for members in groups:
         for m in members:
             assert list(ranks[m]["group"]) == list(members)
@@ -121,10 +124,36 @@ def test_single_process_equals_batchnorm(tmp_path, dl, hybridize):
     check(tmp_path, 1, [[0]])
 
 
+def mpirun(dl, workers, *args):
+    """syncbn_worker.py on `workers` ranks under MPICH's mpirun, each through
+    deeplab.launch.mpi_rank as `deeplab launch horovod --mpi` starts them."""
+    worker = " ".join([sys.executable, os.path.join(HERE, "syncbn_worker.py"), *map(str, args)])
+    dl.run([os.path.join(dl.BIN, "mpirun"), "-np", str(workers), sys.executable, "-m",
+            "deeplab.launch.mpi_rank", worker], timeout=240)
+
+
 @pytest.mark.parametrize("workers,hybridize", [(2, False), (2, True), (3, True)])
 def test_workers_equal_batchnorm_on_concatenated_batch(tmp_path, dl, workers, hybridize):
     horovodrun(dl, workers, tmp_path, BATCH, int(hybridize))
-    check(tmp_path, workers, [list(range(workers))])
+    check(tmp_path, workers, [list(range(workers))], transport="horovod")
+
+
+@pytest.mark.parametrize("workers,hybridize", [(2, False), (2, True), (3, True)])
+def test_workers_equal_batchnorm_with_statistics_over_mpi(tmp_path, dl, workers, hybridize):
+    mpirun(dl, workers, tmp_path, BATCH, int(hybridize), "all", "mpi")
+    check(tmp_path, workers, [list(range(workers))], transport="mpi")
+
+
+@pytest.mark.parametrize("workers,group,batch,partition", [
+    (2, "1", BATCH, [[0], [1]]),  # alone: no communication
+    (2, "node", BATCH, [[0, 1]]),  # MPI_Comm_split_type(SHARED): one machine, every worker
+    (3, "node", 9, [[0, 1, 2]]),
+    (4, "2", 8, [[0, 1], [2, 3]]),  # MPI_Comm_split by consecutive ranks
+])
+def test_groups_over_mpi_equal_batchnorm_on_each_groups_batch(tmp_path, dl, workers, group,
+                                                             batch, partition):
+    mpirun(dl, workers, tmp_path, batch, 1, group, "auto")  # auto: mpi under mpirun
+    check(tmp_path, workers, partition, batch, transport="mpi")
 
 
 @pytest.mark.parametrize("workers,group,batch,partition", [

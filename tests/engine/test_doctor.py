@@ -146,6 +146,10 @@ def test_this_machine_cpu_build_horovod_with_gloo_tiny_config_passes():
     assert checks["kernels"]["data"]["cubins"] == checks["kernels"]["data"]["ptx"] == []
     hvd = checks["horovod"]["data"]
     assert hvd["installed"] and hvd["mxnet"] and hvd["gloo"] and hvd["version"] == "0.28.1"
+    # scripts/setup_env.sh builds it with MPI too (MPICH from PyPI), mpi4py on the same library
+    assert hvd["mpi"] and hvd["mpi_library"].startswith("MPICH Version: 4.")
+    assert hvd["mpirun"] == os.path.join(os.path.dirname(sys.executable), "mpirun")
+    assert "MPI yes (MPICH Version: 4." in checks["horovod"]["message"]
     assert checks["dataset"]["status"] == "ok"
     assert checks["dataset"]["data"]["sizes"] == {"train": 256, "val": 48}
     if shutil.which("nvidia-smi") is None:
@@ -400,6 +404,10 @@ def test_mxnet_that_does_not_load_fails_and_the_library_is_still_read(fake):
     (dict(HOROVOD, mxnet=False, mxnet_error="ImportError: Extension horovod.mxnet has not been "
           "built"), "", "warn", "rebuild Horovod against this MXNet"),
     (dict(HOROVOD, gloo=False, mpi=True), "", "warn", "deeplab launch horovod --mpi"),
+    (dict(HOROVOD, mpi=True, mpi4py_error="ImportError: no libmpi", mpirun="/x/mpirun"), "",
+     "warn", "mpi4py does not load (ImportError: no libmpi)"),
+    (dict(HOROVOD, mpi=True, mpi_library="MPICH Version: 4.3.2", mpirun=None), "", "warn",
+     "no mpirun beside this Python"),
     (HOROVOD, "NVIDIA A100:8.0:80", "warn", "HOROVOD_GPU_OPERATIONS=NCCL"),
     (dict(HOROVOD, nccl=21805, cuda=True), "NVIDIA A100:8.0:80", "ok", "NCCL 2.18.5"),
 ])

@@ -135,6 +135,7 @@ def test_run_json_records_provenance_and_the_end(tmp_path):
     for key in ("start", "end", "versions", "git_commit", "world_size", "backend", "host"):
         assert key in info
     assert info["versions"]["mxnet"] == mx.__version__ and info["world_size"] == 1
+    assert info["sync_bn_transport"] is None  # one process: no synchronized BN to carry
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["run"]["versions"]["mxnet"] == mx.__version__
 
