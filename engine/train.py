@@ -403,10 +403,10 @@ def build_training(cfg, ctx, resume_from, log):
         log.info("resuming from %s at iteration %d", resume_from["params"], start)
     log.info("training on %d worker(s) (dist.backend %s), global batch %d, %s BN%s%s%s",
              dist.size(), dist.backend(), t["batch_size"], bn_mode(cfg),
-             " (statistics over %s)" % dist.transport() if uses_sync_bn(cfg) else "",
              ", mixed precision (%s)" % amp_dtype() if amp_dtype() else "",
              ", %d devices per worker (%s)" % (len(ctx), ", ".join(map(str, ctx)))
-             if len(ctx) > 1 else "")
+             if len(ctx) > 1 else "",
+             "; BN statistics over %s" % dist.transport() if uses_sync_bn(cfg) else "")
     if t["hybridize"]:
         # MXNet's static allocation does not support custom operators (SyncBatchNorm's).
         net.hybridize(static_alloc=not uses_sync_bn(cfg))

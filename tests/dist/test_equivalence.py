@@ -46,15 +46,15 @@ def test_synchronized_bn_training_is_the_same_on_1_2_and_3_workers(tmp_path, dl)
                          ids=["all", "node-k"])
 def test_synchronized_bn_over_mpi_is_the_same_on_1_2_and_3_workers(tmp_path, dl, runs):
     out = train(dl, tmp_path / "1", horovod(1)).stdout  # the reference: one Horovod worker
-    assert "synchronized BN (statistics over horovod)" in out
+    assert "synchronized BN; BN statistics over horovod" in out
     for n, group in runs:
         workdir = tmp_path / ("%d-%s" % (n, group))
         loaders = ["data.num_workers=2"] if n == 2 else []
         out = train(dl, workdir, horovod_mpi(n),
                     [*loaders, "dist.sync_bn_group=%s" % group]).stdout
         bn = "synchronized" if group == "all" else "synchronized (groups: %s)" % group
-        assert "training on %d worker(s) (dist.backend horovod), global batch 6, %s BN " \
-            "(statistics over mpi)" % (n, bn) in out, out[-3000:]
+        assert "training on %d worker(s) (dist.backend horovod), global batch 6, %s BN; " \
+            "BN statistics over mpi" % (n, bn) in out, out[-3000:]
         with open(workdir / "run.json") as f:
             info = json.load(f)
         assert info["sync_bn_transport"] == "mpi" and info["world_size"] == n, info

@@ -302,7 +302,7 @@ def test_mpi_sigterm_to_one_worker_stops_all_with_a_checkpoint(tmp_path, dl, job
                               lambda job, workers: workers[1])
     assert re.search(r"worker rank [01] exited first: stopped by SIGTERM \(exit code 143\)",
                      out), out[-3000:]
-    assert "synchronized BN (statistics over mpi)" in out, out[-3000:]
+    assert "synchronized BN; BN statistics over mpi" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("launcher", [HOROVOD, MPI], ids=["horovod", "mpi"])

@@ -107,5 +107,5 @@ def test_launch_horovod_mpi_runs_and_leaves_nothing(tmp_path, dl):
                             "data.num_workers=0", "train.batch_size=2", "train.log_every=1"),
                    MPI_TEST_JOB=job)
     assert "mpirun -np 2" in r.stdout and "deeplab.launch.mpi_rank" in r.stdout
-    assert "[0]<stdout>:" in r.stdout and "statistics over mpi" in r.stdout, r.stdout[-3000:]
+    assert "[0]<stdout>:" in r.stdout and "BN statistics over mpi" in r.stdout, r.stdout[-3000:]
     assert not procs.job_processes(job, var="MPI_TEST_JOB")
