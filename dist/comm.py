@@ -142,6 +142,7 @@ class HorovodBackend(LocalBackend):
         hvd.init()
         self.hvd = hvd
         self._broadcasts = 0
+        self._over_mpi = None  # dist.mpi.MpiBroadcast, False, or None until first asked
         self._process_sets = {}  # ranks tuple -> hvd.ProcessSet, in registration order
 
     def rank(self):
@@ -163,7 +164,20 @@ class HorovodBackend(LocalBackend):
                                  name="comm.allreduce.%s" % name)
         return out.asnumpy().reshape(x.shape)
 
+    def _mpi_broadcast(self):
+        """dist.mpi.MpiBroadcast when Horovod runs over MPI (see there why), else None."""
+        if self._over_mpi is None:
+            from . import mpi
+
+            self._over_mpi = mpi.MpiBroadcast() if mpi.launched_under_mpi(self.hvd) else False
+        return self._over_mpi or None
+
     def broadcast(self, obj, root):
+        over_mpi = self._mpi_broadcast()
+        if over_mpi is not None:
+            mine = self.rank() == root
+            data = over_mpi.data(wire.encode(obj) if mine else b"", root)
+            return obj if mine else wire.decode(data)
         # Not hvd.broadcast_object: it unpickles what it receives. The same two broadcasts
         # (length, then bytes), carrying data only (deeplab.dist.wire).
         self._broadcasts += 1
@@ -182,7 +196,11 @@ class HorovodBackend(LocalBackend):
         return wire.decode(data.asnumpy().tobytes())
 
     def broadcast_parameters(self, params):
-        self.hvd.broadcast_parameters(params, root_rank=0)
+        over_mpi = self._mpi_broadcast()
+        if over_mpi is not None:
+            over_mpi.parameters(params)
+        else:
+            self.hvd.broadcast_parameters(params, root_rank=0)
 
     def nd_allreduce_sum(self, array, name, group=None):
         if group is None or group.handle is None:

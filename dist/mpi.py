@@ -22,7 +22,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["launched_under_mpi", "MpiTransport"]
+__all__ = ["launched_under_mpi", "MpiTransport", "MpiBroadcast"]
 
 
 def launched_under_mpi(hvd):
@@ -129,3 +129,43 @@ class MpiTransport:
         for part in out[1:]:  # rank order: the same bits on every worker
             total += part
         return _ndarray(total, array.context)
+
+
+class MpiBroadcast:
+    """Rank 0's parameters and root's data to every worker straight over MPI, for a job whose
+    Horovod runs over MPI.
+
+    Why not Horovod's broadcast there: over Horovod's MPI controller a worker crashed, rarely,
+    inside Horovod's EnqueueTensorBroadcast (a string copy from an unmapped address, from MXNet's
+    engine thread) during broadcast_parameters at start-up and on --resume; never under Gloo.
+    These broadcasts are few and outside the step, so MPI's own Bcast, called here on the
+    caller's thread, costs nothing that matters and leaves Horovod the gradients only.
+    """
+
+    def __init__(self):
+        MPI = _mpi()
+        self.world = MPI.COMM_WORLD.Dup()
+
+    def parameters(self, params):
+        """COLLECTIVE. Every worker's `params` (a Gluon ParameterDict or {name: Parameter},
+        shapes known) become rank 0's, in name order."""
+        import mxnet as mx
+
+        for name in sorted(params.keys()):
+            p = params[name]
+            data = p.data() if isinstance(p, mx.gluon.Parameter) else p
+            value = np.ascontiguousarray(data.asnumpy())
+            self.world.Bcast(value, root=0)
+            if isinstance(p, mx.gluon.Parameter):
+                p.set_data(_ndarray(value, data.context))
+            else:
+                data[:] = value
+
+    def data(self, payload, root):
+        """COLLECTIVE. `payload` (bytes) of worker `root`, on every worker."""
+        size = np.array([len(payload) if self.world.Get_rank() == root else 0], dtype=np.int64)
+        self.world.Bcast(size, root=root)
+        buf = np.frombuffer(payload, np.uint8).copy() if self.world.Get_rank() == root \
+            else np.empty(int(size[0]), dtype=np.uint8)
+        self.world.Bcast(buf, root=root)
+        return buf.tobytes()
