@@ -445,8 +445,18 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path):
     cmd = [os.path.join(os.path.dirname(sys.executable), "deeplab"), "train", TINY, "--workdir",
            str(tmp_path / "w")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.3)  # still importing MXNet (about 1 s)
-    proc.send_signal(signal.SIGINT)
+
+    def importing_mxnet():  # deeplab's code runs (site is imported) and loads MXNet's library
+        try:
+            with open("/proc/%d/maps" % proc.pid) as f:
+                return "libmxnet" in f.read()
+        except OSError:
+            return False
+
+    deadline = time.time() + 60
+    while not importing_mxnet() and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)  # before the training loop's handler
     proc.wait(timeout=60)
     err = proc.stderr.read().decode()
     assert proc.returncode == 130, err
