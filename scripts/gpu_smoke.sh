@@ -2,8 +2,8 @@
 # The GPU checks CI cannot run (it has no GPU), for whoever has a machine with 2 or more NVIDIA
 # GPUs: `deeplab doctor`, 2-GPU Horovod training with synchronized BN, float16 gradient
 # compression at crop 321, a run stopped by SIGTERM and resumed (each rank on its own GPU),
-# evaluation on 1 and 2 GPUs, and `deeplab bench`. Each step prints what to look for; the script
-# stops at the first failure. Not run in CI.
+# evaluation on 1 and 2 GPUs, `deeplab bench`, and synchronized BN's statistics over MPI. Each
+# step prints what to look for; the script stops at the first failure. Not run in CI.
 #
 # Needs the GPU environment, activated: `DEEPLAB_VARIANT=gpu HOROVOD_GPU_OPERATIONS=NCCL bash
 # scripts/setup_env.sh && source .venv/bin/activate` (or the image of k8s/Dockerfile). About 10
@@ -90,14 +90,14 @@ train_2gpu() {
 # miou RESULTS.json: its mIoU.
 miou() { "$py" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["mIoU"])' "$1"; }
 
-step "1/8 deeplab doctor" \
+step "1/9 deeplab doctor" \
   "no FAIL line, exit code 0" \
   "'gpu: GPUs 0-N (NAME, compute capability X.Y) runs the sm_XY kernels' (or through PTX)" \
   "'horovod: Horovod 0.28.1: MXNet yes, Gloo yes, ..., NCCL 2.x.y' (NCCL not 'no')" \
   "'mxnet: ... CUDA build', features CUDA yes, CUDNN yes"
 deeplab doctor "$tiny" --workers 2 | tee "$out/doctor.txt"
 
-step "2/8 train on 2 GPUs, synchronized BN (tiny model, 300 iterations)" \
+step "2/9 train on 2 GPUs, synchronized BN (tiny model, 300 iterations)" \
   "'training on 2 worker(s) (dist.backend horovod), global batch 8, synchronized BN'" \
   "loss falling, 'mem' a few hundred MB (device memory), then 'pixAcc ... mIoU ...' near the" \
   "README's CPU run (mIoU about 0.6; background everywhere would score 0.17)" \
@@ -110,7 +110,7 @@ echo "mIoU $m"
 "$py" -c 'import sys; sys.exit(float(sys.argv[1]) < 0.3)' "$m" ||
   fail "mIoU $m: the tiny model did not learn (synchronized BN or the allreduce is wrong on GPU)"
 
-step "3/8 float16 gradient compression at crop 321" \
+step "3/9 float16 gradient compression at crop 321" \
   "exit code 0 (3 would mean a non-finite loss or parameters), loss falling as in step 2" \
   "'all N parameter arrays finite' below"
 train_2gpu "$out/fp16" --no-eval --set dist.fp16_compression=true data.crop_size=321 \
@@ -127,7 +127,7 @@ print("all %d parameter arrays finite, largest |value| %.3g"
       % (len(params), max(np.abs(v.asnumpy()).max() for v in params.values())))
 EOF
 
-step "4/8 stop with SIGTERM after the first checkpoint, then --resume" \
+step "4/9 stop with SIGTERM after the first checkpoint, then --resume" \
   "the launcher's 'stopped by SIGTERM' and exit code 143; then 'resuming from ...iter_N.params'" \
   "below: two worker pids, each on its own GPU; then the difference to step 2's parameters" \
   "(small: GPU kernels are not bitwise deterministic; large means the resume lost state)"
@@ -157,7 +157,7 @@ diff = max(float(np.abs(a[k].asnumpy() - b[k].asnumpy()).max() / (np.abs(a[k].as
 print("largest difference to the uninterrupted run: %.2g of an array's scale" % diff)
 EOF
 
-step "5/8 evaluation on 1 GPU and on 2" \
+step "5/9 evaluation on 1 GPU and on 2" \
   "'pixAcc ... mIoU ... (48 images, ...)' both times: the 2-GPU split neither pads nor" \
   "duplicates images; both mIoU equal to step 2's (or within a few pixels' worth)"
 deeplab eval "$tiny" --checkpoint "$out/syncbn/final.params" --out "$out/eval_1gpu.json" --quiet
@@ -173,7 +173,7 @@ if {r["num_images"] for r in runs} != {48}:
     sys.exit("evaluations did not see the 48 validation images exactly once")
 EOF
 
-step "6/8 deeplab bench, ResNet-50 recipe at crop 321, 4 images per GPU, 20 steps" \
+step "6/9 deeplab bench, ResNet-50 recipe at crop 321, 4 images per GPU, 20 steps" \
   "img/s per worker and in total, the step breakdown, 'GPU memory of this process'" \
   "2 GPUs: scaling efficiency against 1 GPU (on one node, well above 0.8; far lower: the" \
   "allreduce or synchronized BN's collectives are slow)"
@@ -183,13 +183,13 @@ deeplab launch horovod -np 1 -- bench "$r50" --batch-per-worker 4 --crop 321 --s
 deeplab launch horovod -np 2 -- bench "$r50" --batch-per-worker 4 --crop 321 --steps 20 \
   --baseline "$out/bench_1gpu.json" --out "$out/bench_2gpu.json"
 
-step "7/8 parameter server: 2 workers + 1 server, BN frozen (tiny model, 300 iterations)" \
+step "7/9 parameter server: 2 workers + 1 server, BN frozen (tiny model, 300 iterations)" \
   "'training on 2 worker(s) (dist.backend ps)', then 'pixAcc ... mIoU ...'" \
   "below: two worker pids, each on its own GPU (each worker sees only its GPU: MXNet's" \
   "kvstore would otherwise stage every worker's transfers in pinned memory of GPU 0)"
 launcher="ps --workers 2 --servers 1" train_2gpu "$out/ps" --set train.freeze_bn=true
 
-step "8/8 one process driving 2 GPUs, BN trained (MXNet's SyncBatchNorm across them)" \
+step "8/9 one process driving 2 GPUs, BN trained (MXNet's SyncBatchNorm across them)" \
   "the parameters after 4 iterations equal one GPU's on the same global batch (tests on CPU" \
   "prove this for frozen BN only: MXNet's SyncBatchNorm deadlocks on CPU device ids)"
 few="train.iterations=4 data.synthetic.train_size=24 train.batch_size=6 train.checkpoint_every=1000"
@@ -208,5 +208,17 @@ print("  largest difference, relative to each array's scale: %.2g (bound 1e-3)" 
 sys.exit(int(worst > 1e-3))  # numpy bools are not exit codes
 EOF
   fail "2 GPUs in one process with BN trained differ from 1 GPU (see above)"
+
+step "9/9 synchronized BN's statistics over MPI (deeplab launch horovod --mpi)" \
+  "'training on 2 worker(s) ..., synchronized BN; BN statistics over mpi' (copied to the host" \
+  "and back each layer: no CUDA-aware MPI is used), mIoU near step 2's, each rank on its GPU"
+launcher="horovod --mpi -np 2" train_2gpu "$out/mpi" --set dist.sync_bn=true \
+  dist.sync_bn_transport=mpi train.checkpoint_every=50
+grep -q "BN statistics over mpi" "$out/mpi/train.log" ||
+  fail "$out/mpi/train.log does not say the statistics went over MPI"
+m=$(miou "$out/mpi/results.json")
+echo "mIoU $m"
+"$py" -c 'import sys; sys.exit(float(sys.argv[1]) < 0.3)' "$m" ||
+  fail "mIoU $m: the tiny model did not learn with the MPI transport on GPU"
 
 printf '\ngpu_smoke: all steps passed; outputs in %s\n' "$out"
