@@ -265,6 +265,8 @@ class _HorovodJob(procs.Policy):
     """The Supervisor's policy for horovodrun: its output parsed, its workers stopped while it
     is paused, the rank that failed first reported."""
 
+    runner = "horovodrun"
+
     def __init__(self, cmd, env, failure_grace, hosts=None):
         self.cmd, self.env, self.failure_grace, self.hosts = cmd, env, failure_grace, hosts
         self.job_id = env[procs.JOB_ENV]
@@ -323,8 +325,8 @@ class _HorovodJob(procs.Policy):
         if first and self.stalled is None:  # before the job is torn down: who is stopped
             self.stalled = procs.stopped_workers(self.job_id, _rank_of)
         if first and sup.stopping is None and now - first[2] > self.failure_grace:
-            _say("horovodrun did not stop the job within %g s of the failure of worker rank %d: "
-                 "killing it" % (self.failure_grace, first[0]))
+            _say("%s did not stop the job within %g s of the failure of worker rank %d: "
+                 "killing it" % (self.runner, self.failure_grace, first[0]))
             return "failure grace"
         return None
 
@@ -392,6 +394,8 @@ class _MpirunJob(_HorovodJob):
     """The Supervisor's policy for mpirun: horovodrun's, except that mpirun is not paused while
     the workers stop (Hydra ends the others only when a rank dies of a signal; a worker stopped
     by SIGTERM exits with 143 and leaves its peers alone)."""
+
+    runner = "mpirun"
 
     def __init__(self, cmd, env, failure_grace, hosts=None):
         # mpirun behind a relay (deeplab.launch.mpi_rank --relay): mpirun ends the job when a

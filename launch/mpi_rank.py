@@ -123,7 +123,8 @@ def main(argv=None):
         os.write(2, b"Process %s exit with status code %d.\n"
                  % (rank.encode(), 128 - code if code < 0 else code))
     if code < 0:
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     return code if 0 <= code < 256 else 1
 

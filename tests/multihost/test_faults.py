@@ -272,3 +272,42 @@ def test_a_parameter_server_worker_killed_on_another_host_is_named(tmp_path, dl,
         out[-3000:]
     state = Checkpointer(str(workdir)).latest()
     assert state is not None and state["iteration"] % 4 == 0
+
+
+MPI_TWO = ["launch", "horovod", "--mpi", "-np", "2", "-H", "node1:1,node2:1", "--"]
+
+
+@pytest.mark.parametrize("fault", ["worker killed on node2", "sigterm to the launcher"])
+def test_faults_under_mpirun_across_hosts(tmp_path, dl, cluster, fault):
+    """`deeplab launch horovod --mpi` across node1 and node2 (Hydra's ssh launcher), shipped
+    defaults: a worker on node2 killed ends the job within 60 s with a non-zero exit; SIGTERM to
+    the launcher stops both workers after the same step with rank 0's checkpoint (rank 1 on
+    node2 through the vote and the launcher's lifeline), exit 143. Nothing is left on any
+    host."""
+    hosts = cluster(2)
+    workdir = tmp_path / "mpi"
+    job = start(hosts, dl, workdir, ["train.iterations=400", "train.checkpoint_every=1000"]
+                if fault.startswith("sigterm") else [], launcher=MPI_TWO)
+    if fault.startswith("sigterm"):
+        log = workdir / "train.log"
+        wait_for(lambda: log.exists() and "iter " in log.read_text(), 240, "the first log line")
+    else:
+        wait_for(Checkpointer(str(workdir)).iterations, 240, "the first checkpoint")
+    ranks = wait_for(lambda: all_four(hosts, 2), 30, "the two workers")
+    assert hosts.host_of(ranks[1]) == "node2"
+    if fault.startswith("sigterm"):
+        os.kill(job.pid, signal.SIGTERM)
+    else:
+        os.kill(ranks[1], signal.SIGKILL)
+    code, out, elapsed = finish(hosts, job, time.time())
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    if fault.startswith("sigterm"):
+        assert code == 143, out[-3000:]
+        saved = Checkpointer(str(workdir)).iterations()
+        assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
+    else:
+        assert code != 0, out[-3000:]
+        assert "worker rank 1" in out, out[-3000:]
+        state = Checkpointer(str(workdir)).latest()
+        assert state is not None and state["iteration"] % 4 == 0
+    assert "Traceback" not in out, out[-3000:]

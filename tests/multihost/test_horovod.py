@@ -52,3 +52,35 @@ def test_training_and_evaluation_on_two_hosts_equal_one_process(tmp_path, dl, cl
     assert res["confusion_matrix"] == ref["confusion_matrix"]
     assert (res["mIoU"], res["pixAcc"]) == (ref["mIoU"], ref["pixAcc"])
     assert len(res["input_shapes_per_worker"]) == 4
+
+
+MPI_TWO = ["launch", "horovod", "--mpi", "-np", "2", "-H", "node1:1,node2:1", "--"]
+
+
+def test_mpi_launch_across_two_hosts_equals_one_process(tmp_path, dl, cluster):
+    """`deeplab launch horovod --mpi -H node1:1,node2:1` from node1: MPICH's mpirun reaches
+    node2 over ssh (Hydra's ssh launcher), synchronized BN's statistics go straight over MPI
+    across the hosts, and the parameters equal one process's (the tolerance above); the
+    evaluation across the two hosts equals one process's exactly."""
+    hosts = cluster(2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    dl.deeplab(*horovod(1), "train", dl.TINY, "--workdir", one, "--no-eval", *dl.sets(*RUN),
+               timeout=300)
+    out = hosts.deeplab("node1", *MPI_TWO, "train", dl.TINY, "--workdir", two, "--no-eval",
+                        *dl.sets(*RUN)).stdout
+    assert "training on 2 worker(s) (dist.backend horovod), global batch 8, synchronized BN; " \
+        "BN statistics over mpi" in out, out[-3000:]
+    assert any("from %s" % hosts.address("node1") in line for line in hosts.logins("node2"))
+    assert_params_close(one / "final.params", two / "final.params", rel=2e-4)
+    results = {}
+    for name, where in (("one", None), ("two", "node1")):
+        path = tmp_path / ("%s.json" % name)
+        args = ["eval", dl.TINY, "--checkpoint", one / "final.params", "--out", path,
+                *dl.sets("data.synthetic.val_size=7")]
+        if where:
+            hosts.deeplab(where, *MPI_TWO, *args)
+        else:
+            dl.deeplab(*args, timeout=300)
+        results[name] = json.loads(path.read_text())
+    assert results["two"]["confusion_matrix"] == results["one"]["confusion_matrix"]
+    assert len(results["two"]["input_shapes_per_worker"]) == 2
