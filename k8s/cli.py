@@ -116,6 +116,12 @@ def parse_args(argv=None):
                    help="let the job's pods connect to these addresses (TCP), e.g. an object "
                         "store or a weights mirror; beyond the job's own pods and DNS, the "
                         "job's NetworkPolicy allows nothing else (repeatable)")
+    r.add_argument("--mpi", action="store_true", default=None,
+                   help="--backend horovod: the MPIJob's launcher runs `deeplab launch horovod "
+                        "--mpi` (MPICH's mpirun, the image's; mpiImplementation MPICH), so that "
+                        "synchronized BN's statistics go straight over MPI "
+                        "(dist.sync_bn_transport auto). Not with the NGC-based image, whose MPI "
+                        "is OpenMPI")
     r.add_argument("--no-network-policy", dest="network_policy", action="store_false",
                    help="leave out the job's NetworkPolicy (clusters without a policy "
                         "controller; the pods are then reachable from every pod)")

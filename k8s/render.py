@@ -182,6 +182,9 @@ def _check_args(a):
             raise RenderError("%s must be an integer >= %d, got %r" % (flag, low, value))
     if a["backend"] not in ("horovod", "ps"):
         raise RenderError("--backend must be horovod or ps, got %r" % (a["backend"],))
+    if a.get("mpi") and a["backend"] != "horovod":
+        raise RenderError("--mpi applies to --backend horovod only (an MPIJob launched with "
+                          "mpirun)")
     if a["backend"] == "ps":
         if isinstance(a["servers"], bool) or not isinstance(a["servers"], int) or a["servers"] < 1:
             raise RenderError("--servers must be an integer >= 1, got %r" % (a["servers"],))
@@ -503,7 +506,8 @@ def _launch(a, backend, *options):
 
 def _mpijob(a, train_args):
     slots = a["gpus_per_node"] or 1
-    launch = _launch(a, "horovod", "-np", str(a["nodes"] * slots), "--hostfile", HOSTFILE,
+    launch = _launch(a, "horovod", *(["--mpi"] if a["mpi"] else []), "-np",
+                     str(a["nodes"] * slots), "--hostfile", HOSTFILE,
                      "--start-timeout", str(LAUNCH_TIMEOUT)) + train_args
     launcher = _pod(a, {"containers": [_container(a, "launcher", _entrypoint(a), launch,
                                                   mounts=False)],
@@ -521,9 +525,11 @@ def _mpijob(a, train_args):
         "spec": {
             "slotsPerWorker": slots,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": a["backoff_limit"]},
-            # horovodrun (Gloo) reaches the workers over the operator's ssh; mpirun (OpenMPI) is
-            # what the operator's MPI settings describe, used with `deeplab launch --mpi`.
-            "mpiImplementation": "OpenMPI",
+            # horovodrun (Gloo) reaches the workers over the operator's ssh. With --mpi the
+            # launcher runs the image's mpirun, MPICH's Hydra (requirements/mpi.txt, as
+            # scripts/setup_env.sh): the operator then writes the hostfile as MPICH reads it
+            # (host:slots lines).
+            "mpiImplementation": "MPICH" if a["mpi"] else "OpenMPI",
             "launcherCreationPolicy": "WaitForWorkersReady",
             "sshAuthMountPath": SSH_DIR,
             "mpiReplicaSpecs": {
@@ -642,6 +648,7 @@ def _normalize(args):
         a.setdefault(key, None)
     if a.get("network_policy") is None:
         a["network_policy"] = True
+    a["mpi"] = bool(a.get("mpi"))
     for key in LISTS:
         a[key] = list(a.get(key) or [])
     if a["backoff_limit"] is None and a["backend"] == "horovod":
@@ -760,6 +767,8 @@ def render_command(args, root=None):
             cmd += [flag, text]
     if not a["network_policy"]:
         cmd += ["--no-network-policy"]
+    if a["mpi"]:
+        cmd += ["--mpi"]
     # '=' form: a value such as '--quiet' would otherwise be read as an option.
     cmd += ["--command-arg=%s" % text for text in a["command_args"]]
     for text in a["overrides"]:

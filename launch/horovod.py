@@ -136,14 +136,17 @@ def _mpirun(python):
 
 
 def _hostfile_slots(path):
-    """{host: slots} of a horovodrun hostfile ('host slots=N' lines; '#' comments)."""
+    """{host: slots} of a hostfile: horovodrun's and Open MPI's 'host slots=N' lines or MPICH's
+    'host:N' (as the MPI Operator writes it for mpiImplementation MPICH); '#' comments."""
     out = {}
     with open(path) as f:
         for line in f:
             words = line.split("#", 1)[0].split()
-            if words:
-                n = next((w.split("=", 1)[1] for w in words[1:] if w.startswith("slots=")), "1")
-                out[words[0]] = int(n)
+            if not words:
+                continue
+            host, _, n = words[0].partition(":")
+            n = n or next((w.split("=", 1)[1] for w in words[1:] if w.startswith("slots=")), "1")
+            out[host] = int(n)
     return out
 
 

@@ -125,6 +125,34 @@ def test_mpijob_launcher_runs_the_launch_and_train_flags_the_code_accepts():
     assert t.overrides == ["data.root=/data/voc", "train.lr=0.01"]
 
 
+def test_mpijob_with_mpi_launches_mpirun_and_names_mpich(tmp_path):
+    """--mpi: the launcher runs `deeplab launch horovod --mpi` (MPICH's mpirun, the image's), the
+    operator is told MPICH (so that it writes the hostfile as host:slots, which the launcher
+    reads), and the canonical command line keeps the flag."""
+    from deeplab.launch import horovod
+
+    job, _policy = render.render(args(mpi=True))
+    assert job["spec"]["mpiImplementation"] == "MPICH"
+    (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    launch_args, _ = pod_command(c)
+    launch = launch_cli.parse_args(launch_args)
+    assert (launch.mpi, launch.np, launch.hostfile) == (True, 8, render.HOSTFILE)
+    assert "--mpi" in render.render_command(args(mpi=True))
+    plain, _ = render.render(args())
+    assert plain["spec"]["mpiImplementation"] == "OpenMPI"
+    (pc,) = plain["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    assert not launch_cli.parse_args(pod_command(pc)[0]).mpi
+    with pytest.raises(render.RenderError, match="--mpi applies to --backend horovod only"):
+        render.render(args(backend="ps", mpi=True))
+    # The hostfile the operator writes for MPICH, and Open MPI's / horovodrun's form.
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("job-worker-0.job.ns.svc:4\njob-worker-1.job.ns.svc:4\n")
+    assert horovod._hostfile_slots(str(hostfile)) == {"job-worker-0.job.ns.svc": 4,
+                                                      "job-worker-1.job.ns.svc": 4}
+    hostfile.write_text("# comment\nnode1 slots=2\nnode2\n")
+    assert horovod._hostfile_slots(str(hostfile)) == {"node1": 2, "node2": 1}
+
+
 def test_ps_objects_wire_the_dmlc_environment():
     service, sched, servers, workers, _policy = render.render(args(backend="ps", servers=3,
                                                                    name="run1"))
