@@ -444,16 +444,32 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path):
     process by SIGINT after the line when the signal lands while it imports the module.)"""
     cmd = [os.path.join(os.path.dirname(sys.executable), "deeplab"), "train", TINY, "--workdir",
            str(tmp_path / "w")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # As from a terminal: SIGINT at its default even where this suite runs in the background
+    # (a non-interactive shell starts background jobs with SIGINT ignored, which Python keeps).
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
-    def importing_mxnet():  # deeplab's code runs (site is imported) and loads MXNet's library
+    def status(field):
+        try:
+            with open("/proc/%d/status" % proc.pid) as f:
+                return int(next(line for line in f if line.startswith(field)).split()[1], 16)
+        except (OSError, StopIteration, ValueError):
+            return 0
+
+    def importing_mxnet():  # deeplab's code runs and loads MXNet's library
         try:
             with open("/proc/%d/maps" % proc.pid) as f:
                 return "libmxnet" in f.read()
         except OSError:
             return False
 
+    # Python's SIGINT handler in place (before it, SIGINT kills the interpreter), then either
+    # MXNet's library loading or 1.5 s (site's import, which SIGINT would make a fatal error,
+    # takes a fraction of that; training starts seconds later).
     deadline = time.time() + 60
+    while not status("SigCgt:") & (1 << (signal.SIGINT - 1)) and time.time() < deadline:
+        time.sleep(0.005)
+    deadline = time.time() + 1.5
     while not importing_mxnet() and time.time() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)  # before the training loop's handler
