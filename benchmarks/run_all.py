@@ -531,10 +531,12 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
 
 
 def scaling_md():
-    """SCALING.md from the allreduce and collective-latency reports (skipped without them)."""
+    """SCALING.md from the allreduce and collective-latency reports, Horovod's and the MPI
+    transport's (skipped without them)."""
     # Relative to the checkout (the command is recorded in SCALING.md).
     inputs = {"--allreduce": "benchmarks/results/allreduce.json",
-              "--collective-latency": "benchmarks/results/collective_latency.json"}
+              "--collective-latency": "benchmarks/results/collective_latency.json",
+              "--collective-latency-mpi": "benchmarks/results/collective_latency_mpi.json"}
     # benchmarks/multihost.py (root only) is run by hand; its report is used when present.
     if os.path.exists(os.path.join(ROOT, "benchmarks/results/multihost.json")):
         inputs["--multihost"] = "benchmarks/results/multihost.json"

@@ -1,16 +1,17 @@
 """A model of data-parallel scaling efficiency for the DeepLabV3 recipe on GPU clusters: from
 measured terms (model FLOPs, gradient bytes, BN layers: counted on the networks by
 `model_costs`; Horovod's software cost per allreduce: `benchmarks/allreduce.py`; per call of a
-synchronized-BN-sized collective as a function of HOROVOD_CYCLE_TIME:
-`benchmarks/collective_latency.py`) and published figures (GPU throughput, link bandwidths and
-latencies), the predicted time of each part of a step and the efficiency.
+synchronized-BN-sized collective as a function of HOROVOD_CYCLE_TIME, and over the MPI
+transport: `benchmarks/collective_latency.py`) and published figures (GPU throughput, link
+bandwidths and latencies), the predicted time of each part of a step and the efficiency.
 
 Every published constant is in CONSTANTS below with its source; the formulas are the functions
-`ring_allreduce_s`, `hierarchical_allreduce_s`, `ring_allgather_s`, `ps_pushpull_s`,
-`inprocess_reduce_s`, `step_terms`, `inprocess_terms`, `design_terms` and `efficiency`, each
-stating its model. The designs compared for synchronized BN (all workers, Horovod process sets of
-one node, a tuned Horovod cycle, one process per node synchronizing its devices in-process) are
-DESIGNS. `benchmarks/scaling_report.py` writes benchmarks/SCALING.md from these numbers.
+`ring_allreduce_s`, `hierarchical_allreduce_s`, `ring_allgather_s`, `mpi_exchange_s`,
+`ps_pushpull_s`, `inprocess_reduce_s`, `step_terms`, `mpi_syncbn_s`, `inprocess_terms`,
+`design_terms` and `efficiency`, each stating its model. The designs compared for synchronized
+BN (all workers, Horovod process sets of one node, a tuned Horovod cycle, the statistics straight
+over MPI instead of through Horovod, one process per node synchronizing its devices in-process)
+are DESIGNS. `benchmarks/scaling_report.py` writes benchmarks/SCALING.md from these numbers.
 """
 import math
 
@@ -94,6 +95,15 @@ CONSTANTS = {
                   "copies and one condition-variable barrier, tens of microseconds; mechanism: "
                   "apache/mxnet src/operator/contrib/sync_batch_norm-inl.h (Forward, Backward: "
                   "mshadow::Copy to a host SharedND, Barrier::Wait, Pop)"},
+    "gpu_host_copy_s": {
+        "value": 10e-6, "text": "10 us per copy",
+        "what": "one small synchronous copy between GPU and host memory (a few kB over PCIe: "
+                "launch, transfer, wait): synchronized BN's MPI transport makes two per call, "
+                "the statistics to the host and the result back",
+        "source": "assumption, not measured (this repository has no GPU): a small cudaMemcpy "
+                  "costs microseconds to ten, more through MXNet's asnumpy, which waits for the "
+                  "array's stream; the same kind of copies `inprocess_sync_s` includes; "
+                  "mechanism: deeplab/dist/mpi.py (asnumpy, _sync_copyfrom)"},
     "reference_gpus": {
         "value": 8, "text": "8",
         "what": "GPUs the recipe's global batch is spread over; the per-GPU batch is then kept "
@@ -112,7 +122,12 @@ SHORT = {"deeplabv3_resnet50_v2": "R50", "deeplabv3_resnet101_v2": "R101"}
 # node (one process per node driving its GPUs: `local` on one node, `ps` beyond); bn: whose
 # statistics a BN layer normalises with (all workers, the GPUs of one node through a Horovod
 # process set, each GPU alone, or the node's GPUs synchronized in-process by MXNet's
-# SyncBatchNorm); cycle: HOROVOD_CYCLE_TIME, the default or the tuned one.
+# SyncBatchNorm); cycle: HOROVOD_CYCLE_TIME, the default or the tuned one; transport (Horovod
+# designs): how BN's statistics travel, through Horovod's collectives (absent: the default) or
+# "mpi", straight over MPI (`dist.sync_bn_transport: mpi` under `deeplab launch horovod --mpi`:
+# point-to-point messages, no Horovod negotiation); the gradients stay with Horovod at its
+# default cycle, the worker's default on GPUs when the statistics go over MPI
+# (deeplab/dist/runtime.py, horovod_cycle_time).
 DESIGNS = (
     {"key": "all", "backend": "horovod", "bn": "all", "cycle": "horovod_cycle_time",
      "column": "Horovod, SyncBN all, 1 ms",
@@ -120,12 +135,20 @@ DESIGNS = (
     {"key": "all-tuned", "backend": "horovod", "bn": "all", "cycle": "tuned_cycle_time",
      "column": "Horovod, SyncBN all, 0.1 ms",
      "label": "Horovod, SyncBN over all workers, tuned cycle (the worker's default on GPUs)"},
+    {"key": "all-mpi", "backend": "horovod", "bn": "all", "cycle": "horovod_cycle_time",
+     "transport": "mpi", "column": "Horovod, SyncBN all over MPI",
+     "label": "Horovod for the gradients (default cycle), SyncBN over all workers, statistics "
+              "straight over MPI"},
     {"key": "node", "backend": "horovod", "bn": "node", "cycle": "horovod_cycle_time",
      "column": "Horovod, SyncBN node, 1 ms",
      "label": "Horovod, SyncBN in process sets of one node, default cycle"},
     {"key": "node-tuned", "backend": "horovod", "bn": "node", "cycle": "tuned_cycle_time",
      "column": "Horovod, SyncBN node, 0.1 ms",
      "label": "Horovod, SyncBN in process sets of one node, tuned cycle"},
+    {"key": "node-mpi", "backend": "horovod", "bn": "node", "cycle": "horovod_cycle_time",
+     "transport": "mpi", "column": "Horovod, SyncBN node over MPI",
+     "label": "Horovod for the gradients (default cycle), SyncBN over the workers of one node, "
+              "statistics straight over MPI"},
     {"key": "gpu", "backend": "horovod", "bn": "gpu", "cycle": "horovod_cycle_time",
      "column": "Horovod, per-GPU BN, 1 ms",
      "label": "Horovod, per-GPU BN (no SyncBN), default cycle: reference"},
@@ -242,6 +265,41 @@ def ring_allgather_s(nbytes_per_gpu, n, net_bw, gpus_per_node, nvlink_bw, lat):
     return latency + (n - 1) * nbytes_per_gpu / bw
 
 
+def mpi_exchange_s(piece_bytes, g, summed, net_bw, gpus_per_node, pcie_bw, lat, copy_s=0.0):
+    """One call of synchronized BN's MPI transport (deeplab/dist/mpi.py, `_exchange`) over a
+    group of g GPUs: every member sends its piece of piece_bytes to each of the g-1 others with
+    point-to-point messages (Isend/Irecv, all posted at once) and receives theirs; an allreduce
+    is the same exchange followed by a sum on the host (summed=True), so it moves g/2 times the
+    bytes of a ring allreduce. Modelled as per-peer messages, because that is what crosses the
+    links: no ring, no hierarchy, no NVLink.
+
+    - bytes over the network: each node's NIC carries each of its `local` members' piece to each
+      of the g - local members on other nodes, local x (g - local) x piece_bytes each way (full
+      duplex): L (g - L) / (g - 1) times a ring allgather's, where each piece enters a node
+      once (about L times with many nodes);
+    - bytes inside a node: the (local - 1) pieces of the node's other members, through host
+      shared memory, charged at the PCIe rate (CONSTANTS has no host-memory figure; on one
+      node these are a few tens of kilobytes per call);
+    - copies between GPU and host (the transport copies the statistics to the host and back,
+      no CUDA-aware MPI): the piece down, then the g gathered pieces (allgather) or their sum
+      (allreduce) up, at the PCIe bandwidth, each also paying copy_s (CONSTANTS
+      gpu_host_copy_s, assumed);
+    - latency: one small-message hop per peer, in sequence, as the ring's: a_base + (g - N)
+      a_nv + (N - 1) a_net. The messages' flight times overlap, but each call posts and matches
+      2 (g - 1) messages one by one, and the per-message software cost beyond the one peer
+      measured (2 workers) is not measured; NCCL's hop latencies stand for it (of the order of
+      MPI's per-message overhead, a few microseconds; not a measurement).
+    """
+    if g == 1:
+        return 0.0
+    nodes, local = nodes_and_local(g, gpus_per_node)
+    latency = lat["base"] + (g - nodes) * lat["nvlink"] + (nodes - 1) * lat["net"]
+    network = local * (g - local) * piece_bytes / net_bw
+    shared = (local - 1) * piece_bytes / pcie_bw
+    copies = 2 * copy_s + (piece_bytes + (1 if summed else g) * piece_bytes) / pcie_bw
+    return latency + network + shared + copies
+
+
 def ps_pushpull_s(nbytes, n, servers, net_bw, gpus_per_node, lat):
     """MXNet dist_sync: every worker pushes its whole gradient and pulls the whole sum; the keys
     are spread evenly over `servers` server machines with net_bw each. One worker process per GPU
@@ -320,6 +378,21 @@ def step_terms(costs, n, gbps, algorithm, value_bytes, software_s, sync_bn, refe
             "grad": grad, "syncbn": sync, "calls": calls}
 
 
+def mpi_syncbn_s(channels, group, gbps, call_s):
+    """Seconds per step of synchronized BN's collectives over the MPI transport: per BN layer of
+    C channels one exchange of 3C float32 (forward allgather) and one of 2C (backward allreduce)
+    over the `group` GPUs of the layer's group (`mpi_exchange_s`), each plus the software cost
+    per call measured on 2 workers (on CPUs), call_s = (allgather, allreduce)
+    (`mpi_call_costs`), and on GPUs two copies between GPU and host per call. No
+    Horovod term: no negotiation cycle and no coordination round trip (MPI matches the messages
+    by tag as they arrive), on one node or across nodes."""
+    hw = dict(net_bw=gbps * 1e9 / 8, gpus_per_node=c("gpus_per_node"), pcie_bw=c("pcie_bw"),
+              lat=c("lat_small"), copy_s=c("gpu_host_copy_s"))
+    gather_s, reduce_s = call_s
+    return sum(gather_s + reduce_s + mpi_exchange_s(3 * ch * 4, group, False, **hw)
+               + mpi_exchange_s(2 * ch * 4, group, True, **hw) for ch in channels)
+
+
 def inprocess_terms(costs, n, gbps, reference):
     """Seconds per step with one process per node driving its L GPUs (dist.devices_per_worker =
     L; `local` backend on one node, `ps` beyond). Gradients: summed over the node's GPUs in-process
@@ -360,6 +433,26 @@ def sync_call_costs(latency):
     return out
 
 
+def mpi_call_costs(latency_mpi):
+    """Software cost per synchronized-BN call of the MPI transport, from
+    benchmarks/collective_latency.py's report of it (`--only mpi`): {"allgather": s,
+    "allreduce": s}, each the median per-call latency of a (3, C) float32 exchange on 2 workers
+    over all workers with MPICH's defaults (the result with sets "mpi" and no environment, as
+    the launcher runs it), averaged over the C measured, as `sync_call_costs` does for Horovod.
+    It includes the copies between MXNet and numpy arrays (on the CPU)."""
+    for r in latency_mpi["results"]:
+        if r["workers"] != 2 or r.get("sets") != "mpi" or r.get("environment"):
+            continue
+        ops = {}
+        for key, v in r["calls"].items():
+            op, _, group = key.split(" ")
+            if group == "all":
+                ops.setdefault(op, []).append(v["median_us"] * 1e-6)
+        return {op: sum(v) / len(v) for op, v in ops.items()}
+    raise KeyError("no 2-worker result of the MPI transport with MPICH's defaults (sets 'mpi', "
+                   "no environment) in the report")
+
+
 def calls_at(calls, cycle_s):
     """The measured per-call costs at cycle_s seconds (KeyError if that cycle was not run)."""
     for cycle, costs in calls.items():
@@ -375,14 +468,17 @@ def coordination_s():
     return 2 * c("lat_large")["net"]
 
 
-def design_terms(costs, n, gbps, design, alpha_s, calls, reference):
+def design_terms(costs, n, gbps, design, alpha_s, calls, reference, mpi_calls=None):
     """Seconds per step of one of DESIGNS (ring allreduce, fp32 gradients under Horovod).
 
     Horovod: SyncBN calls cost what collective_latency.py measured at the design's cycle;
     gradient calls cost the allreduce benchmark's alpha (measured at the default cycle) plus the
     change the cycle made to the measured small allreduce; SyncBN over all n GPUs or over the
-    min(n, L) of one node. PS: `ps_pushpull_s` with one server per node (one server when n <= L).
-    One process per node: `inprocess_terms`. With BN frozen no design has SyncBN collectives.
+    min(n, L) of one node. With the MPI transport (design "transport": "mpi") the gradients are
+    the same (Horovod at its cycle, the coordination round trip beyond one node) and the SyncBN
+    term is `mpi_syncbn_s` with the per-call costs mpi_calls (`mpi_call_costs`): no negotiation,
+    no coordination. PS: `ps_pushpull_s` with one server per node (one server when n <= L). One
+    process per node: `inprocess_terms`. With BN frozen no design has SyncBN collectives.
     """
     if design["backend"] == "node":
         return inprocess_terms(costs, n, gbps, reference)
@@ -398,6 +494,16 @@ def design_terms(costs, n, gbps, design, alpha_s, calls, reference):
         "allreduce"]
     sync = not costs["freeze_bn"] and design["bn"] in ("all", "node")
     group = n if design["bn"] == "all" else min(n, c("gpus_per_node"))
+    if design.get("transport") == "mpi":
+        if sync and mpi_calls is None:
+            raise ValueError("design %s needs the MPI transport's per-call costs (mpi_calls)"
+                             % design["key"])
+        t = step_terms(costs, n, gbps, "ring", 4, grad_s, False, reference,
+                       coordination_s=coordination_s())
+        if sync:
+            t["syncbn"] = mpi_syncbn_s(costs["syncbn_channels"], group, gbps,
+                                       (mpi_calls["allgather"], mpi_calls["allreduce"]))
+        return t
     return step_terms(costs, n, gbps, "ring", 4, grad_s, sync, reference,
                       sync_call_s=(per_call["allgather"], per_call["allreduce"]),
                       sync_group=group, coordination_s=coordination_s())
@@ -449,15 +555,17 @@ def predictions(costs, software_s, calls=None):
     return out
 
 
-def design_predictions(costs, alpha_s, calls):
-    """Every design cell: {(phase, model, n, gbps, design key): terms}."""
+def design_predictions(costs, alpha_s, calls, mpi_calls):
+    """Every design cell: {(phase, model, n, gbps, design key): terms}; calls: Horovod's
+    per-call costs (`sync_call_costs`), mpi_calls: the MPI transport's (`mpi_call_costs`)."""
     out = {}
     for entry in costs["phases"]:
         for n in GPUS:
             for gbps in c("network_gbps"):
                 for d in DESIGNS:
                     out[(entry["phase"], entry["model"], n, gbps, d["key"])] = design_terms(
-                        entry, n, gbps, d, alpha_s, calls, costs["reference"])
+                        entry, n, gbps, d, alpha_s, calls, costs["reference"],
+                        mpi_calls=mpi_calls)
     return out
 
 
@@ -492,6 +600,9 @@ def settings(design, n, phase):
     if phase == 1:
         parts.append("`dist.sync_bn: false`" if design["bn"] == "gpu"
                      else "`dist.sync_bn_group: %s`" % design["bn"])
+        if design.get("transport") == "mpi":
+            parts.append("`dist.sync_bn_transport: mpi`, launched by `deeplab launch horovod "
+                         "--mpi`")
     cycle = c(design["cycle"])
     parts.append("`HOROVOD_CYCLE_TIME=%g`" % (cycle * 1e3)
                  if design["cycle"] != "horovod_cycle_time"

@@ -4,6 +4,7 @@ recommended settings and the observations they support.
 
     .venv/bin/python benchmarks/scaling_report.py --allreduce benchmarks/results/allreduce.json \
         --collective-latency benchmarks/results/collective_latency.json \
+        [--collective-latency-mpi benchmarks/results/collective_latency_mpi.json] \
         [--bench BENCH.json ...] [--costs COSTS.json] [--out benchmarks/SCALING.md] \
         [--print-recommended]
 
@@ -25,9 +26,9 @@ import sys
 # benchmarks/, this script's folder, is first on sys.path
 from scaling_model import (CONFIGS, CONSTANTS, DESIGNS, GPUS, MiB, MODELS, SHORT, VARIANTS,
                            bn_images, c, calls_at, compute_s, coordination_s, design_groups,
-                           design_predictions, efficiency, model_costs, phase_entry, predictions,
-                           ps_predictions, ps_servers, recommend, ring_allreduce_s, settings,
-                           step_terms, sync_call_costs, utilization)
+                           design_predictions, efficiency, model_costs, mpi_call_costs,
+                           phase_entry, predictions, ps_predictions, ps_servers, recommend,
+                           ring_allreduce_s, settings, step_terms, sync_call_costs, utilization)
 
 
 def parse_args(argv=None):
@@ -38,6 +39,11 @@ def parse_args(argv=None):
     p.add_argument("--collective-latency", required=True,
                    help="JSON of benchmarks/collective_latency.py: the software cost per "
                         "synchronized-BN call at each HOROVOD_CYCLE_TIME")
+    p.add_argument("--collective-latency-mpi",
+                   default="benchmarks/results/collective_latency_mpi.json",
+                   help="JSON of `benchmarks/collective_latency.py --only mpi`: the software "
+                        "cost per synchronized-BN call over the MPI transport (default: "
+                        "%(default)s)")
     p.add_argument("--bench", nargs="*", default=[],
                    help="JSON reports of `deeplab bench` (CPU), shown for comparison")
     p.add_argument("--costs", help="model costs JSON instead of building the networks")
@@ -208,7 +214,39 @@ def latency_section(latency, calls):
     ])
 
 
-def designs_overview(costs, alpha_s, calls):
+def mpi_latency_section(latency_mpi, mpi_calls, path):
+    """The MPI transport's per-call latencies (2 workers) and what the model takes."""
+    rows = []
+    for r in latency_mpi["results"]:
+        if r["workers"] != 2:
+            continue
+        rows.append("| %s | %s | %s |" % (r["label"], r.get("sets", ""), " | ".join(
+            "%.0f" % r["calls"]["%s C=%d all" % (op, ch)]["median_us"]
+            for ch in (64, 256, 2048) for op in ("allgather", "allreduce"))))
+    return "\n".join([
+        "`%s` (`%s`, %s, %s CPUs): microseconds per call, medians of rank 0's timed calls, 2 "
+        "workers under `mpirun`; *mpi*: the MPI transport (`deeplab.dist.mpi`, point-to-point "
+        "messages tagged by the layer's name), *mpi-horovod*: Horovod's own collectives over its "
+        "MPI controller:" % (latency_mpi["command"], path, latency_mpi["date"],
+                             latency_mpi["machine"]["cpus"]),
+        "",
+        "| configuration | sets | " + " | ".join("%s C=%d" % (op, ch) for ch in (64, 256, 2048)
+                                                for op in ("allgather", "allreduce")) + " |",
+        "|---|---|" + "---|" * 6,
+        *rows,
+        "",
+        "Taken as the software cost of one synchronized-BN call over the MPI transport (2 "
+        "workers, MPICH's defaults as the launcher keeps them, mean over C): allgather %.0f us, "
+        "allreduce %.0f us. No negotiation cycle and no coordination round trip: MPI matches "
+        "the messages by tag as they arrive. With more workers each call sends to and receives "
+        "from every other member of its group: the bytes and one hop latency per peer are "
+        "modelled (Formulas); the per-message software cost beyond one peer is not measured "
+        "(4 workers on these 2 cores measured the contention of busy-polling ranks, not the "
+        "transport)." % (1e6 * mpi_calls["allgather"], 1e6 * mpi_calls["allreduce"]),
+    ])
+
+
+def designs_overview(costs, alpha_s, calls, mpi_calls):
     """One row per design: its settings, whose statistics BN uses, its software costs."""
     p1 = phase_entry(costs, 1, MODELS[0])
     default = calls_at(calls, c("horovod_cycle_time"))
@@ -226,6 +264,12 @@ def designs_overview(costs, alpha_s, calls):
             sync = ("%.2f + %.2f ms (measured at %g ms), + 2 x %.0f us beyond one node" % (
                 1e3 * per["allgather"], 1e3 * per["allreduce"], 1e3 * c(d["cycle"]),
                 1e6 * coordination_s()) if d["bn"] in ("all", "node") else "none")
+            if d.get("transport") == "mpi":
+                sync = ("%.3f + %.3f ms (MPI transport, measured on 2 workers), no negotiation "
+                        "or coordination; + 2 x 2 GPU-host copies (%.0f us each, assumed) and "
+                        "one message per peer" % (
+                            1e3 * mpi_calls["allgather"], 1e3 * mpi_calls["allreduce"],
+                            1e6 * c("gpu_host_copy_s")))
             grad_s = alpha_s + per["allreduce"] - default["allreduce"]
             grad = "ring allreduce, k x %.2f ms per call%s" % (
                 1e3 * grad_s, "" if d["cycle"] == "horovod_cycle_time"
@@ -384,7 +428,7 @@ def bench_section(benches, ar):
     return "\n".join(rows)
 
 
-def observations(pred, ps, costs, dp, calls):
+def observations(pred, ps, costs, dp, calls, mpi_calls):
     """The 'What this says' bullets, computed from the predictions."""
     lines = []
     for model in MODELS:
@@ -403,7 +447,7 @@ def observations(pred, ps, costs, dp, calls):
                              SHORT[model], phase, ", SyncBN over all workers (default cycle)"
                              if sync else ", no SyncBN",
                              _configs(strict), _configs(with_overlap)))
-    lines += design_observations(dp, costs, calls)
+    lines += design_observations(dp, costs, calls, mpi_calls)
     for model in MODELS:
         a = pred[(1, model, 512, 25, "ring", 4, False)]
         b = pred[(1, model, 512, 25, "ring", 2, False)]
@@ -447,7 +491,7 @@ def _effs(dp, phase, model, key, gpus=GPUS):
     return ", ".join(out)
 
 
-def design_observations(dp, costs, calls):
+def design_observations(dp, costs, calls, mpi_calls):
     """Bullets on the synchronized-BN designs."""
     lines = []
     nets = " / ".join(map(str, c("network_gbps")))
@@ -477,6 +521,7 @@ def design_observations(dp, costs, calls):
             % (SHORT[model], 1e3 * c("tuned_cycle_time"), 1e3 * tuned["allgather"],
                1e3 * tuned["allreduce"], 1e3 * t["all-tuned"]["syncbn"],
                _effs(dp, 1, model, "all-tuned"), efficiency(t["gpu"], False)))
+        lines.append(mpi_observation(dp, model, entry, mpi_calls, t))
         node_mb = (min(last, c("gpus_per_node")) - 1) * 3 * 4 * sum(entry["syncbn_channels"])
         all_mb = (last - 1) * 3 * 4 * sum(entry["syncbn_channels"])
 
@@ -503,7 +548,7 @@ def design_observations(dp, costs, calls):
             "no Horovod call in the step; SyncBN costs 2 x %d x %.0f us = %.1f ms per step "
             "(assumed) and the in-process gradient sum %.1f ms: %s. On one node it stays ahead "
             "of the best Horovod design with BN over %d images (%s: %.2f) unless MXNet's "
-            "synchronization costs more than %.0f us per layer and pass (%.0fx the assumption). "
+            "synchronization costs more than %.0f us per layer and pass (%.2gx the assumption). "
             "Beyond one node it is about as network-bound as Horovod with per-GPU BN (%s), but "
             "with BN over the node's %d images."
             % (SHORT[model], c("gpus_per_node"), c("gpus_per_node"), layers,
@@ -517,6 +562,72 @@ def design_observations(dp, costs, calls):
         lines.append("- %s, phase 2 (BN frozen): %s." % (SHORT[model], "; ".join(
             "%s: %s" % (header, _effs(dp, 2, model, key)) for header, key in columns)))
     return lines
+
+
+def mpi_observation(dp, model, entry, mpi_calls, t):
+    """The bullet on the MPI transport's designs: their efficiency at every scale beside
+    Horovod's SyncBN over all workers (default and tuned cycle), and what grows beyond a node."""
+    mid, local = GPUS[1], c("gpus_per_node")
+    mb = local * (mid - local) * 5 * 4 * sum(entry["syncbn_channels"]) / 1e6
+    return (
+        "- %s, statistics straight over MPI (`dist.sync_bn_transport: mpi` under `deeplab launch "
+        "horovod --mpi`; gradients through Horovod at its default cycle): calls measured at %.0f "
+        "us (allgather) and %.0f us (allreduce) on 2 CPU workers, no negotiation; with two "
+        "copies between GPU and host per call (%.0f us each, assumed) and the messages, SyncBN "
+        "costs %.1f ms per step on one node. SyncBN over all workers: %s, against %s through "
+        "Horovod at the default cycle and %s at the tuned one (no overlap; %s Gb/s). Beyond one "
+        "node every GPU sends its statistics to every other member of its group (no ring, no "
+        "hierarchy): at %d GPUs each node's network carries %.0f MB of them per step each way. "
+        "Over the workers of one node (`dist.sync_bn_group: node`) they stay on the node: %s."
+        % (SHORT[model], 1e6 * mpi_calls["allgather"], 1e6 * mpi_calls["allreduce"],
+           1e6 * c("gpu_host_copy_s"), 1e3 * t["all-mpi"]["syncbn"],
+           _effs(dp, 1, model, "all-mpi"), _effs(dp, 1, model, "all"),
+           _effs(dp, 1, model, "all-tuned"), " / ".join(map(str, c("network_gbps"))), mid, mb,
+           _effs(dp, 1, model, "node-mpi")))
+
+
+def _one(values):
+    """'0.66' when every network gives the same, else '0.18 / 0.40 / 0.57'."""
+    return values[0] if len(set(values)) == 1 else " / ".join(values)
+
+
+def mpi_recommendation_text(dp, costs):
+    """Phase 1: the best design with the statistics over MPI against the recommended one at
+    each scale, and where it is the recommended one."""
+    rec = recommendations(dp, costs)
+    mpi = [d for d in DESIGNS if d.get("transport") == "mpi"]
+    per_n, picked = [], []
+    for n in GPUS:
+        parts = []
+        for model in MODELS:
+            ours, theirs = [], []
+            for gbps in c("network_gbps"):
+                best = max(mpi, key=lambda d: efficiency(dp[(1, model, n, gbps, d["key"])],
+                                                         False))
+                r = rec[(1, n)][(model, gbps)]
+                e_best = efficiency(dp[(1, model, n, gbps, best["key"])], False)
+                e_rec = efficiency(dp[(1, model, n, gbps, r["key"])], False)
+                ours.append("%.2f" % e_best)
+                theirs.append("%.2f" % e_rec)
+                if r.get("transport") == "mpi":
+                    others = [o for o in DESIGNS if o.get("transport") != "mpi"
+                              and bn_images(o, n, phase_entry(costs, 1, model))
+                              >= phase_entry(costs, 1, model)["global_batch"]]
+                    o = max(others, key=lambda o: efficiency(dp[(1, model, n, gbps, o["key"])],
+                                                             False))
+                    picked.append("%d GPUs, %s at %d Gb/s (*%s* %.3f against *%s* %.3f)" % (
+                        n, SHORT[model], gbps, r["column"], e_rec, o["column"],
+                        efficiency(dp[(1, model, n, gbps, o["key"])], False)))
+            parts.append("%s %s against %s" % (SHORT[model], _one(ours), _one(theirs)))
+        per_n.append("%d GPUs: %s" % (n, "; ".join(parts)))
+    text = ("Phase 1, the best design with BN's statistics over MPI against the recommended "
+            "one (no overlap): %s." % "; ".join(per_n))
+    if picked:
+        text += (" A design over MPI is the recommended one at %s: ahead by less than the "
+                 "model's precision, so either serves there." % "; ".join(picked))
+    else:
+        text += " No design over MPI is the recommended one."
+    return text
 
 
 def _configs(groups):
@@ -583,6 +694,19 @@ def assumptions_section(costs, software_s, workers, latency):
         "involves every worker (not modelled): %s; this machine has 2 cores for the 4 "
         "processes, so that mixes the coordination's growth with contention, which errs the "
         "other way." % (1e6 * c("lat_large")["net"], _growth_text(latency)),
+        "- Synchronized BN's statistics over MPI (`dist.sync_bn_transport: mpi`): each call "
+        "costs the per-call latency measured on 2 CPU workers (MPI transport section above: "
+        "the exchange and the copies between MXNet and numpy arrays), no Horovod cycle and no "
+        "coordination term (the messages are matched by tag, not negotiated), plus on GPUs two "
+        "small copies between GPU and host (`gpu_host_copy_s`, assumed, and their bytes at the "
+        "PCIe rate; no CUDA-aware MPI). Its point-to-point exchange is modelled as what it "
+        "sends: every member's piece to each other member of the group, on the network "
+        "l (g-l) pieces per node each way (up to L times a ring allgather's; an allreduce moves as "
+        "much as an allgather, the sum being made on the host), with one small-message hop "
+        "latency per peer in sequence (NCCL's figures standing for MPI's per-message cost, not "
+        "measured beyond one peer). On one node the messages go through host shared memory, "
+        "charged at the PCIe rate. Gradients: Horovod at its default cycle, the worker's "
+        "default when the statistics go over MPI.",
         "- Process sets (`dist.sync_bn_group: node`): a layer's allgather (8 x 3C values) and "
         "allreduce span the %d GPUs of one node, on NVLink. Horovod runs one background loop "
         "per process that negotiates every process set in turn each cycle "
@@ -691,14 +815,17 @@ def _idle_cpu_text(latency):
     return idle(c("tuned_cycle_time")), idle(c("horovod_cycle_time"))
 
 
-def render(args, costs, ar, benches, software_s, latency):
+def render(args, costs, ar, benches, software_s, latency, latency_mpi):
     calls = sync_call_costs(latency)
+    mpi_calls = mpi_call_costs(latency_mpi)
     pred = predictions(costs, software_s, calls)
     ps = ps_predictions(costs)
-    dp = design_predictions(costs, software_s, calls)
+    dp = design_predictions(costs, software_s, calls, mpi_calls)
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     inputs = ["- allreduce benchmark: `%s`" % args.allreduce,
               "- synchronized-BN call latency: `%s`" % args.collective_latency,
+              "- synchronized-BN call latency over the MPI transport: `%s`"
+              % args.collective_latency_mpi,
               "- model costs: %s" % ("`%s`" % args.costs if args.costs else
                                      "counted on the networks built from %s (R50 as written, "
                                      "R101 with `model.name` swapped)"
@@ -732,6 +859,10 @@ def render(args, costs, ar, benches, software_s, latency):
         "",
         latency_section(latency, calls),
         "",
+        "## Synchronized-BN call latency over the MPI transport on this machine (measured)",
+        "",
+        mpi_latency_section(latency_mpi, mpi_calls, args.collective_latency_mpi),
+        "",
         "## Assumptions",
         "",
         assumptions_section(costs, software_s, ar["workers"], latency),
@@ -757,6 +888,15 @@ def render(args, costs, ar, benches, software_s, latency):
         "min(n, L) for `node`): sum over BN layers of [s_ag(T) + s_ar(T) + 2x + "
         "allreduce_g(2C x 4) + allgather_g(3C x 4)], small-message latencies; s_ag(T), s_ar(T) "
         "the measured cost per allgather and allreduce call at cycle T",
+        "- SyncBN over the MPI transport (`dist.sync_bn_transport: mpi`), group of g GPUs on "
+        "N_g nodes, l = min(g, L) of them per node: sum over BN layers of [m_ag + m_ar + "
+        "e(3C x 4, g) + e(2C x 4, g)], m_ag and m_ar the measured cost per call (2 workers); no "
+        "x, no cycle. One exchange of p bytes per GPU (every member sends p to each other "
+        "member; the allreduce sums the gathered pieces on the host): e(p, g) = a_base + "
+        "(g-N_g) a_nv + (N_g-1) a_net + l (g-l) p / B + (l-1) p / B_pcie + 2 a_copy + (p + r) / "
+        "B_pcie, with r = g p returned to the GPU by an allgather, p by an allreduce, a_copy = "
+        "`gpu_host_copy_s`; small-message latencies. Gradients as the Horovod designs at the "
+        "default cycle",
         "- parameter server with M servers: max(2G / (B/L), 2nG / (M B)) + 2 a_net",
         "- one process per node (D = L devices): t_grad = 2(L-1)/L x G / B_nv + [N > 1] "
         "(max(2G / B, 2NG / (M B)) + 2 a_net) with M = N servers; t_syncbn = 2 x BN layers x "
@@ -772,7 +912,7 @@ def render(args, costs, ar, benches, software_s, latency):
         "all-worker design are in the later tables). %d images per GPU in phase 1." % (
             p1["global_batch"] // c("reference_gpus")),
         "",
-        designs_overview(costs, software_s, calls),
+        designs_overview(costs, software_s, calls, mpi_calls),
         "",
         "## Designs, phase 1 (%s, BN trained)" % phase_label(costs, 1),
         "",
@@ -789,7 +929,8 @@ def render(args, costs, ar, benches, software_s, latency):
               "normalisation in phase 1 (any design in phase 2, BN frozen), for each model and "
               "network:" % p1["global_batch"], "",
               recommended_table(dp, costs), "",
-              recommendation_notes(dp, costs, software_s), ""]
+              recommendation_notes(dp, costs, software_s), "",
+              mpi_recommendation_text(dp, costs), ""]
     parts += ["## Phase 1 as the recipe runs it (%s, SyncBN over all workers, default cycle)"
               % phase_label(costs, 1), ""]
     for model in MODELS:
@@ -833,7 +974,7 @@ def render(args, costs, ar, benches, software_s, latency):
     if getattr(args, "multihost", None):
         with open(args.multihost) as f:
             parts += [multihost_section(json.load(f), args.multihost), ""]
-    parts += ["## What this says", "", observations(pred, ps, costs, dp, calls), ""]
+    parts += ["## What this says", "", observations(pred, ps, costs, dp, calls, mpi_calls), ""]
     return "\n".join(parts)
 
 
@@ -946,13 +1087,17 @@ def main(args):
     for path in args.bench:
         with open(path) as f:
             benches.append((path, json.load(f)))
-    text = render(args, costs, ar, benches, software_s=ar["fit"]["alpha_s"], latency=latency)
+    with open(args.collective_latency_mpi) as f:
+        latency_mpi = json.load(f)
+    text = render(args, costs, ar, benches, software_s=ar["fit"]["alpha_s"], latency=latency,
+                  latency_mpi=latency_mpi)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     print("wrote %s" % args.out)
     if args.print_recommended:
-        dp = design_predictions(costs, ar["fit"]["alpha_s"], sync_call_costs(latency))
+        dp = design_predictions(costs, ar["fit"]["alpha_s"], sync_call_costs(latency),
+                                mpi_call_costs(latency_mpi))
         print(recommended_table(dp, costs))
 
 

@@ -57,3 +57,17 @@ def test_results_md_renders_from_the_reports(tmp_path):
     # the committed RESULTS.md is what the committed reports render to
     with open(os.path.join(ROOT, "benchmarks", "RESULTS.md")) as f:
         assert f.read() == text
+
+
+def test_scaling_md_passes_both_latency_reports(monkeypatch):
+    """SCALING.md is regenerated with Horovod's and the MPI transport's per-call reports, the
+    command recorded in it being the one run here."""
+    ran = []
+    monkeypatch.setattr(RUN_ALL.subprocess, "check_call", lambda cmd, cwd: ran.append(cmd))
+    monkeypatch.setattr(RUN_ALL.os.path, "exists", lambda path: True)
+    RUN_ALL.scaling_md()
+    cmd = ran[0]
+    assert cmd[1] == "benchmarks/scaling_report.py"
+    args = dict(zip(cmd[2::2], cmd[3::2]))
+    assert args["--collective-latency"] == "benchmarks/results/collective_latency.json"
+    assert args["--collective-latency-mpi"] == "benchmarks/results/collective_latency_mpi.json"

@@ -112,7 +112,7 @@ def write_inputs(tmp_path):
                  "data": 0.1, "fwd_bwd": 1.5, "comm": 0.3, "update": 0.1}}]}
     paths = {}
     for name, obj in (("costs", costs), ("allreduce", allreduce), ("bench", bench),
-                      ("latency", latency_report())):
+                      ("latency", latency_report()), ("latency_mpi", mpi_latency_report())):
         paths[name] = tmp_path / (name + ".json")
         paths[name].write_text(json.dumps(obj))
     return paths
@@ -145,6 +145,41 @@ def latency_report():
                         latency_run(2, "1", us=(1100.0, 1200.0)),
                         latency_run(4, "1", "static", us=(3000.0, 4000.0)),
                         latency_run(4, "1", "dynamic", us=(7000.0, 9000.0))]}
+
+
+def mpi_latency_run(label, workers=2, sets="mpi", env=None, us=(30.0, 40.0)):
+    """One configuration of `benchmarks/collective_latency.py --only mpi`'s report."""
+    calls = {}
+    for i, ch in enumerate((64, 256, 2048)):
+        for op, base in zip(("allgather", "allreduce"), us):
+            calls["%s C=%d all" % (op, ch)] = {"median_us": base + 2.0 * (i - 1),
+                                               "p10_us": base, "p90_us": base, "n": 3}
+    return {"workers": workers, "idle_cpu_cores": 0.3, "calling_cpu_cores": 0.5,
+            "calls": calls, "label": label, "environment": env or {}, "sets": sets,
+            "command": "mpirun"}
+
+
+def mpi_latency_report():
+    return {"benchmark": "benchmarks/collective_latency.py", "date": "2026-01-01T00:00:00+00:00",
+            "command": "benchmarks/collective_latency.py --only mpi --calls 3",
+            "machine": {"platform": "Linux", "cpus": 2},
+            "results": [mpi_latency_run("mpi 2w never yield",
+                                        env={"MPIR_CVAR_POLLS_BEFORE_YIELD": "0"},
+                                        us=(5.0, 5.0)),
+                        mpi_latency_run("mpi 2w", us=(30.0, 40.0)),
+                        mpi_latency_run("mpi 4w comms", workers=4, sets="mpi-static",
+                                        us=(9000.0, 9000.0)),
+                        mpi_latency_run("mpi horovod 2w cycle 1ms", sets="mpi-horovod",
+                                        env={"HOROVOD_CYCLE_TIME": "1"}, us=(2000.0, 2000.0))]}
+
+
+def test_mpi_call_costs_from_the_mpi_report(sm):
+    # The MPI transport on 2 workers with MPICH's defaults (no environment), calls over all
+    # workers, mean over C (the +-2 us cancel); not the tuned MPICH runs, 4 workers or Horovod.
+    calls = sm.mpi_call_costs(mpi_latency_report())
+    assert calls == pytest.approx({"allgather": 30e-6, "allreduce": 40e-6})
+    with pytest.raises(KeyError, match="MPI transport"):
+        sm.mpi_call_costs({"results": mpi_latency_report()["results"][2:]})
 
 
 def test_sync_call_costs_from_the_latency_report(sm):
@@ -258,10 +293,85 @@ def test_horovod_designs_by_hand(sm):
     assert math.isclose(t["grad"], sm.ps_pushpull_s(100e6, 64, 8, 12.5e9, 8, sm.c("lat_large")))
 
 
+def test_mpi_exchange_by_hand(sm):
+    # 16 GPUs on 2 nodes of 8, 1 MB per GPU, 1 GB/s network, 10 GB/s PCIe, no hop latency: each
+    # node's NIC carries its 8 members' piece to the 8 others; 7 on-node pieces in shared memory;
+    # the piece down and the 16 gathered pieces up (allgather) or the sum (allreduce), plus two
+    # copy latencies.
+    hw = dict(net_bw=1e9, gpus_per_node=8, pcie_bw=1e10, lat=ZERO, copy_s=1e-5)
+    gather = sm.mpi_exchange_s(1e6, 16, False, **hw)
+    assert math.isclose(gather, 8 * 8 * 1e6 / 1e9 + 7 * 1e6 / 1e10 + 17 * 1e6 / 1e10 + 2e-5)
+    reduce_ = sm.mpi_exchange_s(1e6, 16, True, **hw)
+    assert math.isclose(reduce_, gather - 15 * 1e6 / 1e10)
+    # The network bytes are L (g - L) / (g - 1) = 64/15 a ring allgather's (each piece enters a
+    # node once there).
+    ring = sm.ring_allgather_s(1e6, 16, 1e9, 8, 1e15, ZERO)
+    assert math.isclose(8 * 8 * 1e6 / 1e9, 64 / 15 * ring)
+    # Latency: one hop per peer, as the ring: base + 14 NVLink hops + 1 network hop.
+    lat = {"base": 1e-6, "nvlink": 2e-6, "net": 10e-6}
+    assert math.isclose(sm.mpi_exchange_s(0, 16, True, 1e9, 8, 1e10, lat),
+                        1e-6 + 14 * 2e-6 + 10e-6)
+    # One node: nothing on the network, whatever its bandwidth.
+    assert sm.mpi_exchange_s(1e6, 8, False, 1.0, 8, 1e10, ZERO) == pytest.approx(
+        7 * 1e6 / 1e10 + 9 * 1e6 / 1e10)
+    assert sm.mpi_exchange_s(1e6, 1, False, **hw) == 0.0
+
+
+def test_mpi_designs_by_hand(sm):
+    """Horovod with SyncBN's statistics over the MPI transport: the gradients as the other
+    Horovod designs at the default cycle (alpha, the coordination round trip beyond one node);
+    SyncBN at the MPI report's per-call costs plus the per-peer exchanges and GPU-host copies,
+    with no Horovod negotiation or coordination term."""
+    calls, mpi = sm.sync_call_costs(latency_report()), sm.mpi_call_costs(mpi_latency_report())
+    e, alpha = syncbn_entry(), 2e-3
+    designs = {d["key"]: d for d in sm.DESIGNS}
+    x = 2 * sm.c("lat_large")["net"]
+    lat, pcie, cp = sm.c("lat_small"), sm.c("pcie_bw"), sm.c("gpu_host_copy_s")
+    # All workers, 64 GPUs (8 nodes of 8) at 100 Gb/s, layers of 64 and 256 channels.
+    t = sm.design_terms(e, 64, 100, designs["all-mpi"], alpha, calls, REF, mpi_calls=mpi)
+    grad = sm.step_terms(e, 64, 100, "ring", 4, alpha, False, REF, coordination_s=x)
+    assert math.isclose(t["grad"], grad["grad"]) and t["calls"] == grad["calls"] == 1
+    assert math.isclose(t["grad"], alpha + x + sm.ring_allreduce_s(
+        100e6, 64, 12.5e9, 8, sm.c("nvlink_busbw"), sm.c("lat_large")))
+    by_hand = 0.0
+    for ch in (64, 256):
+        hops = lat["base"] + 56 * lat["nvlink"] + 7 * lat["net"]
+        for piece, back in ((12 * ch, 64 * 12 * ch), (8 * ch, 8 * ch)):
+            by_hand += (hops + 8 * 56 * piece / 12.5e9 + 7 * piece / pcie + 2 * cp
+                        + (piece + back) / pcie)
+        by_hand += 30e-6 + 40e-6  # the measured calls: no cycle, no coordination
+    assert math.isclose(t["syncbn"], by_hand)
+    # Against Horovod's transport (all workers, default cycle): the same gradients; SyncBN
+    # without the measured 1.1 + 1.2 ms and the 2 x coordination per layer, but with more bytes.
+    h = sm.design_terms(e, 64, 100, designs["all"], alpha, calls, REF)
+    assert math.isclose(h["grad"], t["grad"]) and t["syncbn"] < h["syncbn"]
+    # One node's workers: no network bytes and no coordination, the same at 8 and 64 GPUs.
+    node = sm.design_terms(e, 64, 100, designs["node-mpi"], alpha, calls, REF, mpi_calls=mpi)
+    one = sm.design_terms(e, 8, 100, designs["all-mpi"], alpha, calls, REF, mpi_calls=mpi)
+    assert math.isclose(node["syncbn"], one["syncbn"])
+    assert math.isclose(one["syncbn"], sum(
+        30e-6 + 40e-6 + 2 * (lat["base"] + 7 * lat["nvlink"]) + 4 * cp
+        + 7 * 20 * ch / pcie + (12 * ch + 8 * 12 * ch) / pcie + (8 * ch + 8 * ch) / pcie
+        for ch in (64, 256)))
+    assert math.isclose(node["grad"], t["grad"])
+    # BN frozen: no SyncBN; statistics over 16 / 1024 images at 2 per GPU; the settings.
+    assert sm.design_terms(syncbn_entry(frozen=True), 64, 100, designs["all-mpi"], alpha, calls,
+                           REF, mpi_calls=mpi)["syncbn"] == 0.0
+    assert [sm.bn_images(designs[k], 512, e) for k in ("all-mpi", "node-mpi")] == [1024, 16]
+    how = sm.settings(designs["all-mpi"], 64, 1)
+    assert "`dist.sync_bn_transport: mpi`" in how and "`deeplab launch horovod --mpi`" in how
+    assert "`dist.sync_bn_group: all`" in how and "HOROVOD_CYCLE_TIME default" in how
+    assert "`dist.sync_bn_group: node`" in sm.settings(designs["node-mpi"], 64, 1)
+    assert "mpi" not in sm.settings(designs["all-mpi"], 64, 2)  # BN frozen: nothing to send
+    with pytest.raises(ValueError, match="mpi_calls"):
+        sm.design_terms(e, 64, 100, designs["all-mpi"], alpha, calls, REF)
+
+
 def test_recommendation_keeps_bn_statistics(sm, report, tmp_path):
     paths = write_inputs(tmp_path)
     costs = json.loads(paths["costs"].read_text())
-    dp = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()))
+    dp = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()),
+                               sm.mpi_call_costs(mpi_latency_report()))
     for phase in (1, 2):
         for model in sm.MODELS:
             entry = sm.phase_entry(costs, phase, model)
@@ -297,20 +407,25 @@ def tables(markdown):
     return out
 
 
-def test_report_has_every_cell(sm, dl, tmp_path):
+def test_report_has_every_cell(sm, report, dl, tmp_path):
     paths = write_inputs(tmp_path)
     out = tmp_path / "SCALING.md"
     proc = dl.run([sys.executable, "benchmarks/scaling_report.py", "--allreduce",
                    str(paths["allreduce"]), "--collective-latency", str(paths["latency"]),
+                   "--collective-latency-mpi", str(paths["latency_mpi"]),
                    "--costs", str(paths["costs"]), "--bench", str(paths["bench"]), "--out",
                    str(out), "--print-recommended"], timeout=60)
     text = out.read_text()
-    assert "benchmarks/scaling_report.py --allreduce %s --collective-latency %s" % (
-        paths["allreduce"], paths["latency"]) in text
+    assert ("benchmarks/scaling_report.py --allreduce %s --collective-latency %s "
+            "--collective-latency-mpi %s" % (paths["allreduce"], paths["latency"],
+                                             paths["latency_mpi"])) in text
+    assert "- synchronized-BN call latency over the MPI transport: `%s`" % paths[
+        "latency_mpi"] in text
     for name in sm.CONSTANTS:
         assert "| `%s` |" % name in text
     for heading in ("## What this says", "## Measured on this machine", "## Synchronized-BN "
                     "call latency on this machine", "## Synchronized-BN designs",
+                    "## Synchronized-BN call latency over the MPI transport on this machine",
                     "## Recommended settings per scale"):
         assert heading in text, heading
     # The recommended-settings table is printed as written into the report.
@@ -335,6 +450,36 @@ def test_report_has_every_cell(sm, dl, tmp_path):
                     low, high = map(float, re.fullmatch(r"(\d\.\d\d) / (\d\.\d\d)", cell).groups())
                     assert 0.0 <= low <= high <= 1.0, cell
 
+    # The MPI designs have their column in phase 1, their cells the model's, and the bullets
+    # set SyncBN over all workers via MPI beside Horovod's transport at 8 and 64 GPUs.
+    costs = json.loads(paths["costs"].read_text())
+    dp = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()),
+                               sm.mpi_call_costs(mpi_latency_report()))
+    for model in sm.MODELS:
+        section = "## Designs, phase 1"
+        block = text[text.index(section):].split("### %s" % model)[1].split("\n\n")[1]
+        header = block.splitlines()[0].split(" | ")
+        rows = next(v for (sec, mod), v in found.items()
+                    if sec.startswith("Designs, phase 1") and mod == model)
+        for d in sm.DESIGNS:
+            if d.get("transport") != "mpi":
+                continue
+            col = header.index(d["column"]) - 2
+            for (n, gbps), cells in rows.items():
+                assert cells[col] == report.cell(dp[(1, model, n, gbps, d["key"])])
+        bullet = next(line for line in text.splitlines()
+                      if line.startswith("- %s, statistics straight over MPI" % sm.SHORT[model]))
+        for key in ("all-mpi", "all", "all-tuned", "node-mpi"):
+            assert report._effs(dp, 1, model, key) in bullet, key
+    assert "Phase 1, the best design with BN's statistics over MPI against the recommended" \
+        in text
+    assert "| mpi 2w | mpi | 28 | 38 | 30 | 40 | 32 | 42 |" in text
+
+
+def test_report_reads_the_mpi_report_by_default(report):
+    args = report.parse_args(["--allreduce", "a.json", "--collective-latency", "c.json"])
+    assert args.collective_latency_mpi == "benchmarks/results/collective_latency_mpi.json"
+
 
 def test_every_prediction_is_an_efficiency(sm, tmp_path):
     costs = json.loads(write_inputs(tmp_path)["costs"].read_text())
@@ -345,7 +490,8 @@ def test_every_prediction_is_an_efficiency(sm, tmp_path):
     # variants, with and without SyncBN in phase 1; PS: 2 models x 3 networks x server counts
     # {1, 8}, {1, 8, 64}, {1, 64, 512}.
     assert len(cells) == 2 * (2 * 9 * 4 * 2 + 2 * 9 * 4) + 2 * 3 * (2 + 3 + 3)
-    designs = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()))
+    designs = sm.design_predictions(costs, 1e-3, sm.sync_call_costs(latency_report()),
+                                    sm.mpi_call_costs(mpi_latency_report()))
     assert len(designs) == 2 * 2 * 9 * len(sm.DESIGNS)  # phases x models x clusters x designs
     cells += list(designs.values())
     for terms in cells:
