@@ -423,14 +423,19 @@ def sync_call_costs(latency):
         if (r["workers"] != 2 or r.get("sets", "none") != "none"
                 or "HOROVOD_CACHE_CAPACITY" in env or "HOROVOD_CYCLE_TIME" not in env):
             continue
-        ops = {}
-        for key, v in r["calls"].items():
-            op, _, group = key.split(" ")
-            if group == "all":
-                ops.setdefault(op, []).append(v["median_us"] * 1e-6)
-        out[float(env["HOROVOD_CYCLE_TIME"]) * 1e-3] = {op: sum(v) / len(v)
-                                                          for op, v in ops.items()}
+        out[float(env["HOROVOD_CYCLE_TIME"]) * 1e-3] = _all_workers_call_s(r)
     return out
+
+
+def _all_workers_call_s(result):
+    """{"allgather": s, "allreduce": s} of one collective_latency.py result: the median
+    per-call latency over all workers, averaged over the channel counts measured."""
+    ops = {}
+    for key, v in result["calls"].items():
+        op, _, group = key.split(" ")
+        if group == "all":
+            ops.setdefault(op, []).append(v["median_us"] * 1e-6)
+    return {op: sum(v) / len(v) for op, v in ops.items()}
 
 
 def mpi_call_costs(latency_mpi):
@@ -443,12 +448,7 @@ def mpi_call_costs(latency_mpi):
     for r in latency_mpi["results"]:
         if r["workers"] != 2 or r.get("sets") != "mpi" or r.get("environment"):
             continue
-        ops = {}
-        for key, v in r["calls"].items():
-            op, _, group = key.split(" ")
-            if group == "all":
-                ops.setdefault(op, []).append(v["median_us"] * 1e-6)
-        return {op: sum(v) / len(v) for op, v in ops.items()}
+        return _all_workers_call_s(r)
     raise KeyError("no 2-worker result of the MPI transport with MPICH's defaults (sets 'mpi', "
                    "no environment) in the report")
 

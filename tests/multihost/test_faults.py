@@ -179,6 +179,29 @@ def test_a_host_that_cannot_be_reached_at_start_is_named(tmp_path, dl, cluster, 
 ELSEWHERE = ["launch", "horovod", "-np", "2", "-H", "node2:1,node3:1", "--"]
 
 
+def stop_launcher(hosts, job, sig, workdir):
+    """Sends `sig` (SIGTERM or SIGKILL) to the launcher of a 400-iteration run into `workdir`;
+    checks that the job ended within BOUND (SIGTERM: exit 143; SIGKILL: every process of it on
+    every host gone) with one checkpoint, that of the step after which its workers stopped;
+    returns the launcher's output ('' after SIGKILL)."""
+    os.kill(job.pid, sig)
+    signalled = time.time()
+    if sig == signal.SIGKILL:
+        # Nobody reads the launcher's output now: the workers' own ending is in the run's files.
+        job.wait(timeout=30)
+        wait_for(lambda: not left(hosts), BOUND, "the job's processes to end")
+        elapsed, out = time.time() - signalled, ""
+        print("the job's processes ended %.1f s after the launcher was killed" % elapsed)
+    else:
+        code, out, elapsed = finish(hosts, job, signalled)
+        assert code == 128 + sig, out[-3000:]
+    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
+    saved = Checkpointer(str(workdir)).iterations()
+    assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
+    assert "stopped by SIGTERM after iteration %d" % saved[0] in (workdir / "train.log").read_text()
+    return out
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_launcher_with_every_worker_on_other_hosts_stops_them_through_its_lifeline(
         tmp_path, dl, cluster, sig):
@@ -195,24 +218,11 @@ def test_a_launcher_with_every_worker_on_other_hosts_stops_them_through_its_life
     wait_for(lambda: log.exists() and "iter " in log.read_text(), 240, "the first log line")
     ranks = wait_for(lambda: all_four(hosts, 2), 30, "the two workers")
     assert [hosts.host_of(ranks[r]) for r in (0, 1)] == ["node2", "node3"]
-    os.kill(job.pid, sig)
-    signalled = time.time()
-    if sig == signal.SIGKILL:
-        # Nobody reads the launcher's output now: the workers' own ending is in the run's files.
-        job.wait(timeout=30)
-        wait_for(lambda: not left(hosts), BOUND, "the job's processes to end")
-        elapsed, out = time.time() - signalled, ""
-        print("the job's processes ended %.1f s after the launcher was killed" % elapsed)
-    else:
-        code, out, elapsed = finish(hosts, job, signalled)
-        assert code == 128 + sig, out[-3000:]
+    out = stop_launcher(hosts, job, sig, workdir)
+    if sig == signal.SIGTERM:
         for rank in range(2):
             assert "[%d]<stderr>:deeplab: the launcher (pid %d) asks the job to stop" \
                 % (rank, job.pid) in out, out[-3000:]
-    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
-    saved = Checkpointer(str(workdir)).iterations()
-    assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
-    assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
 
 
 PS_ELSEWHERE = ["launch", "ps", "--workers", "2", "--servers", "2", "-H", "node2:1,node3:1",
@@ -240,20 +250,7 @@ def test_a_parameter_server_launcher_stops_its_nodes_on_other_hosts(tmp_path, dl
     wait_for(lambda: log.exists() and "iter " in log.read_text(), 240, "the first log line")
     pids = wait_for(lambda: ps_workers(hosts), 30, "the two workers")
     assert sorted(hosts.host_of(p) for p in pids) == ["node2", "node3"]
-    os.kill(job.pid, sig)
-    signalled = time.time()
-    if sig == signal.SIGKILL:
-        job.wait(timeout=30)
-        wait_for(lambda: not left(hosts), BOUND, "the job's processes to end")
-        elapsed, out = time.time() - signalled, ""
-        print("the job's processes ended %.1f s after the launcher was killed" % elapsed)
-    else:
-        code, out, elapsed = finish(hosts, job, signalled)
-        assert code == 128 + sig, out[-3000:]
-    assert elapsed < BOUND, "the job took %.0f s to stop" % elapsed
-    saved = Checkpointer(str(workdir)).iterations()
-    assert len(saved) == 1 and saved[0] < 400, (saved, out[-3000:])
-    assert "stopped by SIGTERM after iteration %d" % saved[0] in log.read_text()
+    stop_launcher(hosts, job, sig, workdir)
 
 
 def test_a_parameter_server_worker_killed_on_another_host_is_named(tmp_path, dl, cluster):

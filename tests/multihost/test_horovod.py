@@ -36,23 +36,7 @@ def test_training_and_evaluation_on_two_hosts_equal_one_process(tmp_path, dl, cl
     assert any("from %s" % hosts.address("node1") in line for line in hosts.logins("node2"))
     assert_params_close(one / "final.params", four / "final.params", rel=2e-4)
 
-    results = {}
-    for name, where in (("one", None), ("four", "node1")):
-        path = tmp_path / ("%s.json" % name)
-        args = ["eval", dl.TINY, "--checkpoint", one / "final.params", "--out", path,
-                *dl.sets("data.synthetic.val_size=7")]
-        if where:
-            hosts.deeplab(where, *FOUR, *args)
-        else:
-            dl.deeplab(*args, timeout=300)
-        results[name] = json.loads(path.read_text())
-    ref, res = results["one"], results["four"]
-    assert ref["num_images"] == res["num_images"] == 7
-    assert np.array(ref["confusion_matrix"]).sum() > 0
-    assert res["confusion_matrix"] == ref["confusion_matrix"]
-    assert (res["mIoU"], res["pixAcc"]) == (ref["mIoU"], ref["pixAcc"])
-    assert len(res["input_shapes_per_worker"]) == 4
-
+    assert_evaluation_equals_one_process(hosts, dl, tmp_path, FOUR, one / "final.params", 4)
 
 MPI_TWO = ["launch", "horovod", "--mpi", "-np", "2", "-H", "node1:1,node2:1", "--"]
 
@@ -72,15 +56,26 @@ def test_mpi_launch_across_two_hosts_equals_one_process(tmp_path, dl, cluster):
         "BN statistics over mpi" in out, out[-3000:]
     assert any("from %s" % hosts.address("node1") in line for line in hosts.logins("node2"))
     assert_params_close(one / "final.params", two / "final.params", rel=2e-4)
+    assert_evaluation_equals_one_process(hosts, dl, tmp_path, MPI_TWO, one / "final.params",
+                                         2)
+
+
+def assert_evaluation_equals_one_process(hosts, dl, tmp_path, launcher, checkpoint, workers):
+    """`deeplab eval` of `checkpoint` launched from node1 with `launcher` (its `workers` spread
+    over the hosts) gives exactly one process's confusion matrix, mIoU and pixAcc."""
     results = {}
-    for name, where in (("one", None), ("two", "node1")):
+    for name, where in (("one", None), ("many", "node1")):
         path = tmp_path / ("%s.json" % name)
-        args = ["eval", dl.TINY, "--checkpoint", one / "final.params", "--out", path,
+        args = ["eval", dl.TINY, "--checkpoint", checkpoint, "--out", path,
                 *dl.sets("data.synthetic.val_size=7")]
         if where:
-            hosts.deeplab(where, *MPI_TWO, *args)
+            hosts.deeplab(where, *launcher, *args)
         else:
             dl.deeplab(*args, timeout=300)
         results[name] = json.loads(path.read_text())
-    assert results["two"]["confusion_matrix"] == results["one"]["confusion_matrix"]
-    assert len(results["two"]["input_shapes_per_worker"]) == 2
+    ref, res = results["one"], results["many"]
+    assert ref["num_images"] == res["num_images"] == 7
+    assert np.array(ref["confusion_matrix"]).sum() > 0
+    assert res["confusion_matrix"] == ref["confusion_matrix"]
+    assert (res["mIoU"], res["pixAcc"]) == (ref["mIoU"], ref["pixAcc"])
+    assert len(res["input_shapes_per_worker"]) == workers
