@@ -135,6 +135,24 @@ def _mpirun(python):
     return beside if os.path.exists(beside) else "mpirun"
 
 
+def mpi_flavour(mpirun):
+    """("mpich", None) for MPICH's Hydra, ("openmpi", MAJOR) for Open MPI (NGC's image, HPC-X),
+    from `mpirun --version`; LaunchError for anything else."""
+    try:
+        out = subprocess.run([mpirun, "--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, encoding="utf-8", errors="replace",
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise LaunchError("cannot run %s --version: %s" % (mpirun, err)) from err
+    m = re.search(r"\(Open MPI\) (\d+)\.", out) or re.search(r"Open MPI v?(\d+)\.", out)
+    if m:
+        return "openmpi", int(m.group(1))
+    if "HYDRA" in out or "MPICH" in out:
+        return "mpich", None
+    raise LaunchError("%s is neither MPICH's (Hydra) nor Open MPI's mpirun: %s" % (
+        mpirun, " ".join(out.split())[:200] or "it printed no version"))
+
+
 def _hostfile_slots(path):
     """{host: slots} of a hostfile: horovodrun's and Open MPI's 'host slots=N' lines or MPICH's
     'host:N' (as the MPI Operator writes it for mpiImplementation MPICH); '#' comments."""
@@ -150,20 +168,49 @@ def _hostfile_slots(path):
     return out
 
 
+# Variables Open MPI's mpirun does not pass to the ranks it starts over ssh (-x is its way;
+# Hydra passes the whole environment). horovodrun does the same: every variable it can export.
+_NOT_EXPORTED = re.compile(r"^(BASH_FUNC_.*|OLDPWD|PWD|SHLVL|_|HOSTNAME|OMPI_.*|PMIX_.*|PRTE_.*)$")
+
+
 def mpirun_command(np, deeplab_args, hosts=None, hostfile=None, python=None, extra=(),
-                   network_interface=None):
-    """The mpirun (MPICH's Hydra) command line that runs `deeplab DEEPLAB_ARGS` on `np`
-    workers, each through `deeplab.launch.mpi_rank`. Hosts as for horovod_command (-H
-    host:slots,... or a horovodrun hostfile); ranks fill each host's slots in turn."""
+                   network_interface=None, flavour=("mpich", None), env=None):
+    """The mpirun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers, each through
+    `deeplab.launch.mpi_rank`, for MPICH's Hydra or (`flavour` ("openmpi", MAJOR)) Open MPI.
+    Hosts as for horovod_command (-H host:slots,... or a horovodrun hostfile); ranks fill each
+    host's slots in turn. For Open MPI, `env` names the variables passed on with -x.
+
+    Open MPI by default ends every rank as soon as one exits with a non-zero code; Hydra only
+    when one dies of a signal. A worker stopped by SIGTERM exits with 143 while rank 0 may still
+    be finishing the same stop, so Open MPI is told to let the others be (4.x: ORTE's
+    orte_abort_on_non_zero_status, 5.x: PRRTE's state_base_error_non_zero_exit); a rank killed
+    by a signal still ends the job at once, as under Hydra."""
     python = python or sys.executable
+    kind, major = flavour
     cmd = [_mpirun(python), "-np", str(np)]
     slots = _hostfile_slots(hostfile) if hostfile else hosts_.slots(hosts) if hosts else None
-    if slots:
-        cmd += ["-hosts", ",".join("%s:%d" % hs for hs in slots.items())]
-        if set(slots) - hosts_.LOCAL_NAMES:
-            cmd += ["-launcher", "ssh"]
-    if network_interface:
-        cmd += ["-iface", network_interface.split(",")[0]]
+    if kind == "openmpi":
+        slots = slots or {"localhost": np}
+        cmd += ["--host", ",".join("%s:%d" % hs for hs in slots.items()),
+                "--bind-to", "none", "--map-by", "slot"]
+        if os.geteuid() == 0:
+            cmd += ["--allow-run-as-root"]
+        cmd += (["--prtemca", "state_base_error_non_zero_exit", "0"] if (major or 5) >= 5
+                else ["--mca", "orte_abort_on_non_zero_status", "0"])
+        if network_interface:
+            for key in ("btl_tcp_if_include", "oob_tcp_if_include"):
+                cmd += ["--prtemca" if key.startswith("oob") and (major or 5) >= 5 else "--mca",
+                        key, network_interface]
+        for name in sorted(env or ()):
+            if not _NOT_EXPORTED.match(name):
+                cmd += ["-x", name]
+    else:
+        if slots:
+            cmd += ["-hosts", ",".join("%s:%d" % hs for hs in slots.items())]
+            if set(slots) - hosts_.LOCAL_NAMES:
+                cmd += ["-launcher", "ssh"]
+        if network_interface:
+            cmd += ["-iface", network_interface.split(",")[0]]
     worker = [python, "-m", "deeplab.cli"] + list(deeplab_args)
     return cmd + list(extra) + [python, "-m", "deeplab.launch.mpi_rank", shlex.join(worker)]
 
@@ -368,9 +415,15 @@ _HYDRA_BANNER = re.compile(r"^(=+|=   .*|YOUR APPLICATION TERMINATED WITH THE EX
                            r"Please see the FAQ page for debugging suggestions)\s*$")
 
 
+# Open MPI's own report of a rank that exited non-zero or died of a signal, between rules.
+_OMPI_RULE = re.compile(r"^-{20,}\s*$")
+_OMPI_ABOUT_A_RANK = re.compile(r"(mpirun|prterun) (noticed that process rank|detected that one "
+                                r"or more processes exited)")
+
+
 class _MpiOutput(_Output):
     """mpirun's output: the ranks' lines as horovodrun prints them (deeplab.launch.mpi_rank);
-    Hydra's banner about a rank killed by a signal is left out. `on_stall` is called (from the
+    Hydra's banner and Open MPI's message about a rank that failed are left out. `on_stall` is called (from the
     reading thread) when a rank announces a stall: Hydra kills the other ranks as soon as the
     stalled one exits, so what is stopped must be looked at before."""
 
@@ -385,11 +438,27 @@ class _MpiOutput(_Output):
             self.on_stall()
 
     def pump(self, stream, out):
+        block = None  # Open MPI's messages come between lines of dashes
         for text in stream:
             self.line(text)
-            if _PREFIXED.match(text) is None and _HYDRA_BANNER.match(text):
+            prefixed = _PREFIXED.match(text) is not None
+            if not prefixed and _OMPI_RULE.match(text):
+                if block is None:
+                    block = [text]
+                    continue
+                block.append(text)
+                text, block = "".join(block), None
+                if _OMPI_ABOUT_A_RANK.search(text):
+                    continue  # said by the launcher in one line
+            elif block is not None and not prefixed:
+                block.append(text)
+                continue
+            elif not prefixed and _HYDRA_BANNER.match(text):
                 continue
             out.write(text)
+            out.flush()
+        if block:
+            out.write("".join(block))
             out.flush()
 
 
@@ -456,7 +525,9 @@ def _is_remote(rank, hosts):
 def _report(output, code, stop, killed, signalled, stalled=(), oom=None, hosts=None):
     """Prints what happened to the job; returns the launcher's exit code."""
     failures = output.failures
-    if code == 0 and not killed:
+    if code == 0 and not killed and not failures:
+        # (Open MPI's mpirun, told to let the other ranks be, exits 0 when a rank did not:
+        # the ranks' own exit lines say it.)
         return 0
     if output.unreachable:
         for host, why in sorted(output.unreachable.items()):
@@ -548,17 +619,23 @@ def run(args):
 
 def _run_mpi(args):
     """`run` with --mpi: mpirun_command under the same supervision (--horovodrun-arg values go to
-    mpirun)."""
+    mpirun), for the mpirun found (MPICH's from requirements/mpi.txt, or Open MPI's in NGC's
+    image)."""
     if args.timeline or args.autotune:
         raise LaunchError("--timeline and --autotune are horovodrun's; with --mpi set "
                           "HOROVOD_TIMELINE=FILE or HOROVOD_AUTOTUNE=1 in the environment")
-    cmd = mpirun_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
-                         extra=args.horovodrun_args,
-                         network_interface=getattr(args, "network_interface", None))
-    if not os.path.exists(cmd[0]) and shutil.which(cmd[0]) is None:
+    mpirun = _mpirun(sys.executable)
+    if not os.path.exists(mpirun) and shutil.which(mpirun) is None:
         raise LaunchError("mpirun is neither beside %s nor on the PATH: install MPICH "
                           "(scripts/setup_env.sh, requirements/mpi.txt)" % sys.executable)
+    flavour = mpi_flavour(mpirun)
     env = mpi_env(worker_env(args.np, args.hosts, args.hostfile))
-    _say(" ".join(cmd))
+    cmd = mpirun_command(args.np, args.command, hosts=args.hosts, hostfile=args.hostfile,
+                         extra=args.horovodrun_args,
+                         network_interface=getattr(args, "network_interface", None),
+                         flavour=flavour, env=list(env) + [procs.LAUNCHER_ENV])
+    shown = [c for i, c in enumerate(cmd) if "-x" not in (c, cmd[i - 1])]
+    _say(" ".join(shown) + (" (and -x for %d variables)" % cmd.count("-x") if "-x" in cmd
+                            else ""))
     return supervise(cmd, env, grace=args.grace, mpi=True,
                      hosts=rank_hosts(args.np, args.hosts, args.hostfile))

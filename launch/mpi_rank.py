@@ -1,13 +1,15 @@
-"""One rank of `deeplab launch horovod --mpi`, started by mpirun (MPICH's Hydra) in the rank's
-place: runs the worker's command line as its child and passes its output on line by line as
-"[RANK]<stdout>:LINE" and "[RANK]<stderr>:LINE", then, if the worker failed, "Process RANK exit
-with status code N." on stderr: what horovodrun prints, which the launcher reads (Hydra's own
-rank prefix marks chunks of output, not lines, so the ranks' lines would interleave).
+"""One rank of `deeplab launch horovod --mpi`, started by mpirun (MPICH's Hydra, or Open MPI's
+in NVIDIA's NGC image) in the rank's place: runs the worker's command line as its child and
+passes its output on line by line as "[RANK]<stdout>:LINE" and "[RANK]<stderr>:LINE", then, if
+the worker failed, "Process RANK exit with status code N." on stderr: what horovodrun prints,
+which the launcher reads (Hydra's own rank prefix marks chunks of output, not lines, so the
+ranks' lines would interleave).
 
 The worker sees Horovod's variables (HOROVOD_RANK, HOROVOD_SIZE, HOROVOD_LOCAL_RANK,
 HOROVOD_LOCAL_SIZE) filled from Hydra's (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID,
-MPI_LOCALNRANKS), as under horovodrun: the launcher, the backend's choice and the tests find a
-worker's rank the same way. Horovod itself takes its ranks from MPI.
+MPI_LOCALNRANKS) or Open MPI's (OMPI_COMM_WORLD_RANK, ...), as under horovodrun: the launcher,
+the backend's choice and the tests find a worker's rank the same way. Horovod itself takes its
+ranks from MPI.
 
 A worker killed by a signal makes this process die of the same signal: Hydra then ends the other
 ranks at once (it does so for a rank killed by a signal, not for an exit code; a worker stopped
@@ -33,19 +35,27 @@ import threading
 
 __all__ = ["child_environ", "main", "relay"]
 
-# Hydra's variable -> Horovod's
+# Hydra's and Open MPI's variables -> Horovod's
 _RANK_VARS = (("PMI_RANK", "HOROVOD_RANK"), ("PMI_SIZE", "HOROVOD_SIZE"),
               ("MPI_LOCALRANKID", "HOROVOD_LOCAL_RANK"),
-              ("MPI_LOCALNRANKS", "HOROVOD_LOCAL_SIZE"))
+              ("MPI_LOCALNRANKS", "HOROVOD_LOCAL_SIZE"),
+              ("OMPI_COMM_WORLD_RANK", "HOROVOD_RANK"), ("OMPI_COMM_WORLD_SIZE", "HOROVOD_SIZE"),
+              ("OMPI_COMM_WORLD_LOCAL_RANK", "HOROVOD_LOCAL_RANK"),
+              ("OMPI_COMM_WORLD_LOCAL_SIZE", "HOROVOD_LOCAL_SIZE"))
 
 
 def child_environ(environ):
-    """The worker's environment: this one with Horovod's rank variables from Hydra's."""
+    """The worker's environment: this one with Horovod's rank variables from Hydra's or Open
+    MPI's."""
     env = dict(environ)
-    for hydra, horovod in _RANK_VARS:
-        if hydra in env:
-            env[horovod] = env[hydra]
+    for mpi, horovod in _RANK_VARS:
+        if mpi in env:
+            env[horovod] = env[mpi]
     return env
+
+
+def _rank(environ):
+    return environ.get("PMI_RANK") or environ.get("OMPI_COMM_WORLD_RANK") or "?"
 
 
 _STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -106,7 +116,7 @@ def main(argv=None):
     # Stop requests are the worker's to handle (the launcher signals it directly).
     for sig in _STOPS:
         signal.signal(sig, signal.SIG_IGN)
-    rank = os.environ.get("PMI_RANK", "?")
+    rank = _rank(os.environ)
     keep = [int(os.environ["PMI_FD"])] if os.environ.get("PMI_FD", "").isdigit() else []
     proc = subprocess.Popen(shlex.split(argv[0]), env=child_environ(os.environ),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=keep,

@@ -30,6 +30,47 @@ def test_mpirun_command_places_ranks_on_the_hosts(tmp_path):
     assert "-launcher" not in local
 
 
+def test_mpirun_command_for_open_mpi_passes_the_environment_and_lets_ranks_exit(tmp_path):
+    """NGC's image has Open MPI: hosts with --host, every variable with -x (Open MPI passes
+    nothing to ranks started over ssh), its own ones left out, and a rank's non-zero exit does
+    not end the others (4.x and 5.x spell that differently)."""
+    env = ["DEEPLAB_JOB", "PATH", "OMPI_MCA_foo", "PMIX_X", "BASH_FUNC_f%%", "NCCL_DEBUG"]
+    cmd = horovod.mpirun_command(4, ["train", "c.yaml"], hosts="n1:2,n2:2", python="/e/py",
+                                 flavour=("openmpi", 4), env=env, network_interface="eth1")
+    assert cmd[1:5] == ["-np", "4", "--host", "n1:2,n2:2"]
+    assert ["--bind-to", "none"] == cmd[5:7] and "--map-by" in cmd
+    xs = [cmd[i + 1] for i, c in enumerate(cmd) if c == "-x"]
+    assert xs == ["DEEPLAB_JOB", "NCCL_DEBUG", "PATH"]
+    assert "orte_abort_on_non_zero_status" in cmd and "--prtemca" not in cmd
+    assert cmd[cmd.index("btl_tcp_if_include") + 1] == "eth1"
+    assert cmd[cmd.index("oob_tcp_if_include") - 1] == "--mca"
+    assert cmd[-3:-1] == ["-m", "deeplab.launch.mpi_rank"]
+    five = horovod.mpirun_command(2, ["eval"], python="py", flavour=("openmpi", 5), env=[],
+                                  network_interface="eth1")
+    assert five[3:5] == ["--host", "localhost:2"]  # slots for every rank, no oversubscription
+    assert five[five.index("state_base_error_non_zero_exit") - 1] == "--prtemca"
+    assert five[five.index("oob_tcp_if_include") - 1] == "--prtemca"
+    assert ("--allow-run-as-root" in five) == (os.geteuid() == 0)
+
+
+def test_mpi_flavour_is_read_from_mpirun_version(tmp_path):
+    def fake(text):
+        path = tmp_path / "mpirun"
+        path.write_text("#!/bin/sh\ncat <<'X'\n%s\nX\n" % text)
+        path.chmod(0o755)
+        return str(path)
+
+    assert horovod.mpi_flavour(fake("mpirun (Open MPI) 4.1.7a1\n\nReport bugs to ...")) \
+        == ("openmpi", 4)
+    assert horovod.mpi_flavour(fake("HYDRA build details:\n    Version: 4.3.2")) \
+        == ("mpich", None)
+    import pytest
+    from deeplab.errors import LaunchError
+
+    with pytest.raises(LaunchError, match="neither MPICH's .* nor Open MPI's"):
+        horovod.mpi_flavour(fake("Intel(R) MPI Library"))
+
+
 def test_the_mpi_flag_is_parsed_and_mpich_settings_are_defaults():
     args = cli.parse_args(["horovod", "--mpi", "-np", "2", "--", "train", "c.yaml"])
     assert args.mpi and args.np == 2
@@ -43,6 +84,15 @@ def test_the_worker_sees_horovods_rank_variables():
                                   "MPI_LOCALNRANKS": "2", "KEEP": "x"})
     assert (env["HOROVOD_RANK"], env["HOROVOD_SIZE"], env["HOROVOD_LOCAL_RANK"],
             env["HOROVOD_LOCAL_SIZE"], env["KEEP"]) == ("3", "4", "1", "2", "x")
+
+
+def test_the_worker_sees_horovods_rank_variables_under_open_mpi():
+    env = mpi_rank.child_environ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4",
+                                  "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+                                  "OMPI_COMM_WORLD_LOCAL_SIZE": "2"})
+    assert (env["HOROVOD_RANK"], env["HOROVOD_SIZE"], env["HOROVOD_LOCAL_RANK"],
+            env["HOROVOD_LOCAL_SIZE"]) == ("2", "4", "0", "2")
+    assert mpi_rank._rank(env) == "2"
 
 
 def _launcher_reads(text):
@@ -64,6 +114,28 @@ def test_the_launcher_reads_the_ranks_and_leaves_hydras_banner_out():
     assert output.errors[1][0] == 4  # the stall's documented exit
     assert "BAD TERMINATION" not in shown and "FAQ" not in shown
     assert "[0]<stdout>:iter 4/80" in shown
+
+
+def test_a_failed_rank_is_reported_though_open_mpis_mpirun_exits_0():
+    """Open MPI, told to let the other ranks be, exits 0 after a rank failed: the rank's own
+    line is the job's outcome."""
+    from deeplab.launch import procs
+
+    output, _ = _launcher_reads("[1]<stderr>:deeplab train: error: the disk is full\n"
+                                "Process 1 exit with status code 2.\n")
+    code = horovod._report(output, 0, procs.StopSignals(), False, [])
+    assert code == 2
+
+
+def test_the_launcher_leaves_open_mpis_message_about_a_rank_out_and_keeps_others():
+    rule = "-" * 74 + "\n"
+    about = (rule + "prterun noticed that process rank 1 with PID 0 on node vm exited on\n"
+             "signal 9 (Killed).\n" + rule)
+    other = rule + "There are not enough slots available in the system\n" + rule
+    output, shown = _launcher_reads("[0]<stdout>:iter 1\nProcess 1 exit with status code 137.\n"
+                                    + about + other + "[0]<stdout>:done\n")
+    assert [(r, s) for r, s, _ in output.failures] == [(1, 137)]
+    assert "noticed" not in shown and "not enough slots" in shown and shown.endswith("done\n")
 
 
 def test_rank_wrapper_prefixes_lines_and_dies_of_its_workers_signal(tmp_path):
