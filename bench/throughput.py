@@ -86,6 +86,9 @@ class Variant:
         self.per_batch = per_batch
         self.scale_loss = scale_loss  # float16 AMP: dynamic loss scaling
         self.times = []  # per timed step: [data, fwd_bwd, comm, update]
+        # per timed step: [calls, seconds] of the in-layer collectives (synchronized BN) in
+        # fwd_bwd, where the transport times them (MPI: dist.comm.transport_stats)
+        self.in_layer = []
         self.device_peak = 0  # GPU bytes this process used, the most seen after a step
 
 
@@ -245,6 +248,7 @@ def _step(v, batches, ctx):
         count = float(data.shape[0] * dist.size())
     else:  # as training does: the global count of labelled pixels
         count = dist.allreduce_sum(np.array([(label != IGNORE_LABEL).sum().asscalar()]))[0]
+    before = dist.comm.transport_stats()
     t2 = time.perf_counter()
     with autograd.record():
         loss = v.loss(v.net(data), label)
@@ -257,6 +261,9 @@ def _step(v, batches, ctx):
         loss.backward()
     mx.nd.waitall()
     t3 = time.perf_counter()
+    if before is not None:
+        after = dist.comm.transport_stats()
+        v.last_in_layer = [after[0] - before[0], after[1] - before[1]]
     v.trainer.allreduce_grads()
     mx.nd.waitall()
     t4 = time.perf_counter()
@@ -320,6 +327,8 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             if profiling:
                 mx.profiler.resume() if v is variants[0] else mx.profiler.pause()
             v.times.append(_step(v, batches, ctx))
+            if getattr(v, "last_in_layer", None) is not None:
+                v.in_layer.append(v.last_in_layer)
             v.device_peak = max(v.device_peak, device_memory(ctx) or 0)
     if profiling:
         mx.nd.waitall()
@@ -367,6 +376,12 @@ def run_bench(cfg, batch=None, crop=None, steps=10, warmup=2, compare=(), baseli
             * dist.size() / step_s,
         }
         entry["repeats"], entry["spread"] = _repeats(times, batch, repeat)
+        if dist.comm.transport_stats() is not None:
+            # every worker timed the same steps (zeros for a variant without synchronized BN)
+            rows = dist.gather_rows(v.in_layer or [[0, 0.0]] * len(v.times))
+            entry["in_layer_collectives"] = [
+                {"rank": r, "calls_per_step": float(np.median(rows[r, :, 0])),
+                 "s_per_step": float(np.median(rows[r, :, 1]))} for r in range(dist.size())]
         report["variants"].append(entry)
     ours = report["variants"][0]
     report["ratios"] = {"ours/" + e["name"]: ours["step_s"] / e["step_s"]
@@ -437,6 +452,12 @@ def format_report(r):
             if repeat > 1 else "",
             "; GPU memory of this process %.0f MB" % (e["device_bytes_max_sampled"] / 2 ** 20)
             if e.get("device_bytes_max_sampled") else ""))
+    for e in r["variants"]:
+        if any(w["calls_per_step"] for w in e.get("in_layer_collectives", ())):
+            lines.append("  %-18s in its synchronized BN collectives (MPI): %s" % (
+                e["name"], ", ".join("rank %d %.3f s/step over %d calls" % (
+                    w["rank"], w["s_per_step"], w["calls_per_step"])
+                    for w in e["in_layer_collectives"])))
     if r["ratios"]:
         lines.append("")
         lines.append("step time ratios: " + ", ".join("%s %.3f" % kv

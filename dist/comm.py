@@ -33,7 +33,7 @@ __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main
            "network_failure", "nd_allreduce_sum", "nd_allgather", "broadcast_parameters",
            "context", "contexts", "stall_hint",
            "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group", "TRANSPORTS",
-           "use_transport", "transport"]
+           "use_transport", "transport", "transport_stats"]
 
 BACKENDS = ("local", "horovod", "ps")
 TRANSPORTS = ("auto", "horovod", "mpi")
@@ -589,6 +589,13 @@ def use_transport(choice="auto"):
 def transport():
     """The name of the in-layer collectives' transport: 'mpi', or the backend's name."""
     return _transport.name if _transport is not None else _backend.name
+
+
+def transport_stats():
+    """(calls, seconds spent in them) of the in-layer collectives since the start, from a
+    transport that runs them synchronously (MPI); None for the backend's own (Horovod's calls
+    return before their result is there, so their time lands elsewhere)."""
+    return _transport.stats() if _transport is not None else None
 
 
 def nd_allreduce_sum(array, name, group=None):

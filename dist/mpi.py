@@ -18,6 +18,7 @@ MPI_COMM_WORLD for all workers, MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) for th
 one machine ('node'), MPI_Comm_split by consecutive ranks for 'k'.
 """
 import threading
+import time
 import zlib
 
 import numpy as np
@@ -76,6 +77,9 @@ class MpiTransport:
         self._tag_ub = self.world.Get_attr(MPI.TAG_UB)
         self._tags = {}  # tag -> name
         self._lock = threading.Lock()
+        # calls made and seconds spent in them (posting, waiting for the peers, copying): what
+        # bench reports as synchronized BN's time in its collectives (stats)
+        self._stats = [0, 0.0]
 
     def group(self, spec, partition):
         """COLLECTIVE. (ranks, communicator) of this worker's group for `spec` ('all', 'node'
@@ -106,6 +110,7 @@ class MpiTransport:
     def _exchange(self, data, name, comm):
         """Every member's `data` (a numpy array, the same shape on all), stacked in the
         group's rank order."""
+        t0 = time.perf_counter()
         n, me = comm.Get_size(), comm.Get_rank()
         tag = self._tag(name)
         out = np.empty((n,) + data.shape, dtype=data.dtype)
@@ -113,7 +118,17 @@ class MpiTransport:
         reqs = [comm.Irecv(out[p], source=p, tag=tag) for p in range(n) if p != me]
         reqs += [comm.Isend(data, dest=p, tag=tag) for p in range(n) if p != me]
         self.MPI.Request.Waitall(reqs)
+        spent = time.perf_counter() - t0
+        with self._lock:
+            self._stats[0] += 1
+            self._stats[1] += spent
         return out
+
+    def stats(self):
+        """(calls, seconds in them) since the start: each call's time from posting its messages
+        to the last peer's arrival, i.e. mostly waiting for the slowest member."""
+        with self._lock:
+            return tuple(self._stats)
 
     def _comm(self, group):
         return self.world if group is None or group.handle is None else group.handle

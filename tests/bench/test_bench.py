@@ -66,6 +66,24 @@ def test_amp_comparison_on_synchronized_bn_workers(dl, tmp_path):
     assert r["setup"]["precision"] == "float32"
 
 
+def test_bench_under_mpi_reports_the_time_in_synchronized_bns_collectives(dl, tmp_path):
+    """Under --mpi the transport times its calls: the synchronized-BN variant makes as many
+    per step as its BN layers need (2 per layer and pass, the same on both workers), the
+    per-worker-BN variant none; the time in them is part of fwd_bwd."""
+    out = tmp_path / "mpi.json"
+    proc = dl.deeplab("launch", "horovod", "--mpi", "-np", "2", "--", "bench", dl.TINY,
+                      *TINY_BENCH, "--compare", "bn", "--out", out)
+    r = _report(out)
+    _check_report(r, 2, "horovod", ["ours", "ours-plainbn"])
+    sync, plain = (v["in_layer_collectives"] for v in r["variants"])
+    calls = {w["calls_per_step"] for w in sync}
+    assert len(calls) == 1 and calls.pop() > 0
+    assert {(w["calls_per_step"], w["s_per_step"]) for w in plain} == {(0, 0.0)}
+    fwd_bwd = {w["rank"]: w["breakdown_s"]["fwd_bwd"] for w in r["variants"][0]["per_worker"]}
+    assert all(0 < w["s_per_step"] <= fwd_bwd[w["rank"]] * 1.5 for w in sync)
+    assert "in its synchronized BN collectives (MPI): rank 0" in proc.stdout
+
+
 def test_horovod_and_ps_bench_report_scaling_against_one_worker(dl, tmp_path):
     # Each run against a one-worker baseline with the same BN mode: synchronized BN under
     # Horovod; per-worker BN (the parameter server's) against one plain-BN process.
