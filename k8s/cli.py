@@ -7,7 +7,8 @@
                        [--node-selector K=V ...] [--toleration KEY[=VALUE]:EFFECT ...]
                        [--cpu N] [--memory Q] [--image-pull-secret NAME ...]
                        [--priority-class NAME] [--allow-egress CIDR[:PORT] ...]
-                       [--no-network-policy] [--set KEY=VALUE ...]
+                       [--no-network-policy] [--mpi [--mpi-implementation MPICH|OpenMPI]]
+                       [--set KEY=VALUE ...]
     deeplab k8s validate DIR
     deeplab k8s run-local DIR --data-dir LOCAL_DIR [--source REPO] [--timeout S] [--dry-run]
 """
@@ -120,8 +121,12 @@ def parse_args(argv=None):
                    help="--backend horovod: the MPIJob's launcher runs `deeplab launch horovod "
                         "--mpi` (MPICH's mpirun, the image's; mpiImplementation MPICH), so that "
                         "synchronized BN's statistics go straight over MPI "
-                        "(dist.sync_bn_transport auto). Not with the NGC-based image, whose MPI "
-                        "is OpenMPI")
+                        "(dist.sync_bn_transport auto); with the NGC-based image add "
+                        "--mpi-implementation OpenMPI")
+    r.add_argument("--mpi-implementation", choices=render_mod.MPI_IMPLEMENTATIONS,
+                   default=None,
+                   help="with --mpi: the image's MPI, the MPIJob's mpiImplementation: MPICH "
+                        "(default; the default image) or OpenMPI (the BASE=ngc image)")
     r.add_argument("--no-network-policy", dest="network_policy", action="store_false",
                    help="leave out the job's NetworkPolicy (clusters without a policy "
                         "controller; the pods are then reachable from every pod)")
@@ -154,7 +159,8 @@ def _render(args):
         **{key: getattr(args, key) for key in (
             "command", "checkpoint", "inputs", "command_args", "resume_from", "env",
             "node_selector", "tolerations", "cpu", "memory", "image_pull_secrets",
-            "priority_class", "allow_egress", "network_policy")}}, args.out)
+            "priority_class", "allow_egress", "network_policy", "mpi",
+            "mpi_implementation")}}, args.out)
     print("wrote %s" % path)
 
 

@@ -185,6 +185,12 @@ def _check_args(a):
     if a.get("mpi") and a["backend"] != "horovod":
         raise RenderError("--mpi applies to --backend horovod only (an MPIJob launched with "
                           "mpirun)")
+    if a["mpi_implementation"] not in MPI_IMPLEMENTATIONS:
+        raise RenderError("--mpi-implementation must be one of %s, got %r" % (
+            ", ".join(MPI_IMPLEMENTATIONS), a["mpi_implementation"]))
+    if a["mpi_implementation"] != "MPICH" and not a["mpi"]:
+        raise RenderError("--mpi-implementation applies with --mpi only (without it the "
+                          "launcher runs horovodrun over Gloo)")
     if a["backend"] == "ps":
         if isinstance(a["servers"], bool) or not isinstance(a["servers"], int) or a["servers"] < 1:
             raise RenderError("--servers must be an integer >= 1, got %r" % (a["servers"],))
@@ -526,10 +532,11 @@ def _mpijob(a, train_args):
             "slotsPerWorker": slots,
             "runPolicy": {"cleanPodPolicy": "Running", "backoffLimit": a["backoff_limit"]},
             # horovodrun (Gloo) reaches the workers over the operator's ssh. With --mpi the
-            # launcher runs the image's mpirun, MPICH's Hydra (requirements/mpi.txt, as
-            # scripts/setup_env.sh): the operator then writes the hostfile as MPICH reads it
-            # (host:slots lines).
-            "mpiImplementation": "MPICH" if a["mpi"] else "OpenMPI",
+            # launcher runs the image's mpirun: MPICH's Hydra in the default image
+            # (requirements/mpi.txt, as scripts/setup_env.sh), Open MPI's in NGC's
+            # (--mpi-implementation OpenMPI); the operator writes the hostfile as that MPI reads
+            # it (host:slots or 'host slots=N' lines) and the launcher reads either.
+            "mpiImplementation": a["mpi_implementation"] if a["mpi"] else "OpenMPI",
             "launcherCreationPolicy": "WaitForWorkersReady",
             "sshAuthMountPath": SSH_DIR,
             "mpiReplicaSpecs": {
@@ -649,6 +656,7 @@ def _normalize(args):
     if a.get("network_policy") is None:
         a["network_policy"] = True
     a["mpi"] = bool(a.get("mpi"))
+    a["mpi_implementation"] = a.get("mpi_implementation") or "MPICH"
     for key in LISTS:
         a[key] = list(a.get(key) or [])
     if a["backoff_limit"] is None and a["backend"] == "horovod":
@@ -659,6 +667,10 @@ def _normalize(args):
         a["servers"] = a["nodes"]
     return a
 
+
+# The MPI Operator's mpiImplementation values our images carry: MPICH (the default image, from
+# PyPI) and OpenMPI (NGC's image).
+MPI_IMPLEMENTATIONS = ("MPICH", "OpenMPI")
 
 # The render options' defaults, for `deeplab k8s render` and the Python API alike.
 DEFAULTS = {"command": "train", "data_subdir": "voc", "shm_size": "8Gi", "grace_period": 300}
@@ -769,6 +781,8 @@ def render_command(args, root=None):
         cmd += ["--no-network-policy"]
     if a["mpi"]:
         cmd += ["--mpi"]
+    if a["mpi_implementation"] != "MPICH":
+        cmd += ["--mpi-implementation", a["mpi_implementation"]]
     # '=' form: a value such as '--quiet' would otherwise be read as an option.
     cmd += ["--command-arg=%s" % text for text in a["command_args"]]
     for text in a["overrides"]:

@@ -153,6 +153,31 @@ def test_mpijob_with_mpi_launches_mpirun_and_names_mpich(tmp_path):
     assert horovod._hostfile_slots(str(hostfile)) == {"node1": 2, "node2": 1}
 
 
+def test_mpijob_with_mpi_on_the_ngc_image_names_open_mpi_through_the_command_line(tmp_path):
+    """--mpi --mpi-implementation OpenMPI (NGC's image): the operator writes Open MPI's
+    hostfile, the launcher still runs `deeplab launch horovod --mpi` (it reads which mpirun it
+    has), and the flags survive the command line into the canonical command."""
+    from deeplab.k8s import cli as k8s_cli
+
+    out = tmp_path / "out"
+    k8s_cli.main(k8s_cli.parse_args([
+        "render", TINY, "--backend", "horovod", "--nodes", "2", "--gpus-per-node", "4",
+        "--image", "registry.example.com/deeplab-dist:0.1.0-ngc", "--data-pvc", "data",
+        "--mpi", "--mpi-implementation", "OpenMPI", "--out", str(out)]))
+    (path,) = [p for p in out.rglob("*.yaml")]
+    text = path.read_text()
+    job = next(d for d in yaml.safe_load_all(text) if d and d["kind"] == "MPIJob")
+    assert job["spec"]["mpiImplementation"] == "OpenMPI"
+    (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    assert launch_cli.parse_args(pod_command(c)[0]).mpi
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert any("--mpi --mpi-implementation OpenMPI" in line for line in header)
+    with pytest.raises(render.RenderError, match="--mpi-implementation applies with --mpi only"):
+        render.render(args(mpi_implementation="OpenMPI"))
+    with pytest.raises(render.RenderError, match="--mpi-implementation must be one of MPICH"):
+        render.render(args(mpi=True, mpi_implementation="IntelMPI"))
+
+
 def test_ps_objects_wire_the_dmlc_environment():
     service, sched, servers, workers, _policy = render.render(args(backend="ps", servers=3,
                                                                    name="run1"))
