@@ -7,7 +7,7 @@
                        [--node-selector K=V ...] [--toleration KEY[=VALUE]:EFFECT ...]
                        [--cpu N] [--memory Q] [--image-pull-secret NAME ...]
                        [--priority-class NAME] [--allow-egress CIDR[:PORT] ...]
-                       [--no-network-policy] [--set KEY=VALUE ...]
+                       [--no-network-policy] [--mpi] [--set KEY=VALUE ...]
     deeplab k8s validate DIR
     deeplab k8s run-local DIR --data-dir LOCAL_DIR [--source REPO] [--timeout S] [--dry-run]
 """
@@ -154,7 +154,7 @@ def _render(args):
         **{key: getattr(args, key) for key in (
             "command", "checkpoint", "inputs", "command_args", "resume_from", "env",
             "node_selector", "tolerations", "cpu", "memory", "image_pull_secrets",
-            "priority_class", "allow_egress", "network_policy")}}, args.out)
+            "priority_class", "allow_egress", "network_policy", "mpi")}}, args.out)
     print("wrote %s" % path)
 
 
