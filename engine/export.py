@@ -28,7 +28,7 @@ from deeplab.checkpoint import verify_ndarrays
 from deeplab.config import eval_stride, load_config
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
-from deeplab.utils import atomic_write, disk_errors, write_json
+from deeplab.utils import apply_umask, atomic_write, disk_errors, write_json
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
@@ -181,6 +181,7 @@ def parse_args(argv=None):
 def main(args):
     """Builds the evaluation network from the checkpoint and exports it; returns the files."""
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # the exported files, as a run's
     prefix = _check_prefix(args.out)
     checkpoint = resolve_checkpoint(args.checkpoint, cfg)
     size = tuple(args.size) if args.size else (cfg["data"]["crop_size"],) * 2

@@ -24,7 +24,7 @@ from deeplab.data import EvalTransform, eval_shard
 from deeplab.data.base import read_image
 from deeplab.errors import DatasetError, UserError
 from deeplab.logger import format_duration, run_logger
-from deeplab.utils import atomic_write
+from deeplab.utils import apply_umask, atomic_write
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
@@ -209,6 +209,7 @@ def main(args):
         {'images': number written by all workers, 'out': the output folder}.
     """
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # the output folder and its images, as a run's
     dist.init(cfg["dist"]["backend"])
     log = run_logger()
     images, args.checkpoint = on_main(lambda: _check_paths(args, cfg), share=True)

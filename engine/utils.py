@@ -9,8 +9,8 @@ import socket
 import tempfile
 import threading
 
-__all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite",
-           "write_json", "write_text", "free_port", "positive_int", "waiting_on", "waits"]
+__all__ = ["atomic_write", "fsync", "current_umask", "apply_umask", "disk_errors",
+           "IncompleteWrite", "write_json", "write_text", "free_port", "positive_int", "waiting_on", "waits"]
 
 
 def atomic_write(path, write):
@@ -90,6 +90,14 @@ def current_umask():
     mask = os.umask(0o022)  # no /proc: the racy way
     os.umask(mask)
     return mask
+
+
+def apply_umask(cfg):
+    """Sets the process's umask to the config's train.umask (default 027). Every command that
+    writes (train, eval, predict, export, bench) calls it once its config is loaded and before it
+    creates anything, so that what it leaves on a shared volume (a run, results, predictions, an
+    export) is readable by the group only, whichever command wrote it."""
+    os.umask(int(cfg["train"]["umask"], 8))
 
 
 def write_text(path, text):

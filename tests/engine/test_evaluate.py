@@ -1,5 +1,6 @@
 """`deeplab eval`: the results file of a run still going is not overwritten."""
 import json
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,19 @@ def test_checkpoint_may_be_a_run_directory_or_is_named_when_wrong(tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert "another network" in err and "3 classes" in err and "5 classes" in err
     assert "missing" not in err  # not the list of every parameter that does not fit
+
+
+def test_eval_out_is_written_with_the_configs_umask(tmp_path):
+    """train.umask (default '027') holds for every command that writes, not only train: the
+    folders `eval --out` creates are 0750 and its results 0640 under a process umask of 022."""
+    ckpt = train_tiny(tmp_path / "run", 2)
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "shared" / "x" / "results.json"
+        assert cli.main(["eval", TINY, "--checkpoint", ckpt, "--out", str(out), "--quiet",
+                         "--set", "data.num_workers=0", "data.synthetic.val_size=2"]) == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "shared", tmp_path / "shared" / "x"):
+        assert os.stat(path).st_mode & 0o777 == 0o750, path
+    assert os.stat(out).st_mode & 0o777 == 0o640
