@@ -58,7 +58,7 @@ from deeplab.logger import progress
 from deeplab.metrics import IGNORE_LABEL
 from deeplab.precision import amp_dtype, enable_amp
 from deeplab.train import cross_entropy_sum, make_optimizer_params
-from deeplab.utils import write_text
+from deeplab.utils import apply_umask, write_text
 
 from .common import (check_counts, device_memory, format_flops, load_baseline, peak_rss_bytes,
                      report_header, setup_facts)
@@ -543,6 +543,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # --out, --plot and --profile's files, as a run's
     start_workers(cfg)
     command = "deeplab bench " + " ".join(args.argv)
     if args.mode == "infer":

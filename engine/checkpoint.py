@@ -205,7 +205,8 @@ class Checkpointer:
             meta = {"iteration": iteration, "config": config,
                     "sha256": {"params": sha256(stem + ".params"),
                                "states": sha256(stem + ".states")}}
-            atomic_write(stem + ".json", lambda p: _dump_json(meta, p))
+            atomic_write(stem + ".json", lambda f: f.write(json.dumps(meta, indent=1).encode()),
+                         fileobj=True)
         except BaseException:
             if not os.path.exists(stem + ".json"):  # a partial checkpoint: its files go
                 for ext in (".params", ".states"):
@@ -217,8 +218,3 @@ class Checkpointer:
             for ext in (".json", ".params", ".states"):  # .json first: never a half checkpoint
                 if os.path.exists(old_stem + ext):
                     os.remove(old_stem + ext)
-
-
-def _dump_json(obj, path):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)

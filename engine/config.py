@@ -125,8 +125,9 @@ SCHEMA = {
         "checkpoint_every": K("int", 1000, "iterations between checkpoints", lo=1),
         "keep_checkpoints": K("int", 3, "newest checkpoints kept", lo=1),
         "log_every": K("int", 20, "iterations between log lines", lo=1),
-        "umask": K("octal", "027", "permission mask of what a run writes (octal): '027' lets "
-                   "the group read the run directory and others nothing, '022' everyone read"),
+        "umask": K("octal", "027", "permission mask of what a run, eval, predict, export and "
+                   "bench write (octal): '027' lets the group read the run directory and others "
+                   "nothing, '022' everyone read"),
         "eval_every": K("int", 0, "iterations between evaluations during training, each "
                         "keeping DIR/best.params for the best mIoU (0: only at the end)", lo=0),
     },

@@ -21,7 +21,8 @@ and with CONFIG (the same CONFIG and --set as the training run):
     cycle                  the negotiation cycle Horovod workers of this config start with
                            (dist.horovod_cycle_time, HOROVOD_CYCLE_TIME)
 
-Exit code 0 when no check failed (warnings allowed), 1 when one did, 2 for bad flags.
+Exit code 0 when no check failed (warnings allowed), 6 when one did (EXIT_CHECK_FAILED: its own
+code, as 1 means a bug), 2 for bad flags.
 
 The GPU code in libmxnet.so is read by deeplab.cudabin. What the doctor asks of the machine
 (MXNet, its library, the GPUs, Horovod) goes through a `Probes` object that `run_checks` and
@@ -615,7 +616,12 @@ def report(checks):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="deeplab doctor", description=__doc__.split("\n\n")[0])
+    from deeplab.errors import EXIT_CHECK_FAILED, EXIT_USER_ERROR
+
+    p = argparse.ArgumentParser(
+        prog="deeplab doctor", description=__doc__.split("\n\n")[0],
+        epilog="Exit code: 0 when no check failed (warnings allowed), %d when one did, %d for "
+               "bad flags." % (EXIT_CHECK_FAILED, EXIT_USER_ERROR))
     p.add_argument("config", nargs="?", help="the training config to check, e.g. "
                    "configs/deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
     p.add_argument("--workers", type=int, default=None,

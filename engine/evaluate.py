@@ -16,7 +16,7 @@ from deeplab.data import EvalTransform, eval_samples, eval_shard
 from deeplab.logger import progress, run_logger
 from deeplab.metrics import confusion_matrix, scores
 from deeplab.record import provenance
-from deeplab.utils import write_json
+from deeplab.utils import apply_umask, write_json
 
 from deeplab.workdir import lock_if_run, resolve_checkpoint
 
@@ -170,6 +170,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # --out's directories and file, as a run's
     dist.init(cfg["dist"]["backend"])
     ctx = dist.context()
     stride = eval_stride(cfg)

@@ -28,11 +28,11 @@ from deeplab.checkpoint import verify_ndarrays
 from deeplab.config import eval_stride, load_config
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
-from deeplab.utils import atomic_write, disk_errors, write_json
+from deeplab.utils import apply_umask, atomic_write, disk_errors, write_json
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
-from .build import evaluation_network
+from .build import dataset_classes, evaluation_network
 
 __all__ = ["StaticSizeNet", "export", "preprocessing", "parse_args", "main"]
 
@@ -164,13 +164,9 @@ def preprocessing(cfg, size, class_names=None):
 
 
 def _class_names(cfg):
-    """The evaluation dataset's class names, or None where the data is not on this machine."""
-    from .build import build_dataset
-
-    try:
-        return list(build_dataset(cfg, "val").class_names) or None
-    except (UserError, OSError):
-        return None
+    """The dataset's class names, read from the config alone (build.dataset_classes, as predict
+    names its outputs): an export is often made where the data is not."""
+    return dataset_classes(cfg)[0] or None
 
 
 def parse_args(argv=None):
@@ -181,6 +177,7 @@ def parse_args(argv=None):
 def main(args):
     """Builds the evaluation network from the checkpoint and exports it; returns the files."""
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # the exported files, as a run's
     prefix = _check_prefix(args.out)
     checkpoint = resolve_checkpoint(args.checkpoint, cfg)
     size = tuple(args.size) if args.size else (cfg["data"]["crop_size"],) * 2

@@ -318,9 +318,9 @@ def _backbone_row(name):
 
 def _unzip_checked(archive, member, dest, sha1, url):
     """Extracts `member` of zip `archive` to `dest` if its sha1 matches, else deletes the zip."""
-    def write(tmp):
+    def write(out):
         digest = hashlib.sha1()
-        with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(tmp, "wb") as out:
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
             for block in iter(lambda: src.read(CHUNK), b""):
                 digest.update(block)
                 out.write(block)
@@ -329,7 +329,7 @@ def _unzip_checked(archive, member, dest, sha1, url):
             raise _mismatch("%s in %s" % (member, archive), digest.hexdigest(), sha1, url)
 
     try:
-        atomic_write(dest, write)
+        atomic_write(dest, write, fileobj=True)
     except (zipfile.BadZipFile, KeyError, EOFError, zlib.error) as err:
         os.remove(archive)
         raise FetchError("%s (from %s) is not a zip holding %s (%s); deleted it, rerun to "

@@ -24,7 +24,7 @@ from deeplab.data import EvalTransform, eval_shard
 from deeplab.data.base import read_image
 from deeplab.errors import DatasetError, UserError
 from deeplab.logger import format_duration, run_logger
-from deeplab.utils import atomic_write
+from deeplab.utils import apply_umask, atomic_write
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
@@ -144,8 +144,11 @@ def write_outputs(out_dir, stem, image, pred, palette):
 
 
 def check_out(out, inputs, images):
-    """Raises UserError if writing the outputs of `images` into folder `out` could replace an
-    input: `out` is one of the input folders or inside one, or an output name is an input file.
+    """Raises UserError if writing the outputs of `images` into folder `out` could replace a
+    file of the user's: `out` is one of the input folders or inside one, the folder of an input
+    file (where a file of the user's may carry an output's name: photos/a.png beside the input
+    photos/a.jpg), or an output name is an input file. A folder inside an input file's folder
+    (photos/masks for photos/a.jpg) is allowed: nothing of the inputs' is collected from it.
 
     Args:
         inputs: the INPUT arguments (files and folders); images: collect_images(inputs).
@@ -159,6 +162,10 @@ def check_out(out, inputs, images):
                                 "among the images (and over those named <stem>.png); choose "
                                 "a folder outside the inputs"
                                 % (out, "the" if real_out == folder else "inside the", item))
+        elif real_out == os.path.realpath(os.path.dirname(item) or "."):
+            raise UserError("--out %s is the folder of the input %s: the masks would be written "
+                            "among your files (and over any named <stem>.png or "
+                            "<stem>_overlay.jpg); choose another folder" % (out, item))
     real_inputs = {os.path.realpath(path): path for path, *_ in images}
     for _, stem, *_ in images:
         for name in (stem + ".png", stem + "_overlay.jpg"):
@@ -209,6 +216,7 @@ def main(args):
         {'images': number written by all workers, 'out': the output folder}.
     """
     cfg = load_config(args.config, args.overrides)
+    apply_umask(cfg)  # the output folder and its images, as a run's
     dist.init(cfg["dist"]["backend"])
     log = run_logger()
     images, args.checkpoint = on_main(lambda: _check_paths(args, cfg), share=True)

@@ -33,7 +33,7 @@ from deeplab.logger import format_duration, run_logger
 from deeplab.metrics import IGNORE_LABEL, confusion_nd, scores
 from deeplab.precision import amp_dtype, enable_amp
 from deeplab.record import RunInfo, RunRecord, memory_bytes
-from deeplab.utils import write_json
+from deeplab.utils import apply_umask, write_json
 from deeplab.workdir import WorkdirLock, check_resumable, check_resume, check_workdir
 from gluoncv.utils import LRScheduler, LRSequential
 
@@ -469,7 +469,7 @@ def parse_args(argv=None):
 
 def main(args):
     cfg = load_config(args.config, args.overrides)
-    os.umask(int(cfg["train"]["umask"], 8))  # before anything of the run is created
+    apply_umask(cfg)  # before anything of the run is created
     # One watchdog over every blocking phase of the process, each named in its line: start-up
     # (the backend's rendezvous, the pre-flight), the steps, evaluation, the final save and the
     # backend's shutdown (dist/watchdog.py).

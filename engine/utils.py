@@ -9,35 +9,79 @@ import socket
 import tempfile
 import threading
 
-__all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite",
-           "write_json", "write_text", "free_port", "positive_int", "waiting_on", "waits"]
+__all__ = ["atomic_write", "fsync", "current_umask", "apply_umask", "disk_errors",
+           "IncompleteWrite", "write_json", "write_text", "free_port", "positive_int",
+           "waiting_on", "waits"]
 
 
-def atomic_write(path, write):
-    """Calls `write(tmp_path)`, then renames the result onto `path`.
+def atomic_write(path, write, fileobj=False):
+    """Calls `write`, then renames the result onto `path`.
 
     Readers see the old file or the whole new one, never a part: a process killed mid-write, or
     a full disk, leaves `path` as it was and no temporary file behind.
 
     The temporary file is created exclusively (O_EXCL, mode 0600, an unpredictable name) in
     `path`'s own directory, so a symlink or file planted under a guessable name is never
-    followed or overwritten; it is flushed to disk (fsync: a full disk that only shows at
-    write-back is reported here) and given the mode the process's umask allows before the rename.
+    followed or overwritten. With `fileobj`, `write(f)` gets a binary file object on the
+    descriptor that created it, and the data, the fsync and the mode all go through that
+    descriptor: the name is used again only by the rename, so nothing swapped in at the name
+    meanwhile (a symlink) is ever followed. Without it, `write(tmp_path)` writes by name (for
+    writers that take only a path, such as MXNet's), and the fsync and mode go through the name
+    reopened with O_NOFOLLOW. Either way the file is flushed to disk (fsync: a full disk that
+    only shows at write-back is reported here), given the mode the process's umask allows, and
+    renamed only while the name still holds it; a name that no longer does is a WriteError.
     A full disk (or a file that `write` found did not reach the disk whole: IncompleteWrite) is
     raised as one WriteError naming `path`.
     """
     folder, name = os.path.split(os.path.abspath(path))
     with disk_errors(path):
         fd, tmp = tempfile.mkstemp(prefix=".%s." % name, suffix=".tmp", dir=folder)
-        os.close(fd)
         try:
-            write(tmp)
-            fsync(tmp)
-            os.chmod(tmp, 0o666 & ~current_umask())
+            if fileobj:
+                with os.fdopen(fd, "wb", closefd=False) as f:
+                    write(f)
+            else:
+                os.close(fd)
+                fd = -1
+                write(tmp)
+                fd = _reopen_nofollow(path, tmp)
+            os.fsync(fd)
+            os.fchmod(fd, 0o666 & ~current_umask())
+            _check_same_file(path, tmp, fd)
             os.replace(tmp, path)
         finally:
+            if fd >= 0:
+                os.close(fd)
             if os.path.lexists(tmp):
                 os.remove(tmp)
+
+
+def _swapped(path, tmp):
+    from deeplab.errors import WriteError
+
+    return WriteError("cannot write %s: its temporary file %s was replaced while it was being "
+                      "written (by another process?); %s was left as it was" % (path, tmp, path))
+
+
+def _reopen_nofollow(path, tmp):
+    """A descriptor on the file named `tmp`, which must not be a symlink."""
+    try:
+        return os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        if err.errno in (errno.ELOOP, errno.ENOENT):
+            raise _swapped(path, tmp) from err
+        raise
+
+
+def _check_same_file(path, tmp, fd):
+    """Raises WriteError unless the name `tmp` still holds the file open on `fd`."""
+    try:
+        named = os.lstat(tmp)
+    except FileNotFoundError as err:
+        raise _swapped(path, tmp) from err
+    mine = os.fstat(fd)
+    if (named.st_dev, named.st_ino) != (mine.st_dev, mine.st_ino):
+        raise _swapped(path, tmp)
 
 
 class IncompleteWrite(OSError):
@@ -92,12 +136,17 @@ def current_umask():
     return mask
 
 
+def apply_umask(cfg):
+    """Sets the process's umask to the config's train.umask (default 027). Every command that
+    writes (train, eval, predict, export, bench) calls it once its config is loaded and before it
+    creates anything, so that what it leaves on a shared volume (a run, results, predictions, an
+    export) is readable by the group only, whichever command wrote it."""
+    os.umask(int(cfg["train"]["umask"], 8))
+
+
 def write_text(path, text):
-    """Writes `text` to `path` atomically."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
+    """Writes `text` (UTF-8) to `path` atomically, through the temporary file's descriptor."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), fileobj=True)
 
 
 def write_json(path, obj, indent=1):

@@ -128,11 +128,42 @@ def lock_if_run(directory, flag="--out"):
     return WorkdirLock(directory, flag).acquire()
 
 
+# What marks a run as the demo's (scripts/demo.sh trains configs/tiny_synthetic.yaml): the
+# data.name its config.yaml records. A run on synthetic data is regenerated in a minute; any
+# other run may be days of training.
+DEMO_DATA = "synthetic"
+
+
+def _not_a_demo(path):
+    """Why run directory `path` is not one replace_run may delete (a message), or None: it holds
+    nothing of a run's but the lock, or a run whose config.yaml records data.name synthetic."""
+    import yaml
+
+    if all(n == ".lock" or (n.startswith(".") and n.endswith(".tmp")) for n in os.listdir(path)):
+        return None
+    try:
+        with open(os.path.join(path, "config.yaml")) as f:
+            data = (yaml.safe_load(f) or {}).get("data") or {}
+        name = data.get("name") if isinstance(data, dict) else None
+    except FileNotFoundError:
+        return "%s holds a training run without its config.yaml" % path
+    except (OSError, yaml.YAMLError, AttributeError):
+        name = None
+    if name == DEMO_DATA:
+        return None
+    return "%s holds a training run on %s, not a demo's (data.name %s)" % (
+        path, "data.name %s (its config.yaml)" % name if name else
+        "data its config.yaml does not name", DEMO_DATA)
+
+
 def replace_run(path):
-    """Deletes run directory `path` so that a new run can start there (scripts/demo.sh).
+    """Deletes the demo's run directory `path` so that a new demo can start there
+    (scripts/demo.sh DIR).
 
     Refused, with nothing deleted: a file, a directory holding anything a run does not write
-    (`deeplab train`'s rule), a run still going (its lock is held). A missing `path` is fine.
+    (`deeplab train`'s rule), a run still going (its lock is held), and a run that is not a
+    demo's (its config.yaml's data.name is not DEMO_DATA: `demo.sh runs/r50-p2` must not delete
+    a real training run). A missing `path` is fine.
     """
     if not os.path.lexists(path):
         return
@@ -143,6 +174,10 @@ def replace_run(path):
         raise WorkdirError("%s holds files that are not a training run's (%s); not deleting it: "
                            "choose an empty or new directory" % (path, foreign))
     with WorkdirLock(path):  # a run still writing there is refused, naming it
+        why = _not_a_demo(path)
+        if why:
+            raise WorkdirError("%s; not deleting it: the demo replaces only an earlier demo's "
+                               "run, choose an empty or new directory" % why)
         shutil.rmtree(path)
 
 

@@ -9,8 +9,11 @@
   schemas do not list them (restartPolicy, cleanPodPolicy, ...).
 - What `deeplab k8s render` produces, and nothing else: RENDERED_KINDS only, every pod admitted
   by the *restricted* Pod Security Standard (`restricted_problems`: no privileged container, no
-  host namespaces, ports or paths, no added capabilities, non-root, seccomp, ...) and without a
-  service-account token. A document added to a manifest by hand or by injection fails here.
+  host namespaces, ports or paths, no added capabilities but NET_BIND_SERVICE, non-root, seccomp,
+  ...), and beyond it (`renderer_problems`): no added capability at all, no AppArmor profile
+  other than the runtime's default or a local one in a pod's annotations, no service-account
+  token; one NetworkPolicy per manifest, named after the job (`manifest_problems`). A document
+  added to a manifest by hand or by injection fails here.
 """
 import copy
 import functools
@@ -23,7 +26,7 @@ from deeplab.errors import ManifestError
 
 __all__ = ["KUBERNETES_VERSION", "CRD_PATH", "ManifestError", "RENDERED_KINDS", "load_documents",
            "mpijob_schema", "pod_specs", "restricted_problems", "renderer_problems",
-           "validate_document", "validate_dir"]
+           "manifest_problems", "validate_document", "validate_dir"]
 
 # The Kubernetes release whose API the MPI Operator 0.7.0 CRD was generated from.
 KUBERNETES_VERSION = "1.34"
@@ -62,8 +65,11 @@ SAFE_SYSCTLS = ("kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
                 "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
                 "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes")
 SELINUX_TYPES = ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
-
-
+# The pre-1.30 AppArmor annotation of a pod, one per container: the baseline standard allows
+# only the runtime's default profile or a local one ("unconfined" turns AppArmor off).
+APPARMOR_ANNOTATION = "container.apparmor.security.beta.kubernetes.io/"
+# The label every object of a rendered job carries, with the job's name (render._labels).
+JOB_LABEL = "app.kubernetes.io/instance"
 
 
 def load_documents(path):
@@ -178,24 +184,34 @@ def _enum_errors(doc):
     return errors
 
 
-def pod_specs(doc):
-    """(field path, pod spec) of every pod `doc` would create: a Pod's spec, a pod template's
-    (Job, Deployment, ...), a CronJob's job template's, each MPIJob replica's."""
+def _pods(doc):
+    """(field path prefix, holder) of every pod `doc` would create, the holder being what
+    carries the pod's `metadata` and `spec`: a Pod itself (prefix ''), a pod template (Job,
+    Deployment, ...), a CronJob's job template's, each MPIJob replica's."""
     spec = doc.get("spec") if isinstance(doc.get("spec"), dict) else {}
     if doc.get("kind") == "Pod":
-        return [("spec", spec)]
+        return [("", doc)]
     out = []
     if doc.get("kind") == "MPIJob":
         for rtype, rspec in sorted((spec.get("mpiReplicaSpecs") or {}).items()):
             template = (rspec or {}).get("template") if isinstance(rspec, dict) else None
-            out.append(("spec.mpiReplicaSpecs.%s.template.spec" % rtype,
-                        (template or {}).get("spec")))
-    for path, holder in (("spec.template", spec.get("template")),
-                         ("spec.jobTemplate.spec.template",
+            out.append(("spec.mpiReplicaSpecs.%s.template." % rtype, template))
+    for path, holder in (("spec.template.", spec.get("template")),
+                         ("spec.jobTemplate.spec.template.",
                           ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template"))):
         if isinstance(holder, dict):
-            out.append((path + ".spec", holder.get("spec")))
-    return [(p, s if isinstance(s, dict) else {}) for p, s in out]
+            out.append((path, holder))
+    return [(p, h if isinstance(h, dict) else {}) for p, h in out]
+
+
+def _part(holder, key):
+    return holder.get(key) if isinstance(holder.get(key), dict) else {}
+
+
+def pod_specs(doc):
+    """(field path, pod spec) of every pod `doc` would create: a Pod's spec, a pod template's
+    (Job, Deployment, ...), a CronJob's job template's, each MPIJob replica's."""
+    return [(prefix + "spec", _part(holder, "spec")) for prefix, holder in _pods(doc)]
 
 
 def restricted_problems(spec, path="spec"):
@@ -276,21 +292,60 @@ def _context_problems(sc, path, container):
 
 def renderer_problems(doc):
     """Why `doc` is not an object `deeplab k8s render` writes: another kind, a pod the restricted
-    Pod Security Standard rejects, a service-account token, a Service exposed outside."""
+    Pod Security Standard rejects, an added capability (even the NET_BIND_SERVICE restricted
+    allows: the renderer adds none), an AppArmor annotation other than the runtime's default or a
+    local profile (e.g. 'unconfined'), a service-account token, a Service exposed outside."""
     kind = (doc.get("apiVersion"), doc.get("kind"))
     errors = []
     if kind not in RENDERED_KINDS:
         errors.append("kind: %s %s is not an object deeplab k8s render writes (%s)" % (
             kind[0], kind[1], ", ".join("%s %s" % k for k in RENDERED_KINDS)))
-    for path, spec in pod_specs(doc):
+    for prefix, holder in _pods(doc):
+        path, spec = prefix + "spec", _part(holder, "spec")
         errors += restricted_problems(spec, path)
         if spec.get("automountServiceAccountToken") is not False:
             errors.append("%s.automountServiceAccountToken: must be false (the pods never "
                           "use the Kubernetes API)" % path)
+        for key in ("initContainers", "containers", "ephemeralContainers"):
+            for i, c in enumerate(spec.get(key) or []):
+                caps = ((c or {}).get("securityContext") or {}).get("capabilities") or {}
+                for cap in caps.get("add") or []:
+                    if cap in RESTRICTED_ADD_CAPABILITIES:  # the others: restricted_problems
+                        errors.append("%s.%s.%d.securityContext.capabilities.add: %r: deeplab "
+                                      "k8s render adds no capabilities" % (path, key, i, cap))
+        annotations = _part(holder, "metadata").get("annotations") or {}
+        for name, value in sorted(annotations.items() if isinstance(annotations, dict) else ()):
+            if str(name).startswith(APPARMOR_ANNOTATION) and value != "runtime/default" \
+                    and not str(value).startswith("localhost/"):
+                errors.append("%smetadata.annotations.%s: %r: AppArmor must stay on (only "
+                              "runtime/default or localhost/PROFILE)" % (prefix, name, value))
     if doc.get("kind") == "Service" and isinstance(doc.get("spec"), dict):
         svc = doc["spec"]
         if svc.get("type", "ClusterIP") != "ClusterIP" or svc.get("externalIPs"):
             errors.append("spec: the job's Service must be an in-cluster ClusterIP one")
+    return errors
+
+
+def manifest_problems(docs):
+    """Why the objects of one manifest file, together, are not what `deeplab k8s render` writes:
+    more than one NetworkPolicy, or one not named after the job (the name its other objects
+    carry in their JOB_LABEL): a second policy, or one that selects other pods, could open what
+    the job's own policy closes. Messages start with 'Kind/name: '."""
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    jobs = sorted({str(_part(_part(d, "metadata"), "labels").get(JOB_LABEL))
+                   for d in docs if d.get("kind") != "NetworkPolicy"
+                   and _part(_part(d, "metadata"), "labels").get(JOB_LABEL)})
+    errors = []
+    if len(policies) > 1:
+        errors.append("NetworkPolicy/*: %d NetworkPolicies (%s); deeplab k8s render writes one "
+                      "per job" % (len(policies), ", ".join(
+                          str(_part(p, "metadata").get("name")) for p in policies)))
+    for policy in policies:
+        name = _part(policy, "metadata").get("name")
+        if name not in jobs:
+            errors.append("NetworkPolicy/%s: metadata.name: not named after the job (%s); "
+                          "deeplab k8s render names its policy after the job" % (
+                              name, ", ".join(jobs) or "no job object in the file"))
     return errors
 
 
@@ -322,8 +377,9 @@ def validate_document(doc, version=KUBERNETES_VERSION):
 
 
 def validate_dir(directory, version=KUBERNETES_VERSION):
-    """Validates every *.yaml file in `directory`; returns (number of objects, list of
-    'FILE: Kind/name: field: message' problems)."""
+    """Validates every *.yaml file in `directory`, each object and each file's objects together
+    (manifest_problems); returns (number of objects, list of 'FILE: Kind/name: field: message'
+    problems)."""
     if not os.path.isdir(directory):
         raise ManifestError("%s is not a directory of manifests" % directory)
     files = sorted(glob.glob(os.path.join(directory, "*.yaml")) +
@@ -332,9 +388,11 @@ def validate_dir(directory, version=KUBERNETES_VERSION):
         raise ManifestError("%s holds no *.yaml manifests" % directory)
     count, problems = 0, []
     for path in files:
-        for doc in load_documents(path):
+        docs = load_documents(path)
+        for doc in docs:
             count += 1
             name = (doc.get("metadata") or {}).get("name", "?")
             for err in validate_document(doc, version):
                 problems.append("%s: %s/%s: %s" % (path, doc["kind"], name, err))
+        problems += ["%s: %s" % (path, err) for err in manifest_problems(docs)]
     return count, problems

@@ -75,9 +75,11 @@ def _parser():
                    help="Horovod's autotuner (fusion buffer, cycle time, ...), logging its "
                         "trials to LOG if given (horovodrun --autotune [--autotune-log-file])")
     h.add_argument("--network-interface", type=_interfaces, metavar="IFACE[,IFACE...]",
-                   help="network interface(s) for horovodrun's rendezvous and the workers' "
-                        "traffic, e.g. a private cluster network (horovodrun "
-                        "--network-interface; default: its own choice)")
+                   help="network interface(s) for the workers' traffic, e.g. a private cluster "
+                        "network (horovodrun --network-interface; default: its own choice); "
+                        "with --mpi only the first (mpirun -iface). The launcher's lifeline "
+                        "listens on their addresses only; horovodrun's rendezvous still listens "
+                        "on all interfaces (firewall it: docs/distributed.md)")
     h.add_argument("--horovodrun-arg", dest="horovodrun_args", action="append", default=[],
                    metavar="ARG", help="any other horovodrun argument, passed as given "
                    "(repeatable; an argument with a value: --horovodrun-arg=--cycle-time-ms "

@@ -103,9 +103,11 @@ def horovod_command(np, deeplab_args, hosts=None, hostfile=None, mpi=False, star
     """The horovodrun command line that runs `deeplab DEEPLAB_ARGS` on `np` workers.
 
     Args:
-        network_interface: the interfaces (comma-separated) horovodrun's rendezvous and the
-            workers' Gloo or MPI traffic use (--network-interface); default: horovodrun's
-            choice among the interfaces every host can reach each other on.
+        network_interface: the interfaces (comma-separated) the workers' Gloo or MPI traffic
+            and horovodrun's driver address use (--network-interface); default: horovodrun's
+            choice among the interfaces every host can reach each other on. horovodrun's
+            rendezvous server binds every interface whatever it is told (horovod.runner.util.
+            network.find_port binds ''), so the docs say to firewall it.
         timeline: Horovod timeline file (--timeline-filename; Chrome trace of every collective).
         autotune: True, or a log file, for Horovod's autotuner (--autotune [--autotune-log-file]).
         extra: other horovodrun arguments, passed as given.
@@ -179,6 +181,8 @@ def mpirun_command(np, deeplab_args, hosts=None, hostfile=None, python=None, ext
     `deeplab.launch.mpi_rank`, for MPICH's Hydra or (`flavour` ("openmpi", MAJOR)) Open MPI.
     Hosts as for horovod_command (-H host:slots,... or a horovodrun hostfile); ranks fill each
     host's slots in turn. For Open MPI, `env` names the variables passed on with -x.
+    `network_interface` becomes Hydra's -iface, which takes one interface (the first), or Open
+    MPI's btl/oob_tcp_if_include, which take the list.
 
     Open MPI by default ends every rank as soon as one exits with a non-zero code; Hydra only
     when one dies of a signal. A worker stopped by SIGTERM exits with 143 while rank 0 may still
@@ -317,8 +321,9 @@ class _HorovodJob(procs.Policy):
 
     runner = "horovodrun"
 
-    def __init__(self, cmd, env, failure_grace, hosts=None):
+    def __init__(self, cmd, env, failure_grace, hosts=None, network_interface=None):
         self.cmd, self.env, self.failure_grace, self.hosts = cmd, env, failure_grace, hosts
+        self.network_interface = network_interface
         self.job_id = env[procs.JOB_ENV]
         self.output = _Output()
         self.proc, self.pumps = None, []
@@ -333,9 +338,10 @@ class _HorovodJob(procs.Policy):
         self.oom = procs.OomWatch()
         # Every process of the job stops by itself if this launcher is killed (SIGKILL, out of
         # memory): see procs.watch_launcher. Workers on other hosts hold a connection to its
-        # lifeline, through which it also asks them to stop.
+        # lifeline, through which it also asks them to stop; on --network-interface's
+        # addresses only, when it is given.
         if self.hosts and hosts_.remote_hosts(self.hosts):
-            self.lifeline = procs.Lifeline()
+            self.lifeline = procs.Lifeline(interfaces=self.network_interface)
         self.env = dict(self.env, **{procs.LAUNCHER_ENV: procs.launcher_token(
             lifeline=self.lifeline)})
         try:
@@ -469,11 +475,11 @@ class _MpirunJob(_HorovodJob):
 
     runner = "mpirun"
 
-    def __init__(self, cmd, env, failure_grace, hosts=None):
+    def __init__(self, cmd, env, failure_grace, hosts=None, network_interface=None):
         # mpirun behind a relay (deeplab.launch.mpi_rank --relay): mpirun ends the job when a
         # write to its output fails, as it would once this launcher is killed.
         super().__init__([sys.executable, "-m", "deeplab.launch.mpi_rank", "--relay"]
-                         + list(cmd), env, failure_grace, hosts)
+                         + list(cmd), env, failure_grace, hosts, network_interface)
         self.output = _MpiOutput()
         self.output.on_stall = self._look_for_stopped
 
@@ -491,7 +497,8 @@ class _MpirunJob(_HorovodJob):
         pass
 
 
-def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None, mpi=False):
+def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None, mpi=False,
+              network_interface=None):
     """Runs the horovodrun command line `cmd` with `env` (which must carry procs.JOB_ENV) until
     the job ends; returns the launcher's exit code. See the module docstring.
 
@@ -499,8 +506,11 @@ def supervise(cmd, env, grace, failure_grace=FAILURE_GRACE, poll=0.1, hosts=None
         hosts: the host of each rank (rank_hosts), to name it in the report; when workers run
             on other machines and the job stalled, the hosts that no longer answer over ssh
             are named as its likely cause.
+        network_interface: --network-interface: the launcher's lifeline listens on these
+            interfaces' addresses only.
     """
-    job = (_MpirunJob if mpi else _HorovodJob)(cmd, env, failure_grace, hosts)
+    job = (_MpirunJob if mpi else _HorovodJob)(cmd, env, failure_grace, hosts,
+                                               network_interface)
     words = cmd[:-1] + shlex.split(cmd[-1]) if mpi else cmd  # mpi_rank's one argument
     return procs.Supervisor(job, grace, poll, say=_say, workdir=procs.workdir_of(words)).run()
 
@@ -614,7 +624,8 @@ def run(args):
     env = worker_env(args.np, args.hosts, args.hostfile)
     _say(" ".join(cmd))
     return supervise(cmd, env, grace=args.grace,
-                     hosts=rank_hosts(args.np, args.hosts, args.hostfile))
+                     hosts=rank_hosts(args.np, args.hosts, args.hostfile),
+                     network_interface=getattr(args, "network_interface", None))
 
 
 def _run_mpi(args):
@@ -638,4 +649,5 @@ def _run_mpi(args):
     _say(" ".join(shown) + (" (and -x for %d variables)" % cmd.count("-x") if "-x" in cmd
                             else ""))
     return supervise(cmd, env, grace=args.grace, mpi=True,
-                     hosts=rank_hosts(args.np, args.hosts, args.hostfile))
+                     hosts=rank_hosts(args.np, args.hosts, args.hostfile),
+                     network_interface=getattr(args, "network_interface", None))

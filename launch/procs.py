@@ -31,7 +31,8 @@ __all__ = ["JOB_ENV", "JOB_GROUP_ENV", "LOADER_NAME", "new_job_id", "environ", "
            "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals",
            "stopped_workers",
            "describe_stopped", "Policy", "Supervisor", "LAUNCHER_ENV", "launcher_token",
-           "Lifeline", "local_addresses", "stop_when_launcher_asks", "stop_when_launcher_lost",
+           "Lifeline", "local_addresses", "interface_addresses", "stop_when_launcher_asks",
+           "stop_when_launcher_lost",
            "launcher_alive", "watch_launcher", "workdir_of", "record_killed"]
 
 JOB_ENV = "DEEPLAB_JOB"
@@ -627,24 +628,54 @@ def _where():
     return "/".join([os.uname().nodename] + names)
 
 
-def local_addresses():
-    """This host's IPv4 addresses other than loopback (its interfaces', in the order the kernel
-    lists them)."""
+def _ipv4_address(sock, name):
+    """The IPv4 address of interface `name` (SIOCGIFADDR), or None if it has none."""
     import fcntl
     import socket
     import struct
+
+    try:
+        raw = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                          struct.pack("256s", name[:15].encode()))
+    except OSError:  # no IPv4 address on it, or no such interface
+        return None
+    return socket.inet_ntoa(raw[20:24])
+
+
+def local_addresses():
+    """This host's IPv4 addresses other than loopback (its interfaces', in the order the kernel
+    lists them)."""
+    import socket
 
     out = []
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for _, name in socket.if_nameindex():
-            try:
-                raw = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
-                                  struct.pack("256s", name[:15].encode()))
-            except OSError:  # no IPv4 address on it
-                continue
-            address = socket.inet_ntoa(raw[20:24])
-            if not address.startswith("127.") and address not in out:
+            address = _ipv4_address(sock, name)
+            if address and not address.startswith("127.") and address not in out:
+                out.append(address)
+    finally:
+        sock.close()
+    return out
+
+
+def interface_addresses(interfaces):
+    """The IPv4 addresses of the named interfaces ('eth1' or 'ib0,eth1'), looked up as
+    local_addresses does (loopback included: it was named). An interface that does not exist or
+    has no IPv4 address is a LaunchError naming it."""
+    import socket
+
+    from deeplab.errors import LaunchError
+
+    out = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for name in interfaces.split(","):
+            address = _ipv4_address(sock, name)
+            if address is None:
+                raise LaunchError("--network-interface %s: this host has no interface %r with "
+                                  "an IPv4 address" % (interfaces, name))
+            if address not in out:
                 out.append(address)
     finally:
         sock.close()
@@ -652,31 +683,40 @@ def local_addresses():
 
 
 class Lifeline:
-    """The launcher's end of the lifeline: a TCP port (all interfaces, a free port) that
-    accepts the job's processes on other hosts, reads nothing from them, holds each connection
-    open while the launcher lives, and sends one stop byte when asked.
+    """The launcher's end of the lifeline: a TCP port (a free port on all interfaces, or on the
+    addresses of `interfaces`, e.g. --network-interface's) that accepts the job's processes on
+    other hosts, reads nothing from them, holds each connection open while the launcher lives,
+    and sends one stop byte when asked.
 
     Its sockets are not inherited by what the launcher starts (Python's default), so only the
     launcher's own death closes them. It carries no data but that byte: a stranger who connects
     learns nothing and can only be told to stop.
     """
 
-    def __init__(self, addresses=None, max_connections=4096):
-        import socket
+    def __init__(self, addresses=None, max_connections=4096, interfaces=None):
+        if interfaces:
+            # Only there, so that the port is not reachable from networks the user kept the
+            # job off (horovodrun's own rendezvous still listens on all: docs/distributed.md).
+            self.addresses = interface_addresses(interfaces)
+            self.servers = _listen_on(self.addresses)
+        else:
+            import socket
 
-        self.addresses = list(addresses) if addresses is not None else local_addresses()
-        self.server = socket.create_server(("0.0.0.0", 0), backlog=128)
-        self.port = self.server.getsockname()[1]
+            self.addresses = list(addresses) if addresses is not None else local_addresses()
+            self.servers = [socket.create_server(("0.0.0.0", 0), backlog=128)]
+        self.port = self.servers[0].getsockname()[1]
         self.max_connections = max_connections
         self.lock = threading.Lock()
         self.conns = []  # open connections
         self.stopped = False
-        threading.Thread(target=self._accept, name="deeplab-lifeline", daemon=True).start()
+        for server in self.servers:
+            threading.Thread(target=self._accept, args=(server,), name="deeplab-lifeline",
+                             daemon=True).start()
 
-    def _accept(self):
+    def _accept(self, server):
         while True:
             try:
-                conn, _ = self.server.accept()
+                conn, _ = server.accept()
             except OSError:  # closed
                 return
             with self.lock:
@@ -727,12 +767,32 @@ class Lifeline:
             conns, self.conns = self.conns, []
         import socket
 
-        for sock in [self.server] + conns:
+        for sock in self.servers + conns:
             try:  # shutdown first: it wakes a thread blocked on the socket and sends FIN
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()
+
+
+def _listen_on(addresses, attempts=20):
+    """Listening sockets on `addresses`, all on one free port (the token names one port)."""
+    import errno
+    import socket
+
+    for _ in range(attempts):
+        servers = [socket.create_server((addresses[0], 0), backlog=128)]
+        port = servers[0].getsockname()[1]
+        try:
+            for address in addresses[1:]:
+                servers.append(socket.create_server((address, port), backlog=128))
+            return servers
+        except OSError as err:
+            for server in servers:
+                server.close()
+            if err.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, "no port free on all of %s" % ", ".join(addresses))
 
 
 def _send_quietly(conn, data):

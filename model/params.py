@@ -9,15 +9,91 @@ import mxnet as mx
 
 from deeplab.errors import ParamsError
 
-__all__ = ["ParamsError", "load_params"]
+__all__ = ["ParamsError", "load_params", "describe_network"]
+
+# Residual units per stage -> depth, and the key layout -> the BACKBONES family.
+_DEPTHS = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+_TINY_UNITS = (1, 1, 1, 1)
 
 
+def _backbone(shapes):
+    """The BACKBONES name whose key layout and unit counts `shapes` ({name: shape} of a whole
+    DeepLabV3's parameters) have, else a description by unit counts, else None."""
+    units, layout = {}, None
+    for k in shapes:
+        parts = k.split(".")
+        if len(parts) < 4 or parts[0] != "backbone":
+            continue
+        if parts[1] == "features" and parts[2] in ("5", "6", "7", "8") and parts[3].isdigit():
+            layout, stage, unit = "v2", int(parts[2]) - 5, parts[3]  # model-zoo ResNetV2
+        elif parts[1] in ("layer1", "layer2", "layer3", "layer4") and parts[2].isdigit():
+            layout, stage, unit = "v1", int(parts[1][-1]) - 1, parts[2]  # GluonCV ResNetV1b
+        else:
+            continue
+        units.setdefault(stage, set()).add(unit)
+    if not units:
+        return None
+    counts = tuple(len(units.get(i, ())) for i in range(4))
+    if layout == "v2" and counts == _TINY_UNITS:
+        return "tiny_v2"
+    depth = _DEPTHS.get(counts)
+    if depth is None:
+        return "a ResNet %s with %s residual units per stage" % (
+            layout, "/".join(map(str, counts)))
+    if layout == "v2":
+        return depth + "_v2"
+    stem = shapes.get("backbone.conv1.0.weight")
+    if stem is None:
+        return depth + "_v1b"
+    if stem[0] == 64:
+        return depth + "_v1s"
+    return depth + ("_v1d" if "backbone.layer2.0.downsample.1.weight" in shapes else "_v1c")
+
+
+def describe_network(shapes):
+    """What a DeepLabV3's parameters ({name: shape}) say of its network: backbone, head kind
+    and channels, number of classes, e.g. 'backbone resnet101_v2, head aspp (256 channels),
+    21 classes'; None if they are not a DeepLabV3's. Read from the names and shapes only: the
+    image-pooling branch comes last in ASPP and first in Vortex Pooling, the classes are the
+    output channels of the head's last convolution."""
+    parts = []
+    backbone = _backbone(shapes)
+    if backbone:
+        parts.append("backbone " + backbone)
+    branches = {int(k.split(".")[2]) for k in shapes
+                if k.startswith("head.branches.") and k.split(".")[2].isdigit()}
+    pooling = {int(k.split(".")[2]) for k in shapes
+               if k.startswith("head.branches.") and k.split(".")[3:4] == ["conv"]}
+    head = None
+    if len(pooling) == 1 and len(branches) > 1:  # ImagePooling's keys: branches.N.conv.*
+        head = {0: "vortex", max(branches): "aspp"}.get(pooling.pop())
+    project = shapes.get("head.project.0.weight")
+    if head or project:
+        parts.append("head %s%s" % (head or "of unknown kind",
+                                    " (%d channels)" % project[0] if project else ""))
+    convs = [k for k in shapes if k.startswith("head.") and k.endswith(".weight")
+             and len(shapes[k]) == 4]
+    last = "head.classifier.weight" if "head.classifier.weight" in shapes else \
+        (convs[-1] if convs else None)
+    if last:
+        parts.append("%d classes" % shapes[last][0])
+    return ", ".join(parts) or None
 
 
 def _format(names, limit=8):
     names = sorted(names)
     more = "" if len(names) <= limit else " ... (%d more)" % (len(names) - limit)
     return ", ".join(names[:limit]) + more
+
+
+def _networks(loaded, params):
+    """'it holds NETWORK, the config builds NETWORK; ' when both are DeepLabV3s that differ (a
+    file of another network, its config not beside it), else ''."""
+    held = describe_network({k: v.shape for k, v in loaded.items()})
+    built = describe_network({k: p.shape for k, p in params.items()})
+    if not held or not built or held == built:
+        return ""
+    return "it holds a network with %s; the config builds %s; " % (held, built)
 
 
 def load_params(block, path, ignore_extra=()):
@@ -59,8 +135,9 @@ def load_params(block, path, ignore_extra=()):
     if extra:
         problems.append("%d not in the network: %s" % (len(extra), _format(extra)))
     if problems:
-        raise ParamsError("params file %s does not fit %s: %s"
-                          % (path, type(block).__name__, "; ".join(problems)))
+        raise ParamsError("params file %s does not fit %s: %s%s"
+                          % (path, type(block).__name__, _networks(loaded, params),
+                             "; ".join(problems)))
     for k, p in params.items():
         p.set_data(loaded[k].astype(p.dtype))
 

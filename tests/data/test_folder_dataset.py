@@ -124,6 +124,26 @@ def test_a_label_outside_the_classes_names_the_mask(tmp_path, folder_tree):
     assert "0..2 or 255" in str(err.value)
 
 
+def test_check_data_finds_a_bad_mask_before_training_and_the_docs_say_to_run_it(
+        tmp_path, folder_tree, capsys):
+    """Training meets a mask's bad labels only when it reads that mask, mid-run: docs/datasets.md
+    tells folder-dataset users to run `deeplab check-data CONFIG` first, which names it."""
+    from deeplab import cli
+
+    root, _ = folder_tree
+    path = os.path.join(root, "masks", "train", "sub", "t2.png")
+    mask = folder_mask(2)
+    mask[0, 0] = 3  # classes are 0, 1, 2
+    Image.fromarray(mask, mode="L").save(path)
+    folder_config(tmp_path, root)
+    assert cli.main(["check-data", str(tmp_path / "folder.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "deeplab check-data: mask %s holds label values 3" % path in err
+    text = open(os.path.join(ROOT, "docs", "datasets.md")).read()
+    folder = text[text.index("## Your own data"):text.index("## Cityscapes")]
+    assert "Run `deeplab check-data CONFIG` before the first training run" in folder
+
+
 def test_missing_mask_names_the_image_and_the_mask_in_the_pre_flight(tmp_path, folder_tree):
     root, _ = folder_tree
     os.remove(os.path.join(root, "masks", "train", "sub", "t2.png"))

@@ -50,8 +50,11 @@ def test_a_run_imports_it_after_parsing(tmp_path):
 
 # k8s validate has no options.
 HELP_COMMANDS = [("train",), ("eval",), ("predict",), ("export",), ("plot",), ("bench",),
-                 ("fetch", "backbone"), ("fetch", "voc"), ("doctor",), ("launch", "horovod"),
-                 ("launch", "ps"), ("k8s", "render"), ("k8s", "run-local")]
+                 ("fetch", "backbone"), ("fetch", "voc"), ("fetch", "cityscapes"), ("doctor",),
+                 ("check-data",), ("launch", "horovod"), ("launch", "ps"), ("k8s", "render"),
+                 ("k8s", "run-local")]
+# What `deeplab -h` (cli.USAGE) leaves to the subcommand's own -h, saying so.
+USAGE_DEFERS = {("k8s", "render"): "(deeplab k8s render -h)"}
 
 
 def _flags(help_text):
@@ -86,8 +89,25 @@ def _readme_usage():
     return entries
 
 
+def _cli_usage():
+    """{subcommand: text of its entries} from `deeplab -h` (cli.USAGE): an entry starts two
+    spaces in, its continuation lines further in."""
+    from deeplab import cli
+
+    block = cli.USAGE.split("\n\n")[1]
+    entries, current = {}, None
+    for line in block.splitlines():
+        if line.startswith("  ") and line[2] not in " |":
+            current = line.split()[0]
+        entries[current] = entries.get(current, "") + " " + line
+    return entries
+
+
+@pytest.mark.parametrize("where", ["README", "USAGE"])
 @pytest.mark.parametrize("command", HELP_COMMANDS, ids=" ".join)
-def test_readme_usage_lists_every_flag(command, capsys):
+def test_usage_lists_every_flag(command, where, capsys):
+    """README.md's usage block and `deeplab -h` (cli.USAGE) list every option of every
+    subcommand's -h."""
     from deeplab import cli
 
     with pytest.raises(SystemExit) as exit_:
@@ -95,7 +115,11 @@ def test_readme_usage_lists_every_flag(command, capsys):
     assert exit_.value.code in (0, None)
     flags = _flags(capsys.readouterr().out)
     assert flags, "no options found in %s -h" % " ".join(command)
-    usage = _readme_usage()[command[0]]
+    usage = (_readme_usage() if where == "README" else _cli_usage())[command[0]]
+    if where == "USAGE" and command in USAGE_DEFERS:
+        assert USAGE_DEFERS[command] in usage
+        return
     missing = [f for f in flags if f not in usage.replace("[", " ").replace("]", " ").split()
                and f + "=" not in usage]
-    assert not missing, "README's usage of deeplab %s lacks %s" % (" ".join(command), missing)
+    assert not missing, "%s's usage of deeplab %s lacks %s" % (where, " ".join(command),
+                                                               missing)

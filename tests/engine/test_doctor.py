@@ -251,6 +251,19 @@ def test_main_exits_with_its_own_code_on_a_failure_and_0_otherwise(fake, tmp_pat
     assert "no check failed" in capsys.readouterr().out
 
 
+
+def test_help_and_docstring_give_the_failed_check_exit_code(capsys):
+    """Both said exit 1 once, the code of a bug; a failed check exits 6."""
+    with pytest.raises(SystemExit) as exc:
+        doctor.parse_args(["-h"])
+    assert exc.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "0 when no check failed (warnings allowed), 6 when one did, 2 for bad flags" \
+        in help_text
+    doc = " ".join(doctor.__doc__.split())
+    assert "6 when one did" in doc and "1 when one did" not in doc
+
+
 # --- reading GPU code ------------------------------------------------------------------------
 
 def test_elf_e_flags_as_llvm_defines_them():

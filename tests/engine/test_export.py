@@ -139,3 +139,17 @@ def test_raw_pixels_through_the_documented_steps_give_predicts_classes(checkpoin
                                      str(tmp_path / "pred"), "--set", "data.num_workers=0"]))
     with Image.open(tmp_path / "pred" / "img.png") as png:
         np.testing.assert_array_equal(np.asarray(png), classes)
+
+
+def test_class_names_come_from_the_config_where_the_data_is_not(checkpoint, tmp_path):
+    """Exported on a machine without the dataset (a folder dataset whose root does not exist
+    here), PREFIX-preprocessing.json still names the classes: they are the config's."""
+    import json
+
+    names = ["background", "road", "car", "tree", "sky"]
+    prefix = tmp_path / "exp" / "tiny"
+    run_export(checkpoint, prefix, overrides=[
+        "data.name=folder", "data.root=%s" % (tmp_path / "not-here"),
+        "data.classes=[%s]" % ",".join(names)])
+    with open(str(prefix) + "-preprocessing.json") as f:
+        assert json.load(f)["class_names"] == names

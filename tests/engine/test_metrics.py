@@ -83,3 +83,17 @@ def test_per_class_table_names_each_class_with_its_iou_and_accuracy():
     assert lines[2].split() == ["square", "0.6667", "1.0000"]
     assert lines[3].split() == ["circle", "-", "-"]  # never labelled, never predicted
     assert lines[4].split() == ["mean", "%.4f" % res["mIoU"], "%.4f" % res["pixAcc"]]
+
+
+def test_docs_list_every_score_of_the_results_json():
+    """docs/runs.md is where the results fields are listed (docs/results.md points there): it
+    once lacked per_class_acc."""
+    import os
+
+    from conftest import ROOT
+
+    text = open(os.path.join(ROOT, "docs", "runs.md")).read()
+    missing = [k for k in scores(np.eye(3)) if "`%s`" % k not in text]
+    assert not missing, "docs/runs.md does not list %s" % missing
+    assert "[docs/runs.md](runs.md) lists the fields" in open(
+        os.path.join(ROOT, "docs", "results.md")).read()

@@ -158,9 +158,34 @@ def test_out_that_would_write_over_an_input_is_refused_and_nothing_changes(check
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("deeplab predict: error: --out ")
     assert ("input folder %s" % folder if where != "a file's folder"
-            else "would replace the input image") in err
+            else "folder of the input %s" % paths[0]) in err
     assert sorted(os.listdir(folder)) == ["a.png", "b.png"]
     assert {p: open(p, "rb").read() for p in paths} == before
+
+
+def test_out_as_an_input_files_folder_is_refused_and_the_users_png_kept(checkpoint, tmp_path,
+                                                                        capsys, monkeypatch):
+    """Regression: INPUT photos/a.jpg with --out photos silently replaced the user's own
+    photos/a.png (not an input) with the mask of a.jpg. A folder inside it is fine."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(synthetic_image(0)).save(str(folder / "a.jpg"))
+    mine = save_png(folder / "a.png", synthetic_image(1))  # the user's, not an input
+    before = open(mine, "rb").read()
+    monkeypatch.chdir(tmp_path)
+    for out in ("photos", "photos/.", str(folder)):
+        assert cli.main(["predict", TINY, "photos/a.jpg", "--checkpoint", checkpoint,
+                         "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("deeplab predict: error: --out %s is the folder of the input "
+                       "photos/a.jpg: the masks would be written among your files (and over any "
+                       "named <stem>.png or <stem>_overlay.jpg); choose another folder" % out)
+    assert open(mine, "rb").read() == before
+    assert sorted(os.listdir(folder)) == ["a.jpg", "a.png"]
+    assert cli.main(["predict", TINY, "photos/a.jpg", "--checkpoint", checkpoint, "--quiet",
+                     "--out", "photos/masks"]) == 0
+    assert sorted(os.listdir(folder / "masks")) == ["a.png", "a_overlay.jpg"]
+    assert open(mine, "rb").read() == before
 
 
 def test_progress_bar_only_on_a_terminal_and_not_quiet(checkpoint, tmp_path, capsys,

@@ -59,3 +59,55 @@ def test_a_write_found_incomplete_is_one_error_and_leaves_the_old_file(tmp_path)
                        % path):
         atomic_write(str(path), write)
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["final.params"]
+
+
+def _swap_in_a_symlink(folder, victim):
+    """What an attacker with write access to the folder would do mid-write: replace the
+    temporary file's name with a symlink to `victim`."""
+    (tmp,) = [n for n in os.listdir(folder) if n.endswith(".tmp")]
+    os.remove(os.path.join(folder, tmp))
+    os.symlink(victim, os.path.join(folder, tmp))
+
+
+def test_writing_through_the_descriptor_never_follows_a_symlink_swapped_in(tmp_path):
+    """fileobj=True: the data, fsync and mode go through mkstemp's descriptor, so a symlink put
+    at the temporary name meanwhile is neither written through nor chmodded nor renamed onto
+    the target."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.chmod(victim, 0o600)
+    target = tmp_path / "run.json"
+    target.write_text("old")
+
+    def write(f):
+        _swap_in_a_symlink(str(tmp_path), str(victim))
+        f.write(b"new")
+
+    with pytest.raises(WriteError, match="its temporary file .* was replaced while it was "
+                                         "being written"):
+        atomic_write(str(target), write, fileobj=True)
+    assert victim.read_text() == "precious" and stat.S_IMODE(os.stat(victim).st_mode) == 0o600
+    assert target.read_text() == "old" and not target.is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["run.json", "victim"]
+    atomic_write(str(target), lambda f: f.write(b"new"), fileobj=True)  # undisturbed: written
+    assert target.read_text() == "new"
+
+
+def test_a_symlink_swapped_in_after_a_write_by_name_is_not_chmodded_or_renamed(tmp_path):
+    """A writer that needs a name (MXNet's) writes by name; the fsync and mode then go through
+    the name reopened with O_NOFOLLOW, which refuses a symlink (os.chmod would have changed
+    the victim's mode)."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    os.chmod(victim, 0o600)
+    target = tmp_path / "final.params"
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write("new")
+        _swap_in_a_symlink(str(tmp_path), str(victim))
+
+    with pytest.raises(WriteError, match="was replaced while it was being written"):
+        atomic_write(str(target), write)
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o600 and victim.read_text() == "precious"
+    assert sorted(os.listdir(tmp_path)) == ["victim"]

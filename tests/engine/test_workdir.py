@@ -107,14 +107,42 @@ def test_resume_never_goes_below_the_checkpoint_iteration():
             check_resume(saved, new, 20, allow_change=allow)
 
 
-def test_replace_run_deletes_an_earlier_run(tmp_path):
+def test_replace_run_deletes_an_earlier_demo_run(tmp_path):
     run = tmp_path / "demo"
     (run / "checkpoints").mkdir(parents=True)
-    for name in ("config.yaml", "final.params", "run.json", ".lock"):
+    for name in ("final.params", "run.json", ".lock"):
         (run / name).write_text("x")
+    (run / "config.yaml").write_text("model:\n  name: deeplabv3_tiny_v2\ndata:\n  name: "
+                                     "synthetic\n")  # what the demo's run records
     replace_run(str(run))
     assert not run.exists()
     replace_run(str(run))  # nothing there: nothing to do
+    run.mkdir()
+    (run / ".lock").write_text("")  # a demo killed before it wrote anything
+    replace_run(str(run))
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("config, why", [
+    ("data:\n  name: voc\n", "a training run on data.name voc (its config.yaml), not a demo's "
+                                "(data.name synthetic)"),
+    (None, "a training run without its config.yaml"),
+    ("not: [a config", "a training run on data its config.yaml does not name, not a demo's "
+                       "(data.name synthetic)"),
+])
+def test_replace_run_refuses_a_run_that_is_not_the_demos(tmp_path, config, why):
+    """Regression: `bash scripts/demo.sh runs/r50-p2` deleted a real training run (a folder of
+    run files only); the demo replaces only a run on its synthetic data."""
+    run = tmp_path / "r50-p2"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "final.params").write_text("days of training")
+    if config is not None:
+        (run / "config.yaml").write_text(config)
+    with pytest.raises(WorkdirError) as err:
+        replace_run(str(run))
+    assert str(err.value) == ("%s holds %s; not deleting it: the demo replaces only an earlier "
+                              "demo's run, choose an empty or new directory" % (run, why))
+    assert (run / "final.params").read_text() == "days of training"
 
 
 def test_replace_run_refuses_a_folder_holding_other_files_and_deletes_nothing(tmp_path):

@@ -178,6 +178,24 @@ def test_mpijob_with_mpi_on_the_ngc_image_names_open_mpi_through_the_command_lin
         render.render(args(mpi=True, mpi_implementation="IntelMPI"))
 
 
+def test_cli_render_passes_mpi_through(tmp_path):
+    """`deeplab k8s render ... --mpi` reaches the renderer (the CLI once dropped it silently and
+    rendered an Open MPI job): the manifest names MPICH and its header keeps the flag."""
+    out = str(tmp_path / "out")
+    cli.main(cli.parse_args(["render", os.path.join(ROOT, REAL), "--backend", "horovod",
+                             "--nodes", "2", "--gpus-per-node", "4",
+                             "--image", "registry.example.com/deeplab:1", "--data-pvc", "voc-data",
+                             "--mpi", "--out", out]))
+    with open(os.path.join(out, render.MANIFEST)) as f:
+        header = f.readline()
+        job = next(yaml.safe_load_all(f))
+    assert job["spec"]["mpiImplementation"] == "MPICH"
+    assert header.startswith("# Rendered by: ") and "--mpi" in shlex.split(header)
+    (c,) = job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    assert launch_cli.parse_args(pod_command(c)[0]).mpi
+    assert "[--mpi [--mpi-implementation MPICH|OpenMPI]]" in cli.__doc__
+
+
 def test_ps_objects_wire_the_dmlc_environment():
     service, sched, servers, workers, _policy = render.render(args(backend="ps", servers=3,
                                                                    name="run1"))
@@ -552,6 +570,9 @@ def pod_specs_of(docs):
 VARIANTS = {
     "horovod-gpu": dict(backend="horovod"),
     "horovod-cpu": dict(backend="horovod", gpus_per_node=0, config=os.path.join(ROOT, TINY)),
+    "horovod-mpi": dict(backend="horovod", mpi=True),
+    "horovod-mpi-cpu": dict(backend="horovod", mpi=True, gpus_per_node=0,
+                            config=os.path.join(ROOT, TINY)),
     "ps-gpu": dict(backend="ps"),
     "ps-cpu": dict(backend="ps", gpus_per_node=0, config=os.path.join(ROOT, TINY)),
     "ps-devices-per-worker": dict(backend="ps", gpus_per_node=8,

@@ -315,3 +315,64 @@ def test_a_service_exposed_outside_the_cluster_is_refused():
     doc = example("ps", "Service")
     doc["spec"]["type"] = "NodePort"
     assert any("in-cluster ClusterIP" in p for p in validate.validate_document(doc))
+
+
+def test_an_added_capability_is_refused_even_the_one_restricted_allows():
+    """Restricted admits NET_BIND_SERVICE; deeplab k8s render adds no capability, so a manifest
+    that has one was edited."""
+    doc = example("horovod", "MPIJob")
+    worker_pod(doc)["containers"][0]["securityContext"]["capabilities"]["add"] = [
+        "NET_BIND_SERVICE"]
+    assert validate.restricted_problems(worker_pod(doc), W) == []  # restricted allows it
+    assert validate.validate_document(doc) == [
+        W + ".containers.0.securityContext.capabilities.add: 'NET_BIND_SERVICE': deeplab k8s "
+        "render adds no capabilities"]
+
+
+@pytest.mark.parametrize("backend", sorted(EXAMPLES))
+def test_an_unconfined_apparmor_annotation_is_refused(backend):
+    kind = "MPIJob" if backend.startswith("horovod") else "Job"
+    doc = example(backend, kind)
+    holder = doc["spec"]["mpiReplicaSpecs"]["Worker"]["template"] if kind == "MPIJob" \
+        else doc["spec"]["template"]
+    prefix = W[:-len("spec")] if kind == "MPIJob" else "spec.template."
+    container = holder["spec"]["containers"][0]["name"]
+    key = validate.APPARMOR_ANNOTATION + container
+    for allowed in ("runtime/default", "localhost/deeplab"):
+        holder.setdefault("metadata", {}).setdefault("annotations", {})[key] = allowed
+        assert validate.validate_document(doc) == [], allowed
+    holder["metadata"]["annotations"][key] = "unconfined"
+    assert validate.validate_document(doc) == [
+        "%smetadata.annotations.%s: 'unconfined': AppArmor must stay on (only runtime/default "
+        "or localhost/PROFILE)" % (prefix, key)]
+
+
+def test_one_network_policy_named_after_the_job(tmp_path):
+    """A second NetworkPolicy (which could open what the job's closes), or the policy renamed,
+    is not what deeplab k8s render writes."""
+    path = os.path.join(EXAMPLES["horovod"], render.MANIFEST)
+    docs = validate.load_documents(path)
+    (policy,) = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    job = policy["metadata"]["name"]
+    assert validate.manifest_problems(docs) == []
+    assert validate.manifest_problems([d for d in docs if d is not policy]) == []  # left out
+    extra = copy.deepcopy(policy)
+    extra["metadata"]["name"] = "allow-all"
+    extra["spec"] = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]}
+    assert validate.manifest_problems(docs + [extra]) == [
+        "NetworkPolicy/*: 2 NetworkPolicies (%s, allow-all); deeplab k8s render writes one per "
+        "job" % job,
+        "NetworkPolicy/allow-all: metadata.name: not named after the job (%s); deeplab k8s "
+        "render names its policy after the job" % job]
+    # ... and through `deeplab k8s validate`, for a manifest edited by hand
+    text = open(path).read()
+    (tmp_path / render.MANIFEST).write_text(text + "---\n" + yaml.safe_dump(extra))
+    count, problems = validate.validate_dir(str(tmp_path))
+    assert count == len(docs) + 1 and len(problems) == 2
+    assert all(p.startswith(str(tmp_path / render.MANIFEST) + ": NetworkPolicy/")
+               for p in problems)
+    renamed = copy.deepcopy(policy)
+    renamed["metadata"]["name"] = "other"
+    assert validate.manifest_problems([d for d in docs if d is not policy] + [renamed]) == [
+        "NetworkPolicy/other: metadata.name: not named after the job (%s); deeplab k8s render "
+        "names its policy after the job" % job]

@@ -200,18 +200,24 @@ def test_horovod_tools_pass_through_to_horovodrun():
 
 
 def test_network_interface_reaches_the_horovodrun_command(monkeypatch):
-    """On bare metal the rendezvous and the workers' traffic stay on the interface named."""
+    """On bare metal the workers' traffic stays on the interface named, and the launcher's
+    lifeline is told it (horovodrun's rendezvous cannot be: it binds every interface)."""
     from deeplab.launch import horovod
 
     seen = {}
-    monkeypatch.setattr(horovod, "supervise",
-                        lambda cmd, env, grace, **kw: seen.setdefault("cmd", cmd) and 0)
+
+    def supervise(cmd, env, grace, **kw):
+        seen.update(cmd=cmd, **kw)
+        return 0
+
+    monkeypatch.setattr(horovod, "supervise", supervise)
     args = cli.parse_args(["horovod", "-np", "2", "--network-interface", "lo", "--", "train",
                            "c.yaml"])
     assert horovod.run(args) == 0
     cmd = seen["cmd"]
     i = cmd.index("--network-interface")
     assert cmd[i + 1] == "lo" and i < cmd.index("-m") and cmd[-2:] == ["train", "c.yaml"]
+    assert seen["network_interface"] == "lo"
     plain = cli.parse_args(["horovod", "-np", "2", "--", "train", "c.yaml"])
     assert "--network-interface" not in horovod.horovod_command(plain.np, plain.command)
 
@@ -293,3 +299,33 @@ def test_a_remote_node_gets_the_launchers_environment_but_not_its_sessions():
     assert "'X=it'\"'\"'s'" in cmd and "'a b.yaml'" in cmd
     for dropped in ("PWD=", "SSH_CONNECTION", "CUDA_VISIBLE_DEVICES"):
         assert dropped not in cmd
+
+
+def test_network_interface_with_mpi_becomes_mpiruns_iface_of_the_first(monkeypatch, capsys):
+    """MPICH's Hydra takes one interface (-iface): the first of --network-interface's, as its
+    help says; the lifeline is told all of them."""
+    from deeplab.launch import horovod
+
+    cmd = horovod.mpirun_command(4, ["eval"], hosts="n1:2,n2:2", python="py",
+                                 network_interface="ib0,eth1")
+    i = cmd.index("-iface")
+    assert cmd[i + 1] == "ib0" and "eth1" not in cmd and i < cmd.index("py")
+    assert "-iface" not in horovod.mpirun_command(4, ["eval"], hosts="n1:2,n2:2", python="py")
+    seen = {}
+
+    def supervise(cmd, env, grace, **kw):
+        seen.update(cmd=cmd, **kw)
+        return 0
+
+    monkeypatch.setattr(horovod, "supervise", supervise)
+    monkeypatch.setattr(horovod, "_mpirun", lambda python: sys.executable)  # found
+    args = cli.parse_args(["horovod", "--mpi", "-np", "2", "--network-interface", "lo,eth0",
+                           "--", "train", "c.yaml"])
+    assert horovod.run(args) == 0
+    assert seen["cmd"][seen["cmd"].index("-iface") + 1] == "lo"
+    assert seen["mpi"] and seen["network_interface"] == "lo,eth0"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["horovod", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with --mpi only the first" in text
+    assert "rendezvous still listens on all interfaces" in text

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from deeplab.errors import EXIT_DIVERGED, EXIT_STALLED, EXIT_USER_ERROR
 from deeplab.launch import procs
 
@@ -147,6 +149,33 @@ def test_a_process_that_connects_after_the_stop_is_asked_at_once():
         procs.launcher_token(lifeline=lifeline))}, on_stop=asked.append)
     wait_for(lambda: asked, 10, "the stop request")
     lifeline.close()
+
+
+def test_the_lifeline_listens_on_the_named_interface_only():
+    """--network-interface lo: the lifeline binds lo's address, not 0.0.0.0, and its token
+    names that address; another address of this host is refused. An interface this host lacks
+    is named in one line."""
+    import socket
+
+    from conftest import wait_for
+    from deeplab.errors import LaunchError
+
+    lifeline = procs.Lifeline(interfaces="lo")
+    try:
+        assert lifeline.addresses == ["127.0.0.1"]
+        assert [s.getsockname()[0] for s in lifeline.servers] == ["127.0.0.1"]
+        token = elsewhere(procs.launcher_token(lifeline=lifeline))
+        assert "lifeline=127.0.0.1:%d" % lifeline.port in token
+        procs.watch_launcher(lambda pid: None, {procs.LAUNCHER_ENV: token})
+        wait_for(lambda: lifeline.open() == 1, 10, "the connection")
+        for address in procs.local_addresses():  # not listening there
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((address, lifeline.port), timeout=5).close()
+    finally:
+        lifeline.close()
+    with pytest.raises(LaunchError, match="--network-interface lo,nosuch0: this host has no "
+                                          "interface 'nosuch0' with an IPv4 address"):
+        procs.Lifeline(interfaces="lo,nosuch0")
 
 
 LAUNCHER = """

@@ -5,6 +5,8 @@ import pytest
 from mxnet.gluon import nn
 
 from deeplab.model import MODELS, ParamsError, get_model
+from deeplab.model.backbone import BACKBONES, get_backbone
+from deeplab.model.params import describe_network
 
 TINY = dict(num_classes=5, head_channels=8)
 
@@ -65,6 +67,34 @@ def test_whole_model_params_round_trip_and_os16_params_load_at_os8(tmp_path):
         assert (a.data() == b.data()).asnumpy().all(), k
     with pytest.raises(ParamsError, match="model.params"):
         get_model("deeplabv3_tiny_v2", head="aspp", params=path, **TINY)  # other head
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_parameter_names_tell_the_backbone(name):
+    """describe_network reads a file's backbone from its key layout and unit counts (and stem)."""
+    backbone = get_backbone(name)  # built, not initialized: the names and output channels
+    shapes = {"backbone." + k: p.shape for k, p in backbone._collect_params_with_prefix().items()}
+    assert describe_network(shapes) == "backbone " + name
+
+
+def test_a_file_of_another_network_names_both_before_the_keys(tmp_path):
+    """With no config beside it, a file of another backbone, head or class count says what it
+    holds and what the config builds, not only which of 88 keys are missing."""
+    src = get_model("deeplabv3_tiny_v2", head="aspp", num_classes=21, head_channels=8)
+    arrays = {k: p.data() for k, p in src._collect_params_with_prefix().items()
+              if not k.startswith("backbone.")}
+    for k, p in get_backbone("resnet50_v1s")._collect_params_with_prefix().items():
+        arrays["backbone." + k] = mx.nd.zeros((p.shape[0],) + (1,) * (len(p.shape) - 1))
+    path = str(tmp_path / "other.params")
+    mx.nd.save(path, arrays)
+    with pytest.raises(ParamsError) as err:
+        get_model("deeplabv3_tiny_v2", head="vortex", params=path, **TINY)
+    message = str(err.value)
+    assert message.startswith(
+        "params file %s does not fit DeepLabV3: it holds a network with backbone "
+        "resnet50_v1s, head aspp (8 channels), 21 classes; the config builds backbone tiny_v2, "
+        "head vortex (8 channels), 5 classes; " % path)
+    assert "missing: " in message  # the keys follow
 
 
 def test_backbone_params_are_loaded(tmp_path):

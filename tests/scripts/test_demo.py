@@ -1,4 +1,5 @@
-"""scripts/demo.sh DIR: it replaces an earlier run in DIR, never a folder holding anything else."""
+"""scripts/demo.sh DIR: it replaces an earlier demo run in DIR, never a folder holding anything
+else (a real training run included)."""
 import os
 import subprocess
 import sys
@@ -45,3 +46,22 @@ def test_an_earlier_run_still_going_is_refused(tmp_path):
         holder.kill()
         holder.wait()
 
+
+
+def test_a_real_training_run_is_refused_and_nothing_deleted(tmp_path):
+    """Regression: `bash scripts/demo.sh runs/r50-p2` deleted a real training run, a folder
+    holding only a run's files. The demo replaces only a run on its synthetic data."""
+    run = tmp_path / "r50-p2"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "iter_0030000.params").write_bytes(b"weights")
+    (run / "final.params").write_bytes(b"days of training")
+    (run / "config.yaml").write_text("model:\n  name: deeplabv3_resnet50_v2\ndata:\n  name: "
+                                     "voc\n  root: /data/voc\n")
+    proc = demo(run)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "demo.sh: error: %s holds a training run on data.name voc (its config.yaml), not a "
+        "demo's (data.name synthetic); not deleting it: the demo replaces only an earlier demo's "
+        "run, choose an empty or new directory" % run)
+    assert (run / "final.params").read_bytes() == b"days of training"
+    assert (run / "checkpoints" / "iter_0030000.params").read_bytes() == b"weights"
