@@ -6,8 +6,8 @@ Horovod / parameter-server backends, synchronized batch normalization and the st
 """
 from .comm import (BACKENDS, allreduce_sum, backend, barrier, broadcast, broadcast_parameters,
                    context, contexts, exit_after_failure, gather_rows, init, is_main, local_rank,
-                   nd_allgather, nd_allreduce_sum, network_failure, rank, resolve_backend,
-                   shutdown, size, stall_hint, transport, use_transport)
+                   nd_allgather, nd_allreduce_sum, network_failure, on_main, rank,
+                   resolve_backend, shutdown, size, stall_hint, transport, use_transport)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .trainer import DistTrainer, make_trainer
 from .watchdog import EXIT_STALLED, Watchdog

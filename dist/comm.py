@@ -31,7 +31,7 @@ from . import wire
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "shutdown",
            "network_failure", "nd_allreduce_sum", "nd_allgather", "broadcast_parameters",
-           "context", "contexts", "stall_hint",
+           "on_main", "context", "contexts", "stall_hint",
            "gluon_trainer", "Group", "group_ranks", "new_group", "TRANSPORTS",
            "use_transport", "transport"]
 
@@ -730,6 +730,30 @@ def broadcast(obj, root=0):
 def broadcast_parameters(params):
     """COLLECTIVE. Every worker's parameters become worker 0's (shapes must be known)."""
     _backend.broadcast_parameters(params)
+
+
+def on_main(fn, share=False):
+    """COLLECTIVE. Runs `fn()` on the main worker only; a UserError it raises is raised on every
+    worker (instead of leaving the others waiting in their next collective).
+
+    Returns:
+        fn's result on the main worker; on the others the same result if `share` (plain
+        data, see `broadcast`), else None.
+    """
+    from deeplab.errors import UserError
+
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as err:
+            error = err
+    # Whether it failed travels in an allreduce (a kvstore key reused under the parameter
+    # server); only a failure's message is broadcast (a new key there, whose first use waits
+    # for the scheduler: a checkpoint must not).
+    if allreduce_sum(np.array([float(error is not None)]))[0]:
+        raise broadcast(error)
+    return broadcast(result) if share else result
 
 
 def gluon_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0,

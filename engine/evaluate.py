@@ -21,7 +21,7 @@ from deeplab.utils import write_json
 from deeplab.workdir import lock_if_run, resolve_checkpoint
 
 from . import parsers
-from .build import build_dataset, evaluation_network, on_main
+from .build import build_dataset, evaluation_network
 
 __all__ = ["predict", "evaluate", "results_dict", "format_results", "format_class_table",
            "run_evaluation", "parse_args", "main"]
@@ -174,10 +174,10 @@ def main(args):
     ctx = dist.context()
     stride = eval_stride(cfg)
     no_cudnn_autotune()
-    args.checkpoint = on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
+    args.checkpoint = dist.on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
     # --out inside a run directory (DIR/results.json): the run's lock, as a second run would
     # take it, so that a run still going is not overwritten and does not overwrite this.
-    lock = on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
+    lock = dist.on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
         if args.out else None
     try:
         # The checkpoint replaces every parameter, so the backbone file is not read.
