@@ -146,10 +146,8 @@ def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None,
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
     # Each distinct input shape is a new graph for MXNet (and, with autotuning on, a cuDNN
     # benchmark of every convolution): recorded so that GPU users see what it would cost.
-    per_worker = np.zeros(dist.size())
-    per_worker[dist.rank()] = len(shapes)
-    res["input_shapes_per_worker"] = [int(c) for c in dist.allreduce_sum(
-        per_worker, name="eval.shapes")]
+    res["input_shapes_per_worker"] = [int(c) for c in dist.gather_rows(
+        [len(shapes)], name="eval.shapes")[:, 0]]
     log.info("per-class scores (Acc: the share of the class's labelled pixels predicted as "
              "it; mean row: mIoU and pixAcc):")
     for line in format_class_table(res).splitlines():
