@@ -520,6 +520,11 @@ def test_batch_against_workers_and_gpus(fake):
     (b,) = by_name(doctor.run_checks(TINY, ["train.batch_size=2", "dist.sync_bn=false"],
                                      probes=FakeProbes("A:8.0:80,A:8.0:80")), "batch")
     assert b.status == "warn" and "1 image per worker" in b.notes[0]
+    # dist.sync_bn asks for synchronized BN; the parameter server keeps per-worker BN anyway.
+    for backend, status in (("auto", "ok"), ("ps", "warn")):
+        (b,) = by_name(doctor.run_checks(TINY, ["train.batch_size=2", "dist.backend=" + backend],
+                                         probes=FakeProbes("A:8.0:80,A:8.0:80")), "batch")
+        assert b.status == status, backend
 
 
 def test_flags():
