@@ -84,8 +84,9 @@ def train_step(net, trainer, data, label, ctx, lr, stop=None, diverged=False):
 
     The step's one allreduce carries the global count of labelled pixels, and every worker's
     votes to stop (`stop`: the signal it received, SIGTERM or SIGINT, or None) and that its
-    previous loss was not finite, so that all workers take the same decision after the same step. When any worker saw a non-finite loss the step is
-    skipped (no update with poisoned parameters).
+    previous loss was not finite, so that all workers take the same decision after the same
+    step. When any worker saw a non-finite loss the step is skipped (no update with poisoned
+    parameters).
 
     The loss is divided by the global count before backward, so the gradients leaving each
     worker are already the global mean's share, O(1): a sum over a 513x513 crop's pixels would

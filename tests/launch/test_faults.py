@@ -461,8 +461,9 @@ def test_a_rank_failing_for_a_documented_reason_is_named_over_its_peer(tmp_path,
     finally:
         lock.release()
     assert r.returncode == 2, r.stdout[-3000:]
-    assert re.search(r"deeplab launch: worker rank [01] failed( first)?: bad input \(exit code 2\): "
-                     r"deeplab train: error: \S+ is in use by another run", r.stdout), \
+    assert re.search(r"deeplab launch: worker rank [01] failed( first)?: bad input "
+                     r"\(exit code 2\): deeplab train: error: \S+ is in use by another run",
+                     r.stdout), \
         r.stdout[-3000:]
 
 
