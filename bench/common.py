@@ -29,7 +29,9 @@ def report_header(mode, facts, command, batch, crop, warmup, steps, repeat):
 
 
 def peak_rss_bytes():
-    """This process's peak resident set so far."""
+    """This process's peak resident set so far: what a machine must have for the run. Training
+    logs the current resident set instead (deeplab.record.memory_bytes on the CPU: its trend
+    over a run); docs/benchmarks.md says how the two compare."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 

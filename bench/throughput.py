@@ -52,7 +52,7 @@ from deeplab import dist
 from deeplab.build import bn_mode, training_network
 from deeplab.config import add_set_argument, load_config
 from deeplab.data import GlobalBatchSampler, TrainTransform, get_dataset, train_batches
-from deeplab.dist.runtime import start_workers, uses_sync_bn
+from deeplab.dist.runtime import start_workers, sync_bn_possible, uses_sync_bn
 from deeplab.errors import UserError
 from deeplab.logger import progress
 from deeplab.metrics import IGNORE_LABEL
@@ -211,7 +211,7 @@ def _check_compare(cfg, compare):
         if _depth(m["name"]) not in (50, 101):
             raise UserError("--compare gluoncv needs a ResNet-50 or -101 model (GluonCV's "
                              "DeepLabV3 backbones); model.name is %r" % m["name"])
-    if "bn" in compare and (cfg["train"]["freeze_bn"] or dist.backend() == "ps"):
+    if "bn" in compare and not sync_bn_possible(cfg, dist.backend()):
         raise UserError("--compare bn needs BN trained (train.freeze_bn false) and the local or "
                          "horovod backend (the parameter server keeps per-worker BN)")
     if "amp" in compare and (cfg["train"]["amp"] or not cfg["train"]["hybridize"]

@@ -1,4 +1,4 @@
-"""Collectives and trainer construction for the three backends, with single-process defaults.
+"""Collectives and the Gluon trainer of the three backends, with single-process defaults.
 
 In the spirit of detectron2's `comm.py`: plain functions that return what a single process needs
 when nothing distributed runs (rank 0 of 1, identity reductions), and the same calls under
@@ -26,13 +26,13 @@ import sys
 import mxnet as mx
 import numpy as np
 
-from . import trainer_state, wire
+from . import wire
 
 __all__ = ["BACKENDS", "init", "backend", "rank", "size", "local_rank", "is_main", "barrier",
            "allreduce_sum", "gather_rows", "broadcast", "exit_after_failure", "shutdown",
            "network_failure", "nd_allreduce_sum", "nd_allgather", "broadcast_parameters",
-           "context", "contexts", "stall_hint",
-           "make_trainer", "DistTrainer", "Group", "group_ranks", "new_group", "TRANSPORTS",
+           "on_main", "context", "contexts", "stall_hint",
+           "gluon_trainer", "Group", "group_ranks", "new_group", "TRANSPORTS",
            "use_transport", "transport", "transport_stats"]
 
 BACKENDS = ("local", "horovod", "ps")
@@ -103,15 +103,15 @@ class LocalBackend:
         """A name of this worker's machine, the same for the workers of one machine."""
         return socket.gethostname()
 
-    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
-                     prefix):
+    def gluon_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                      prefix):
         # One device: nothing to sum (kvstore None). Several: MXNet's 'device' kvstore sums
         # their gradients; the optimizer runs here (update_on_kvstore=False), so its state is
         # in the trainer and can be checkpointed. step(n) divides the sum by n.
         several = len({c for p in params.values() for c in p.list_ctx()}) > 1
-        return DistTrainer(mx.gluon.Trainer(params, optimizer, optimizer_params,
-                                            kvstore="device" if several else None,
-                                            update_on_kvstore=False if several else None), 1)
+        return mx.gluon.Trainer(params, optimizer, optimizer_params,
+                                kvstore="device" if several else None,
+                                update_on_kvstore=False if several else None), 1
 
     def exit_after_failure(self, code):
         pass
@@ -275,15 +275,15 @@ class HorovodBackend(LocalBackend):
         # horovodrun names each worker's host in HOROVOD_HOSTNAME; Horovod's local ranks follow it
         return os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
 
-    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
-                     prefix):
+    def gluon_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                      prefix):
         hvd = self.hvd
         compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
         trainer = hvd.DistributedTrainer(params, optimizer, optimizer_params,
                                          compression=compression, num_groups=num_groups,
                                          prefix=prefix)
         # DistributedTrainer averages over workers; DistTrainer's rule is a sum divided by n.
-        return DistTrainer(trainer, self.size())
+        return trainer, self.size()
 
     def stall_hint(self):
         return "a worker stopped, hung or lost its network"
@@ -374,8 +374,8 @@ class PSBackend(LocalBackend):
     def nd_allgather(self, array, name, group=None):
         raise RuntimeError(_NO_SYNC_BN)
 
-    def make_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
-                     prefix):
+    def gluon_trainer(self, params, optimizer, optimizer_params, fp16_compression, num_groups,
+                      prefix):
         # update_on_kvstore=False: the optimizer runs on the workers, so its state is in the
         # trainer and can be checkpointed.
         trainer = mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=self.kv,
@@ -388,7 +388,7 @@ class PSBackend(LocalBackend):
         trainer._init_params()
         mx.nd.waitall()
         self.kv._barrier()
-        return DistTrainer(trainer, 1)  # the servers sum; step(n) divides by n
+        return trainer, 1  # the servers sum; step(n) divides by n
 
     def shutdown(self):
         """ps-lite's orderly end, now rather than when the interpreter frees the kvstore at
@@ -739,104 +739,36 @@ def broadcast_parameters(params):
     _backend.broadcast_parameters(params)
 
 
-class DistTrainer:
-    """A Gluon trainer for the running backend, with one normalisation rule for all of them:
-    `step(n)` applies (sum over workers of the local gradients) / n.
+def on_main(fn, share=False):
+    """COLLECTIVE. Runs `fn()` on the main worker only; a UserError it raises is raised on every
+    worker (instead of leaving the others waiting in their next collective).
 
-    Under Horovod the DistributedTrainer averages over workers, so n is divided by the world
-    size; the parameter server and a single process sum, so n is used as is.
+    Returns:
+        fn's result on the main worker; on the others the same result if `share` (plain
+        data, see `broadcast`), else None.
     """
+    from deeplab.errors import UserError
 
-    def __init__(self, trainer, divide_by):
-        self.trainer, self._divide_by = trainer, divide_by
-
-    def step(self, n):
-        self.trainer.step(n / self._divide_by)
-
-    def allreduce_grads(self):
-        """COLLECTIVE. The first half of `step`: sums the gradients over workers (benchmarks time
-        it apart from the update)."""
-        self.trainer.allreduce_grads()
-
-    def update(self, n):
-        """The second half of `step`, after `allreduce_grads`: the optimizer update with the
-        summed gradients divided by n."""
-        self.trainer.update(n / self._divide_by)
-
-    def set_learning_rate(self, lr):
-        self.trainer.set_learning_rate(lr)
-
-    def save_states(self, path):
-        """Writes the optimizer state in the data-only format of `trainer_state` (call on the
-        main worker), with every array copied to the CPU: saved from the host, the states load
-        on the host and are then moved to each worker's own device (`load_states`), instead of
-        every worker of a node opening a CUDA context on rank 0's GPU."""
-        updater = self.trainer._updaters[0]  # the others hold the same states on their devices
-        trainer_state.save(path, updater.optimizer, updater.states)
-
-    def load_states(self, path):
-        """COLLECTIVE. Worker 0 reads `path`; every worker receives its content and places each
-        state array on the device of the parameter it belongs to. A pickled file (MXNet's own
-        format) is refused on every worker unless worker 0 has
-        trainer_state.TRUST_PICKLE_ENV=1 (for the user's own old runs)."""
-        data, trust = None, False
-        if is_main():
-            with open(path, "rb") as f:
-                data = f.read()
-            trust = os.environ.get(trainer_state.TRUST_PICKLE_ENV, "") == "1"
-        data, trust = broadcast((data, trust))
-        t = self.trainer
-        if not t._kv_initialized:
-            t._init_kvstore()
-        if t._params_to_init:
-            t._init_params()
-        if trust and trainer_state.is_pickle(data):
-            _load_pickled_states(t, data)
-        else:
-            desc, states = trainer_state.loads(data, path)
-            for u in t._updaters:
-                trainer_state.apply_optimizer(u.optimizer, desc, path)
-                u.states = dict(states)
-                u.states_synced = dict.fromkeys(states, False)
-        for u, ctx in zip(t._updaters, t._contexts):
-            for i in list(u.states):
-                u.states[i] = _map_arrays(u.states[i], lambda a, c=ctx: a.as_in_context(c))
-                u.states_synced[i] = True
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as err:
+            error = err
+    # Whether it failed travels in an allreduce (a kvstore key reused under the parameter
+    # server); only a failure's message is broadcast (a new key there, whose first use waits
+    # for the scheduler: a checkpoint must not).
+    if allreduce_sum(np.array([float(error is not None)]))[0]:
+        raise broadcast(error)
+    return broadcast(result) if share else result
 
 
-def _load_pickled_states(trainer, data):
-    """MXNet's own `Trainer.load_states` (pickle: it runs whatever the file holds), for runs
-    the user vouches for with trainer_state.TRUST_PICKLE_ENV=1."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "trainer.states")
-        with open(local, "wb") as f:
-            f.write(data)
-        trainer.load_states(local)
-
-
-def _map_arrays(state, fn):
-    """`state` (an NDArray, None, or nested tuples/lists of them) with fn applied to arrays."""
-    if isinstance(state, mx.nd.NDArray):
-        return fn(state)
-    if isinstance(state, (list, tuple)):
-        return type(state)(_map_arrays(s, fn) for s in state)
-    return state
-
-
-def make_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0,
-                 prefix=None):
-    """COLLECTIVE. The backend's trainer, wrapped in DistTrainer.
-
-    Args:
-        params: the network's ParameterDict, fully initialized and the same on every worker
-            (`broadcast_parameters` first, as `deeplab.build.training_network` does).
-        optimizer, optimizer_params: as for gluon.Trainer.
-        fp16_compression: Horovod only: allreduce gradients in float16.
-        num_groups: Horovod only: fuse gradients into this many grouped allreduces (0: off).
-        prefix: Horovod only: names this trainer's allreduces (needed when one process runs
-            several trainers, e.g. a benchmark comparing networks).
-    """
-    return _backend.make_trainer(params, optimizer, optimizer_params, fp16_compression,
-                                 num_groups, prefix)
+def gluon_trainer(params, optimizer, optimizer_params, fp16_compression=False, num_groups=0,
+                  prefix=None):
+    """COLLECTIVE. (trainer, divide_by): the running backend's Gluon trainer for `params`, and
+    what `deeplab.dist.trainer.DistTrainer` divides n by so that its `step(n)` applies (sum
+    over workers of the gradients) / n: the world size under Horovod, whose trainer averages
+    over workers; 1 where the gradients are summed. Arguments: as for `trainer.make_trainer`,
+    which wraps it (the trainer and its state file live in deeplab.dist.trainer)."""
+    return _backend.gluon_trainer(params, optimizer, optimizer_params, fp16_compression,
+                                  num_groups, prefix)

@@ -11,8 +11,8 @@ from deeplab.config import CPU_CYCLE_TIME_MS
 from . import comm
 from .syncbn import configure_sync_bn
 
-__all__ = ["sync_bn_requested", "uses_sync_bn", "sync_bn_over_mpi", "horovod_cycle_time", "pin_visible_devices",
-           "start_workers"]
+__all__ = ["sync_bn_requested", "sync_bn_possible", "uses_sync_bn", "sync_bn_over_mpi",
+           "horovod_cycle_time", "pin_visible_devices", "start_workers"]
 
 
 def sync_bn_requested(cfg):
@@ -20,12 +20,25 @@ def sync_bn_requested(cfg):
     return not cfg["train"]["freeze_bn"] and cfg["dist"]["sync_bn"]
 
 
+def sync_bn_possible(cfg, backend):
+    """Whether BN can be synchronized across workers for this config under `backend` (a name of
+    comm.BACKENDS, or 'auto' where the launcher is not known yet): BN trained, and any backend
+    but the parameter server, which keeps per-worker statistics by design (its servers sum
+    gradients; there is no worker-to-worker path for the statistics). The one place that rule
+    is spelled: training (`uses_sync_bn`), `deeplab doctor` and `deeplab bench --compare bn`
+    ask it."""
+    return not cfg["train"]["freeze_bn"] and backend != "ps"
+
+
 def uses_sync_bn(cfg):
     """Whether training normalizes with the global batch's statistics (SyncBatchNorm): BN
     trained, dist.sync_bn set, under Horovod (one Horovod worker included, so that 1 and N
     workers run the same layer). The local backend uses MXNet's BatchNorm; the parameter server
-    keeps per-worker statistics by design."""
-    return sync_bn_requested(cfg) and comm.backend() == "horovod"
+    keeps per-worker statistics by design (`sync_bn_possible`)."""
+    backend = comm.backend()
+    # One process (local) normalizes with MXNet's BatchNorm, or its SyncBatchNorm across the
+    # process's devices (deeplab.build).
+    return sync_bn_requested(cfg) and sync_bn_possible(cfg, backend) and backend != "local"
 
 
 def sync_bn_over_mpi(cfg, environ=None):

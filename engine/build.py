@@ -1,6 +1,5 @@
 """Builds the model and datasets a config describes (shared by training, evaluation and the
 benchmark)."""
-import numpy as np
 from mxnet.gluon import nn
 from mxnet.gluon.contrib.nn import SyncBatchNorm as DeviceSyncBatchNorm
 
@@ -11,7 +10,7 @@ from deeplab.dist.syncbn import SyncBatchNorm
 from deeplab.model import get_model
 
 __all__ = ["training_network", "evaluation_network", "evaluation_network_of", "build_dataset",
-           "copy_parameters", "dataset_classes", "bn_mode", "on_main"]
+           "copy_parameters", "dataset_classes", "bn_mode"]
 
 
 def bn_mode(cfg, sync_bn=None):
@@ -55,7 +54,7 @@ def training_network(cfg, ctx, params=None, seed=None, sync_bn=None):
         from deeplab.fetch import resolve_params
         # zoo:NAME is found in MXNet's cache or downloaded by the main worker, which alone
         # reads parameter files; a failure is raised on every worker, not left in a broadcast.
-        backbone_params = on_main(lambda: resolve_params(m["backbone_params"]))
+        backbone_params = dist.on_main(lambda: resolve_params(m["backbone_params"]))
     return _build(cfg, ctx, norm_layer, norm_kwargs, None,
                   params if params is not None else m["params"], backbone_params, seed)
 
@@ -147,27 +146,3 @@ def dataset_classes(cfg):
     256 [r, g, b] colours, the one `dataset.palette` holds."""
     d = cfg["data"]
     return class_table(d["name"], cfg["model"]["num_classes"], d["classes"], d["palette"])
-
-
-def on_main(fn, share=False):
-    """COLLECTIVE. Runs `fn()` on the main worker only; a UserError it raises is raised on every
-    worker (instead of leaving the others waiting in their next collective).
-
-    Returns:
-        fn's result on the main worker; on the others the same result if `share` (plain
-        data, see `dist.broadcast`), else None.
-    """
-    from deeplab.errors import UserError
-
-    result, error = None, None
-    if dist.is_main():
-        try:
-            result = fn()
-        except UserError as err:
-            error = err
-    # Whether it failed travels in an allreduce (a kvstore key reused under the parameter
-    # server); only a failure's message is broadcast (a new key there, whose first use waits
-    # for the scheduler: a checkpoint must not).
-    if dist.allreduce_sum(np.array([float(error is not None)]))[0]:
-        raise dist.broadcast(error)
-    return dist.broadcast(result) if share else result

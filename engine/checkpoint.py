@@ -191,10 +191,8 @@ class Checkpointer:
         """COLLECTIVE. Saves checkpoint `iteration` (completed steps) on the main worker, after
         checking on every worker that the parameters are finite; a save that fails (a full
         disk) raises its CheckpointError on every worker."""
-        from deeplab.build import on_main
-
         assert_finite(net, "iteration %d" % iteration)
-        on_main(lambda: self._save(iteration, net, trainer, config))
+        dist.on_main(lambda: self._save(iteration, net, trainer, config))
 
     def _save(self, iteration, net, trainer, config):
         os.makedirs(self.dir, exist_ok=True)

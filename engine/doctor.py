@@ -489,7 +489,7 @@ def _divisors(n):
 
 
 def _batch_check(cfg, workers, gpus):
-    from deeplab.dist.runtime import sync_bn_requested
+    from deeplab.dist.runtime import sync_bn_possible
 
     t, dist = cfg["train"], cfg["dist"]
     batch = t["batch_size"]
@@ -506,10 +506,10 @@ def _batch_check(cfg, workers, gpus):
     per = batch // n
     notes = []
     status = OK
-    # Synchronized when requested, unless the config names the parameter server (which keeps
-    # per-worker statistics by design); the launcher (Horovod or not) is not known here.
-    if per == 1 and not t["freeze_bn"] and not (sync_bn_requested(cfg)
-                                                and dist["backend"] != "ps"):
+    # Synchronized when requested and possible under the config's backend (not the parameter
+    # server); the launcher (Horovod or not) is not known here.
+    if per == 1 and not t["freeze_bn"] and not (dist["sync_bn"]
+                                                and sync_bn_possible(cfg, dist["backend"])):
         status = WARN
         notes.append("BN trained on 1 image per worker without synchronized BN: set "
                      "dist.sync_bn=true and run under Horovod")

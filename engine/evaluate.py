@@ -21,7 +21,7 @@ from deeplab.utils import apply_umask, write_json
 from deeplab.workdir import lock_if_run, resolve_checkpoint
 
 from . import parsers
-from .build import build_dataset, evaluation_network, on_main
+from .build import build_dataset, evaluation_network
 
 __all__ = ["predict", "evaluate", "results_dict", "format_results", "format_class_table",
            "run_evaluation", "parse_args", "main"]
@@ -146,10 +146,8 @@ def run_evaluation(net, cfg, ctx, output_stride, checkpoint, out=None, log=None,
     res = results_dict(conf, n, dataset, cfg, output_stride, checkpoint)
     # Each distinct input shape is a new graph for MXNet (and, with autotuning on, a cuDNN
     # benchmark of every convolution): recorded so that GPU users see what it would cost.
-    per_worker = np.zeros(dist.size())
-    per_worker[dist.rank()] = len(shapes)
-    res["input_shapes_per_worker"] = [int(c) for c in dist.allreduce_sum(
-        per_worker, name="eval.shapes")]
+    res["input_shapes_per_worker"] = [int(c) for c in dist.gather_rows(
+        [len(shapes)], name="eval.shapes")[:, 0]]
     log.info("per-class scores (Acc: the share of the class's labelled pixels predicted as "
              "it; mean row: mIoU and pixAcc):")
     for line in format_class_table(res).splitlines():
@@ -175,10 +173,10 @@ def main(args):
     ctx = dist.context()
     stride = eval_stride(cfg)
     no_cudnn_autotune()
-    args.checkpoint = on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
+    args.checkpoint = dist.on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
     # --out inside a run directory (DIR/results.json): the run's lock, as a second run would
     # take it, so that a run still going is not overwritten and does not overwrite this.
-    lock = on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
+    lock = dist.on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
         if args.out else None
     try:
         # The checkpoint replaces every parameter, so the backbone file is not read.

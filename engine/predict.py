@@ -28,7 +28,7 @@ from deeplab.utils import apply_umask, atomic_write
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
-from .build import dataset_classes, evaluation_network, on_main
+from .build import dataset_classes, evaluation_network
 from .evaluate import predict, progress
 
 __all__ = ["IMAGE_EXTENSIONS", "collect_images", "check_out", "plan_batches", "segment",
@@ -219,7 +219,7 @@ def main(args):
     apply_umask(cfg)  # the output folder and its images, as a run's
     dist.init(cfg["dist"]["backend"])
     log = run_logger()
-    images, args.checkpoint = on_main(lambda: _check_paths(args, cfg), share=True)
+    images, args.checkpoint = dist.on_main(lambda: _check_paths(args, cfg), share=True)
     ctx = dist.context()
     stride = eval_stride(cfg)
     # The checkpoint replaces every parameter, so the backbone file is not read.

@@ -39,7 +39,7 @@ from gluoncv.utils import LRScheduler, LRSequential
 
 from . import parsers
 from .build import (bn_mode, build_dataset, copy_parameters, evaluation_network,
-                    evaluation_network_of, on_main, training_network)
+                    evaluation_network_of, training_network)
 from .evaluate import evaluate, run_evaluation
 
 __all__ = ["cross_entropy_sum", "poly_schedule", "make_optimizer_params", "train_step", "train",
@@ -84,8 +84,9 @@ def train_step(net, trainer, data, label, ctx, lr, stop=None, diverged=False):
 
     The step's one allreduce carries the global count of labelled pixels, and every worker's
     votes to stop (`stop`: the signal it received, SIGTERM or SIGINT, or None) and that its
-    previous loss was not finite, so that all workers take the same decision after the same step. When any worker saw a non-finite loss the step is
-    skipped (no update with poisoned parameters).
+    previous loss was not finite, so that all workers take the same decision after the same
+    step. When any worker saw a non-finite loss the step is skipped (no update with poisoned
+    parameters).
 
     The loss is divided by the global count before backward, so the gradients leaving each
     worker are already the global mean's share, O(1): a sum over a 513x513 crop's pixels would
@@ -186,7 +187,7 @@ class PeriodicEvaluator:
         self.best_path = os.path.join(workdir, "best.json")
         self.params_path = os.path.join(workdir, "best.params")
         self.net = self.dataset = None
-        self.best = on_main(self._read_best, share=True) if self.every else None
+        self.best = dist.on_main(self._read_best, share=True) if self.every else None
 
     def _read_best(self):
         try:
@@ -232,10 +233,11 @@ class PeriodicEvaluator:
                            "mIoU": s["mIoU"], "num_images": n})
         if best:
             self.best = s["mIoU"]
-            on_main(lambda: (save_params(net, self.params_path),
-                             write_json(self.best_path, {"iteration": done, "mIoU": s["mIoU"],
-                                                         "pixAcc": s["pixAcc"],
-                                                         "num_images": n})))
+            dist.on_main(lambda: (save_params(net, self.params_path),
+                                  write_json(self.best_path, {"iteration": done,
+                                                              "mIoU": s["mIoU"],
+                                                              "pixAcc": s["pixAcc"],
+                                                              "num_images": n})))
 
 
 class StopRequest:
@@ -334,7 +336,7 @@ def train(cfg, workdir, resume_from=None, log=None, watchdog=None):
     with watchdog.extend(stall, "the final checkpoint"):
         ckpt.save(t["iterations"], net, trainer, cfg)  # checks the last loss's effect: finite
     with watchdog.extend(stall, "saving final.params"):  # a failed save raises everywhere
-        on_main(lambda: save_params(net, os.path.join(workdir, "final.params")))
+        dist.on_main(lambda: save_params(net, os.path.join(workdir, "final.params")))
     return net
 
 
@@ -449,7 +451,7 @@ def prepare(cfg, workdir, resume=False, allow_config_change=False):
             check_resume(state.get("config"), cfg, state["iteration"], allow_config_change)
         return state
 
-    return on_main(check, share=True)
+    return dist.on_main(check, share=True)
 
 
 def record_final(cfg, workdir, net, res, log):
@@ -504,7 +506,7 @@ def start(cfg, args):
         dump_config(cfg, os.path.join(workdir, "config.yaml"))
         return lock
 
-    return on_main(lock_and_record), resume_from
+    return dist.on_main(lock_and_record), resume_from
 
 
 def run_training(cfg, args, lock, resume_from, watchdog):

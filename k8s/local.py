@@ -26,7 +26,6 @@ import sys
 import time
 
 from deeplab.launch import procs as job_procs
-from deeplab.launch.ps import stop_all, wait_for_exit
 from deeplab.utils import free_port
 
 from .render import ENTRYPOINT, HOSTFILE, IMAGE_SOURCE, MOUNT, PS_PORT
@@ -279,10 +278,11 @@ class _Pods(job_procs.Policy):
     def finish(self, sup, outcome):
         if outcome == sup.ENDED and sup.stopping is None:
             # ps-lite's scheduler and servers leave once every worker has finalized.
-            wait_for_exit(self.running, self.finish_grace, self.poll)
+            job_procs.wait_for_exit([p for _, p in self.running], self.finish_grace,
+                                    self.poll)
 
     def teardown(self, sup):
-        stop_all(self.running)
+        job_procs.stop_groups([p for _, p in self.running])
 
     def leftovers(self):
         return job_procs.job_processes(self.marker, "DEEPLAB_RUN_LOCAL")

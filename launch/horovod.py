@@ -25,8 +25,9 @@ every process carrying the job id on this machine is killed at the end, and afte
 same is done on every other host of the job over ssh (horovodrun's remote workers do not die
 with its ssh clients; a host that does not answer is left to the workers' stall watchdog). If
 the launcher itself is killed, each worker notices (within a second on this machine, at once
-through the lifeline elsewhere) and stops with a checkpoint (procs.watch_launcher). "This machine" is this network namespace (procs.on_this_host), so
-emulated hosts sharing one process table (scripts/cluster.py) behave as separate machines.
+through the lifeline elsewhere) and stops with a checkpoint (procs.watch_launcher). "This
+machine" is this network namespace (procs.on_this_host), so emulated hosts sharing one process
+table (scripts/cluster.py) behave as separate machines.
 The supervision itself is procs.Supervisor's; this module adds horovodrun's part.
 
 With --mpi the job runs under MPICH's `mpirun` (Hydra, from the environment's `mpich` package)

@@ -26,6 +26,7 @@ __all__ = ["JOB_ENV", "JOB_GROUP_ENV", "LOADER_NAME", "new_job_id", "environ", "
            "stat", "alive",
            "all_pids", "descendants", "on_this_host", "job_processes", "is_training_process",
            "training_processes", "signal_process", "signal_group", "kill_processes",
+           "STOP_GRACE", "wait_for_exit", "stop_groups",
            "killed_by_signal", "describe_status", "ROOT_CAUSES", "documented_exit",
            "root_cause",
            "memory_cgroups", "oom_kills", "memory_limit", "OomWatch", "StopSignals",
@@ -217,6 +218,34 @@ def kill_processes(find, timeout=5.0, poll=0.05):
         for pid in left:
             signal_process(pid, signal.SIGKILL)
         time.sleep(poll)
+
+
+STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a process group being stopped
+
+
+def wait_for_exit(popens, timeout, poll=0.2):
+    """Waits up to `timeout` seconds for every Popen in `popens` to exit."""
+    popens = list(popens)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in popens):
+        time.sleep(poll)
+
+
+def stop_groups(popens, grace=STOP_GRACE):
+    """What a launcher's teardown does to the processes it started (the parameter server's
+    nodes, run-local's pods): SIGTERM each Popen's process group, SIGKILL after `grace` seconds.
+
+    Each Popen must lead its own process group (start_new_session). Groups whose leader has
+    already exited are killed too: its children (a dead worker's loaders) may still be there.
+    """
+    popens = list(popens)
+    for p in popens:
+        if p.poll() is None:
+            signal_group(p.pid, signal.SIGTERM)
+    wait_for_exit(popens, grace, poll=0.05)
+    for p in popens:
+        signal_group(p.pid, signal.SIGKILL)
+        p.wait()
 
 
 # Exit statuses with a meaning of their own (deeplab.errors; the CLI's docstring).

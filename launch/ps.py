@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 from deeplab.errors import LaunchError
 from deeplab.utils import free_port
@@ -38,7 +37,7 @@ from . import hosts as hosts_
 from . import procs
 
 __all__ = ["node_env", "role_command", "start_node", "run", "run_local", "run_node",
-           "run_hosts", "place", "route_address", "stop_all", "wait_for_exit"]
+           "run_hosts", "place", "route_address"]
 
 # Started as a server or scheduler, `import mxnet` runs the ps-lite loop and exits when the job
 # ends (mxnet/kvstore/kvstore_server.py), with a controller that unpickles nothing it receives
@@ -49,7 +48,6 @@ SERVER_WAIT = 120.0  # seconds a node whose launcher is gone waits for the worke
 _SERVER_CODE = ("import os; from deeplab.launch import procs, ps_server; procs.watch_launcher("
                 "procs.exit_when_workers_gone(os.environ.get(procs.JOB_ENV), %g)); "
                 "ps_server.main()" % SERVER_WAIT)
-STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL for a node being stopped
 
 
 def node_env(role, workers, servers, root_uri, root_port, environ=None, local_rank=0):
@@ -68,28 +66,6 @@ def role_command(role, deeplab_args, python=None):
     if role == "worker":
         return [python, "-m", "deeplab.cli"] + list(deeplab_args)
     return [python, "-c", _SERVER_CODE]
-
-
-def wait_for_exit(procs_, timeout, poll=0.2):
-    """Waits up to `timeout` seconds for every (name, Popen) in `procs_` to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(p.poll() is None for _, p in procs_):
-        time.sleep(poll)
-
-
-def stop_all(procs_, grace=STOP_GRACE):
-    """SIGTERM every (name, Popen)'s process group, SIGKILL after `grace` seconds.
-
-    Each Popen must lead its own process group (start_new_session). Groups whose leader has
-    already exited are killed too: its children (a dead worker's loaders) may still be there.
-    """
-    for _, p in procs_:
-        if p.poll() is None:
-            procs.signal_group(p.pid, signal.SIGTERM)
-    wait_for_exit(procs_, grace, poll=0.05)
-    for _, p in procs_:
-        procs.signal_group(p.pid, signal.SIGKILL)
-        p.wait()
 
 
 def _exit_status(code):
@@ -205,10 +181,10 @@ class _LocalJob(procs.Policy):
     def finish(self, sup, outcome):
         if outcome == sup.ENDED and sup.stopping is None:
             # Every worker exited 0: the servers and the scheduler leave when ps-lite finalizes.
-            wait_for_exit(self.nodes, self.finish_grace, self.poll)
+            procs.wait_for_exit([p for _, p in self.nodes], self.finish_grace, self.poll)
 
     def teardown(self, sup):
-        stop_all(self.nodes)
+        procs.stop_groups([p for _, p in self.nodes])
 
     def leftovers(self):
         return procs.job_processes(self.job_id)
@@ -344,7 +320,7 @@ class _HostsJob(_LocalJob):
                 and p.poll() is None]
 
     def teardown(self, sup):
-        stop_all(self.nodes)
+        procs.stop_groups([p for _, p in self.nodes])
         self.lifeline.close()
         if any(p.returncode != 0 for _, p in self.nodes):
             hosts_.reap_remote(self.remote, self.job_id, procs.JOB_GROUP_ENV)
@@ -391,7 +367,7 @@ class _Node(procs.Policy):
 
     def teardown(self, sup):
         if self.proc is not None:
-            stop_all([(self.role, self.proc)])
+            procs.stop_groups([self.proc])
 
     def leftovers(self):
         return [pid for pid in procs.job_processes(self.env[procs.JOB_ENV])

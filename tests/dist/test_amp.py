@@ -80,14 +80,21 @@ def test_bfloat16_amp_runs_with_synchronized_bn_and_1_equals_2_workers(tmp_path,
 def test_bfloat16_amp_through_the_composed_synchronized_bn(tmp_path, dl):
     """The composed layer (MXNet operators: what GPUs run, in float16 there) under AMP: its
     affine maps are convolutions, which AMP runs in low precision. Measured: 8.4e-3 relative L2
-    from the fused layer's AMP run (AMP vs float32: 7.3e-3)."""
+    from the fused layer's AMP run (AMP vs float32: 7.3e-3). Both runs are checked to be what
+    they claim: 2 Horovod workers, synchronized BN, mixed precision on; the fused kernels
+    loaded in the first (no fall-back warning), and the composed layer's parameters not those
+    of the fused one (the same layer twice would train the same numbers)."""
     bn = [r for r in RUN if r != "train.freeze_bn=true"] + ["train.amp=true"]
 
     def run(name, **env):
-        dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
-                   tmp_path / name, "--no-eval", *dl.sets(*bn), timeout=300, **env)
-        return tmp_path / name / "final.params"
+        out = dl.deeplab("launch", "horovod", "-np", "2", "--", "train", dl.TINY, "--workdir",
+                         tmp_path / name, "--no-eval", *dl.sets(*bn), timeout=300,
+                         **env).stdout
+        assert "training on 2 worker(s) (dist.backend horovod), global batch 6, synchronized " \
+            "BN, mixed precision (bfloat16)" in out, out[-3000:]
+        return tmp_path / name / "final.params", out
 
-    fused = run("fused")
-    composed = run("composed", DEEPLAB_FUSED_SYNC_BN="0")
-    assert _relative_l2(composed, fused) <= 2e-2
+    fused, out = run("fused")
+    assert "falls back to composed MXNet operators" not in out, out[-3000:]
+    composed, _ = run("composed", DEEPLAB_FUSED_SYNC_BN="0")
+    assert 0 < _relative_l2(composed, fused) <= 2e-2

@@ -158,40 +158,6 @@ def test_parameter_server_two_workers(tmp_path, dl):
     assert res["broadcast_root1"] == "ValueError"
 
 
-
-def test_optimizer_states_are_saved_from_the_host_and_resumed_on_the_workers_device(tmp_path):
-    """Stands in for GPUs with CPU device ids: states of a trainer on cpu(1) are saved as host
-    arrays and resumed by a trainer on cpu(2) onto cpu(2), not onto the saving device."""
-    import mxnet as mx
-
-    from deeplab.dist import comm, trainer_state
-
-    def trainer_on(ctx):
-        net = mx.gluon.nn.Dense(3, in_units=4)
-        net.initialize(mx.init.One(), ctx=ctx)
-        t = comm.make_trainer(net.collect_params(), "sgd", {"learning_rate": 0.1,
-                                                            "momentum": 0.9})
-        with mx.autograd.record():
-            loss = net(mx.nd.ones((2, 4), ctx=ctx)).sum()
-        loss.backward()
-        t.step(1.0)
-        return t
-
-    saver = trainer_on(mx.cpu(1))
-    path = str(tmp_path / "t.states")
-    saver.save_states(path)
-    with open(path, "rb") as f:
-        _, states = trainer_state.loads(f.read())
-    assert states and all(s.context == mx.cpu(0) for s in states.values())
-    assert all(s.context == mx.cpu(1) for s in saver.trainer._updaters[0].states.values())
-    loader = trainer_on(mx.cpu(2))
-    loader.load_states(path)
-    resumed = loader.trainer._updaters[0].states
-    assert resumed and all(s.context == mx.cpu(2) for s in resumed.values())
-    for i, s in resumed.items():
-        assert (s.asnumpy() == states[i].asnumpy()).all()
-
-
 @pytest.mark.parametrize("gpus, local_rank, count, expected", [
     (8, 3, 1, [3]),  # all GPUs visible: the local rank's
     (1, 3, 1, [0]),  # pinned to its own GPU: device 0

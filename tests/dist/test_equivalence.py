@@ -87,20 +87,25 @@ def test_parameter_server_training_is_the_same_as_one_process(tmp_path, dl, serv
 def test_evaluation_gathers_one_confusion_matrix_on_rank_0(tmp_path, dl):
     train(dl, tmp_path / "run", overrides=["train.iterations=6"])
     params = tmp_path / "run" / "final.params"
-    results = {}
-    for name, launcher in [("local", []), ("hvd2", horovod(2)), ("hvd3", horovod(3)),
-                           ("mpi2", horovod_mpi(2)), ("mpi3", horovod_mpi(3)),
-                           ("ps2", ps(2, 1))]:
+    results, launched = {}, {}
+    for name, launcher, backend, workers in [
+            ("local", [], "local", 1), ("hvd2", horovod(2), "horovod", 2),
+            ("hvd3", horovod(3), "horovod", 3), ("mpi2", horovod_mpi(2), "horovod", 2),
+            ("mpi3", horovod_mpi(3), "horovod", 3), ("ps2", ps(2, 1), "ps", 2)]:
         out = tmp_path / ("%s.json" % name)
         # 7 images: shards of 4+3 and 3+2+2.
         dl.deeplab(*launcher, "eval", dl.TINY, "--checkpoint", params, "--out", out,
                    *dl.sets("data.synthetic.val_size=7", "data.num_workers=0"), timeout=240)
         with open(out) as f:
             results[name] = json.load(f)
+        launched[name] = backend, workers
     ref = results["local"]
     assert ref["num_images"] == 7
     assert np.array(ref["confusion_matrix"]).sum() > 0
     for name, res in results.items():
+        # Evaluated by the backend and the number of workers launched (one process evaluating
+        # alone would compute the same matrix).
+        assert (res["run"]["backend"], res["run"]["world_size"]) == launched[name], name
         assert res["num_images"] == 7, name
         assert res["confusion_matrix"] == ref["confusion_matrix"], name
         assert res["mIoU"] == ref["mIoU"] and res["pixAcc"] == ref["pixAcc"], name

@@ -22,6 +22,23 @@ def test_cycle_time_follows_bn_mode_and_device(overrides, gpus, expected):
     assert horovod_cycle_time(load_config(TINY, overrides), gpus) == expected
 
 
+@pytest.mark.parametrize("overrides, backend, possible, used", [
+    ([], "horovod", True, True),
+    ([], "local", True, False),  # one process: MXNet's BatchNorm
+    ([], "ps", False, False),  # the parameter server keeps per-worker statistics
+    ([], "auto", True, None),  # `deeplab doctor`: the launcher is not known yet
+    (["train.freeze_bn=true"], "horovod", False, False),
+    (["dist.sync_bn=false"], "horovod", True, False),
+])
+def test_bn_is_synchronized_only_where_possible(monkeypatch, overrides, backend, possible,
+                                                used):
+    cfg = load_config(TINY, overrides)
+    assert runtime.sync_bn_possible(cfg, backend) == possible
+    if used is not None:
+        monkeypatch.setattr(runtime.comm, "backend", lambda: backend)
+        assert runtime.uses_sync_bn(cfg) == used
+
+
 def test_cycle_time_must_be_positive():
     with pytest.raises(ConfigError, match="dist.horovod_cycle_time"):
         load_config(TINY, ["dist.horovod_cycle_time=0"])

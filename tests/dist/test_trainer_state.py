@@ -7,7 +7,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from deeplab.dist import comm, trainer_state, wire
+from deeplab.dist import trainer_state, wire
+from deeplab.dist.trainer import make_trainer
 from deeplab.errors import CheckpointError, ConfigError
 
 
@@ -38,7 +39,7 @@ def trained(ctx=mx.cpu(), steps=3, dtype="float32", **optimizer):
     net = Scale(dtype)
     net.initialize(mx.init.Uniform(), ctx=ctx)
     params = {"learning_rate": 0.1, "momentum": 0.9, "wd": 1e-4, **optimizer}
-    t = comm.make_trainer(net.collect_params(), "sgd", params)
+    t = make_trainer(net.collect_params(), "sgd", params)
     for step in range(steps):
         x = mx.nd.arange(8, ctx=ctx, dtype=dtype).reshape((2, 4)) / (step + 1)
         with mx.autograd.record():
@@ -137,7 +138,7 @@ def test_states_of_another_optimizer_are_refused(tmp_path):
     saver.save_states(path)
     net = mx.gluon.nn.Dense(3, in_units=4)
     net.initialize()
-    adam = comm.make_trainer(net.collect_params(), "adam", {"learning_rate": 0.1})
+    adam = make_trainer(net.collect_params(), "adam", {"learning_rate": 0.1})
     with pytest.raises(CheckpointError, match="optimizer SGD, but the trainer uses Adam"):
         adam.load_states(path)
 

@@ -199,6 +199,16 @@ def jobs():
         job.kill()
 
 
+def assert_ran_under(workdir, launcher):
+    """WORKDIR/run.json records the backend and world size `launcher` starts (2 workers under
+    Horovod, MPI or the parameter server): bitwise-equal parameters alone would not show that
+    the runs were distributed."""
+    with open(os.path.join(str(workdir), "run.json")) as f:
+        info = json.load(f)
+    expected = ("ps" if launcher == PS else "horovod", 2)
+    assert (info["backend"], info["world_size"]) == expected, (workdir, info)
+
+
 _STRAIGHT = {}
 
 
@@ -218,10 +228,14 @@ def straight(tmp_path_factory, dl):
 
 def resume_equals_straight(dl, straight, workdir, launcher, overrides, reference):
     """Resuming `workdir` (run with `overrides`) reaches the final.params of a run with
-    `reference` that never stopped (the checkpoint interval does not change what is trained)."""
+    `reference` that never stopped (the checkpoint interval does not change what is trained);
+    both ran with the backend and world size of `launcher`."""
     dl.deeplab(*launcher, "train", dl.TINY, "--workdir", workdir, "--no-eval", "--resume",
                *dl.sets(*overrides), timeout=300)
-    assert_same_final_params(workdir, straight(launcher, reference))
+    reference_dir = straight(launcher, reference)
+    assert_ran_under(workdir, launcher)
+    assert_ran_under(reference_dir, launcher)
+    assert_same_final_params(workdir, reference_dir)
 
 
 def kill_resume_compare(tmp_path, dl, jobs, straight, launcher, overrides, rank_of):
@@ -447,8 +461,9 @@ def test_a_rank_failing_for_a_documented_reason_is_named_over_its_peer(tmp_path,
     finally:
         lock.release()
     assert r.returncode == 2, r.stdout[-3000:]
-    assert re.search(r"deeplab launch: worker rank [01] failed( first)?: bad input \(exit code 2\): "
-                     r"deeplab train: error: \S+ is in use by another run", r.stdout), \
+    assert re.search(r"deeplab launch: worker rank [01] failed( first)?: bad input "
+                     r"\(exit code 2\): deeplab train: error: \S+ is in use by another run",
+                     r.stdout), \
         r.stdout[-3000:]
 
 
