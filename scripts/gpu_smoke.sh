@@ -211,7 +211,10 @@ EOF
 
 step "9/9 synchronized BN's statistics over MPI (deeplab launch horovod --mpi)" \
   "'training on 2 worker(s) ..., synchronized BN; BN statistics over mpi' (copied to the host" \
-  "and back each layer: no CUDA-aware MPI is used), mIoU near step 2's, each rank on its GPU"
+  "and back each layer: no CUDA-aware MPI is used), mIoU near step 2's, each rank on its GPU;" \
+  "in the BASE=ngc image this is its Open MPI 4.1 (the launcher's first line: mpirun -np 2" \
+  "--host localhost:2 ... --mca orte_abort_on_non_zero_status 0), never run on this project's" \
+  "machines"
 launcher="horovod --mpi -np 2" train_2gpu "$out/mpi" --set dist.sync_bn=true \
   dist.sync_bn_transport=mpi train.checkpoint_every=50
 grep -q "BN statistics over mpi" "$out/mpi/train.log" ||

@@ -12,6 +12,9 @@
 #   DEEPLAB_TENSORBOARD=1  also install the TensorBoard viewer (requirements/tensorboard.txt)
 #                     for `tensorboard --logdir DIR/tb`; runs record events without it
 #   DEEPLAB_NO_SSHD   set to skip installing openssh-server (as root, for tests/multihost)
+#   DEEPLAB_MPI       mpich (default, requirements/mpi.txt) or openmpi (requirements/openmpi.txt:
+#                     the MPI of NVIDIA's NGC image; scripts/test.sh's Open MPI pass makes such
+#                     an environment in .venv-openmpi)
 #   HOROVOD_*         passed to Horovod's build; defaults below build MXNet + Gloo + MPI (MPICH
 #                     from PyPI, requirements/mpi.txt). On GPU clusters add e.g.
 #                     HOROVOD_GPU_OPERATIONS=NCCL; HOROVOD_WITHOUT_MPI=1 builds Gloo only.
@@ -23,11 +26,17 @@ variant=${DEEPLAB_VARIANT:-cpu}
 cache=${DEEPLAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deeplab}
 python=${PYTHON:-python3}
 tensorboard=${DEEPLAB_TENSORBOARD:-0}
+mpi=${DEEPLAB_MPI:-mpich}
 horovod_version=0.28.1
 
 case "$variant" in
   cpu|gpu) ;;
   *) echo "setup_env.sh: DEEPLAB_VARIANT must be 'cpu' or 'gpu', got '$variant'" >&2; exit 2 ;;
+esac
+case "$mpi" in
+  mpich) mpi_requirements=$root/requirements/mpi.txt ;;
+  openmpi) mpi_requirements=$root/requirements/openmpi.txt ;;
+  *) echo "setup_env.sh: DEEPLAB_MPI must be 'mpich' or 'openmpi', got '$mpi'" >&2; exit 2 ;;
 esac
 
 # Horovod build flags: MXNet + Gloo + MPI, no TF/PyTorch unless the caller says otherwise.
@@ -40,7 +49,7 @@ with_mpi=${HOROVOD_WITH_MPI:-}
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 flags=$(env | grep '^HOROVOD_' | sort | tr '\n' ' ')
-stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $flags $horovod_version"; } | sha256sum | cut -c1-16)
+stamp_key=$( { cat "$root"/requirements/*.txt "$root"/setup.py; echo "$variant $mpi $flags $horovod_version"; } | sha256sum | cut -c1-16)
 stamp=$venv/.deeplab-setup-$stamp_key
 
 # The multi-host tests and scripts/cluster.sh run an sshd in each emulated host (network
@@ -77,7 +86,7 @@ echo "[setup] creating environment in $venv ($variant)" >&2
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install -r "$root/requirements/$variant.txt" -r "$root/requirements/test.txt" \
-  ${with_mpi:+-r "$root/requirements/mpi.txt"}
+  ${with_mpi:+-r "$mpi_requirements"}
 install_tensorboard
 
 # Horovod has no wheel on PyPI: build it once per (Python, MXNet, flags) and keep the wheel, so a
@@ -85,11 +94,12 @@ install_tensorboard
 # hence --no-build-isolation.
 pyver=$("$venv/bin/python" -c 'import sys; print("%d%d" % sys.version_info[:2])')
 mxver=$("$venv/bin/python" -c 'import mxnet; print(mxnet.__version__)')
-# Built with MPI, the wheel links MPICH's libmpi.so.12 (in the venv's lib/): the key names the
-# MPI it was built against, and fix_runpath points the libraries at it relative to themselves.
+# Built with MPI, the wheel links the MPI wheel's libmpi (MPICH's libmpi.so.12 or Open MPI's
+# libmpi.so.40, in the venv's lib/): the key names the MPI it was built against, and fix_runpath
+# points the libraries at it relative to themselves.
 mpiver=
 if [ -n "$with_mpi" ]; then
-  mpiver=-mpich$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("mpich"))')
+  mpiver=-$mpi$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("'"$mpi"'"))')
 fi
 whl_dir=$cache/wheels/horovod-$horovod_version-py$pyver-mx$mxver$mpiver-$variant-$(echo "$flags" | sha256sum | cut -c1-12)
 
@@ -136,7 +146,7 @@ then
     echo "[setup] building Horovod $horovod_version with MXNet (takes ~7 minutes on 2 cores)" >&2
     mkdir -p "$whl_dir"
     tmp=$(mktemp -d "$whl_dir.tmp.XXXXXX")
-    # The venv's bin/ first: CMake's FindMPI takes the mpicc of MPICH's wheel.
+    # The venv's bin/ first: CMake's FindMPI takes the mpicc of the MPI wheel.
     # --no-cache-dir: pip's own wheel cache ignores the HOROVOD_* flags and the venv it was
     # built in; this script's cache (above) is the one keyed by them.
     PATH="$venv/bin:$PATH" MAKEFLAGS=${MAKEFLAGS:--j$(nproc)} "${pip[@]}" wheel --no-cache-dir \
@@ -150,7 +160,7 @@ fi
   echo "[setup] horovod.mxnet does not import: the Horovod build lacks the MXNet extension" >&2; exit 1; }
 if [ -n "$with_mpi" ]; then
   "$venv/bin/python" -c 'import horovod.mxnet as h, sys; sys.exit(0 if h.mpi_built() else 1)' || {
-    echo "[setup] Horovod was built without MPI (is MPICH's mpicc in $venv/bin?)" >&2; exit 1; }
+    echo "[setup] Horovod was built without MPI (is the $mpi wheel's mpicc in $venv/bin?)" >&2; exit 1; }
 fi
 
 "${pip[@]}" install --no-deps -e "$root"
