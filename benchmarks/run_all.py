@@ -87,6 +87,11 @@ RUNS = {
     "syncbn_1worker_384_mpi": (ONE, _launch(["horovod", "--mpi", "-np", "1"], *SYNCBN_384)),
     "syncbn_2workers_384_mpi_heavyyield": (dict(ONE, MPIR_CVAR_ENABLE_HEAVY_YIELD="1"), _launch(
         ["horovod", "--mpi", "-np", "2"], *SYNCBN_384)),
+    # The transport polling 200 us, then sleeping 50 us between polls (only its own calls; the
+    # gradients' allreduce keeps MPICH's defaults): does a waiting rank that leaves the cores
+    # let the slower one catch up?
+    "syncbn_2workers_384_mpi_spin": (dict(ONE, DEEPLAB_MPI_SPIN_US="200"), _launch(
+        ["horovod", "--mpi", "-np", "2"], *SYNCBN_384)),
     "collective_latency_mpi": (ONE, [PY, "benchmarks/collective_latency.py", "--only", "mpi",
                                      "--calls", "150", "--out", "{out}"]),
     "data_pipeline": (ONE, [PY, "benchmarks/data_pipeline.py", "--out", "{out}"]),
@@ -267,9 +272,12 @@ def _mpi_section(load):
          "syncbn_2workers_384_gloo_sameday"),
         ("1 worker (the layer's own compute, nothing sent)", "syncbn_1worker_384_mpi"),
         ("2 workers over MPI, heavy yield (MPIR_CVAR_ENABLE_HEAVY_YIELD=1)",
-         "syncbn_2workers_384_mpi_heavyyield"))]
-    if not lat or not all(r for _, r in runs):
+         "syncbn_2workers_384_mpi_heavyyield"),
+        ("2 workers over MPI, the transport polls 200 us then sleeps (DEEPLAB_MPI_SPIN_US=200)",
+         "syncbn_2workers_384_mpi_spin"))]
+    if not lat or not all(r for _, r in runs[:4]):
         return []
+    runs = [(label, r) for label, r in runs if r]
     cols = [(op, c) for c in (64, 256, 2048) for op in ("allgather", "allreduce")]
     by = {r["label"]: r for r in lat["results"]}
     parts = ["## Synchronized BN's statistics straight over MPI (2 workers, crop 384)", "",
@@ -313,7 +321,36 @@ def _mpi_section(load):
               _target(over[labels[0]], "<=", 0.15) + "; through Horovod the same day: %.3f; "
               "one worker alone (no communication): %.3f" % (over[labels[1]], over[labels[2]]),
               ""]
+    parts += _mpi_waiting(runs)
     return parts
+
+
+def _mpi_waiting(runs):
+    """Where the 2-worker overhead over MPI goes: the layer's compute (one worker's overhead)
+    and each worker's time inside the transport's calls (bench's in_layer_collectives), from
+    the reports that have the latter."""
+    rows = []
+    one = next(_variant(r, "ours")["step_s"] / _variant(r, "ours-plainbn")["step_s"] - 1
+               for label, r in runs if label.startswith("1 worker"))
+    for label, r in runs:
+        ours, plain = _variant(r, "ours"), _variant(r, "ours-plainbn")
+        calls = ours.get("in_layer_collectives")
+        if not calls or r["workers"] < 2:
+            continue
+        extra = ours["step_s"] - plain["step_s"]
+        compute = one * plain["step_s"]
+        rows.append("| %s | %+.3f | %.3f | %s | %.0f | %.3f |" % (
+            label, extra, compute, " / ".join("%.3f" % w["s_per_step"] for w in calls),
+            calls[0]["calls_per_step"], extra - compute - max(w["s_per_step"] for w in calls)))
+    if not rows:
+        return []
+    return ["Where the 2-worker overhead goes (seconds per step): the extra step time of "
+            "synchronized BN over per-worker BN; the layer's compute (one worker's relative "
+            "overhead x the per-worker-BN step); each worker's time inside the MPI transport's "
+            "calls (posting its messages until the peer's arrive: mostly waiting for the "
+            "slower rank; bench's `in_layer_collectives`); what neither accounts for.", "",
+            "| run | extra s/step | compute | in the calls (rank 0 / 1) | calls/step | rest |",
+            "|---|---|---|---|---|---|"] + rows + [""]
 
 
 def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):

@@ -17,6 +17,7 @@ A group is an MPI communicator made once, collectively, on the main thread: a du
 MPI_COMM_WORLD for all workers, MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) for the workers of
 one machine ('node'), MPI_Comm_split by consecutive ranks for 'k'.
 """
+import os
 import threading
 import time
 import zlib
@@ -80,6 +81,8 @@ class MpiTransport:
         # calls made and seconds spent in them (posting, waiting for the peers, copying): what
         # bench reports as synchronized BN's time in its collectives (stats)
         self._stats = [0, 0.0]
+        spin = os.environ.get("DEEPLAB_MPI_SPIN_US")
+        self._spin = float(spin) * 1e-6 if spin else None
 
     def group(self, spec, partition):
         """COLLECTIVE. (ranks, communicator) of this worker's group for `spec` ('all', 'node'
@@ -117,12 +120,25 @@ class MpiTransport:
         out[me] = data
         reqs = [comm.Irecv(out[p], source=p, tag=tag) for p in range(n) if p != me]
         reqs += [comm.Isend(data, dest=p, tag=tag) for p in range(n) if p != me]
-        self.MPI.Request.Waitall(reqs)
+        self._wait(reqs)
         spent = time.perf_counter() - t0
         with self._lock:
             self._stats[0] += 1
             self._stats[1] += spent
         return out
+
+    def _wait(self, reqs):
+        """MPI's Waitall (it polls MPICH's progress engine, yielding the core every 1000 polls),
+        or with DEEPLAB_MPI_SPIN_US=N: polls for N microseconds, then sleeps between polls, so
+        that a rank waiting long for a slower peer leaves the cores to that peer's threads
+        (an experiment: benchmarks/RESULTS.md measures both)."""
+        if self._spin is None:
+            self.MPI.Request.Waitall(reqs)
+            return
+        testall, deadline = self.MPI.Request.Testall, time.perf_counter() + self._spin
+        while not testall(reqs):
+            if time.perf_counter() > deadline:
+                time.sleep(5e-5)
 
     def stats(self):
         """(calls, seconds in them) since the start: each call's time from posting its messages
