@@ -2,6 +2,7 @@
 `deeplab doctor` (test_doctor.py), which both read it: CUDA ELF headers, fat binary containers
 with compressed entries (as mxnet-cu112's), PTX text, a library file around them; and shell
 scripts standing in for the CUDA tools (cuobjdump, nvidia-smi) on the PATH."""
+import os
 import stat
 import struct
 
@@ -48,3 +49,13 @@ def shell_script(folder, name, text):
     path.write_text("#!/bin/sh\n" + text)
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     return path
+
+
+def tool_on_path(tmp_path, monkeypatch, name, text):
+    """A fake command NAME (a /bin/sh script running `text`) first on the PATH; returns its
+    folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shell_script(bin_dir, name, text)
+    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
+    return bin_dir

@@ -14,7 +14,7 @@ import pytest
 from deeplab import cudabin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_cuda import cuda_elf, fatbin, ptx_text, shell_script, write_library  # noqa: E402
+from fake_cuda import cuda_elf, fatbin, ptx_text, shell_script, tool_on_path, write_library  # noqa: E402
 
 
 def test_elf_e_flags_as_llvm_defines_them():
@@ -75,13 +75,10 @@ def test_scan_reads_a_library_nvcc_builds(tmp_path):
 
 
 def test_cuobjdump_is_used_when_on_the_path(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shell_script(bin_dir, "cuobjdump", 'case "$1" in\n'
+    bin_dir = tool_on_path(tmp_path, monkeypatch, "cuobjdump", 'case "$1" in\n'
             '--list-elf) printf "ELF file    1: libmxnet.1.sm_50.cubin\\n'
             'ELF file    2: libmxnet.2.sm_90a.cubin\\n";;\n'
             '--list-ptx) printf "PTX file    1: libmxnet.1.sm_90.ptx\\n";;\nesac\n')
-    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     lib = write_library(tmp_path, cuda_elf(80))
     assert cudabin.library_archs(lib) == cudabin.Kernels((50, 90), (90,), "cuobjdump")
     shell_script(bin_dir, "cuobjdump", "echo broken >&2; exit 3\n")

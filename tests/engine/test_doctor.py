@@ -16,7 +16,7 @@ from deeplab import doctor
 from deeplab.errors import EXIT_CHECK_FAILED, UserError
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fake_cuda import cuda_elf, ptx_text, shell_script, write_library  # noqa: E402
+from fake_cuda import cuda_elf, ptx_text, shell_script, tool_on_path, write_library  # noqa: E402
 
 R50 = os.path.join(ROOT, "configs", "deeplabv3_r50v2-os16_bs16_30k_trainaug_513.yaml")
 H100 = "NVIDIA H100 80GB HBM3"
@@ -238,13 +238,10 @@ def test_fake_gpus_parse_and_refuse_a_bad_spec():
 
 
 def test_nvidia_smi_is_read_when_nvml_is_not_there(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    shell_script(bin_dir, "nvidia-smi", 'case "$1" in *compute_cap*)\n'
+    bin_dir = tool_on_path(tmp_path, monkeypatch, "nvidia-smi", 'case "$1" in *compute_cap*)\n'
             'echo "0, NVIDIA H100 80GB HBM3, 81559, GPU-aaaa-1111, 9.0"\n'
             'echo "1, NVIDIA H100 80GB HBM3, 81559, GPU-bbbb-2222, 9.0";;\n'
             '*) exit 6;;\nesac\n')
-    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(doctor.nvml, "gpus", lambda: None)
     gpus = doctor.gpu_list()
