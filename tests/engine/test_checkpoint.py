@@ -4,14 +4,12 @@ with a clear error."""
 import json
 import logging
 import os
-import shutil
-import subprocess
-import uuid
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from conftest import PAGE, fill_leaving
 from deeplab.checkpoint import Checkpointer
 from deeplab.errors import CheckpointError, TrainingDiverged
 from deeplab.utils import atomic_write
@@ -119,16 +117,9 @@ def test_non_finite_parameters_are_never_written(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 1 MiB tmpfs (root only): a real full disk, as MXNet's writer meets it."""
-    mnt = tmp_path / ("disk-" + uuid.uuid4().hex[:6])
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs(1 << 20)
 
 
 def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkpoints(
@@ -146,15 +137,6 @@ def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkp
     np.testing.assert_array_equal(mx.nd.load(ck.latest()["params"])["w"].asnumpy(), [1, 1])
 
 
-def _fill_leaving(disk, free):
-    """Fills tmpfs `disk` so that `free` bytes (whole pages) are left."""
-    have = shutil.disk_usage(disk).free
-    with open(os.path.join(disk, "filler"), "wb") as f:
-        f.write(b"\0" * (have - free))
-    assert shutil.disk_usage(disk).free == free
-
-
-PAGE = 4096
 BIG = 100_000  # float32 values: a 400,073-byte .params file, 98 pages
 
 
@@ -167,7 +149,7 @@ def test_full_disk_at_any_moment_of_a_params_file_is_an_error_and_leaves_nothing
     from deeplab.checkpoint import save_params
 
     save_params(_Net(fill=1.0), str(small_disk / "final.params"))  # an earlier, good file
-    _fill_leaving(str(small_disk), free_pages * PAGE)
+    fill_leaving(str(small_disk), free_pages * PAGE)
     with pytest.raises(CheckpointError) as err:
         save_params(_Net(size=BIG, fill=2.0), str(small_disk / "final.params"))
     assert "cannot write %s: the disk is full" % (small_disk / "final.params") in str(err.value)
@@ -179,7 +161,7 @@ def test_full_disk_at_any_moment_of_a_params_file_is_an_error_and_leaves_nothing
 def test_checkpoint_whose_params_lose_their_last_page_is_not_a_checkpoint(small_disk):
     ck = Checkpointer(str(small_disk))
     ck.save(10, _Net(), _Trainer(), {})
-    _fill_leaving(str(small_disk), 97 * PAGE)
+    fill_leaving(str(small_disk), 97 * PAGE)
     with pytest.raises(CheckpointError, match="iter_0000020.params: the disk is full"):
         ck.save(20, _Net(size=BIG), _Trainer(), {})
     assert sorted(os.listdir(small_disk / "checkpoints")) == [
