@@ -169,6 +169,56 @@ def test_checkpoint_whose_params_lose_their_last_page_is_not_a_checkpoint(small_
     assert ck.latest()["iteration"] == 10
 
 
+def _trained(net):
+    """A real trainer of `net` (dist.make_trainer, SGD with momentum) after one step, so that
+    its optimizer holds a state as large as the parameters."""
+    from deeplab import dist
+
+    trainer = dist.make_trainer(net.collect_params(), "sgd",
+                                {"learning_rate": 0.1, "momentum": 0.9})
+    with mx.autograd.record():
+        loss = (net.w.data() ** 2).sum()
+    loss.backward()
+    trainer.step(1)
+    return trainer
+
+
+@pytest.mark.parametrize("moment", ["empty", "half", "all-but-the-last-page"])
+def test_checkpoint_whose_states_meet_a_full_disk_is_the_full_disk_error(small_disk, tmp_path,
+                                                                         moment):
+    """The trainer's own writer (deeplab.dist.trainer_state, through DistTrainer.save_states)
+    on a disk that fills while it writes the .states, at its first byte, midway or within its
+    last page (where MXNet's writer says nothing): the documented full-disk error naming the
+    file, as for the parameters, not a file that "did not reach the disk whole"; the .params
+    goes with it, and the older checkpoint is intact and loads into a trainer."""
+    from deeplab.dist import trainer_state
+
+    small, big = _Net(), _Net(size=BIG)
+    small_trainer, big_trainer = _trained(small), _trained(big)
+    # How many pages the .params and .states of `big` take, written on a roomy disk.
+    Checkpointer(str(tmp_path / "roomy")).save(20, big, big_trainer, {})
+    stem = str(tmp_path / "roomy" / "checkpoints" / "iter_0000020")
+    params, states = (-(-os.path.getsize(stem + ext) // PAGE) for ext in (".params", ".states"))
+    assert states > 90, states  # momentum: as large as the parameters
+
+    ck = Checkpointer(str(small_disk))
+    ck.save(10, small, small_trainer, {})
+    room = {"empty": 0, "half": states // 2}.get(moment, states - 1)  # pages of the .states
+    fill_leaving(str(small_disk), (params + room) * PAGE)
+    with pytest.raises(CheckpointError) as err:
+        ck.save(20, big, big_trainer, {})
+    assert "cannot write %s/checkpoints/iter_0000020.states: the disk is full (" % small_disk \
+        in str(err.value), str(err.value)
+    assert sorted(os.listdir(small_disk / "checkpoints")) == [
+        "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
+    latest = ck.latest()
+    assert latest["iteration"] == 10
+    with open(latest["states"], "rb") as f:
+        desc, saved = trainer_state.loads(f.read(), latest["states"])
+    assert desc["class"] == "SGD" and len(saved) == 1
+    small_trainer.load_states(latest["states"])  # resumable
+
+
 def test_verified_write_catches_a_file_that_differs_from_what_was_meant(tmp_path):
     from deeplab.checkpoint import verify_ndarrays
     from deeplab.utils import IncompleteWrite
