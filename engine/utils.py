@@ -10,7 +10,8 @@ import tempfile
 import threading
 
 __all__ = ["atomic_write", "fsync", "current_umask", "disk_errors", "IncompleteWrite",
-           "FULL_DISK_FREE", "check_written", "write_json", "write_text", "free_port", "positive_int", "waiting_on", "waits"]
+           "FULL_DISK_FREE", "check_written", "write_json", "write_text", "free_port",
+           "positive_int", "waiting_on", "waits"]
 
 
 def atomic_write(path, write):
