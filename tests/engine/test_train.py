@@ -438,6 +438,36 @@ def test_a_second_signal_stops_at_once(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_second_signal_during_one_c_call_is_not_lost(tmp_path):
+    """Two Ctrl-C while the main thread waits inside one C call (a step waiting for MXNet's
+    engine): Python runs its handler once for both; StopRequest counts them on its wakeup fd
+    and stops at once when the handler runs, the KeyboardInterrupt carrying how the run
+    ended."""
+    import threading
+
+    a = mx.nd.ones((2500, 2500))
+
+    def ctrl_c_twice():
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=ctrl_c_twice)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with StopRequest() as stop:
+            b = a
+            for _ in range(8):  # seconds of one wait, past both signals
+                b = mx.nd.dot(b, a) / 2500
+            sender.start()
+            b.wait_to_read()
+    sender.join()
+    assert stop.signal == signal.SIGINT
+    assert stopped.value.ended_by == "SIGINT twice"
+    assert signal.getsignal(signal.SIGINT) is not stop._handle  # restored
+    assert signal.set_wakeup_fd(-1) == -1  # and the wakeup fd
+
+
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C while `deeplab train` starts (before the loop's handler is in place), through
     the console command users run. (Under `python -m deeplab.cli`, runpy can still end the
