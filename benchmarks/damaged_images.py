@@ -1,6 +1,6 @@
 """What finding damaged (truncated) images costs, and which checks find them.
 
-    .venv/bin/python benchmarks/damaged_images.py [--images 200] [--size 500 375]
+    .venv/bin/python benchmarks/damaged_images.py [--images 200] [--size 500 375] [--out J]
 
 Writes --images JPEGs of VOC's typical size (500 x 375, quality 90, smooth random content:
 ~40-100 KB like VOC's photos) and PNG palette masks to a temporary folder (in the page cache,
@@ -18,10 +18,16 @@ so this measures CPU, not a disk), then prints, per image:
 then, for one image cut at 10 points (10% ... 99% of its bytes, and just its last 2 bytes), which
 checks report it: the end-of-image marker, PIL's decode, or OpenCV (which returns an image
 without an error, "Premature end of JPEG file" on stderr); and the extrapolation of a full
-check to VOC trainaug's 10,582 samples.
+check to VOC trainaug's 10,582 samples: the per-sample cost measured here times their number
+(VOC itself is not read: it is not on this machine), in one process, and halved for two
+processes as a bound (that needs two idle cores). --out writes the figures as JSON
+(benchmarks/results/damaged_images.json through benchmarks/run_all.py).
 """
 import argparse
+import datetime
+import json
 import os
+import platform
 import sys
 import tempfile
 import time
@@ -111,7 +117,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"))
+    p.add_argument("--out", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    command = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as folder:
         pairs = write_samples(folder, args.images, args.size)
@@ -130,12 +138,36 @@ def main(argv=None):
         print("truncated copies of %s: found by" % os.path.basename(jpgs[0]))
         print("  %15s  %-6s  %-10s  %-14s" % ("bytes kept", "marker", "PIL decode",
                                                "OpenCV refuses"))
-        for cut, total, marker, pil, cv in detection(jpgs[0], folder):
+        cuts = detection(jpgs[0], folder)
+        for cut, total, marker, pil, cv in cuts:
             print("  %7d/%7d  %-6s  %-10s  %-14s" % (cut, total, marker, pil, cv))
+        marker_s = figures["whole + marker"] * TRAINAUG / 1000
         full = figures["sample (check-data)"] * TRAINAUG / 1000
-        print("VOC trainaug (%d samples): the marker alone %.1f s; a full check (deeplab "
-              "check-data) %.0f s in one process, %.0f s in 2" % (
-                  TRAINAUG, figures["whole + marker"] * TRAINAUG / 1000, full, full / 2))
+        print("VOC trainaug (%d samples), extrapolated from the per-sample figures above: the "
+              "marker alone %.1f s; a full check (deeplab check-data) %.0f s in one process, "
+              "at best %.0f s in 2" % (TRAINAUG, marker_s, full, full / 2))
+    if args.out:
+        report = {
+            "benchmark": "damaged_images",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "python": platform.python_version(), "opencv": cv2.__version__,
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+            "command": command,
+            "params": {"images": args.images, "size": list(args.size),
+                       "mean_jpeg_kb": round(float(mean_kb), 1), "passes": 3},
+            "per_image_ms": figures,
+            "truncations": [{"bytes_kept": cut, "bytes": total, "marker": marker,
+                             "pil_decode": pil, "opencv_refuses": cv}
+                            for cut, total, marker, pil, cv in cuts],
+            "extrapolation": {"samples": TRAINAUG, "what": "VOC trainaug, from the per-sample "
+                              "figures measured here (VOC itself not read)",
+                              "marker_s": marker_s, "full_check_1_process_s": full,
+                              "full_check_2_processes_s_at_best": full / 2},
+        }
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2, allow_nan=False)
+            f.write("\n")
     return 0
 
 

@@ -95,6 +95,8 @@ RUNS = {
     "collective_latency_mpi": (ONE, [PY, "benchmarks/collective_latency.py", "--only", "mpi",
                                      "--calls", "150", "--out", "{out}"]),
     "data_pipeline": (ONE, [PY, "benchmarks/data_pipeline.py", "--out", "{out}"]),
+    # What finding damaged images costs (docs/faults.md, deeplab check-data).
+    "damaged_images": (ONE, [PY, "benchmarks/damaged_images.py", "--out", "{out}"]),
     "vortex_pooling": (TWO, [PY, "benchmarks/vortex_pooling.py", "--out", "{out}"]),
     # The seed project's network beside ours: needs DEEPLAB_SEED_REPO, a checkout (or bare git
     # directory) of github.com/MTCloudVision/deeplabv3-mxnet_gluon.
@@ -485,6 +487,28 @@ def render(results=RESULTS, out=os.path.join(HERE, "RESULTS.md")):
                   "- the recipes differ: GluonCV also blurs half of the samples (Gaussian, "
                   "PIL), pads the mask with background instead of ignore and normalises with "
                   "MXNet operators; ours decodes with OpenCV and normalises in numpy.", ""]
+    r = _load("damaged_images")
+    if r:
+        ms, x = r["per_image_ms"], r["extrapolation"]
+        p = r["params"]
+        found = r["truncations"]
+        parts += ["## Finding damaged images", "", _provenance(r), "",
+                  "%d synthetic JPEGs of VOC's size (%dx%d, %.0f KB on average) and their PNG "
+                  "masks, in the page cache; one process, one thread, best of %d passes; "
+                  "milliseconds per image:" % (p["images"], p["size"][0], p["size"][1],
+                                               p["mean_jpeg_kb"], p["passes"]), "",
+                  "| check | ms/image |", "|---|---|"]
+        parts += ["| %s | %.3f |" % (name, v) for name, v in ms.items()]
+        parts += ["", "- one image cut at %d points (10%% ... 99%% of its bytes, and all but its "
+                  "last 2): found by the end-of-image marker %d times, by PIL's decode %d, "
+                  "refused by OpenCV %d" % (len(found), sum(t["marker"] for t in found),
+                                            sum(t["pil_decode"] for t in found),
+                                            sum(t["opencv_refuses"] for t in found)),
+                  "- VOC trainaug's %d samples, **extrapolated** from these per-image figures "
+                  "(VOC itself is not on this machine): the marker alone %.1f s; a full check "
+                  "(`deeplab check-data`) %.0f s (%.1f min) in one process, at best half in 2 "
+                  "processes" % (x["samples"], x["marker_s"], x["full_check_1_process_s"],
+                                 x["full_check_1_process_s"] / 60), ""]
     r = _load("vortex_pooling")
     if r and "network" in r:
         parts += ["## Vortex Pooling: the head's average poolings", "", _provenance(r), "",

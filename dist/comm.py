@@ -141,18 +141,21 @@ class HorovodBackend(LocalBackend):
         import horovod.mxnet as hvd
         hvd.init()
         self.hvd = hvd
+        # Kept: after `shutdown` Horovod answers none of them (the run's record and the
+        # watchdog still ask).
+        self._rank, self._size, self._local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
         self._broadcasts = 0
         self._over_mpi = None  # dist.mpi.MpiBroadcast, False, or None until first asked
         self._process_sets = {}  # ranks tuple -> hvd.ProcessSet, in registration order
 
     def rank(self):
-        return self.hvd.rank()
+        return self._rank
 
     def size(self):
-        return self.hvd.size()
+        return self._size
 
     def local_rank(self):
-        return self.hvd.local_rank()
+        return self._local_rank
 
     def barrier(self):
         self.allreduce_sum(np.zeros(1), "barrier")
@@ -260,6 +263,14 @@ class HorovodBackend(LocalBackend):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+
+    def shutdown(self):
+        """Horovod's shutdown now rather than at exit (its atexit hook; a second call does
+        nothing): a last negotiation cycle with every peer, which waits for good for a peer that
+        is stopped, and run now, the stall watchdog covers it. Called only once every worker is
+        done with the backend (the end of the command, or the stop after its checkpoint); never
+        after a failure, where a peer may be cut off (exit_after_failure)."""
+        self.hvd.shutdown()
 
     def pending_error(self):
         # MXNet's engine keeps the exceptions of failed asynchronous operations until a
@@ -491,8 +502,9 @@ def exit_after_failure(code):
 
 def shutdown():
     """COLLECTIVE. Ends the backend's connections in order once the work is done (the parameter
-    server's finalisation, a barrier of every node), so that the caller can watch it for a stall;
-    nothing else may use the backend after."""
+    server's finalisation, a barrier of every node; Horovod's last negotiation cycle), so that
+    the caller can watch it for a stall; nothing else may use the backend after, but rank(),
+    size() and local_rank() still answer."""
     _backend.shutdown()
 
 

@@ -76,12 +76,13 @@ def save(path, optimizer, states):
     arrays[META_KEY] = mx.nd.array(np.frombuffer(text, np.uint8), dtype=np.uint8)
     mx.nd.save(path, arrays)
     # MXNet's writer can leave a file cut short without an error (a disk full within its last
-    # buffer): read it back before the caller renames it into place.
+    # buffer): read it back before the caller renames it into place; cut short by a full disk,
+    # it is the documented full-disk error (check_written), as for the parameters.
     from deeplab.checkpoint import verify_ndarrays
-    from deeplab.utils import fsync
+    from deeplab.utils import check_written, fsync
 
     fsync(path)
-    verify_ndarrays(path, arrays)
+    check_written(path, lambda p: verify_ndarrays(p, arrays))
 
 
 def dumps(optimizer, states):

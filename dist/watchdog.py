@@ -9,11 +9,12 @@ daemon thread prints one line and ends the process with EXIT_STALLED.
 One watchdog covers a `deeplab train` process from start to end: start-up (the backend's
 rendezvous, the pre-flight), every step, barrier and collective, evaluation, the final
 checkpoint and save, and the backend's shutdown (the parameter server's finalisation waits for
-every node). The phases outside the step loop run inside `extend(seconds, name)`, so that the
-line names the phase; a wait that names what it waits for (`deeplab.utils.waiting_on`, e.g. the
-data loader's next sample and its file) is named too. It ends it with
-`os._exit`, without Python's cleanup: the main thread is stuck in a C call that does not return,
-and an orderly exit would wait for it.
+every node, Horovod's last cycle for every peer); one covers a `deeplab eval` process the same
+way (start-up, the evaluation and its gathers, the shutdown). The phases outside the step loop
+run inside `extend(seconds, name)`, so that the line names the phase; a wait that names what it
+waits for (`deeplab.utils.waiting_on`, e.g. the data loader's next sample and its file) is
+named too. It ends it with `os._exit`, without Python's cleanup: the main thread is stuck in
+a C call that does not return, and an orderly exit would wait for it.
 """
 import os
 import sys

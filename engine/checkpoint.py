@@ -8,19 +8,17 @@ checkpoint intact and never a partial one. Resuming verifies the checksums and f
 newest intact checkpoint, so a truncated or bit-flipped file costs one checkpoint interval, not
 the run.
 """
-import errno
 import glob
 import hashlib
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 
 from deeplab import dist
 from deeplab.errors import CheckpointError, TrainingDiverged
-from deeplab.utils import IncompleteWrite, atomic_write, fsync
+from deeplab.utils import IncompleteWrite, atomic_write, check_written, fsync
 
 __all__ = ["Checkpointer", "sha256", "assert_finite", "save_params", "save_ndarrays",
            "verify_ndarrays"]
@@ -67,19 +65,15 @@ def save_ndarrays(path, arrays):
     MXNet 1.9.1's file stream does not always report a short write: on a disk that filled up
     just before the end, `nd.save` returned normally and left a prefix of the file (issue 19).
     So the temporary file is flushed to disk (a refused write-back raises here), read back and
-    compared bit for bit with `arrays`; only a file that matches is renamed onto `path`.
+    compared bit for bit with `arrays` (`check_written`: cut short on a full disk, it is the
+    full-disk error); only a file that matches is renamed onto `path`.
     """
     import mxnet as mx
 
     def write(tmp):
         mx.nd.save(tmp, arrays)
         fsync(tmp)
-        try:
-            verify_ndarrays(tmp, arrays)
-        except IncompleteWrite as err:
-            if shutil.disk_usage(os.path.dirname(tmp)).free < (1 << 20):  # before tmp goes
-                raise OSError(errno.ENOSPC, "no space left on the device") from err
-            raise
+        check_written(tmp, lambda path: verify_ndarrays(path, arrays))
 
     atomic_write(path, write)
 

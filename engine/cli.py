@@ -112,10 +112,14 @@ def main(argv=None):
         else:
             print(err.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:  # Ctrl-C outside training's loop, or a second one inside it
+    except KeyboardInterrupt as err:  # Ctrl-C outside training's loop, or a second one in it
+        # Only what happened: a second Ctrl-C may land once the first one's checkpoint is saved.
+        saved = getattr(err, "saved_checkpoint", None)
         print("deeplab %s: interrupted (Ctrl-C): stopped at once%s" % (
-            argv[0], ", without a checkpoint; continue from the last one with --resume"
-            if argv[0] == "train" else ""), file=sys.stderr)
+            argv[0], "" if argv[0] != "train" else
+            ", after the checkpoint of iteration %d was saved; continue with --resume" % saved
+            if saved is not None else
+            ", without a checkpoint; continue from the last one with --resume"), file=sys.stderr)
         code = EXIT_INTERRUPTED
     except BaseException:  # noqa: B902 - reported, then the process ends with code 1
         traceback.print_exc()

@@ -169,22 +169,52 @@ def parse_args(argv=None):
 def main(args):
     cfg = load_config(args.config, args.overrides)
     apply_umask(cfg)  # --out's directories and file, as a run's
+    # One watchdog over every blocking phase, as in `deeplab train`: start-up (the backend's
+    # rendezvous, the checkpoint's and the lock's verdicts shared from the main worker), the
+    # evaluation (each image, the gathers of the counts and shapes) and the backend's shutdown,
+    # which the parameter server would otherwise run at exit, unwatched: its barrier of every
+    # node waits for good on a stopped scheduler (dist/watchdog.py).
+    stall = cfg["dist"]["stall_timeout"]
+    with dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
+        try:
+            with watchdog.extend(4 * stall, "start-up"):
+                lock = _start(cfg, args)
+            try:
+                with watchdog.extend(4 * stall, "the evaluation"):
+                    res = _run(cfg, args, watchdog)
+            finally:
+                if lock:
+                    lock.release()
+        except Exception as err:  # noqa: B902 - a lost connection, said in one line
+            lost = dist.network_failure(err)
+            if lost is None:
+                raise
+            raise lost from None
+        with watchdog.extend(stall, "the %s backend's shutdown" % dist.backend()):
+            dist.shutdown()
+    return res
+
+
+def _start(cfg, args):
+    """COLLECTIVE. Starts the workers and resolves the checkpoint (into args.checkpoint);
+    returns the lock on the run directory of --out (see below) or None."""
     dist.init(cfg["dist"]["backend"])
-    ctx = dist.context()
-    stride = eval_stride(cfg)
     no_cudnn_autotune()
     args.checkpoint = dist.on_main(lambda: resolve_checkpoint(args.checkpoint, cfg), share=True)
     # --out inside a run directory (DIR/results.json): the run's lock, as a second run would
     # take it, so that a run still going is not overwritten and does not overwrite this.
-    lock = dist.on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
+    return dist.on_main(lambda: lock_if_run(os.path.dirname(os.path.abspath(args.out)))) \
         if args.out else None
-    try:
-        # The checkpoint replaces every parameter, so the backbone file is not read.
-        net = evaluation_network(cfg, ctx, output_stride=stride, params=args.checkpoint)
-        if args.out and dist.is_main():
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,
-                              quiet=args.quiet)
-    finally:
-        if lock:
-            lock.release()
+
+
+def _run(cfg, args, watchdog):
+    """COLLECTIVE. Builds the network from args.checkpoint and evaluates it; returns the
+    results (written to args.out by the main worker)."""
+    ctx = dist.context()
+    stride = eval_stride(cfg)
+    # The checkpoint replaces every parameter, so the backbone file is not read.
+    net = evaluation_network(cfg, ctx, output_stride=stride, params=args.checkpoint)
+    if args.out and dist.is_main():
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    return run_evaluation(net, cfg, ctx, stride, os.path.abspath(args.checkpoint), args.out,
+                          quiet=args.quiet, watchdog=watchdog)

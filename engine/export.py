@@ -28,7 +28,8 @@ from deeplab.checkpoint import verify_ndarrays
 from deeplab.config import eval_stride, load_config
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.errors import UserError
-from deeplab.utils import apply_umask, atomic_write, disk_errors, write_json
+from deeplab.utils import (IncompleteWrite, apply_umask, check_written, disk_errors, fsync,
+                           write_json)
 from deeplab.workdir import resolve_checkpoint
 
 from . import parsers
@@ -75,10 +76,14 @@ def _check_prefix(prefix):
 def export(net, prefix, size, onnx=False):
     """Writes `net`'s graph and parameters under `prefix` (and PREFIX.onnx if `onnx`).
 
-    Each file is written into a private staging folder beside `prefix`, read back and checked
-    (the symbol parses, the parameters are bit for bit the network's: MXNet's writer can leave
-    a short file on a full disk without an error), then renamed into place; a full disk is one
-    CheckpointError naming the file, and nothing partial is left.
+    What HybridBlock.export writes, written here so that each file can be checked against what
+    was meant: every file goes into a private staging folder beside `prefix`, is flushed to disk,
+    read back and compared (the symbol file with the graph's JSON, the parameters bit for bit
+    with the network's: MXNet's writer can leave a short file on a full disk without an error),
+    and only once all of them passed are they renamed into place, which takes no room on the
+    disk. A full disk at any moment is then one WriteError naming the file, the documented
+    full-disk error (`check_written`), and neither a PREFIX-* file of this export nor the
+    staging folder is left; an earlier export at `prefix` is untouched.
 
     Args:
         net: the evaluation network (plain BN), initialized on the CPU.
@@ -92,47 +97,78 @@ def export(net, prefix, size, onnx=False):
     h, w = size
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     net.hybridize()
-    net(mx.nd.zeros((1, 3, h, w)))  # HybridBlock.export needs a traced graph
+    net(mx.nd.zeros((1, 3, h, w)))  # traced: the graph HybridBlock.export writes
+    # pylint: disable=protected-access - the graph and the values HybridBlock.export writes
+    sym = net._cached_graph[1]
+    graph = sym.tojson().encode("utf-8")  # what Symbol.save writes (amp casts removed)
+    args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    # arg:NAME / aux:NAME -> the parameter's value, as HybridBlock.export names them
+    params = {("arg:%s" if p.name in args else "aux:%s") % p.name: p._reduce()
+              for p in net.collect_params().values() if p.name in args | aux}
     staging = tempfile.mkdtemp(prefix=".export-", dir=os.path.dirname(prefix))
     tmp = os.path.join(staging, "net")
     try:
-        with disk_errors(prefix + "-0000.params"):
-            net.export(tmp, epoch=0)
-        _place(tmp + "-symbol.json", prefix + "-symbol.json", mx.sym.load)
-        sym = mx.sym.load(prefix + "-symbol.json")
-        args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
-        # what HybridBlock.export writes: arg:NAME / aux:NAME -> the parameter's value
-        expected = {("arg:%s" if p.name in args else "aux:%s") % p.name: p._reduce()
-                    for p in net.collect_params().values() if p.name in args | aux}
-        _place(tmp + "-0000.params", prefix + "-0000.params",
-               lambda path: verify_ndarrays(path, expected))
-        written = [prefix + "-symbol.json", prefix + "-0000.params"]
+        staged = [
+            _stage(tmp + "-symbol.json", prefix + "-symbol.json",
+                   lambda path: _write_bytes(path, graph),
+                   lambda path: _same_bytes(path, graph)),
+            _stage(tmp + "-0000.params", prefix + "-0000.params",
+                   lambda path: mx.nd.save(path, params),
+                   lambda path: verify_ndarrays(path, params))]
         if onnx:
-            written.append(_export_onnx(net, tmp, prefix, (h, w)))
+            staged.append(_export_onnx(net, tmp, prefix, (h, w)))
+        for src, dst in staged:
+            os.replace(src, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return written
+    return [dst for _, dst in staged]
 
 
-def _place(src, dst, check):
-    """Moves the written file `src` onto `dst` once `check(path)` accepts it (see export)."""
-    atomic_write(dst, lambda tmp: (os.replace(src, tmp), check(tmp)))
+def _stage(src, dst, write, check):
+    """Writes the staged file `src` with `write(src)`, flushes and checks it (`check(src)`
+    raises IncompleteWrite for a file that is not what was meant); returns (src, dst). A full
+    disk, reported by the writer or found by the check, is one WriteError naming `dst`."""
+    with disk_errors(dst):
+        write(src)
+        fsync(src)
+        check_written(src, check)
+    return src, dst
+
+
+def _write_bytes(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _same_bytes(path, data):
+    with open(path, "rb") as f:
+        if f.read() != data:
+            raise IncompleteWrite("%s differs from the graph written (%d bytes on disk, %d "
+                                  "meant)" % (path, os.path.getsize(path), len(data)))
 
 
 def _export_onnx(net, tmp, prefix, size):
     try:
         import onnx  # mx.onnx imports it lazily, with a less helpful message
+        from google.protobuf.message import DecodeError
     except ImportError:
         raise UserError("--onnx needs the onnx package (pip install -r requirements/test.txt)") \
             from None
     static = StaticSizeNet(net, *size)
     sym = static(mx.sym.var(INPUT_NAME))
     params = {p.name: p.data() for p in static.collect_params().values()}
-    with disk_errors(prefix + ".onnx"):
+
+    def write(path):
         mx.onnx.export_model(sym, params, in_shapes=[(1, 3) + tuple(size)],
-                             in_types=[np.float32], onnx_file_path=tmp + ".onnx")
-    _place(tmp + ".onnx", prefix + ".onnx", onnx.load)  # a cut-short file does not parse
-    return prefix + ".onnx"
+                             in_types=[np.float32], onnx_file_path=path)
+
+    def check(path):  # written by protobuf through Python, whose writes report a full disk
+        try:
+            onnx.load(path)
+        except DecodeError as err:  # a cut-short file does not parse
+            raise IncompleteWrite("%s does not parse after writing: %s" % (path, err)) from None
+
+    return _stage(tmp + ".onnx", prefix + ".onnx", write, check)
 
 
 def preprocessing(cfg, size, class_names=None):

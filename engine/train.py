@@ -245,34 +245,73 @@ class StopRequest:
     (Ctrl-C) so that training checkpoints and exits at the next step instead of dying mid-step.
 
     Used as a context manager around the training loop; the previous handlers are restored
-    after. `signal` is the first signal received (None before). A second signal ends the process
-    at once, without a checkpoint: a second SIGTERM by its default action, a second SIGINT as
-    KeyboardInterrupt, which `deeplab train` reports in one line and records as "interrupted".
+    after. `signal` is the first signal received (None before), `time` when (wall clock). A
+    second signal ends the process at once, without a checkpoint: a second SIGTERM by its
+    default action, a second SIGINT as KeyboardInterrupt, which `deeplab train` reports in one
+    line and records in run.json as killed (`ended_by`: "SIGINT twice", the launchers' words for
+    the same). The KeyboardInterrupt leaving the loop after a first signal carries `ended_by`
+    and `stop_time` for that record.
+
+    Two signals that arrive while the main thread waits inside one C call (a step waiting for
+    MXNet's engine) would run the Python handler once: Python keeps a flag per signal, not a
+    count, and a second Ctrl-C would be lost. Its wakeup fd gets one byte per signal, so the
+    handler counts them there: a second one that came before the handler could run is acted
+    on as soon as it runs.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.signal = None
+        self.signal = self.time = None
         self._previous = {}
+        self._pipe = self._wakeup = None
 
     @property
     def requested(self):
         return self.signal is not None
 
+    def _arrived(self):
+        """The stop signals delivered since the last call, in order (the wakeup fd's bytes)."""
+        data = b""
+        while self._pipe:
+            try:
+                chunk = os.read(self._pipe[0], 256)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return [signal.Signals(b) for b in data if b in self.SIGNALS]
+
     def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum)
+        arrived = self._arrived() or [signal.Signals(signum)]
+        self.signal, self.time = arrived[0], time.time()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if len(arrived) > 1:  # a second one came before this handler could run
+            if signal.SIGINT in arrived[1:]:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # its default action now: ended at once
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
+            self._pipe = os.pipe()
+            for fd in self._pipe:
+                os.set_blocking(fd, False)
+            self._wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        if self._pipe:
+            signal.set_wakeup_fd(self._wakeup)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+        if isinstance(exc, KeyboardInterrupt) and self.signal is not None:
+            exc.ended_by, exc.stop_time = "%s twice" % self.signal.name, self.time
 
 
 def _signal_words(signum):
@@ -326,9 +365,11 @@ def train(cfg, workdir, resume_from=None, log=None, watchdog=None):
                     dist.shutdown()
                 log.info("stopped by %s after iteration %d; checkpoint saved, continue with "
                          "--resume", _signal_words(r.stop), done)
-                stopped = Interrupted if r.stop == signal.SIGINT else Preempted
-                raise stopped("stopped by %s after iteration %d; continue with --resume"
-                              % (_signal_words(r.stop), done))
+                stopped = (Interrupted if r.stop == signal.SIGINT else Preempted)(
+                    "stopped by %s after iteration %d; continue with --resume"
+                    % (_signal_words(r.stop), done))
+                stopped.iteration = done  # its checkpoint, for run.json
+                raise stopped
             if ckpt.due(done, t["iterations"]):
                 ckpt.save(done, net, trainer, cfg)
             if evaluator.due(done, t["iterations"]):
@@ -491,6 +532,18 @@ def main(args):
     return results
 
 
+def _checkpoints_since(workdir, stop_time):
+    """For run.json after a stop: {"checkpoint_saved": the iteration of the checkpoint saved
+    since the stop request at `stop_time` (wall clock; None: no request) or None,
+    "newest_checkpoint": the iteration --resume continues from, or None}."""
+    ckpt = Checkpointer(workdir)
+    its = ckpt.iterations()
+    saved = [it for it in its if stop_time is not None and
+             os.path.getmtime(ckpt.stem(it) + ".json") >= stop_time]
+    return {"checkpoint_saved": saved[-1] if saved else None,
+            "newest_checkpoint": its[-1] if its else None}
+
+
 def start(cfg, args):
     """COLLECTIVE. Starts the workers, checks the inputs and takes the run directory; returns
     (the lock on the run directory or None off the main worker, the checkpoint to resume)."""
@@ -529,9 +582,16 @@ def run_training(cfg, args, lock, resume_from, watchdog):
         except (TrainingDiverged, Preempted) as stopped:
             status = "diverged" if isinstance(stopped, TrainingDiverged) else \
                 "interrupted" if isinstance(stopped, Interrupted) else "preempted"
+            if isinstance(stopped, Preempted):  # the checkpoint of the stop was saved
+                run.info.update(ended_by="SIGINT" if status == "interrupted" else "SIGTERM",
+                                checkpoint_saved=stopped.iteration,
+                                newest_checkpoint=stopped.iteration)
             raise
-        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, no checkpoint
-            status = "interrupted"
+        except KeyboardInterrupt as err:  # Ctrl-C outside the loop, or a second one: at once
+            status = "killed" if hasattr(err, "ended_by") else "interrupted"
+            run.info.update(ended_by=getattr(err, "ended_by", "SIGINT"),
+                            **_checkpoints_since(workdir, getattr(err, "stop_time", None)))
+            err.saved_checkpoint = run.info["checkpoint_saved"]  # for the CLI's line
             raise
         results = None
         if not args.no_eval:

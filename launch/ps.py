@@ -48,6 +48,9 @@ SERVER_WAIT = 120.0  # seconds a node whose launcher is gone waits for the worke
 _SERVER_CODE = ("import os; from deeplab.launch import procs, ps_server; procs.watch_launcher("
                 "procs.exit_when_workers_gone(os.environ.get(procs.JOB_ENV), %g)); "
                 "ps_server.main()" % SERVER_WAIT)
+# Seconds a failure without a documented exit (procs.ROOT_CAUSES) waits for a worker's
+# documented one that it may have followed from, before the job is stopped.
+FAILURE_SETTLE = 1.0
 
 
 def node_env(role, workers, servers, root_uri, root_port, environ=None, local_rank=0):
@@ -122,6 +125,7 @@ class _LocalJob(procs.Policy):
         self.job_id = procs.new_job_id()
         self.nodes = []  # (name, Popen), scheduler first, workers last
         self.workers = []
+        self.failures = []  # (name, exit status, when seen, Popen), in the order seen
         self.oom = None
 
     def start(self, sup):
@@ -153,23 +157,41 @@ class _LocalJob(procs.Policy):
     def check(self, sup, now):
         for name, p in self.nodes:
             code = p.poll()
-            if code in (None, 0):  # running, or ps-lite finalized
-                continue
+            if code in (None, 0) or any(f[0] == name for f in self.failures):
+                continue  # running, ps-lite finalized, or seen already
             if name.startswith("worker") and _stopped_by_sigterm(code):
                 # SIGTERM sent to a worker directly: all stop together
                 sup.request_stop("SIGTERM to %s" % _who(name, p, self.rank_dir), now)
                 continue
             if sup.stopping is not None and not name.startswith("worker"):
                 continue
-            _say("%s was %s first: %s; stopping the job" % (
-                _who(name, p, self.rank_dir),
-                "lost" if procs.killed_by_signal(code) else "failed",
-                procs.describe_status(code, self.oom)))
-            for text in procs.describe_stopped(procs.stopped_workers(
-                    self.job_id, lambda pid: _rank(pid, self.rank_dir))):
-                _say(text)
-            return ("failed", _exit_status(code))
-        return None
+            self.failures.append((name, _exit_status(code), now, p))
+        if not self.failures:
+            return None
+        # The cause of the job's end, as `deeplab launch horovod` ranks it: a documented exit
+        # (a worker's own one-line reason) over an error seen before it that followed from it.
+        # A first failure without one leaves FAILURE_SETTLE seconds for one to show.
+        root = procs.root_cause(self.failures)
+        name, status, seen, p = self.failures[root]
+        if status not in [c for c, _ in procs.ROOT_CAUSES] and now - seen < FAILURE_SETTLE \
+                and any(q.poll() is None for _, q in self.workers):
+            return None
+        verb = "was lost" if procs.killed_by_signal(status) else "failed"
+        detail = procs.describe_status(p.poll(), self.oom)  # Popen's code: "(signal 9)"
+        others = ", ".join("%s %s" % (_who(n, q, self.rank_dir), procs.describe_status(q.poll()))
+                           for n, _, _, q in self.failures if n != name)
+        if root == 0:
+            _say("%s %s first: %s; %sstopping the job" % (
+                _who(name, p, self.rank_dir), verb, detail,
+                "later: %s; " % others if others else ""))
+        else:
+            _say("%s %s: %s; the cause of the job's end (the failure of %s, seen first, followed "
+                 "from it); stopping the job" % (_who(name, p, self.rank_dir), verb, detail,
+                                                 others))
+        for text in procs.describe_stopped(procs.stopped_workers(
+                self.job_id, lambda pid: _rank(pid, self.rank_dir))):
+            _say(text)
+        return ("failed", status)
 
     def ended(self, sup):
         return all(p.poll() is not None for _, p in self.workers)

@@ -110,6 +110,50 @@ def sets(*overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
+PAGE = 4096  # a tmpfs's block
+
+
+def mount_tmpfs(path, size):
+    """Mounts a tmpfs of `size` bytes (whole pages) on `path`, made if needed: a real full
+    disk, as MXNet's writer meets it. Skips the test where it cannot be done (not root)."""
+    os.makedirs(str(path), exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=%d" % size, "tmpfs", str(path)],
+            capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    return path
+
+
+def unmount(path):
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size): a new tmpfs of `size` bytes under tmp_path, unmounted after the test (root
+    only: the test is skipped otherwise)."""
+    mounted = []
+
+    def mount(size):
+        mounted.append(mount_tmpfs(tmp_path / ("disk-%d" % len(mounted)), size))
+        return mounted[-1]
+
+    yield mount
+    for path in mounted:
+        unmount(path)
+
+
+def fill_leaving(disk, free):
+    """Fills tmpfs `disk` with DISK/filler so that `free` bytes (whole pages) are left; remove
+    the filler to free them again."""
+    import shutil
+
+    have = shutil.disk_usage(str(disk)).free
+    with open(os.path.join(str(disk), "filler"), "wb") as f:
+        f.write(b"\0" * (have - free))
+    assert shutil.disk_usage(str(disk)).free == free
+
+
 @pytest.fixture
 def dl():
     """Helpers as a fixture: dl.run, dl.deeplab, dl.sets, dl.environ, dl.TINY, dl.ROOT, dl.BIN."""

@@ -1,4 +1,5 @@
-"""Runs each collective of `deeplab.dist` once on this worker and saves what it returned.
+"""Runs each collective of `deeplab.dist` once on this worker, then its shutdown, and saves what
+they returned.
 
 Started by tests/dist/test_comm.py, once per worker (Horovod, the parameter server) or alone:
 
@@ -52,6 +53,14 @@ def main(out_dir):
     loss.backward()
     trainer.step(2.0)
     out["sgd_step"] = net.weight.data().asnumpy().tolist()
+    # The backend's end (ps-lite's last barrier, Horovod's last cycle); the rank and the size
+    # still answer after it (the run's record and the watchdog ask).
+    dist.shutdown()
+    out["after_shutdown"] = {"same_rank": dist.rank() == r, "size": dist.size()}
+    if dist.backend() == "horovod":
+        import horovod.mxnet as hvd
+
+        out["horovod_initialized_after_shutdown"] = hvd.is_initialized()
     with open(os.path.join(out_dir, "rank%d.json" % r), "w") as f:
         json.dump(out, f)
 

@@ -92,6 +92,7 @@ def expected_results(n):
         "broadcast_parameters": [[1.0, 1.0, 1.0]],
         # w = 1 - (sum over workers of x_r) / 2, x_r = [1, 2, 3] + 3 r
         "sgd_step": [[1.0 - sum(c + 3.0 * r for r in ranks) / 2 for c in (1.0, 2.0, 3.0)]],
+        "after_shutdown": {"same_rank": True, "size": n},
     }
 
 
@@ -126,6 +127,8 @@ def test_horovod_two_workers(tmp_path, dl):
     res = check(load_results(tmp_path, 2), "horovod")
     assert res["nd_allgather"] == [[0.0], [1.0]] and res["nd_allreduce_sum"] == [1.0, 2.0]
     assert res["broadcast_root1"] == 1
+    # dist.shutdown() ends Horovod there (its watched phase), not at exit
+    assert res["horovod_initialized_after_shutdown"] is False
     names = set(re.findall(r'"name": "horovod_(?:allreduce|broadcast)\.(comm\.[^"]+)"',
                            timeline.read_text()))
     # Three calls named "step" made one tensor name; unnamed calls are named after the shape.

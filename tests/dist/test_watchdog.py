@@ -134,3 +134,87 @@ def test_timeout_0_disables_it(runs):
     code, stdout, stderr, _ = runs["disabled"]
     assert code == 0 and stdout.startswith("finished False ["), stderr
     assert "deeplab-watchdog" not in stdout and not stall_lines(stderr)
+
+
+# `deeplab eval` under one watchdog, as `deeplab train`: start-up, the evaluation (its gathers
+# included) and the backend's shutdown, each a phase named in the line. Each case blocks one of
+# them for good (the stand-in of a stopped peer or parameter-server scheduler), at
+# dist.stall_timeout=1 (4 s for start-up and per image of the evaluation).
+EVAL_CASES = {
+    "start-up": "dist.init = lambda *a, **kw: time.sleep(60)",
+    "gather": """
+        allreduce = dist.allreduce_sum
+        dist.allreduce_sum = lambda x, name=None: time.sleep(60) if name == "eval.shapes" \\
+            else allreduce(x, name)
+    """,
+    "shutdown": "dist.shutdown = lambda: time.sleep(60)",
+}
+
+EVAL_PRELUDE = """\
+import sys, time
+import mxnet as mx
+from deeplab import dist, evaluate
+from deeplab.build import evaluation_network
+from deeplab.config import load_config
+tiny, params, out = sys.argv[1:4]
+evaluation_network(load_config(tiny), mx.cpu(), seed=0).save_parameters(params)
+"""
+
+EVAL_RUN = """
+print(time.monotonic(), flush=True)
+evaluate.main(evaluate.parse_args([tiny, "--checkpoint", params, "--out", out, "--quiet",
+                                   "--set", "dist.stall_timeout=1", "data.num_workers=0",
+                                   "data.synthetic.val_size=2"]))
+print("finished")
+"""
+
+
+@pytest.fixture(scope="module")
+def eval_runs(tmp_path_factory):
+    """{case: (exit code, stdout after the start time, stderr, seconds from start to exit,
+    whether the results were written)}"""
+    from conftest import TINY
+
+    tmp = tmp_path_factory.mktemp("eval")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HOROVOD_", "DMLC_", "DEEPLAB_DIST"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    procs = {name: subprocess.Popen(
+        [sys.executable, "-c", EVAL_PRELUDE + textwrap.dedent(code) + EVAL_RUN, TINY,
+         str(tmp / ("%s.params" % name)), str(tmp / ("%s.json" % name))],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for name, code in EVAL_CASES.items()}
+    out = {}
+    for name, p in procs.items():
+        try:
+            stdout, stderr = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        ended = time.monotonic()  # the cases are awaited in turn: an upper bound for the later
+        start, _, rest = stdout.partition("\n")
+        assert start, "%s did not start:\n%s" % (name, stderr[-3000:])
+        out[name] = (p.returncode, rest, stderr, ended - float(start),
+                     (tmp / ("%s.json" % name)).exists())
+    return out
+
+
+@pytest.mark.parametrize("case, line, results", [
+    ("start-up", "no progress for 4 s in start-up after start-up", False),
+    ("gather", "no progress for 4 s in the evaluation after evaluation image 2 of 2", False),
+    ("shutdown", "no progress for 1 s in the local backend's shutdown after the evaluation",
+     True),
+])
+def test_every_phase_of_deeplab_eval_is_watched(eval_runs, case, line, results):
+    """A stalled start-up (the backend's rendezvous), a stalled gather after the images (the
+    shapes each worker compiled) and a stalled shutdown of the backend (ps-lite's last barrier,
+    run at exit before, unwatched) each end `deeplab eval` with the stall's line naming the
+    phase, exit 4; the results are written only when the evaluation is complete."""
+    code, stdout, stderr, seconds = eval_runs[case][:4]
+    assert code == EXIT_STALLED, stderr[-3000:]
+    assert stall_lines(stderr) == ["deeplab: stalled: %s %s" % (line, WHERE)], stderr[-3000:]
+    assert "finished" not in stdout
+    assert eval_runs[case][4] == results
+    limit = 1 if case == "shutdown" else 4
+    assert limit <= seconds < limit + 30, seconds

@@ -4,14 +4,12 @@ with a clear error."""
 import json
 import logging
 import os
-import shutil
-import subprocess
-import uuid
 
 import mxnet as mx
 import numpy as np
 import pytest
 
+from conftest import PAGE, fill_leaving
 from deeplab.checkpoint import Checkpointer
 from deeplab.errors import CheckpointError, TrainingDiverged
 from deeplab.utils import atomic_write
@@ -119,16 +117,9 @@ def test_non_finite_parameters_are_never_written(tmp_path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 1 MiB tmpfs (root only): a real full disk, as MXNet's writer meets it."""
-    mnt = tmp_path / ("disk-" + uuid.uuid4().hex[:6])
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs(1 << 20)
 
 
 def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkpoints(
@@ -146,15 +137,6 @@ def test_full_disk_names_the_path_leaves_no_partial_files_and_keeps_older_checkp
     np.testing.assert_array_equal(mx.nd.load(ck.latest()["params"])["w"].asnumpy(), [1, 1])
 
 
-def _fill_leaving(disk, free):
-    """Fills tmpfs `disk` so that `free` bytes (whole pages) are left."""
-    have = shutil.disk_usage(disk).free
-    with open(os.path.join(disk, "filler"), "wb") as f:
-        f.write(b"\0" * (have - free))
-    assert shutil.disk_usage(disk).free == free
-
-
-PAGE = 4096
 BIG = 100_000  # float32 values: a 400,073-byte .params file, 98 pages
 
 
@@ -167,7 +149,7 @@ def test_full_disk_at_any_moment_of_a_params_file_is_an_error_and_leaves_nothing
     from deeplab.checkpoint import save_params
 
     save_params(_Net(fill=1.0), str(small_disk / "final.params"))  # an earlier, good file
-    _fill_leaving(str(small_disk), free_pages * PAGE)
+    fill_leaving(str(small_disk), free_pages * PAGE)
     with pytest.raises(CheckpointError) as err:
         save_params(_Net(size=BIG, fill=2.0), str(small_disk / "final.params"))
     assert "cannot write %s: the disk is full" % (small_disk / "final.params") in str(err.value)
@@ -179,12 +161,62 @@ def test_full_disk_at_any_moment_of_a_params_file_is_an_error_and_leaves_nothing
 def test_checkpoint_whose_params_lose_their_last_page_is_not_a_checkpoint(small_disk):
     ck = Checkpointer(str(small_disk))
     ck.save(10, _Net(), _Trainer(), {})
-    _fill_leaving(str(small_disk), 97 * PAGE)
+    fill_leaving(str(small_disk), 97 * PAGE)
     with pytest.raises(CheckpointError, match="iter_0000020.params: the disk is full"):
         ck.save(20, _Net(size=BIG), _Trainer(), {})
     assert sorted(os.listdir(small_disk / "checkpoints")) == [
         "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
     assert ck.latest()["iteration"] == 10
+
+
+def _trained(net):
+    """A real trainer of `net` (dist.make_trainer, SGD with momentum) after one step, so that
+    its optimizer holds a state as large as the parameters."""
+    from deeplab import dist
+
+    trainer = dist.make_trainer(net.collect_params(), "sgd",
+                                {"learning_rate": 0.1, "momentum": 0.9})
+    with mx.autograd.record():
+        loss = (net.w.data() ** 2).sum()
+    loss.backward()
+    trainer.step(1)
+    return trainer
+
+
+@pytest.mark.parametrize("moment", ["empty", "half", "all-but-the-last-page"])
+def test_checkpoint_whose_states_meet_a_full_disk_is_the_full_disk_error(small_disk, tmp_path,
+                                                                         moment):
+    """The trainer's own writer (deeplab.dist.trainer_state, through DistTrainer.save_states)
+    on a disk that fills while it writes the .states, at its first byte, midway or within its
+    last page (where MXNet's writer says nothing): the documented full-disk error naming the
+    file, as for the parameters, not a file that "did not reach the disk whole"; the .params
+    goes with it, and the older checkpoint is intact and loads into a trainer."""
+    from deeplab.dist import trainer_state
+
+    small, big = _Net(), _Net(size=BIG)
+    small_trainer, big_trainer = _trained(small), _trained(big)
+    # How many pages the .params and .states of `big` take, written on a roomy disk.
+    Checkpointer(str(tmp_path / "roomy")).save(20, big, big_trainer, {})
+    stem = str(tmp_path / "roomy" / "checkpoints" / "iter_0000020")
+    params, states = (-(-os.path.getsize(stem + ext) // PAGE) for ext in (".params", ".states"))
+    assert states > 90, states  # momentum: as large as the parameters
+
+    ck = Checkpointer(str(small_disk))
+    ck.save(10, small, small_trainer, {})
+    room = {"empty": 0, "half": states // 2}.get(moment, states - 1)  # pages of the .states
+    fill_leaving(str(small_disk), (params + room) * PAGE)
+    with pytest.raises(CheckpointError) as err:
+        ck.save(20, big, big_trainer, {})
+    assert "cannot write %s/checkpoints/iter_0000020.states: the disk is full (" % small_disk \
+        in str(err.value), str(err.value)
+    assert sorted(os.listdir(small_disk / "checkpoints")) == [
+        "iter_0000010.json", "iter_0000010.params", "iter_0000010.states"]
+    latest = ck.latest()
+    assert latest["iteration"] == 10
+    with open(latest["states"], "rb") as f:
+        desc, saved = trainer_state.loads(f.read(), latest["states"])
+    assert desc["class"] == "SGD" and len(saved) == 1
+    small_trainer.load_states(latest["states"])  # resumable
 
 
 def test_verified_write_catches_a_file_that_differs_from_what_was_meant(tmp_path):

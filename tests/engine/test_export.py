@@ -5,7 +5,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import TINY, train_tiny
+from conftest import PAGE, TINY, fill_leaving, train_tiny
 from deeplab import cli, export
 from deeplab.build import evaluation_network
 from deeplab.config import eval_stride, load_config
@@ -100,6 +100,48 @@ def test_bad_output_prefix_and_checkpoint_fail_in_one_line(checkpoint, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err == "deeplab export: error: params file %s does not exist" % missing
     assert os.listdir(tmp_path) == []
+
+
+def test_the_files_are_what_hybridblock_export_writes(checkpoint, tmp_path):
+    """export() writes the graph and the parameters itself, to check each file before it is
+    renamed into place: they are HybridBlock.export's, the symbol file byte for byte."""
+    cfg = load_config(TINY)
+    net = evaluation_network(cfg, mx.cpu(), output_stride=eval_stride(cfg), params=checkpoint)
+    ours = export.export(net, str(tmp_path / "ours" / "tiny"), (64, 64))
+    net.export(str(tmp_path / "gluon"), epoch=0)
+    with open(ours[0], "rb") as a, open(str(tmp_path / "gluon-symbol.json"), "rb") as b:
+        assert a.read() == b.read()
+    got, want = mx.nd.load(ours[1]), mx.nd.load(str(tmp_path / "gluon-0000.params"))
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k].asnumpy(), want[k].asnumpy(), err_msg=k)
+    assert sorted(os.listdir(tmp_path / "ours")) == ["tiny-0000.params", "tiny-symbol.json"]
+
+
+@pytest.mark.parametrize("moment", ["empty", "half", "all-but-the-last-page"])
+def test_a_disk_that_fills_during_an_export_is_the_full_disk_error_and_leaves_nothing(
+        checkpoint, tmp_path, tmpfs, capsys, moment):
+    """`deeplab export` onto a disk that fills at the first byte, midway through the files, or
+    within the last page of the parameters (where MXNet's writer returned without an error and
+    left the file cut short, issue 19): the documented one-line full-disk error naming the
+    file, exit 2, and neither a PREFIX-* file nor the staging folder left."""
+    base = ["export", TINY, "--checkpoint", checkpoint, "--out"]
+    assert cli.main(base + [str(tmp_path / "roomy" / "tiny")]) == 0
+    names = ("tiny-symbol.json", "tiny-0000.params")  # written in this order
+    pages = [-(-os.path.getsize(tmp_path / "roomy" / n) // PAGE) for n in names]
+    room = {"empty": 0, "half": sum(pages) // 2}.get(moment, sum(pages) - 1)
+    disk = tmpfs(4 << 20)
+    (disk / "out").mkdir()
+    fill_leaving(disk, room * PAGE)
+    capsys.readouterr()
+    assert cli.main(base + [str(disk / "out" / "tiny")]) == 2
+    err = capsys.readouterr().err
+    short = names[0] if room < pages[0] else names[1]
+    assert err.startswith("deeplab export: error: cannot write %s: the disk is full (" % (
+        disk / "out" / short)), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert os.listdir(disk / "out") == []  # no PREFIX-* file, no .export-* staging folder
+    assert sorted(os.listdir(disk)) == ["filler", "out"]
 
 
 def test_raw_pixels_through_the_documented_steps_give_predicts_classes(checkpoint, tmp_path):

@@ -6,16 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import mxnet as mx
 import numpy as np
 import pytest
 
-from conftest import TINY
+from conftest import TINY, worker_environ
 from deeplab import evaluate, train
 from deeplab.checkpoint import Checkpointer
 from deeplab.config import load_config
 from deeplab.errors import WorkdirError
+from deeplab.launch import procs
 from deeplab.train import StopRequest
 FAST = ["train.iterations=24", "train.checkpoint_every=8", "data.synthetic.train_size=48",
         "data.synthetic.val_size=6", "data.num_workers=0", "train.log_every=8"]
@@ -158,35 +160,119 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
 
 
-@pytest.mark.parametrize("signum,words,status", [
-    (signal.SIGTERM, "SIGTERM", "preempted"), (signal.SIGINT, "SIGINT (Ctrl-C)", "interrupted")])
-def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path, signum, words, status):
-    """SIGTERM (a preempted pod) or Ctrl-C on a plain `deeplab train`: the run saves a
-    checkpoint at the next step, exits with 143 (SIGTERM) or 130 (SIGINT) in one line, records
-    how it ended in run.json, and --resume reaches the parameters of a run never stopped."""
+MARKER = "TRAIN_TEST"
+BOUND = 60  # seconds from a stop signal to the end of the process
+
+
+def _background_train(workdir, overrides):
+    """`deeplab train` (no evaluation) in the background as from a terminal (SIGINT at its
+    default); returns (its Popen, the marker every process of it carries in its environment,
+    its loader processes included: tests/launch/test_faults.py's way of finding what is left)."""
+    marker = uuid.uuid4().hex
+    cmd = [sys.executable, "-m", "deeplab.cli", "train", TINY, "--workdir", str(workdir),
+           "--no-eval"] + [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=worker_environ(**{MARKER: marker}),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return proc, marker
+
+
+def _finish(proc, marker, signalled):
+    """(exit code, stderr, seconds from the signal to the exit), once nothing of the run is
+    left (checked after a second, for a parent to reap its zombies)."""
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    elapsed = time.time() - signalled
+    time.sleep(1)
+    left = procs.job_processes(marker, MARKER)
+    procs.kill_processes(lambda: procs.job_processes(marker, MARKER))
+    assert not left, "processes outlived the run: %s\n%s" % (left, err.decode()[-3000:])
+    print("exit %s, %.1f s after the signal" % (proc.returncode, elapsed))
+    return proc.returncode, err.decode(), elapsed
+
+
+def _wait_for_log(proc, log, what, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and (
+            not log.exists() or what not in log.read_text()):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before %r" % what
+
+
+@pytest.mark.parametrize("signum,words,status,loaders", [
+    (signal.SIGTERM, "SIGTERM", "preempted", 0),
+    (signal.SIGINT, "SIGINT (Ctrl-C)", "interrupted", 0),
+    (signal.SIGINT, "SIGINT (Ctrl-C)", "interrupted", 2)],  # the shipped default
+    ids=["SIGTERM", "SIGINT", "SIGINT-2-loaders"])
+def test_sigterm_checkpoints_and_resumes_to_the_same_parameters(tmp_path, signum, words, status,
+                                                                loaders):
+    """SIGTERM (a preempted pod) or Ctrl-C on a plain `deeplab train`, with the shipped 2 loader
+    processes too: the run saves a checkpoint at the next step, exits with 143 (SIGTERM) or 130
+    (SIGINT) in one line within a step and a checkpoint write, records how it ended in
+    run.json, leaves no process (no loader process either), and --resume reaches the
+    parameters of a run never stopped."""
     its = ["train.iterations=60", "train.checkpoint_every=1000"]  # no periodic checkpoint
     run_train(tmp_path / "straight", its)
 
     work = tmp_path / "stopped"
-    cmd = [sys.executable, "-m", "deeplab.cli", "train", TINY, "--workdir", str(work),
-           "--no-eval"] + [a for o in FAST + its for a in ("--set", o)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc, marker = _background_train(work, FAST + its + ["data.num_workers=%d" % loaders])
     log = work / "train.log"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and (
-            not log.exists() or "iter " not in log.read_text()):
-        time.sleep(0.01)
+    _wait_for_log(proc, log, "iter ")
     proc.send_signal(signum)
-    proc.wait(timeout=60)
-    err = proc.stderr.read().decode()
-    assert proc.returncode == 128 + signum, err
+    code, err, elapsed = _finish(proc, marker, time.time())
+    assert code == 128 + signum, err
+    assert elapsed < BOUND, "the run took %.0f s to stop" % elapsed
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     its_saved = Checkpointer(str(work)).iterations()
     assert len(its_saved) == 1 and 8 <= its_saved[0] < 60, its_saved
     assert "stopped by %s after iteration %d" % (words, its_saved[0]) in log.read_text()
     assert "deeplab train: stopped by %s after iteration %d; continue with --resume" % (
         words, its_saved[0]) in err
-    assert json.loads((work / "run.json").read_text())["status"] == status
+    info = json.loads((work / "run.json").read_text())
+    assert (info["status"], info["ended_by"], info["checkpoint_saved"],
+            info["newest_checkpoint"]) == (status, signum.name, its_saved[0], its_saved[0])
+    assert not (work / "final.params").exists()
+
+    run_train(work, its, resume=True)
+    assert_same_params(tmp_path / "straight" / "final.params", work / "final.params")
+
+
+def test_ctrl_c_twice_stops_at_once_without_a_checkpoint_says_so_and_records_it(tmp_path):
+    """Ctrl-C twice, 0.2 s apart, on a plain `deeplab train` with the shipped 2 loader
+    processes (issue 19, item 3): the second stops the run at once, before the first one's
+    checkpoint: exit 130, one line saying that no checkpoint was saved, run.json "killed" by
+    "SIGINT twice" (the launchers' words) with the newest checkpoint, no temporary file in
+    checkpoints/, nothing left; the newest checkpoint resumes to the parameters of a run never
+    stopped."""
+    # Steps of about half a second (a larger crop), so that the second Ctrl-C, sent 0.2 s
+    # after the first right after a step's log line, comes before that step's checkpoint.
+    its = ["train.iterations=16", "train.checkpoint_every=4", "train.log_every=1",
+           "data.crop_size=256"]
+    run_train(tmp_path / "straight", its)
+
+    work = tmp_path / "interrupted"
+    proc, marker = _background_train(work, FAST + its + ["data.num_workers=2"])
+    _wait_for_log(proc, work / "train.log", "iter 5/16")  # training iterates after a checkpoint
+    proc.send_signal(signal.SIGINT)
+    signalled = time.time()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    code, err, elapsed = _finish(proc, marker, signalled)
+    assert code == 130, err
+    assert elapsed < BOUND, "the run took %.0f s to stop" % elapsed
+    assert err.strip().splitlines()[-1] == "deeplab train: interrupted (Ctrl-C): stopped at " \
+        "once, without a checkpoint; continue from the last one with --resume", err
+    assert "Traceback" not in err, err
+    saved = Checkpointer(str(work)).iterations()
+    assert saved and saved[-1] < 16 and saved[-1] % 4 == 0, saved
+    info = json.loads((work / "run.json").read_text())
+    assert (info["status"], info["ended_by"], info["checkpoint_saved"],
+            info["newest_checkpoint"]) == ("killed", "SIGINT twice", None, saved[-1]), info
+    assert not [n for n in os.listdir(work / "checkpoints") if n.endswith(".tmp")]
     assert not (work / "final.params").exists()
 
     run_train(work, its, resume=True)
@@ -436,6 +522,36 @@ def test_a_second_signal_stops_at_once(tmp_path):
             time.sleep(1)
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM kills
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_second_signal_during_one_c_call_is_not_lost(tmp_path):
+    """Two Ctrl-C while the main thread waits inside one C call (a step waiting for MXNet's
+    engine): Python runs its handler once for both; StopRequest counts them on its wakeup fd
+    and stops at once when the handler runs, the KeyboardInterrupt carrying how the run
+    ended."""
+    import threading
+
+    a = mx.nd.ones((2500, 2500))
+
+    def ctrl_c_twice():
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    sender = threading.Thread(target=ctrl_c_twice)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        with StopRequest() as stop:
+            b = a
+            for _ in range(8):  # seconds of one wait, past both signals
+                b = mx.nd.dot(b, a) / 2500
+            sender.start()
+            b.wait_to_read()
+    sender.join()
+    assert stop.signal == signal.SIGINT
+    assert stopped.value.ended_by == "SIGINT twice"
+    assert signal.getsignal(signal.SIGINT) is not stop._handle  # restored
+    assert signal.set_wakeup_fd(-1) == -1  # and the wakeup fd
 
 
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(tmp_path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -84,6 +85,77 @@ def test_a_documented_exit_outranks_a_peers_error_seen_first():
     assert procs.documented_exit("deeplab train: training diverged: non-finite loss") == 3
     assert procs.documented_exit("deeplab: stalled: no progress for 20 s after ...") == 4
     assert procs.documented_exit("Traceback (most recent call last):") is None
+
+
+class _Node:
+    """A stand-in for the Popen of a node of `deeplab launch ps`: `code` once it has exited."""
+
+    def __init__(self, pid):
+        self.pid, self.code = pid, None
+
+    def poll(self):
+        return self.code
+
+
+def _ps_job(tmp_path):
+    """`deeplab launch ps`'s policy for a job on this machine over stand-in nodes: a
+    scheduler, a server and two workers, worker 0 having reported rank 1 and worker 1 rank 0
+    (ps-lite assigns ranks at registration)."""
+    from deeplab.launch import ps
+
+    job = ps._LocalJob(2, 1, ["train"], str(tmp_path), 30.0, 0.2)
+    job.nodes = [("scheduler", _Node(101)), ("server 0", _Node(102)), ("worker 0", _Node(103)),
+                 ("worker 1", _Node(104))]
+    job.workers = job.nodes[2:]
+    (tmp_path / "103").write_text("1")
+    (tmp_path / "104").write_text("0")
+    sup = types.SimpleNamespace(stopping=None, request_stop=lambda *a: None)
+    return job, sup, dict(job.nodes)
+
+
+def test_ps_names_a_documented_exit_over_a_peers_error_seen_before_it(tmp_path, capsys):
+    """As `deeplab launch horovod` does (procs.root_cause): rank 1 fails through the broken
+    collective (exit 1), seen first; rank 0's bad input (exit 2) a moment later is named as the
+    cause, and the job's exit status is 2."""
+    from deeplab.launch import ps
+
+    job, sup, node = _ps_job(tmp_path)
+    node["worker 0"].code = 1
+    assert job.check(sup, 10.0) is None  # no documented reason yet: it may still come
+    node["worker 1"].code = 2
+    assert job.check(sup, 10.0 + ps.FAILURE_SETTLE / 2) == ("failed", 2)
+    assert capsys.readouterr().err == (
+        "deeplab launch ps: worker rank 0 (worker 1, pid 104) failed: bad input (exit code 2); "
+        "the cause of the job's end (the failure of worker rank 1 (worker 0, pid 103) exit "
+        "code 1, seen first, followed from it); stopping the job\n")
+
+
+def test_ps_ranks_the_failures_seen_at_once_and_waits_only_for_an_undocumented_one(tmp_path,
+                                                                                  capsys):
+    from deeplab.launch import ps
+
+    # Both seen in one poll, the peer's error first in node order: the documented one at once.
+    job, sup, node = _ps_job(tmp_path)
+    node["worker 0"].code, node["worker 1"].code = 1, 2
+    assert job.check(sup, 10.0) == ("failed", 2)
+    assert "worker rank 0 (worker 1, pid 104) failed: bad input (exit code 2); the cause" \
+        in capsys.readouterr().err
+    # A worker killed, nothing documented: named once FAILURE_SETTLE has passed.
+    job, sup, node = _ps_job(tmp_path)
+    node["worker 1"].code = -signal.SIGKILL
+    assert job.check(sup, 10.0) is None
+    assert job.check(sup, 10.0 + ps.FAILURE_SETTLE) == ("failed", 137)
+    assert capsys.readouterr().err == (
+        "deeplab launch ps: worker rank 0 (worker 1, pid 104) was lost first: killed by SIGKILL "
+        "(signal 9); stopping the job\n")
+    # A documented exit seen first: at once, the others seen with it named as later.
+    job, sup, node = _ps_job(tmp_path)
+    node["worker 0"].code, node["scheduler"].code = 4, 1
+    assert job.check(sup, 10.0) == ("failed", 4)
+    assert capsys.readouterr().err.startswith(
+        "deeplab launch ps: worker rank 1 (worker 0, pid 103) failed: stalled (exit code 4); "
+        "the cause of the job's end (the failure of scheduler (pid 101) exit code 1, seen "
+        "first, followed from it)")
 
 
 def test_the_launcher_token_tells_a_gone_launcher_from_a_live_one():
