@@ -143,9 +143,9 @@ def test_timeout_0_disables_it(runs):
 EVAL_CASES = {
     "start-up": "dist.init = lambda *a, **kw: time.sleep(60)",
     "gather": """
-        allreduce = dist.allreduce_sum
-        dist.allreduce_sum = lambda x, name=None: time.sleep(60) if name == "eval.shapes" \\
-            else allreduce(x, name)
+        gather = dist.gather_rows
+        dist.gather_rows = lambda row, name=None: time.sleep(60) if name == "eval.shapes" \\
+            else gather(row, name)
     """,
     "shutdown": "dist.shutdown = lambda: time.sleep(60)",
 }
