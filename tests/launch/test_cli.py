@@ -319,6 +319,7 @@ def test_network_interface_with_mpi_becomes_mpiruns_iface_of_the_first(monkeypat
 
     monkeypatch.setattr(horovod, "supervise", supervise)
     monkeypatch.setattr(horovod, "_mpirun", lambda python: sys.executable)  # found
+    monkeypatch.setattr(horovod, "mpi_flavour", lambda mpirun: ("mpich", None))  # Hydra
     args = cli.parse_args(["horovod", "--mpi", "-np", "2", "--network-interface", "lo,eth0",
                            "--", "train", "c.yaml"])
     assert horovod.run(args) == 0
