@@ -10,4 +10,4 @@ from .comm import (BACKENDS, allreduce_sum, backend, barrier, broadcast, broadca
                    resolve_backend, shutdown, size, stall_hint, transport, use_transport)
 from .syncbn import configure_sync_bn, sync_bn_group
 from .trainer import DistTrainer, make_trainer
-from .watchdog import EXIT_STALLED, Watchdog
+from .watchdog import EXIT_STALLED, Watchdog, watched_command

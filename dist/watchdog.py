@@ -27,7 +27,7 @@ from deeplab.utils import waits
 
 from . import comm
 
-__all__ = ["EXIT_STALLED", "Watchdog"]
+__all__ = ["EXIT_STALLED", "Watchdog", "watched_command"]
 
 
 class Watchdog:
@@ -155,3 +155,23 @@ def _end_process(message, code):
     flusher.join(1.0)
     os.write(2, (message + "\n").encode())
     os._exit(code)
+
+
+@contextmanager
+def watched_command(stall):
+    """COLLECTIVE at its end. The frame of a command's workers (deeplab train, deeplab eval):
+    one Watchdog (first_timeout 4x `stall`) over the whole body, which it yields; a lost
+    network connection raised in the body becomes the one-line NetworkLost; after the body,
+    the backend's shutdown runs watched as its own phase (the parameter server would otherwise
+    run its barrier of every node at exit, unwatched: it waits for good on a stopped
+    scheduler)."""
+    with Watchdog(stall, first_timeout=4 * stall) as watchdog:
+        try:
+            yield watchdog
+        except Exception as err:  # noqa: B902 - a lost connection, said in one line
+            lost = comm.network_failure(err)
+            if lost is None:
+                raise
+            raise lost from None
+        with watchdog.extend(stall, "the %s backend's shutdown" % comm.backend()):
+            comm.shutdown()

@@ -175,23 +175,15 @@ def main(args):
     # which the parameter server would otherwise run at exit, unwatched: its barrier of every
     # node waits for good on a stopped scheduler (dist/watchdog.py).
     stall = cfg["dist"]["stall_timeout"]
-    with dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
+    with dist.watched_command(stall) as watchdog:
+        with watchdog.extend(4 * stall, "start-up"):
+            lock = _start(cfg, args)
         try:
-            with watchdog.extend(4 * stall, "start-up"):
-                lock = _start(cfg, args)
-            try:
-                with watchdog.extend(4 * stall, "the evaluation"):
-                    res = _run(cfg, args, watchdog)
-            finally:
-                if lock:
-                    lock.release()
-        except Exception as err:  # noqa: B902 - a lost connection, said in one line
-            lost = dist.network_failure(err)
-            if lost is None:
-                raise
-            raise lost from None
-        with watchdog.extend(stall, "the %s backend's shutdown" % dist.backend()):
-            dist.shutdown()
+            with watchdog.extend(4 * stall, "the evaluation"):
+                res = _run(cfg, args, watchdog)
+        finally:
+            if lock:
+                lock.release()
     return res
 
 

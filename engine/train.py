@@ -517,18 +517,10 @@ def main(args):
     # (the backend's rendezvous, the pre-flight), the steps, evaluation, the final save and the
     # backend's shutdown (dist/watchdog.py).
     stall = cfg["dist"]["stall_timeout"]
-    with dist.Watchdog(stall, first_timeout=4 * stall) as watchdog:
-        try:
-            with watchdog.extend(4 * stall, "start-up"):
-                lock, resume_from = start(cfg, args)
-            results = run_training(cfg, args, lock, resume_from, watchdog)
-        except Exception as err:  # noqa: B902 - a lost connection, said in one line
-            lost = dist.network_failure(err)
-            if lost is None:
-                raise
-            raise lost from None
-        with watchdog.extend(stall, "the %s backend's shutdown" % dist.backend()):
-            dist.shutdown()
+    with dist.watched_command(stall) as watchdog:
+        with watchdog.extend(4 * stall, "start-up"):
+            lock, resume_from = start(cfg, args)
+        results = run_training(cfg, args, lock, resume_from, watchdog)
     return results
 
 

@@ -147,7 +147,7 @@ EVAL_CASES = {
         dist.gather_rows = lambda row, name=None: time.sleep(60) if name == "eval.shapes" \\
             else gather(row, name)
     """,
-    "shutdown": "dist.shutdown = lambda: time.sleep(60)",
+    "shutdown": "dist.comm.shutdown = lambda: time.sleep(60)",  # what dist.watched_command calls
 }
 
 EVAL_PRELUDE = """\
