@@ -431,8 +431,9 @@ class StopSignals:
     # (nohup or setsid for a job that must survive its terminal: docs/faults.md).
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
-    def __init__(self):
+    def __init__(self, hold=False):
         self.count, self.signum, self.first_time = 0, None, None
+        self.hold = hold
         self._previous = {}
 
     def _handle(self, signum, frame):
@@ -448,6 +449,11 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc):
+        if self.hold and self.count:
+            # The process is on its way out with the first signal's code: a Ctrl-C pressed
+            # again after the job already ended must not turn that into a traceback or
+            # another status, so the handlers stay (they only count from here on).
+            return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
@@ -508,12 +514,17 @@ class Supervisor:
 
     Outcomes passed to finish/report: ENDED (the job is over), AGAIN (a second signal), GRACE
     (the grace ran out) or what the policy's check returned.
+
+    `exits`: the caller's process exits with the report's code (every launcher). Once a stop
+    signal arrived, the signal handlers then stay after run(), so a signal that comes after the
+    job ended (Ctrl-C twice, the workers already stopped) cannot change the exit status.
     """
 
     ENDED, AGAIN, GRACE = "ended", "again", "grace"
 
-    def __init__(self, policy, grace, poll=0.1, say=None, workdir=None):
+    def __init__(self, policy, grace, poll=0.1, say=None, workdir=None, exits=True):
         self.policy, self.grace, self.poll, self.workdir = policy, grace, poll, workdir
+        self.exits = exits  # the launcher's process exits after run(): StopSignals(hold=True)
         self.say = say or (lambda text: print(text, file=sys.stderr, flush=True))
         self.signalled = set()
         self.stopping = None  # (monotonic time, why) once the job was asked to stop
@@ -528,7 +539,7 @@ class Supervisor:
         """Supervises the job; returns the policy's report."""
         p = self.policy
         started = time.time()
-        with StopSignals() as self.stop:
+        with StopSignals(hold=self.exits) as self.stop:
             try:
                 p.start(self)
                 outcome = self._loop()
@@ -537,11 +548,11 @@ class Supervisor:
                 # Whatever happened: nothing of the job outlives the launcher.
                 p.teardown(self)
                 kill_processes(p.leftovers)
-        if outcome == self.AGAIN and self.workdir:
-            stopped = time.time() - (time.monotonic() - self.stop.first_time)
-            self.say(record_killed(self.workdir, started, stopped,
-                                   "%s twice" % signal.Signals(self.stop.signum).name))
-        return p.report(self, outcome)
+            if outcome == self.AGAIN and self.workdir:
+                stopped = time.time() - (time.monotonic() - self.stop.first_time)
+                self.say(record_killed(self.workdir, started, stopped,
+                                       "%s twice" % signal.Signals(self.stop.signum).name))
+            return p.report(self, outcome)
 
     def _loop(self):
         p, stop = self.policy, self.stop

@@ -322,6 +322,37 @@ def test_sighup_is_a_stop_request_unless_nohup_ignores_it():
     assert run(ignored=True) == ["0", "0"]  # nohup deeplab launch ...
 
 
+AFTER_THE_END = """
+import os, signal, sys
+from deeplab.launch import procs
+
+class Quick(procs.Policy):
+    # The workers stop as soon as they are asked (they saved their checkpoint at once).
+    def check(self, sup, now):
+        if not sup.stop.count:
+            os.kill(os.getpid(), signal.SIGINT)
+    def ended(self, sup):
+        return sup.stopping is not None
+    def report(self, sup, outcome):
+        return sup.stop.exit_code
+
+code = procs.Supervisor(Quick(), 30.0, poll=0.01).run()
+os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C again, after the job already ended
+signal.raise_signal(signal.SIGTERM)
+print("exiting with", code, flush=True)
+sys.exit(code)
+"""
+
+
+def test_a_signal_after_the_job_ended_does_not_change_the_launchers_exit():
+    """Ctrl-C twice where the workers stop within the second: the launcher's process still
+    exits 130 with its report, not with a KeyboardInterrupt traceback (status -2)."""
+    done = subprocess.run([sys.executable, "-c", AFTER_THE_END], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 128 + signal.SIGINT, done.stderr
+    assert done.stdout == "exiting with 130\n" and "Traceback" not in done.stderr
+
+
 def test_the_watch_calls_back_once_the_launcher_is_gone():
     from conftest import wait_for
 

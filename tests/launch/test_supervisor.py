@@ -80,7 +80,8 @@ def stop_signal(sig):
 
 def supervise(policy, grace=30.0):
     said = []
-    outcome = procs.Supervisor(policy, grace, poll=0.01, say=said.append).run()
+    # exits=False: this test's process goes on after the run, with its own handlers back.
+    outcome = procs.Supervisor(policy, grace, poll=0.01, say=said.append, exits=False).run()
     return outcome, said
 
 
@@ -156,3 +157,4 @@ def test_teardown_and_leftovers_run_whatever_happens(sent, where):
     assert sent == [(301, signal.SIGKILL)]
     assert not any(isinstance(c, tuple) for c in policy.calls)  # neither finish nor report
     assert signal.getsignal(signal.SIGTERM) == handler
+
