@@ -546,7 +546,7 @@ def _report(output, code, stop, killed, signalled, stalled=(), oom=None, hosts=N
         return code if 0 < code < 256 else 1
     if stop.count:
         name = signal.Signals(stop.signum).name
-        if stop.count > 1:
+        if stop.count > 1 and killed:  # (a second one after the job ended changed nothing)
             _say("stopped by %s, then killed by a second signal before the workers could "
                  "finish stopping" % name)
         else:

@@ -452,7 +452,11 @@ class StopSignals:
         if self.hold and self.count:
             # The process is on its way out with the first signal's code: a Ctrl-C pressed
             # again after the job already ended must not turn that into a traceback or
-            # another status, so the handlers stay (they only count from here on).
+            # another status. Ignored, not merely counted: the interpreter's finalization
+            # puts SIG_DFL back in place of Python handlers (not of SIG_IGN), and a SIGINT
+            # landing then would end the process with status -2.
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
             return
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
