@@ -425,6 +425,8 @@ class StopSignals:
     manager.
 
     `count` is how many arrived, `signum` the first; `first_time` when it arrived (monotonic).
+    `hold`: once one arrived, they are ignored after the context instead of restored (the
+    process is exiting with the first one's code).
     """
 
     # SIGHUP: the terminal closed or the ssh session dropped; a stop request like the others
@@ -520,8 +522,8 @@ class Supervisor:
     (the grace ran out) or what the policy's check returned.
 
     `exits`: the caller's process exits with the report's code (every launcher). Once a stop
-    signal arrived, the signal handlers then stay after run(), so a signal that comes after the
-    job ended (Ctrl-C twice, the workers already stopped) cannot change the exit status.
+    signal arrived, stop signals are then ignored after run(), so one that comes after the job
+    ended (Ctrl-C twice, the workers already stopped) cannot change the exit status.
     """
 
     ENDED, AGAIN, GRACE = "ended", "again", "grace"

@@ -157,4 +157,3 @@ def test_teardown_and_leftovers_run_whatever_happens(sent, where):
     assert sent == [(301, signal.SIGKILL)]
     assert not any(isinstance(c, tuple) for c in policy.calls)  # neither finish nor report
     assert signal.getsignal(signal.SIGTERM) == handler
-
